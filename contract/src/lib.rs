@@ -1,0 +1,58 @@
+//! The LOW contract as plain Rust.
+//!
+//! `wit/functions.wit` is the contract between a business function and the
+//! shell. This crate mirrors its types as ordinary Rust values (payloads and
+//! documents as [`serde_json::Value`]) so that:
+//!
+//! - a function's logic is plain Rust, unit-tested natively with
+//!   [`testing::TestEnv`] — no WebAssembly involved;
+//! - the same logic becomes a component with one line,
+//!   [`export_function!`] or [`export_resolver!`], when built for
+//!   `wasm32-wasip2`;
+//! - the shell speaks the same types once it has lifted them out of a component.
+//!
+//! ```
+//! use low_contract::*;
+//! use serde_json::json;
+//!
+//! struct Greeter;
+//!
+//! impl Function for Greeter {
+//!     fn meta() -> Meta {
+//!         Meta::handler("greeter", ["commands"], "greetings")
+//!     }
+//!     fn lookup(_input: &Message, _store: &dyn StoreRead, _env: &dyn Env) -> Vec<Lookup> {
+//!         vec![]
+//!     }
+//!     fn operate(input: &Message, _data: &Data, env: &dyn Env) -> Outcome {
+//!         match input.payload["name"].as_str() {
+//!             Some(name) => Outcome::emit(env.message("Greeted", json!({ "name": name }))),
+//!             None => Outcome::Reject("Name is required".into()),
+//!         }
+//!     }
+//!     fn write(_output: &Message, _env: &dyn Env) -> WritePlan {
+//!         WritePlan::default()
+//!     }
+//! }
+//!
+//! let env = testing::TestEnv::default();
+//! let command = Message::new("c-1", "Greet", json!({ "name": "Ada" }));
+//! let outcome = Greeter::operate(&command, &Data::default(), &env);
+//! assert_eq!(outcome, Outcome::emit(Message::new("id-1", "Greeted", json!({ "name": "Ada" }))));
+//! ```
+
+// Lets the generated guest bindings name this crate the same way from inside
+// and outside it.
+extern crate self as low_contract;
+
+mod function;
+mod types;
+
+pub mod guest;
+pub mod testing;
+
+pub use function::{Env, Function, Level, Resolver, StoreRead};
+pub use types::*;
+
+/// Re-exported so guests and hosts agree on one JSON type.
+pub use serde_json::{self, Value, json};

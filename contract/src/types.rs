@@ -1,0 +1,302 @@
+//! Plain-Rust mirrors of the records and variants in `wit/functions.wit`.
+//!
+//! JSON text in the contract is a [`Value`] here: it is parsed once at the
+//! boundary, and everything on this side of it can rely on it being JSON.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Topic every command is submitted to. A handler that lists it in its
+/// inputs receives the commands it declares in [`Meta::commands`].
+pub const COMMANDS_TOPIC: &str = "commands";
+
+/// Notification kind the shell sends when `operate` rejects: `{ "reason": … }`.
+pub const REJECTED: &str = "Rejected";
+/// Notification kind the shell sends when it could not run a step: `{ "reason": …, "function": … }`.
+pub const FAILED: &str = "Failed";
+/// Notification kind a projector sends when a document is up to date:
+/// `{ "collection": …, "key": … }`.
+pub const PROJECTION_COMPLETE: &str = "ProjectionComplete";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FunctionKind {
+    Handler,
+    Projector,
+    Resolver,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FieldKind {
+    Id,
+    Text,
+    Integer,
+    Number,
+    Boolean,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FieldSpec {
+    pub name: String,
+    pub kind: FieldKind,
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl FieldSpec {
+    pub fn new(name: &str, kind: FieldKind, required: bool) -> Self {
+        Self { name: name.into(), kind, required, description: None }
+    }
+
+    pub fn describe(mut self, description: &str) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CommandSpec {
+    pub name: String,
+    pub fields: Vec<FieldSpec>,
+    /// Name of the model the command answers with.
+    pub returns: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ModelSpec {
+    pub name: String,
+    pub collection: String,
+    pub key: String,
+    pub fields: Vec<FieldSpec>,
+    pub public: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Meta {
+    pub name: String,
+    pub kind: FunctionKind,
+    pub inputs: Vec<String>,
+    pub output: Option<String>,
+    #[serde(default)]
+    pub commands: Vec<CommandSpec>,
+    #[serde(default)]
+    pub models: Vec<ModelSpec>,
+}
+
+impl Meta {
+    fn new(name: &str, kind: FunctionKind, inputs: Vec<String>, output: Option<String>) -> Self {
+        Self { name: name.into(), kind, inputs, output, commands: vec![], models: vec![] }
+    }
+
+    /// A handler consuming `inputs` and appending its events to `output`.
+    pub fn handler<I: IntoIterator<Item = S>, S: Into<String>>(name: &str, inputs: I, output: &str) -> Self {
+        Self::new(
+            name,
+            FunctionKind::Handler,
+            inputs.into_iter().map(Into::into).collect(),
+            Some(output.into()),
+        )
+    }
+
+    /// A projector consuming `inputs`; it appends no events.
+    pub fn projector<I: IntoIterator<Item = S>, S: Into<String>>(name: &str, inputs: I) -> Self {
+        Self::new(name, FunctionKind::Projector, inputs.into_iter().map(Into::into).collect(), None)
+    }
+
+    /// A resolver answering the commands named in `commands`.
+    pub fn resolver<I: IntoIterator<Item = S>, S: Into<String>>(name: &str, commands: I) -> Self {
+        Self::new(name, FunctionKind::Resolver, commands.into_iter().map(Into::into).collect(), None)
+    }
+
+    pub fn command(mut self, command: CommandSpec) -> Self {
+        self.commands.push(command);
+        self
+    }
+
+    pub fn model(mut self, model: ModelSpec) -> Self {
+        self.models.push(model);
+        self
+    }
+}
+
+/// A command, an event or a notification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Message {
+    pub id: String,
+    pub kind: String,
+    pub payload: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causation_id: Option<String>,
+}
+
+impl Message {
+    pub fn new(id: impl Into<String>, kind: &str, payload: Value) -> Self {
+        Self { id: id.into(), kind: kind.into(), payload, correlation_id: None, causation_id: None }
+    }
+
+    pub fn correlated(mut self, correlation_id: impl Into<String>) -> Self {
+        self.correlation_id = Some(correlation_id.into());
+        self
+    }
+
+    /// The payload field `name` as text, if it is a string.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.payload.get(name).and_then(Value::as_str)
+    }
+}
+
+/// A stored document with the version the store gave it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Document {
+    pub collection: String,
+    pub key: String,
+    pub version: u64,
+    pub body: Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "by")]
+pub enum Query {
+    /// The document with this key (zero or one).
+    Key { collection: String, key: String },
+    /// Every document whose top-level `field` equals `value`.
+    Field { collection: String, field: String, value: Value },
+}
+
+impl Query {
+    pub fn collection(&self) -> &str {
+        match self {
+            Query::Key { collection, .. } | Query::Field { collection, .. } => collection,
+        }
+    }
+}
+
+/// One entry of a lookup plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lookup {
+    pub name: String,
+    pub query: Query,
+}
+
+impl Lookup {
+    pub fn by_key(name: &str, collection: &str, key: &str) -> Self {
+        Self { name: name.into(), query: Query::Key { collection: collection.into(), key: key.into() } }
+    }
+
+    pub fn by_field(name: &str, collection: &str, field: &str, value: Value) -> Self {
+        Self {
+            name: name.into(),
+            query: Query::Field { collection: collection.into(), field: field.into(), value },
+        }
+    }
+}
+
+/// The documents found for one lookup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Found {
+    pub name: String,
+    pub documents: Vec<Document>,
+}
+
+/// Everything a lookup plan found, by lookup name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Data(pub Vec<Found>);
+
+impl Data {
+    /// Documents found for lookup `name` (none if the plan had no such lookup).
+    pub fn all(&self, name: &str) -> &[Document] {
+        self.0.iter().find(|f| f.name == name).map_or(&[], |f| &f.documents)
+    }
+
+    /// The first document found for lookup `name`.
+    pub fn first(&self, name: &str) -> Option<&Document> {
+        self.all(name).first()
+    }
+
+    /// Adds the documents found for a lookup (for tests and fixtures).
+    pub fn with(mut self, name: &str, documents: Vec<Document>) -> Self {
+        self.0.push(Found { name: name.into(), documents });
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Emit(Vec<Message>),
+    Reject(String),
+    Ignore,
+}
+
+impl Outcome {
+    /// Emit a single message.
+    pub fn emit(message: Message) -> Self {
+        Outcome::Emit(vec![message])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "op")]
+pub enum WriteOp {
+    /// Create; a conflict when the key exists.
+    Insert { collection: String, key: String, body: Value },
+    /// Create or replace.
+    Put { collection: String, key: String, body: Value },
+    /// Replace only if the stored version is `expected_version`.
+    UpdateIfVersion { collection: String, key: String, body: Value, expected_version: u64 },
+    /// Remove if present.
+    Delete { collection: String, key: String },
+}
+
+impl WriteOp {
+    pub fn collection(&self) -> &str {
+        match self {
+            WriteOp::Insert { collection, .. }
+            | WriteOp::Put { collection, .. }
+            | WriteOp::UpdateIfVersion { collection, .. }
+            | WriteOp::Delete { collection, .. } => collection,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        match self {
+            WriteOp::Insert { key, .. }
+            | WriteOp::Put { key, .. }
+            | WriteOp::UpdateIfVersion { key, .. }
+            | WriteOp::Delete { key, .. } => key,
+        }
+    }
+}
+
+/// What to store for one emitted message, and whom to tell.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WritePlan {
+    #[serde(default)]
+    pub ops: Vec<WriteOp>,
+    #[serde(default)]
+    pub notify: Vec<Message>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resolution {
+    Pending,
+    RespondDocument { collection: String, key: String },
+    Respond(Value),
+    Fail(String),
+}

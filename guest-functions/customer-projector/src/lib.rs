@@ -1,0 +1,153 @@
+//! `customer-projector`: keeps the `customers` read model up to date from the
+//! `customer` events, and tells the requester when a customer's document is
+//! ready (`ProjectionComplete`).
+
+use low_contract::*;
+
+/// The read model served as `customer(id)` / `customers(first, after)`.
+pub const CUSTOMERS: &str = "customers";
+
+pub struct CustomerProjector;
+
+impl Function for CustomerProjector {
+    fn meta() -> Meta {
+        Meta::projector("customer-projector", ["customer"]).model(ModelSpec {
+            name: "Customer".into(),
+            collection: CUSTOMERS.into(),
+            key: "id".into(),
+            fields: vec![
+                FieldSpec::new("id", FieldKind::Id, true),
+                FieldSpec::new("email", FieldKind::Text, true),
+                FieldSpec::new("invited", FieldKind::Boolean, true)
+                    .describe("Whether an invitation was sent"),
+            ],
+            public: true,
+            description: Some("A customer invited by email".into()),
+        })
+    }
+
+    fn lookup(input: &Message, _store: &dyn StoreRead, _env: &dyn Env) -> Vec<Lookup> {
+        match input.text("customer-id") {
+            Some(id) => vec![Lookup::by_key("customer", CUSTOMERS, id)],
+            None => vec![],
+        }
+    }
+
+    fn operate(input: &Message, data: &Data, env: &dyn Env) -> Outcome {
+        let current = data.first("customer");
+        match (input.kind.as_str(), input.text("customer-id")) {
+            ("CustomerInvited", Some(id)) => {
+                Outcome::emit(env.message(
+                    "Customer",
+                    json!({ "id": id, "email": input.payload["email"], "invited": true }),
+                ))
+            }
+            // Nothing changes, but the requester waits for the document: emit
+            // it as it stands so that `write` confirms it.
+            ("CustomerInviteFailed", Some(_)) => match current {
+                Some(customer) => Outcome::emit(env.message("Customer", customer.body.clone())),
+                None => Outcome::Ignore,
+            },
+            _ => Outcome::Ignore,
+        }
+    }
+
+    fn write(output: &Message, _env: &dyn Env) -> WritePlan {
+        match (output.kind.as_str(), output.text("id")) {
+            ("Customer", Some(id)) => WritePlan {
+                ops: vec![WriteOp::Put {
+                    collection: CUSTOMERS.into(),
+                    key: id.into(),
+                    body: output.payload.clone(),
+                }],
+                notify: vec![Message::new(
+                    format!("{}-projected", output.id),
+                    PROJECTION_COMPLETE,
+                    json!({ "collection": CUSTOMERS, "key": id }),
+                )],
+            },
+            _ => WritePlan::default(),
+        }
+    }
+}
+
+export_function!(CustomerProjector);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use low_contract::testing::{TestEnv, TestStore};
+
+    fn customer(id: &str, email: &str) -> Document {
+        Document {
+            collection: CUSTOMERS.into(),
+            key: id.into(),
+            version: 1,
+            body: json!({ "id": id, "email": email, "invited": true }),
+        }
+    }
+
+    #[test]
+    fn looks_up_the_customer_of_the_event() {
+        let event =
+            Message::new("e-1", "CustomerInvited", json!({ "customer-id": "cust-1", "email": "a@b.c" }));
+        let plan = CustomerProjector::lookup(&event, &TestStore::default(), &TestEnv::default());
+        assert_eq!(plan, vec![Lookup::by_key("customer", CUSTOMERS, "cust-1")]);
+    }
+
+    #[test]
+    fn an_invitation_projects_an_invited_customer() {
+        let event =
+            Message::new("e-1", "CustomerInvited", json!({ "customer-id": "cust-1", "email": "a@b.c" }));
+        let outcome = CustomerProjector::operate(&event, &Data::default(), &TestEnv::default());
+        assert_eq!(
+            outcome,
+            Outcome::emit(Message::new(
+                "id-1",
+                "Customer",
+                json!({ "id": "cust-1", "email": "a@b.c", "invited": true })
+            ))
+        );
+    }
+
+    #[test]
+    fn a_failed_invitation_confirms_the_existing_customer() {
+        let event =
+            Message::new("e-2", "CustomerInviteFailed", json!({ "customer-id": "cust-1", "email": "a@b.c" }));
+        let data = Data::default().with("customer", vec![customer("cust-1", "a@b.c")]);
+        let outcome = CustomerProjector::operate(&event, &data, &TestEnv::default());
+        assert_eq!(
+            outcome,
+            Outcome::emit(Message::new("id-1", "Customer", customer("cust-1", "a@b.c").body))
+        );
+        let unknown = CustomerProjector::operate(&event, &Data::default(), &TestEnv::default());
+        assert_eq!(unknown, Outcome::Ignore);
+    }
+
+    #[test]
+    fn writing_a_customer_stores_it_and_notifies_the_requester() {
+        let state =
+            Message::new("m-1", "Customer", json!({ "id": "cust-1", "email": "a@b.c", "invited": true }));
+        let plan = CustomerProjector::write(&state, &TestEnv::default());
+        assert_eq!(
+            plan.ops,
+            vec![WriteOp::Put {
+                collection: CUSTOMERS.into(),
+                key: "cust-1".into(),
+                body: state.payload.clone()
+            }]
+        );
+        assert_eq!(plan.notify.len(), 1);
+        assert_eq!(plan.notify[0].kind, PROJECTION_COMPLETE);
+        assert_eq!(plan.notify[0].payload, json!({ "collection": "customers", "key": "cust-1" }));
+    }
+
+    #[test]
+    fn other_events_are_ignored() {
+        let event = Message::new("e-1", "CustomerRenamed", json!({ "customer-id": "cust-1" }));
+        assert_eq!(
+            CustomerProjector::operate(&event, &Data::default(), &TestEnv::default()),
+            Outcome::Ignore
+        );
+    }
+}

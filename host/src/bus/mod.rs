@@ -1,0 +1,48 @@
+//! How commands, events and notifications travel between functions.
+//!
+//! Appending events is part of a store [`Commit`](crate::store::Commit), so
+//! that an event exists exactly when its writes do; the bus delivers what was
+//! appended to each consumer, in order, and carries notifications back to the
+//! shell holding the request.
+
+pub mod memory;
+
+pub use memory::MemoryBus;
+
+use crate::store::Event;
+use async_trait::async_trait;
+use low_contract::Message;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One event handed to one consumer.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Position in the log; the consumer's checkpoint after processing it.
+    pub position: u64,
+    pub event: Event,
+}
+
+/// The deliveries of one consumer, in log order.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next delivery; `None` once the bus has shut down.
+    async fn next(&mut self) -> Option<Delivery>;
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Appends a command to the log, for whichever consumer handles it.
+    async fn submit(&self, command: Event) -> Result<(), BusError>;
+    /// Deliveries on `topics` for the consumer `consumer`.
+    async fn subscribe(&self, consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError>;
+    /// Notifications for requests waiting in this shell. Taken once.
+    async fn notifications(&self) -> Result<mpsc::UnboundedReceiver<Message>, BusError>;
+}

@@ -1,0 +1,261 @@
+//! Runs the LOW cycle for one delivered message:
+//! lookup → run the lookup plan → operate → write (per emitted message) →
+//! commit plans, events, notifications and checkpoint together. A conflict at
+//! commit retries the whole cycle with a fresh lookup (and a fresh instance).
+//!
+//! The executor knows the contract, the [`Store`] and the [`Bus`] traits, and
+//! nothing about the technology behind them.
+
+use crate::bus::{Bus, Delivery, Subscription};
+use crate::registry::{Functions, Registry};
+use crate::runtime::{Function, GuestError};
+use crate::store::{Checkpoint, Commit, Event, Store, StoreError};
+use low_contract::{COMMANDS_TOPIC, Data, FAILED, Found, Lookup, Message, Outcome, Query, REJECTED, json};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Why a step did not commit.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Guest(#[from] GuestError),
+    #[error("function `{function}` produced an invalid plan: {message}")]
+    Invalid { function: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("function `{function}` kept conflicting after {attempts} attempts: {last}")]
+    Conflicts { function: String, attempts: u32, last: String },
+}
+
+pub struct Executor {
+    registry: Arc<Registry>,
+    store: Arc<dyn Store>,
+    /// Attempts per step when commits conflict.
+    attempts: u32,
+}
+
+/// How long to wait before retrying when the store is unreachable.
+const UNAVAILABLE_BACKOFF: Duration = Duration::from_millis(500);
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Executor {
+    pub fn new(registry: Arc<Registry>, store: Arc<dyn Store>, attempts: u32) -> Self {
+        Self { registry, store, attempts: attempts.max(1) }
+    }
+
+    /// Subscribes every handler and projector to its inputs and processes
+    /// their deliveries until the bus shuts down. One task per function:
+    /// each function sees its inputs in log order.
+    pub async fn start(
+        self: &Arc<Self>,
+        bus: &dyn Bus,
+    ) -> Result<Vec<tokio::task::JoinHandle<()>>, crate::bus::BusError> {
+        let mut tasks = vec![];
+        for function in self.registry.current().consumers() {
+            let name = function.name().to_owned();
+            let subscription = bus.subscribe(&name, &function.meta.inputs).await?;
+            tracing::info!(function = %name, version = %function.version, inputs = ?function.meta.inputs, "consuming");
+            tasks.push(tokio::spawn(Arc::clone(self).consume(name, subscription)));
+        }
+        Ok(tasks)
+    }
+
+    async fn consume(self: Arc<Self>, function: String, mut subscription: Box<dyn Subscription>) {
+        while let Some(delivery) = subscription.next().await {
+            self.handle(&function, &delivery).await;
+        }
+        tracing::debug!(%function, "consumer stopped");
+    }
+
+    /// Processes one delivery to completion: committed, or failed with a
+    /// `Failed` notification to the requester. Never gives up on a store that
+    /// is merely unavailable.
+    pub async fn handle(&self, function: &str, delivery: &Delivery) {
+        let checkpoint = Checkpoint { consumer: function.to_owned(), position: delivery.position };
+        loop {
+            let functions = self.registry.current();
+            let result = match functions.get(function) {
+                Some(f) if wants(f, delivery) => self.step(&functions, f, delivery, &checkpoint).await,
+                // Not ours (another handler's command, or the function is gone): only move on.
+                _ => self
+                    .store
+                    .commit(Commit { checkpoint: Some(checkpoint.clone()), ..Commit::default() })
+                    .await
+                    .map_err(Into::into),
+            };
+            match result {
+                Ok(()) => return,
+                Err(StepError::Store(StoreError::Unavailable(e))) => {
+                    tracing::warn!(%function, position = delivery.position, "store unavailable, retrying: {e}");
+                    tokio::time::sleep(UNAVAILABLE_BACKOFF).await;
+                }
+                Err(e) => {
+                    let message = &delivery.event.message;
+                    tracing::warn!(%function, kind = %message.kind, id = %message.id, "step failed: {e}");
+                    let failed = notification(
+                        message,
+                        FAILED,
+                        json!({ "reason": e.to_string(), "function": function }),
+                    );
+                    let commit = Commit {
+                        notify: failed.into_iter().collect(),
+                        checkpoint: Some(checkpoint.clone()),
+                        ..Commit::default()
+                    };
+                    match self.store.commit(commit).await {
+                        Ok(()) => return,
+                        Err(e) => {
+                            tracing::warn!(%function, "could not record the failure, retrying: {e}");
+                            tokio::time::sleep(UNAVAILABLE_BACKOFF).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn step(
+        &self,
+        functions: &Functions,
+        function: &Arc<Function>,
+        delivery: &Delivery,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), StepError> {
+        let input = &delivery.event.message;
+        let mut last = String::new();
+        for attempt in 1..=self.attempts {
+            let mut call = function.start(Some(Arc::clone(&self.store))).await?;
+            let plan = call.lookup(input).await?;
+            let data = self.run_lookups(functions, function, plan).await?;
+            let outcome = call.operate(input, &data).await?;
+            let mut commit = Commit { checkpoint: Some(checkpoint.clone()), ..Commit::default() };
+            match outcome {
+                Outcome::Ignore => {}
+                Outcome::Reject(reason) => {
+                    commit.notify.extend(notification(input, REJECTED, json!({ "reason": reason })));
+                }
+                Outcome::Emit(messages) => {
+                    for message in messages {
+                        let message = stamp(message, input);
+                        let plan = call.write(&message).await?;
+                        for op in &plan.ops {
+                            self.check_write(functions, function, op.collection(), op.key())?;
+                        }
+                        commit.ops.extend(plan.ops);
+                        commit.notify.extend(plan.notify.into_iter().filter_map(|n| correlate(n, input)));
+                        if let Some(topic) = &function.meta.output {
+                            commit.events.push(Event {
+                                topic: topic.clone(),
+                                message,
+                                function: Some(function.name().to_owned()),
+                                version: Some(function.version.0.clone()),
+                                at_ms: now_ms(),
+                            });
+                        }
+                    }
+                }
+            }
+            drop(call);
+            match self.store.commit(commit).await {
+                Ok(()) => return Ok(()),
+                Err(StoreError::Conflict(conflict)) => {
+                    tracing::debug!(
+                        function = function.name(),
+                        attempt,
+                        "conflict, retrying with a fresh lookup: {conflict}"
+                    );
+                    last = conflict;
+                    // Let the competing step finish before looking again.
+                    tokio::time::sleep(Duration::from_millis(u64::from(attempt))).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StepError::Conflicts { function: function.name().to_owned(), attempts: self.attempts, last })
+    }
+
+    async fn run_lookups(
+        &self,
+        functions: &Functions,
+        function: &Function,
+        plan: Vec<Lookup>,
+    ) -> Result<Data, StepError> {
+        let mut data = Data::default();
+        for lookup in plan {
+            let collection = lookup.query.collection();
+            if functions.model(collection).is_none() {
+                return Err(invalid(
+                    function,
+                    format!("lookup `{}` reads unknown collection `{collection}`", lookup.name),
+                ));
+            }
+            let documents = match &lookup.query {
+                Query::Key { collection, key } => {
+                    self.store.get(collection, key).await?.into_iter().collect()
+                }
+                Query::Field { collection, field, value } => {
+                    self.store.find(collection, field, value).await?
+                }
+            };
+            data.0.push(Found { name: lookup.name, documents });
+        }
+        Ok(data)
+    }
+
+    fn check_write(
+        &self,
+        functions: &Functions,
+        function: &Function,
+        collection: &str,
+        key: &str,
+    ) -> Result<(), StepError> {
+        match functions.model(collection) {
+            None => Err(invalid(function, format!("writes to unknown collection `{collection}`"))),
+            Some((owner, _)) if owner != function.name() => {
+                Err(invalid(function, format!("writes to collection `{collection}`, which `{owner}` owns")))
+            }
+            Some(_) if key.is_empty() => {
+                Err(invalid(function, format!("writes a document with an empty key to `{collection}`")))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+fn invalid(function: &Function, message: String) -> StepError {
+    StepError::Invalid { function: function.name().to_owned(), message }
+}
+
+/// Whether the delivery is for this function: commands only reach the
+/// handler that declares them.
+fn wants(function: &Function, delivery: &Delivery) -> bool {
+    delivery.event.topic != COMMANDS_TOPIC
+        || function.meta.commands.iter().any(|c| c.name == delivery.event.message.kind)
+}
+
+/// An emitted message carries the request it serves and the message that caused it.
+fn stamp(mut message: Message, input: &Message) -> Message {
+    if message.id.is_empty() {
+        message.id = uuid::Uuid::new_v4().to_string();
+    }
+    message.correlation_id = input.correlation_id.clone();
+    message.causation_id = Some(input.id.clone());
+    message
+}
+
+/// A notification for whoever waits on the input's request, if anyone does.
+fn correlate(mut notification: Message, input: &Message) -> Option<Message> {
+    notification.correlation_id = Some(input.correlation_id.clone()?);
+    notification.causation_id = Some(input.id.clone());
+    if notification.id.is_empty() {
+        notification.id = uuid::Uuid::new_v4().to_string();
+    }
+    Some(notification)
+}
+
+fn notification(input: &Message, kind: &str, payload: low_contract::Value) -> Option<Message> {
+    correlate(Message::new(uuid::Uuid::new_v4().to_string(), kind, payload), input)
+}

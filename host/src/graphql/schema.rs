@@ -1,0 +1,284 @@
+//! The GraphQL schema, built from the loaded functions' metadata:
+//! each command a handler declares is a mutation whose arguments are the
+//! command's fields; each public model is an object type with a query by key
+//! and a paged list query. Rebuilt whenever the set of functions changes.
+
+use crate::registry::Functions;
+use crate::responses::{ResponseError, Responses};
+use crate::store::Store;
+use async_graphql::dynamic::{
+    Field, FieldFuture, FieldValue, InputValue, Object, ResolverContext, Scalar, Schema, SchemaError, TypeRef,
+};
+use low_contract::{CommandSpec, FieldKind, FieldSpec, FunctionKind, Message, ModelSpec, Value};
+use std::sync::Arc;
+
+/// Largest page `first` may ask for.
+pub const MAX_PAGE: usize = 100;
+const DEFAULT_PAGE: i64 = 20;
+/// The scalar for values no model describes.
+const JSON: &str = "JSON";
+
+/// What resolvers need from the shell.
+#[derive(Clone)]
+pub struct Backend {
+    pub store: Arc<dyn Store>,
+    pub responses: Arc<Responses>,
+}
+
+/// Limits applied to every query.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    pub depth: usize,
+    pub complexity: usize,
+}
+
+/// `customer-id` → `customerId`: GraphQL names cannot hold dashes.
+pub fn graphql_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '-' || c == '_' && !out.is_empty() {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn lower_first(name: &str) -> String {
+    let mut chars = name.chars();
+    chars.next().map_or_else(String::new, |c| c.to_lowercase().chain(chars).collect())
+}
+
+/// `email` → `Email`, for "Email is required".
+fn upper_first(name: &str) -> String {
+    let mut chars = name.chars();
+    chars.next().map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
+}
+
+fn scalar(kind: FieldKind) -> &'static str {
+    match kind {
+        FieldKind::Id => TypeRef::ID,
+        FieldKind::Text => TypeRef::STRING,
+        FieldKind::Integer => TypeRef::INT,
+        FieldKind::Number => TypeRef::FLOAT,
+        FieldKind::Boolean => TypeRef::BOOLEAN,
+    }
+}
+
+fn json_to_graphql(value: &Value) -> async_graphql::Value {
+    async_graphql::Value::from_json(value.clone()).unwrap_or(async_graphql::Value::Null)
+}
+
+/// A document's field, as its declared scalar.
+fn model_field(spec: &FieldSpec) -> Field {
+    let key = spec.name.clone();
+    let kind = spec.kind;
+    let ty = if spec.required { TypeRef::named_nn(scalar(kind)) } else { TypeRef::named(scalar(kind)) };
+    let field = Field::new(graphql_name(&spec.name), ty, move |ctx| {
+        let value = ctx.parent_value.downcast_ref::<Value>().and_then(|doc| doc.get(&key)).cloned();
+        FieldFuture::from_value(value.filter(|v| !v.is_null()).map(|v| match (kind, v) {
+            // Ids may be stored as numbers; GraphQL serialises ID as a string.
+            (FieldKind::Id, Value::Number(n)) => async_graphql::Value::String(n.to_string()),
+            (_, v) => json_to_graphql(&v),
+        }))
+    });
+    match &spec.description {
+        Some(d) => field.description(d.clone()),
+        None => field,
+    }
+}
+
+fn model_type(model: &ModelSpec) -> Object {
+    let object = model.fields.iter().fold(Object::new(&model.name), |o, f| o.field(model_field(f)));
+    match &model.description {
+        Some(d) => object.description(d.clone()),
+        None => object,
+    }
+}
+
+fn gql_error(e: impl std::fmt::Display) -> async_graphql::Error {
+    async_graphql::Error::new(e.to_string())
+}
+
+/// `customer(id: ID!)` and `customers(first: Int = 20, after: String)`.
+fn model_queries(model: &ModelSpec, backend: &Backend) -> Vec<Field> {
+    let key_arg = graphql_name(&model.key);
+    let one = {
+        let (backend, collection, key_arg2) = (backend.clone(), model.collection.clone(), key_arg.clone());
+        Field::new(lower_first(&model.name), TypeRef::named(&model.name), move |ctx| {
+            let (backend, collection, key_arg) = (backend.clone(), collection.clone(), key_arg2.clone());
+            FieldFuture::new(async move {
+                let key = ctx.args.try_get(&key_arg)?.string()?.to_owned();
+                let doc = backend.store.get(&collection, &key).await.map_err(gql_error)?;
+                Ok(doc.map(|d| FieldValue::owned_any(d.body)))
+            })
+        })
+        .argument(InputValue::new(&key_arg, TypeRef::named_nn(TypeRef::ID)))
+        .description(format!("The {} with this {}", model.name, model.key))
+    };
+    let page = {
+        let (backend, collection) = (backend.clone(), model.collection.clone());
+        Field::new(graphql_name(&model.collection), TypeRef::named_nn_list_nn(&model.name), move |ctx| {
+            let (backend, collection) = (backend.clone(), collection.clone());
+            FieldFuture::new(async move {
+                let first = ctx.args.get("first").map(|v| v.i64()).transpose()?.unwrap_or(DEFAULT_PAGE);
+                let first = usize::try_from(first)
+                    .ok()
+                    .filter(|n| *n <= MAX_PAGE)
+                    .ok_or_else(|| gql_error(format!("`first` must be between 0 and {MAX_PAGE}")))?;
+                let after = ctx.args.get("after").filter(|v| !v.is_null()).map(|v| v.string()).transpose()?;
+                let docs = backend.store.list(&collection, after, first).await.map_err(gql_error)?;
+                Ok(Some(FieldValue::list(docs.into_iter().map(|d| FieldValue::owned_any(d.body)))))
+            })
+        })
+        .argument(InputValue::new("first", TypeRef::named(TypeRef::INT)).default_value(DEFAULT_PAGE))
+        .argument(InputValue::new("after", TypeRef::named(TypeRef::STRING)))
+        .description(format!(
+            "{} in {} order; pass the last {} as `after` for the next page",
+            model.name, model.key, model.key
+        ))
+    };
+    vec![one, page]
+}
+
+/// The command's payload from the mutation's arguments, checking required fields.
+fn payload(ctx: &ResolverContext<'_>, command: &CommandSpec) -> Result<Value, async_graphql::Error> {
+    let mut payload = serde_json::Map::new();
+    for field in &command.fields {
+        match ctx.args.get(&graphql_name(&field.name)).filter(|v| !v.is_null()) {
+            Some(value) => {
+                let value = value.as_value().clone().into_json().map_err(gql_error)?;
+                payload.insert(field.name.clone(), value);
+            }
+            None if field.required => {
+                return Err(gql_error(format!("{} is required", upper_first(&field.name))));
+            }
+            None => {}
+        }
+    }
+    Ok(Value::Object(payload))
+}
+
+fn mutation(command: &CommandSpec, returns_model: bool, backend: &Backend) -> Field {
+    let ty = if returns_model { TypeRef::named(&command.returns) } else { TypeRef::named(JSON) };
+    let (backend, spec) = (backend.clone(), command.clone());
+    let field = Field::new(&command.name, ty, move |ctx| {
+        let (backend, spec) = (backend.clone(), spec.clone());
+        FieldFuture::new(async move {
+            let payload = payload(&ctx, &spec)?;
+            let id = uuid::Uuid::now_v7().to_string();
+            let command = Message::new(id.clone(), &spec.name, payload).correlated(id);
+            match backend.responses.request(command).await {
+                Ok(value) if returns_model => Ok(Some(FieldValue::owned_any(value))),
+                Ok(value) => Ok(Some(FieldValue::value(json_to_graphql(&value)))),
+                Err(
+                    e @ (ResponseError::Rejected(_)
+                    | ResponseError::Failed(_)
+                    | ResponseError::Timeout { .. }),
+                ) => Err(gql_error(e)),
+            }
+        })
+    });
+    let field = command.fields.iter().fold(field, |f, spec| {
+        let arg = InputValue::new(graphql_name(&spec.name), TypeRef::named(scalar(spec.kind)));
+        f.argument(match &spec.description {
+            Some(d) => arg.description(d.clone()),
+            None => arg,
+        })
+    });
+    match &command.description {
+        Some(d) => field.description(d.clone()),
+        None => field,
+    }
+}
+
+/// `functions`: what is loaded, for operators.
+fn functions_query(functions: &Functions) -> (Object, Field) {
+    let listing: Vec<Value> = functions
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "name": f.name(),
+                "kind": match f.meta.kind { FunctionKind::Handler => "handler", FunctionKind::Projector => "projector", FunctionKind::Resolver => "resolver" },
+                "version": f.version.0,
+                "inputs": f.meta.inputs,
+                "output": f.meta.output,
+            })
+        })
+        .collect();
+    let text = |name: &'static str, nn: bool| {
+        Field::new(
+            name,
+            if nn { TypeRef::named_nn(TypeRef::STRING) } else { TypeRef::named(TypeRef::STRING) },
+            move |ctx| {
+                FieldFuture::from_value(
+                    ctx.parent_value.downcast_ref::<Value>().and_then(|v| v.get(name)).map(json_to_graphql),
+                )
+            },
+        )
+    };
+    let object = Object::new("Function")
+        .description("A loaded function")
+        .field(text("name", true))
+        .field(text("kind", true))
+        .field(text("version", true).description("sha256 of the component"))
+        .field(text("output", false))
+        .field(Field::new("inputs", TypeRef::named_nn_list_nn(TypeRef::STRING), |ctx| {
+            FieldFuture::from_value(
+                ctx.parent_value.downcast_ref::<Value>().and_then(|v| v.get("inputs")).map(json_to_graphql),
+            )
+        }));
+    let field = Field::new("functions", TypeRef::named_nn_list_nn("Function"), move |_| {
+        let listing = listing.clone();
+        FieldFuture::new(
+            async move { Ok(Some(FieldValue::list(listing.into_iter().map(FieldValue::owned_any)))) },
+        )
+    })
+    .description("The functions this shell has loaded");
+    (object, field)
+}
+
+pub fn build(functions: &Functions, backend: &Backend, limits: QueryLimits) -> Result<Schema, SchemaError> {
+    let public: Vec<&ModelSpec> = functions.models().filter(|m| m.public).collect();
+    let commands: Vec<&CommandSpec> = functions.commands().map(|(_, c)| c).collect();
+    let mut builder = Schema::build("Query", (!commands.is_empty()).then_some("Mutation"), None);
+    let (function_type, functions_field) = functions_query(functions);
+    let mut query = Object::new("Query").field(functions_field);
+    for model in &public {
+        builder = builder.register(model_type(model));
+        query = model_queries(model, backend).into_iter().fold(query, Object::field);
+    }
+    if !commands.is_empty() {
+        let mutations = commands.iter().fold(Object::new("Mutation"), |m, command| {
+            let returns_model = public.iter().any(|model| model.name == command.returns);
+            m.field(mutation(command, returns_model, backend))
+        });
+        builder = builder.register(mutations);
+    }
+    builder
+        .register(query)
+        .register(function_type)
+        .register(Scalar::new(JSON).description("Any JSON value"))
+        .limit_depth(limits.depth)
+        .limit_complexity(limits.complexity)
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_become_graphql_names() {
+        assert_eq!(graphql_name("customer-id"), "customerId");
+        assert_eq!(graphql_name("email"), "email");
+        assert_eq!(graphql_name("created_at"), "createdAt");
+        assert_eq!(upper_first("email"), "Email");
+        assert_eq!(lower_first("Customer"), "customer");
+    }
+}

@@ -1,0 +1,168 @@
+//! The response path: ties a request waiting in this shell to the
+//! notifications its command causes. Each notification is shown, with those
+//! seen before it, to the command's resolver, which answers pending, a
+//! document, a value, or a failure.
+
+use crate::bus::Bus;
+use crate::executor::now_ms;
+use crate::registry::Registry;
+use crate::store::{Event, Store};
+use low_contract::{COMMANDS_TOPIC, FAILED, Message, PROJECTION_COMPLETE, REJECTED, Resolution, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Why a request got no value.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ResponseError {
+    /// The function (or its resolver) refused the command; the message is for the user.
+    #[error("{0}")]
+    Rejected(String),
+    /// The shell could not carry the command out.
+    #[error("{0}")]
+    Failed(String),
+    #[error("no response to command {command_id} within {after:?}")]
+    Timeout { command_id: String, after: Duration },
+}
+
+struct Pending {
+    command: Message,
+    seen: Vec<Message>,
+    reply: oneshot::Sender<Result<Value, ResponseError>>,
+}
+
+pub struct Responses {
+    pending: Mutex<HashMap<String, Pending>>,
+    registry: Arc<Registry>,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    timeout: Duration,
+}
+
+impl Responses {
+    /// Takes the bus's notifications and starts routing them.
+    pub async fn start(
+        registry: Arc<Registry>,
+        store: Arc<dyn Store>,
+        bus: Arc<dyn Bus>,
+        timeout: Duration,
+    ) -> Result<Arc<Self>, crate::bus::BusError> {
+        let notifications = bus.notifications().await?;
+        let responses = Arc::new(Self { pending: Mutex::default(), registry, store, bus, timeout });
+        tokio::spawn(Arc::clone(&responses).route(notifications));
+        Ok(responses)
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Submits `command` and waits for its response. The command's
+    /// correlation id (its id when unset) names the request.
+    pub async fn request(&self, mut command: Message) -> Result<Value, ResponseError> {
+        let id = command.correlation_id.get_or_insert_with(|| command.id.clone()).clone();
+        let (reply, response) = oneshot::channel();
+        self.pending().insert(id.clone(), Pending { command: command.clone(), seen: vec![], reply });
+        let event = Event {
+            topic: COMMANDS_TOPIC.into(),
+            message: command,
+            function: None,
+            version: None,
+            at_ms: now_ms(),
+        };
+        if let Err(e) = self.bus.submit(event).await {
+            self.pending().remove(&id);
+            return Err(ResponseError::Failed(format!("could not submit command {id}: {e}")));
+        }
+        match tokio::time::timeout(self.timeout, response).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => {
+                Err(ResponseError::Failed(format!("the shell stopped before command {id} was answered")))
+            }
+            Err(_) => {
+                self.pending().remove(&id);
+                Err(ResponseError::Timeout { command_id: id, after: self.timeout })
+            }
+        }
+    }
+
+    async fn route(self: Arc<Self>, mut notifications: mpsc::UnboundedReceiver<Message>) {
+        while let Some(notification) = notifications.recv().await {
+            let Some(id) = notification.correlation_id.clone() else { continue };
+            let snapshot = {
+                let mut pending = self.pending();
+                // Not waiting here: another shell holds the request, or it timed out.
+                let Some(p) = pending.get_mut(&id) else { continue };
+                p.seen.push(notification.clone());
+                (p.command.clone(), p.seen.clone())
+            };
+            if notification.kind == FAILED {
+                let reason = notification.text("reason").unwrap_or("the command failed").to_owned();
+                self.finish(&id, Err(ResponseError::Failed(reason)));
+                continue;
+            }
+            let this = Arc::clone(&self);
+            tokio::spawn(async move {
+                let (command, seen) = snapshot;
+                if let Some(result) = this.resolve(&command, &seen).await {
+                    this.finish(&id, result);
+                }
+            });
+        }
+    }
+
+    fn finish(&self, id: &str, result: Result<Value, ResponseError>) {
+        if let Some(p) = self.pending().remove(id) {
+            // The requester may have given up (timeout); nothing to do then.
+            let _ = p.reply.send(result);
+        }
+    }
+
+    /// `None` while the answer is still pending.
+    async fn resolve(&self, command: &Message, seen: &[Message]) -> Option<Result<Value, ResponseError>> {
+        let resolver = self.registry.current().resolver_for(&command.kind).cloned();
+        let resolution = match resolver {
+            Some(resolver) => {
+                let resolved = match resolver.start(None).await {
+                    Ok(mut call) => call.resolve(command, seen).await,
+                    Err(e) => Err(e),
+                };
+                match resolved {
+                    Ok(resolution) => resolution,
+                    Err(e) => return Some(Err(ResponseError::Failed(e.to_string()))),
+                }
+            }
+            None => default_resolution(seen.last()?),
+        };
+        match resolution {
+            Resolution::Pending => None,
+            Resolution::Respond(value) => Some(Ok(value)),
+            Resolution::Fail(reason) => Some(Err(ResponseError::Rejected(reason))),
+            Resolution::RespondDocument { collection, key } => {
+                Some(match self.store.get(&collection, &key).await {
+                    Ok(Some(document)) => Ok(document.body),
+                    Ok(None) => {
+                        Err(ResponseError::Failed(format!("document `{collection}/{key}` does not exist")))
+                    }
+                    Err(e) => Err(ResponseError::Failed(e.to_string())),
+                })
+            }
+        }
+    }
+}
+
+/// For a command without a resolver: a rejection fails, a projected
+/// document answers, any other notification answers with its payload.
+fn default_resolution(last: &Message) -> Resolution {
+    match last.kind.as_str() {
+        REJECTED => Resolution::Fail(last.text("reason").unwrap_or("rejected").into()),
+        PROJECTION_COMPLETE => match (last.text("collection"), last.text("key")) {
+            (Some(collection), Some(key)) => {
+                Resolution::RespondDocument { collection: collection.into(), key: key.into() }
+            }
+            _ => Resolution::Respond(last.payload.clone()),
+        },
+        _ => Resolution::Respond(last.payload.clone()),
+    }
+}

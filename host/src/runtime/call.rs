@@ -1,0 +1,147 @@
+//! One execution of a guest: a fresh wasmtime `Store` and instance, so no
+//! state survives from one command to the next, with the deadline re-armed
+//! before every export call.
+
+use super::bindings::{function, resolver};
+use super::convert;
+use super::state::CallState;
+use super::{Function, GuestError, Pre, TICK};
+use crate::store::Store;
+use low_contract::{Data, FunctionKind, Lookup, Message, Meta, Outcome, Resolution, WritePlan};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::Trap;
+
+enum Instance {
+    Function(function::Function),
+    Resolver(resolver::Resolver),
+}
+
+/// A live instance of a [`Function`], for one command or one resolution.
+pub struct Call {
+    store: wasmtime::Store<CallState>,
+    instance: Instance,
+    function: String,
+    kind: FunctionKind,
+    deadline: Duration,
+    // Released when the call is dropped, freeing the instance slot.
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Call {
+    pub(super) async fn start(f: &Function, store: Option<Arc<dyn Store>>) -> Result<Self, GuestError> {
+        let name = f.meta.name.clone();
+        let runtime = &f.runtime;
+        let slot = Arc::clone(&runtime.slots).acquire_owned().await.map_err(|_| GuestError::Trap {
+            function: name.clone(),
+            phase: "instantiate",
+            message: "the runtime is shutting down".into(),
+        })?;
+        let state = CallState::new(name.as_str().into(), runtime.limits.memory_bytes, store);
+        let mut wasm = wasmtime::Store::new(&runtime.engine, state);
+        wasm.limiter(|s| &mut s.limits);
+        wasm.epoch_deadline_trap();
+        let deadline = runtime.limits.deadline;
+        wasm.set_epoch_deadline(ticks(deadline));
+        let instance = match &f.pre {
+            Pre::Function(pre) => pre.instantiate_async(&mut wasm).await.map(Instance::Function),
+            Pre::Resolver(pre) => pre.instantiate_async(&mut wasm).await.map(Instance::Resolver),
+        };
+        let instance =
+            instance.map_err(|e| failure(&name, "instantiate", deadline, &e, &wasm.data().stderr()))?;
+        Ok(Self { store: wasm, instance, function: name, kind: f.meta.kind, deadline, _slot: slot })
+    }
+
+    fn arm(&mut self) {
+        self.store.set_epoch_deadline(ticks(self.deadline));
+    }
+
+    fn fail(&self, phase: &'static str, e: &wasmtime::Error) -> GuestError {
+        failure(&self.function, phase, self.deadline, e, &self.store.data().stderr())
+    }
+
+    fn invalid(&self, phase: &'static str, message: String) -> GuestError {
+        GuestError::Invalid { function: self.function.clone(), phase, message }
+    }
+
+    fn wrong_kind(&self, phase: &'static str) -> GuestError {
+        GuestError::WrongKind { function: self.function.clone(), phase, kind: self.kind }
+    }
+
+    pub async fn meta(&mut self) -> Result<Meta, GuestError> {
+        self.arm();
+        let meta = match &self.instance {
+            Instance::Function(i) => i.call_meta(&mut self.store).await,
+            Instance::Resolver(i) => i.call_meta(&mut self.store).await,
+        };
+        meta.map(convert::meta_from_wit).map_err(|e| self.fail("meta", &e))
+    }
+
+    pub async fn lookup(&mut self, input: &Message) -> Result<Vec<Lookup>, GuestError> {
+        self.arm();
+        let Instance::Function(instance) = &self.instance else { return Err(self.wrong_kind("lookup")) };
+        self.store.data_mut().in_lookup = true;
+        let plan = instance.call_lookup(&mut self.store, &convert::message_to_wit(input)).await;
+        self.store.data_mut().in_lookup = false;
+        let plan = plan.map_err(|e| self.fail("lookup", &e))?;
+        plan.into_iter()
+            .map(convert::lookup_from_wit)
+            .collect::<Result<_, _>>()
+            .map_err(|m| self.invalid("lookup", m))
+    }
+
+    pub async fn operate(&mut self, input: &Message, data: &Data) -> Result<Outcome, GuestError> {
+        self.arm();
+        let Instance::Function(instance) = &self.instance else { return Err(self.wrong_kind("operate")) };
+        let outcome = instance
+            .call_operate(&mut self.store, &convert::message_to_wit(input), &convert::data_to_wit(data))
+            .await
+            .map_err(|e| self.fail("operate", &e))?;
+        convert::outcome_from_wit(outcome).map_err(|m| self.invalid("operate", m))
+    }
+
+    pub async fn write(&mut self, output: &Message) -> Result<WritePlan, GuestError> {
+        self.arm();
+        let Instance::Function(instance) = &self.instance else { return Err(self.wrong_kind("write")) };
+        let plan = instance
+            .call_write(&mut self.store, &convert::message_to_wit(output))
+            .await
+            .map_err(|e| self.fail("write", &e))?;
+        convert::plan_from_wit(plan).map_err(|m| self.invalid("write", m))
+    }
+
+    pub async fn resolve(&mut self, command: &Message, seen: &[Message]) -> Result<Resolution, GuestError> {
+        self.arm();
+        let Instance::Resolver(instance) = &self.instance else { return Err(self.wrong_kind("resolve")) };
+        let seen: Vec<_> = seen.iter().map(convert::message_to_wit).collect();
+        let resolution = instance
+            .call_resolve(&mut self.store, &convert::message_to_wit(command), &seen)
+            .await
+            .map_err(|e| self.fail("resolve", &e))?;
+        convert::resolution_from_wit(resolution).map_err(|m| self.invalid("resolve", m))
+    }
+}
+
+/// The deadline in epoch ticks, rounded up, plus one for the tick in progress.
+fn ticks(deadline: Duration) -> u64 {
+    (deadline.as_nanos().div_ceil(TICK.as_nanos()) as u64).max(1) + 1
+}
+
+fn failure(
+    function: &str,
+    phase: &'static str,
+    deadline: Duration,
+    e: &wasmtime::Error,
+    stderr: &str,
+) -> GuestError {
+    if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+        return GuestError::Deadline { function: function.into(), phase, deadline };
+    }
+    let cause = match e.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => e.root_cause().to_string(),
+    };
+    let message = if stderr.is_empty() { cause } else { format!("{cause}; guest stderr: {stderr}") };
+    GuestError::Trap { function: function.into(), phase, message }
+}

@@ -1,0 +1,235 @@
+//! The WebAssembly runtime: one wasmtime [`Engine`] for the process, a
+//! [`Function`] per loaded component (its `InstancePre` built once), and a
+//! fresh, limited [`Call`] (a wasmtime `Store` plus instance) per execution.
+//!
+//! Guests get no files, network, environment or clock: WASI is linked with an
+//! empty context whose clocks stand still; ids, time and logging come from
+//! the contract's `env` import.
+
+mod bindings;
+mod call;
+mod convert;
+mod state;
+
+pub use call::Call;
+
+use crate::store::Store;
+use bindings::{function::FunctionPre, resolver::ResolverPre};
+use low_contract::{FunctionKind, Meta};
+use sha2::{Digest, Sha256};
+use state::CallState;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How much a guest may use per call.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Wall-clock budget of one export call (`lookup`, `operate`, …).
+    pub deadline: Duration,
+    /// Linear memory of one instance.
+    pub memory_bytes: usize,
+    /// Instances alive at once; further calls wait for a free slot.
+    pub instances: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { deadline: Duration::from_secs(1), memory_bytes: 64 << 20, instances: 256 }
+    }
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a WebAssembly component: {0}")]
+    NotAComponent(String),
+    #[error("the component does not fit the contract's `function` or `resolver` world: {0}")]
+    WrongWorld(String),
+    #[error("`meta` failed: {0}")]
+    Meta(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a guest call can fail with. Each names the function and the phase.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GuestError {
+    #[error("function `{function}` exceeded its deadline of {deadline:?} in `{phase}`")]
+    Deadline { function: String, phase: &'static str, deadline: Duration },
+    #[error("function `{function}` trapped in `{phase}`: {message}")]
+    Trap { function: String, phase: &'static str, message: String },
+    #[error("function `{function}` returned an invalid value from `{phase}`: {message}")]
+    Invalid { function: String, phase: &'static str, message: String },
+    #[error("function `{function}` has no `{phase}` export (it is a {kind:?})")]
+    WrongKind { function: String, phase: &'static str, kind: FunctionKind },
+}
+
+/// The shared engine and linkers.
+pub struct Runtime {
+    engine: Engine,
+    function_linker: Linker<CallState>,
+    resolver_linker: Linker<CallState>,
+    limits: Limits,
+    slots: Arc<Semaphore>,
+}
+
+/// Epochs advance this often; deadlines are counted in ticks.
+const TICK: Duration = Duration::from_millis(5);
+
+impl Runtime {
+    pub fn new(limits: Limits) -> anyhow::Result<Arc<Self>> {
+        let mut pool = PoolingAllocationConfig::default();
+        // A Rust wasip2 component is a handful of core instances, memories
+        // and tables; size the pool for `instances` of them.
+        let n = limits.instances.max(1);
+        pool.total_component_instances(n)
+            .total_stacks(n)
+            .total_core_instances(n * 8)
+            .total_memories(n * 2)
+            .total_tables(n * 4)
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_tables_per_component(8)
+            .max_memory_size(limits.memory_bytes);
+        let mut config = Config::new();
+        config.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        spawn_epoch_ticker(&engine);
+
+        let mut function_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut function_linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        bindings::function::Function::add_to_linker::<_, HasSelf<CallState>>(&mut function_linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let mut resolver_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut resolver_linker).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        bindings::resolver::Resolver::add_to_linker::<_, HasSelf<CallState>>(&mut resolver_linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+
+        let slots = Arc::new(Semaphore::new(n as usize));
+        Ok(Arc::new(Self { engine, function_linker, resolver_linker, limits, slots }))
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Compiles, links and checks a component, and reads its `meta`.
+    /// Compilation is CPU-heavy: call this off the request path
+    /// (e.g. in `spawn_blocking` or at start-up).
+    pub async fn load(self: &Arc<Self>, bytes: &[u8]) -> Result<Arc<Function>, LoadError> {
+        let version = Version::of(bytes);
+        let component =
+            Component::new(&self.engine, bytes).map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
+        let exports_resolve =
+            component.component_type().exports(&self.engine).any(|(name, _)| name == "resolve");
+        let pre = if exports_resolve {
+            let pre = self
+                .resolver_linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+            Pre::Resolver(ResolverPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?)
+        } else {
+            let pre = self
+                .function_linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+            Pre::Function(FunctionPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?)
+        };
+        let mut function = Function {
+            meta: Meta::resolver("", Vec::<String>::new()),
+            version,
+            loaded_at: SystemTime::now(),
+            pre,
+            runtime: Arc::clone(self),
+        };
+        let mut call = function.start(None).await.map_err(|e| LoadError::Meta(e.to_string()))?;
+        let meta = call.meta().await.map_err(|e| LoadError::Meta(e.to_string()))?;
+        drop(call);
+        check_meta(&meta, matches!(function.pre, Pre::Resolver(_)))?;
+        function.meta = meta;
+        Ok(Arc::new(function))
+    }
+}
+
+fn check_meta(meta: &Meta, is_resolver: bool) -> Result<(), LoadError> {
+    if meta.name.trim().is_empty() {
+        return Err(LoadError::Invalid("`meta` returned an empty name".into()));
+    }
+    match (is_resolver, meta.kind) {
+        (true, FunctionKind::Resolver) | (false, FunctionKind::Handler | FunctionKind::Projector) => Ok(()),
+        (true, kind) => Err(LoadError::Invalid(format!("a `resolver` component declares kind {kind:?}"))),
+        (false, _) => Err(LoadError::Invalid("a `function` component declares kind Resolver".into())),
+    }
+}
+
+/// Advances the engine's epoch until the engine is dropped. A thread rather
+/// than a task, so deadlines hold even when the async runtime is saturated.
+fn spawn_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new().name("lowshell-epoch".into()).spawn(move || {
+        while let Some(engine) = weak.upgrade() {
+            engine.increment_epoch();
+            drop(engine);
+            std::thread::sleep(TICK);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!("could not start the epoch ticker, guest deadlines will not fire: {e}");
+    }
+}
+
+/// The identity of a component's bytes: their sha256, in hex.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Version(pub String);
+
+impl Version {
+    pub fn of(bytes: &[u8]) -> Self {
+        Version(hex::encode(Sha256::digest(bytes)))
+    }
+
+    /// The first 12 hex digits, for logs and listings.
+    pub fn short(&self) -> &str {
+        &self.0[..12.min(self.0.len())]
+    }
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.short())
+    }
+}
+
+enum Pre {
+    Function(FunctionPre<CallState>),
+    Resolver(ResolverPre<CallState>),
+}
+
+/// A loaded, validated component: ready to be instantiated cheaply.
+pub struct Function {
+    pub meta: Meta,
+    pub version: Version,
+    pub loaded_at: SystemTime,
+    pre: Pre,
+    runtime: Arc<Runtime>,
+}
+
+impl std::fmt::Debug for Function {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Function").field("name", &self.meta.name).field("version", &self.version).finish()
+    }
+}
+
+impl Function {
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+
+    /// A fresh instance for one execution. `store` is readable by the guest
+    /// during `lookup` only. Waits while every instance slot is taken.
+    pub async fn start(&self, store: Option<Arc<dyn Store>>) -> Result<Call, GuestError> {
+        Call::start(self, store).await
+    }
+}

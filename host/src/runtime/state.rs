@@ -1,0 +1,136 @@
+//! What a guest's imports see during one call: an empty WASI context, the
+//! `env` capabilities, and the store while `lookup` runs.
+
+use super::bindings::function::low::functions::{env, store, types};
+use super::convert;
+use crate::store::Store;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// Longest guest log line kept; the rest is cut so a guest cannot flood the logs.
+const MAX_LOG_LINE: usize = 4096;
+/// What a guest may write to stderr (a panic message, typically) before writes fail.
+const STDERR_CAPACITY: usize = 8192;
+
+pub struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    pub(super) function: Arc<str>,
+    /// Readable by the guest only while `lookup` runs.
+    pub(super) store: Option<Arc<dyn Store>>,
+    pub(super) in_lookup: bool,
+    pub(super) stderr: MemoryOutputPipe,
+}
+
+impl CallState {
+    pub fn new(function: Arc<str>, memory_bytes: usize, store: Option<Arc<dyn Store>>) -> Self {
+        let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
+        let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
+            .wall_clock(StoppedClock)
+            .monotonic_clock(StoppedClock)
+            .build();
+        let limits = StoreLimitsBuilder::new().memory_size(memory_bytes).trap_on_grow_failure(true).build();
+        Self { wasi, table: ResourceTable::new(), limits, function, store, in_lookup: false, stderr }
+    }
+
+    /// What the guest wrote to stderr, e.g. its panic message.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents()).trim().to_owned()
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// WASI clocks that stay at zero: time reaches guests only through `env.now-ms`.
+struct StoppedClock;
+
+impl HostWallClock for StoppedClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl HostMonotonicClock for StoppedClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+impl types::Host for CallState {}
+
+impl env::Host for CallState {
+    fn log(&mut self, level: env::Level, message: String) {
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut end = MAX_LOG_LINE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
+        let function = &*self.function;
+        match level {
+            env::Level::Trace => tracing::trace!(target: "guest", function, "{message}"),
+            env::Level::Debug => tracing::debug!(target: "guest", function, "{message}"),
+            env::Level::Info => tracing::info!(target: "guest", function, "{message}"),
+            env::Level::Warn => tracing::warn!(target: "guest", function, "{message}"),
+            env::Level::Error => tracing::error!(target: "guest", function, "{message}"),
+        }
+    }
+
+    fn new_id(&mut self) -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    fn now_ms(&mut self) -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+impl CallState {
+    fn readable_store(&self) -> Result<Arc<dyn Store>, String> {
+        match (&self.store, self.in_lookup) {
+            (Some(store), true) => Ok(Arc::clone(store)),
+            (_, false) => Err("the store is readable during `lookup` only".into()),
+            (None, true) => Err("no store is available to this call".into()),
+        }
+    }
+}
+
+impl store::Host for CallState {
+    async fn get(&mut self, collection: String, key: String) -> Result<Option<types::Document>, String> {
+        let store = self.readable_store()?;
+        let found = store.get(&collection, &key).await.map_err(|e| e.to_string())?;
+        Ok(found.map(convert::document_to_wit))
+    }
+
+    async fn find(
+        &mut self,
+        collection: String,
+        field: String,
+        value: String,
+    ) -> Result<Vec<types::Document>, String> {
+        let store = self.readable_store()?;
+        let value: serde_json::Value =
+            serde_json::from_str(&value).map_err(|e| format!("`value` is not JSON: {e}"))?;
+        let found = store.find(&collection, &field, &value).await.map_err(|e| e.to_string())?;
+        Ok(found.into_iter().map(convert::document_to_wit).collect())
+    }
+}

@@ -1,0 +1,127 @@
+//! Wires a project together: runtime, functions, store, bus, executor,
+//! responses and GraphQL, served over HTTP.
+
+use crate::bus::{Bus, MemoryBus};
+use crate::config::{Backend, Project};
+use crate::executor::Executor;
+use crate::graphql::{self, Graphql, QueryLimits};
+use crate::registry::{Functions, Registry};
+use crate::responses::Responses;
+use crate::runtime::{Function, Runtime};
+use crate::store::{MemoryStore, Store};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running shell.
+pub struct Shell {
+    /// Where it listens (the actual port when the project asked for port 0).
+    pub addr: SocketAddr,
+    pub registry: Arc<Registry>,
+    pub graphql: Arc<Graphql>,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+    consumers: Vec<JoinHandle<()>>,
+}
+
+/// The component files a project names, or every `*.wasm` in its folder.
+pub fn module_files(project: &Project) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = &project.modules;
+    match &project.functions {
+        Some(names) => Ok(names.iter().map(|n| dir.join(format!("{n}.wasm"))).collect()),
+        None => {
+            let entries = std::fs::read_dir(dir).with_context(|| {
+                format!("cannot read the modules folder {} (run `make guest`)", dir.display())
+            })?;
+            let mut files: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+                .collect();
+            files.sort();
+            Ok(files)
+        }
+    }
+}
+
+/// Reads and loads one component file.
+pub async fn load_file(runtime: &Arc<Runtime>, path: &Path) -> anyhow::Result<Arc<Function>> {
+    let bytes = tokio::fs::read(path).await.with_context(|| {
+        format!("cannot read module {} (run `make guest` to build the components)", path.display())
+    })?;
+    let function =
+        runtime.load(&bytes).await.with_context(|| format!("cannot load module {}", path.display()))?;
+    tracing::info!(function = function.name(), version = %function.version, kind = ?function.meta.kind, file = %path.display(), "loaded");
+    Ok(function)
+}
+
+impl Shell {
+    pub async fn start(project: Project) -> anyhow::Result<Self> {
+        let runtime = Runtime::new(project.limits())?;
+        let mut loaded = vec![];
+        for path in module_files(&project)? {
+            loaded.push(load_file(&runtime, &path).await?);
+        }
+        if loaded.is_empty() {
+            anyhow::bail!("no functions to load in {} (run `make guest`)", project.modules.display());
+        }
+        let registry = Arc::new(Registry::new(Functions::new(loaded)?));
+
+        let (bus, store): (Arc<dyn Bus>, Arc<dyn Store>) = match (project.bus, project.store) {
+            (Backend::Memory, Backend::Memory) => {
+                let bus = MemoryBus::new();
+                (Arc::new(bus.clone()), Arc::new(MemoryStore::new(bus)))
+            }
+        };
+
+        let executor = Arc::new(Executor::new(Arc::clone(&registry), Arc::clone(&store), project.attempts));
+        let consumers = executor.start(&*bus).await?;
+        let responses = Responses::start(
+            Arc::clone(&registry),
+            Arc::clone(&store),
+            Arc::clone(&bus),
+            project.response_timeout(),
+        )
+        .await?;
+        let limits =
+            QueryLimits { depth: project.graphql.max_depth, complexity: project.graphql.max_complexity };
+        let graphql = Graphql::start(Arc::clone(&registry), graphql::Backend { store, responses }, limits)?;
+
+        let listener = tokio::net::TcpListener::bind(project.listen).await.with_context(|| {
+            format!("cannot listen on {} (is another shell running there? try --listen)", project.listen)
+        })?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = graphql::router(Arc::clone(&graphql));
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::info!(project = %project.name, %addr, "serving GraphQL at http://{addr}/");
+        Ok(Self { addr, registry, graphql, stop: Some(stop), server, consumers })
+    }
+
+    /// Stops accepting requests, lets those in flight finish, then stops.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let served = (&mut self.server).await;
+        for consumer in &self.consumers {
+            consumer.abort();
+        }
+        served??;
+        Ok(())
+    }
+
+    /// Serves until the server stops on its own (it does not, unless it fails).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.server).await??;
+        Ok(())
+    }
+}

@@ -1,0 +1,70 @@
+//! Where functions' documents live, and where events are appended.
+//!
+//! A [`Commit`] — a step's write plans, the events it emitted, the
+//! notifications for the requester and the consumer's checkpoint — is applied
+//! all or nothing. Integrity conditions (`insert` of an existing key, a stale
+//! `update-if-version`) are checked by the store at commit, never by reading
+//! first, and fail the whole commit with [`StoreError::Conflict`].
+
+pub mod memory;
+
+pub use memory::MemoryStore;
+
+use async_trait::async_trait;
+use low_contract::{Document, Message, Value, WriteOp};
+use serde::Serialize;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// An integrity condition failed; a fresh lookup may succeed.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The commit can never succeed as written.
+    #[error("invalid write: {0}")]
+    Invalid(String),
+    /// The store cannot be reached now; nothing was applied.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A message as the log holds it: where it went and who produced it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    pub topic: String,
+    pub message: Message,
+    /// The function (and its version) that emitted it; none for commands.
+    pub function: Option<String>,
+    pub version: Option<String>,
+    pub at_ms: u64,
+}
+
+/// A consumer has processed the log up to and including `position`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub consumer: String,
+    pub position: u64,
+}
+
+/// Everything one step changes, applied atomically.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    pub ops: Vec<WriteOp>,
+    pub events: Vec<Event>,
+    pub notify: Vec<Message>,
+    pub checkpoint: Option<Checkpoint>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get(&self, collection: &str, key: &str) -> Result<Option<Document>, StoreError>;
+    /// Documents whose top-level `field` equals `value`.
+    async fn find(&self, collection: &str, field: &str, value: &Value) -> Result<Vec<Document>, StoreError>;
+    /// Up to `limit` documents in key order, after the key `after`.
+    async fn list(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Document>, StoreError>;
+    async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+}
