@@ -4,6 +4,8 @@ GUESTS   := invite-customer customer-projector invite-resolver
 TARGET   := wasm32-wasip2
 MODULES  := modules
 CARGO    ?= cargo
+# Honour a shared target dir (several worktrees, one build cache).
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: all guest target run test fmt lint check clean
 
@@ -19,7 +21,7 @@ guest: target
 	@mkdir -p $(MODULES)
 	@for g in $(GUESTS); do \
 		$(CARGO) build --quiet --release --target $(TARGET) -p $$g || exit 1; \
-		cp target/$(TARGET)/release/$$(echo $$g | tr - _).wasm $(MODULES)/$$g.wasm; \
+		cp $(TARGET_DIR)/$(TARGET)/release/$$(echo $$g | tr - _).wasm $(MODULES)/$$g.wasm; \
 	done
 	@echo "components in $(MODULES)/: $(GUESTS)"
 

@@ -10,7 +10,9 @@ use crate::bus::{Bus, Delivery, Subscription};
 use crate::registry::{Functions, Registry};
 use crate::runtime::{Function, GuestError};
 use crate::store::{Checkpoint, Commit, Event, Store, StoreError};
-use low_contract::{COMMANDS_TOPIC, Data, FAILED, Found, Lookup, Message, Outcome, Query, REJECTED, json};
+use low_contract::{
+    COMMANDS_TOPIC, Data, FAILED, Found, Lookup, Message, Outcome, Query, REJECTED, WritePlan, json,
+};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -124,41 +126,10 @@ impl Executor {
         delivery: &Delivery,
         checkpoint: &Checkpoint,
     ) -> Result<(), StepError> {
-        let input = &delivery.event.message;
         let mut last = String::new();
         for attempt in 1..=self.attempts {
-            let mut call = function.start(Some(Arc::clone(&self.store))).await?;
-            let plan = call.lookup(input).await?;
-            let data = self.run_lookups(functions, function, plan).await?;
-            let outcome = call.operate(input, &data).await?;
-            let mut commit = Commit { checkpoint: Some(checkpoint.clone()), ..Commit::default() };
-            match outcome {
-                Outcome::Ignore => {}
-                Outcome::Reject(reason) => {
-                    commit.notify.extend(notification(input, REJECTED, json!({ "reason": reason })));
-                }
-                Outcome::Emit(messages) => {
-                    for message in messages {
-                        let message = stamp(message, input);
-                        let plan = call.write(&message).await?;
-                        for op in &plan.ops {
-                            self.check_write(functions, function, op.collection(), op.key())?;
-                        }
-                        commit.ops.extend(plan.ops);
-                        commit.notify.extend(plan.notify.into_iter().filter_map(|n| correlate(n, input)));
-                        if let Some(topic) = &function.meta.output {
-                            commit.events.push(Event {
-                                topic: topic.clone(),
-                                message,
-                                function: Some(function.name().to_owned()),
-                                version: Some(function.version.0.clone()),
-                                at_ms: now_ms(),
-                            });
-                        }
-                    }
-                }
-            }
-            drop(call);
+            let cycle = run_cycle(functions, function, &self.store, &delivery.event.message).await?;
+            let commit = Commit { checkpoint: Some(checkpoint.clone()), ..cycle.commit };
             match self.store.commit(commit).await {
                 Ok(()) => return Ok(()),
                 Err(StoreError::Conflict(conflict)) => {
@@ -176,52 +147,106 @@ impl Executor {
         }
         Err(StepError::Conflicts { function: function.name().to_owned(), attempts: self.attempts, last })
     }
+}
 
-    async fn run_lookups(
-        &self,
-        functions: &Functions,
-        function: &Function,
-        plan: Vec<Lookup>,
-    ) -> Result<Data, StepError> {
-        let mut data = Data::default();
-        for lookup in plan {
-            let collection = lookup.query.collection();
-            if functions.model(collection).is_none() {
-                return Err(invalid(
-                    function,
-                    format!("lookup `{}` reads unknown collection `{collection}`", lookup.name),
-                ));
-            }
-            let documents = match &lookup.query {
-                Query::Key { collection, key } => {
-                    self.store.get(collection, key).await?.into_iter().collect()
-                }
-                Query::Field { collection, field, value } => {
-                    self.store.find(collection, field, value).await?
-                }
-            };
-            data.0.push(Found { name: lookup.name, documents });
+/// Everything one LOW cycle decided, before it is committed.
+#[derive(Debug, Clone)]
+pub struct Cycle {
+    /// The lookup plan, and what running it found.
+    pub lookups: Vec<Lookup>,
+    pub data: Data,
+    pub outcome: Outcome,
+    /// One write plan per emitted message, in order.
+    pub plans: Vec<WritePlan>,
+    /// What to commit: the plans' ops, the events (stamped), the
+    /// notifications (correlated); no checkpoint.
+    pub commit: Commit,
+}
+
+/// Runs lookup → lookup plan → operate → write on a fresh instance of
+/// `function`, checking the plans against what `functions` declare. Commits
+/// nothing.
+pub async fn run_cycle(
+    functions: &Functions,
+    function: &Arc<Function>,
+    store: &Arc<dyn Store>,
+    input: &Message,
+) -> Result<Cycle, StepError> {
+    let mut call = function.start(Some(Arc::clone(store))).await?;
+    let lookups = call.lookup(input).await?;
+    let data = run_lookups(functions, function, store, &lookups).await?;
+    let outcome = call.operate(input, &data).await?;
+    let mut commit = Commit::default();
+    let mut plans = vec![];
+    match &outcome {
+        Outcome::Ignore => {}
+        Outcome::Reject(reason) => {
+            commit.notify.extend(notification(input, REJECTED, json!({ "reason": reason })));
         }
-        Ok(data)
+        Outcome::Emit(messages) => {
+            for message in messages {
+                let message = stamp(message.clone(), input);
+                let plan = call.write(&message).await?;
+                for op in &plan.ops {
+                    check_write(functions, function, op.collection(), op.key())?;
+                }
+                commit.ops.extend(plan.ops.iter().cloned());
+                commit.notify.extend(plan.notify.iter().cloned().filter_map(|n| correlate(n, input)));
+                plans.push(plan);
+                if let Some(topic) = &function.meta.output {
+                    commit.events.push(Event {
+                        topic: topic.clone(),
+                        message,
+                        function: Some(function.name().to_owned()),
+                        version: Some(function.version.0.clone()),
+                        at_ms: now_ms(),
+                    });
+                }
+            }
+        }
     }
+    Ok(Cycle { lookups, data, outcome, plans, commit })
+}
 
-    fn check_write(
-        &self,
-        functions: &Functions,
-        function: &Function,
-        collection: &str,
-        key: &str,
-    ) -> Result<(), StepError> {
-        match functions.model(collection) {
-            None => Err(invalid(function, format!("writes to unknown collection `{collection}`"))),
-            Some((owner, _)) if owner != function.name() => {
-                Err(invalid(function, format!("writes to collection `{collection}`, which `{owner}` owns")))
-            }
-            Some(_) if key.is_empty() => {
-                Err(invalid(function, format!("writes a document with an empty key to `{collection}`")))
-            }
-            Some(_) => Ok(()),
+async fn run_lookups(
+    functions: &Functions,
+    function: &Function,
+    store: &Arc<dyn Store>,
+    plan: &[Lookup],
+) -> Result<Data, StepError> {
+    let mut data = Data::default();
+    for lookup in plan {
+        let collection = lookup.query.collection();
+        if functions.model(collection).is_none() {
+            return Err(invalid(
+                function,
+                format!("lookup `{}` reads unknown collection `{collection}`", lookup.name),
+            ));
         }
+        let documents = match &lookup.query {
+            Query::Key { collection, key } => store.get(collection, key).await?.into_iter().collect(),
+            Query::Field { collection, field, value } => store.find(collection, field, value).await?,
+        };
+        data.0.push(Found { name: lookup.name.clone(), documents });
+    }
+    Ok(data)
+}
+
+fn check_write(
+    functions: &Functions,
+    function: &Function,
+    collection: &str,
+    key: &str,
+) -> Result<(), StepError> {
+    match functions.model(collection) {
+        None => Err(invalid(function, format!("writes to unknown collection `{collection}`"))),
+        Some((owner, _)) if owner != function.name() => {
+            Err(invalid(function, format!("writes to collection `{collection}`, which `{owner}` owns")))
+        }
+        Some(_) if key.is_empty() => {
+            Err(invalid(function, format!("writes a document with an empty key to `{collection}`")))
+        }
+        Some(_) => Ok(()),
     }
 }
 

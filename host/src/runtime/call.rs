@@ -38,7 +38,12 @@ impl Call {
             phase: "instantiate",
             message: "the runtime is shutting down".into(),
         })?;
-        let state = CallState::new(name.as_str().into(), runtime.limits.memory_bytes, store);
+        let state = CallState::new(
+            name.as_str().into(),
+            runtime.limits.memory_bytes,
+            store,
+            Arc::clone(&runtime.env),
+        );
         let mut wasm = wasmtime::Store::new(&runtime.engine, state);
         wasm.limiter(|s| &mut s.limits);
         wasm.epoch_deadline_trap();

@@ -15,7 +15,7 @@ pub use call::Call;
 
 use crate::store::Store;
 use bindings::{function::FunctionPre, resolver::ResolverPre};
-use low_contract::{FunctionKind, Meta};
+use low_contract::{FunctionKind, Level, Meta};
 use sha2::{Digest, Sha256};
 use state::CallState;
 use std::sync::Arc;
@@ -67,6 +67,36 @@ pub enum GuestError {
     WrongKind { function: String, phase: &'static str, kind: FunctionKind },
 }
 
+/// Where guests' ids, time and log lines come from: the `env` import.
+pub trait HostEnv: Send + Sync + 'static {
+    fn new_id(&self) -> String;
+    fn now_ms(&self) -> u64;
+    fn log(&self, function: &str, level: Level, message: &str);
+}
+
+/// The shell's `env`: random (v4) UUIDs, the system clock, `tracing`.
+pub struct SystemEnv;
+
+impl HostEnv for SystemEnv {
+    fn new_id(&self) -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    fn now_ms(&self) -> u64 {
+        SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn log(&self, function: &str, level: Level, message: &str) {
+        match level {
+            Level::Trace => tracing::trace!(target: "guest", function, "{message}"),
+            Level::Debug => tracing::debug!(target: "guest", function, "{message}"),
+            Level::Info => tracing::info!(target: "guest", function, "{message}"),
+            Level::Warn => tracing::warn!(target: "guest", function, "{message}"),
+            Level::Error => tracing::error!(target: "guest", function, "{message}"),
+        }
+    }
+}
+
 /// The shared engine and linkers.
 pub struct Runtime {
     engine: Engine,
@@ -74,13 +104,20 @@ pub struct Runtime {
     resolver_linker: Linker<CallState>,
     limits: Limits,
     slots: Arc<Semaphore>,
+    env: Arc<dyn HostEnv>,
 }
 
 /// Epochs advance this often; deadlines are counted in ticks.
 const TICK: Duration = Duration::from_millis(5);
 
 impl Runtime {
+    /// A runtime whose guests get the [`SystemEnv`].
     pub fn new(limits: Limits) -> anyhow::Result<Arc<Self>> {
+        Self::with_env(limits, Arc::new(SystemEnv))
+    }
+
+    /// A runtime whose guests get `env` (deterministic ids and time in tests, say).
+    pub fn with_env(limits: Limits, env: Arc<dyn HostEnv>) -> anyhow::Result<Arc<Self>> {
         let mut pool = PoolingAllocationConfig::default();
         // A Rust wasip2 component is a handful of core instances, memories
         // and tables; size the pool for `instances` of them.
@@ -109,20 +146,24 @@ impl Runtime {
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
 
         let slots = Arc::new(Semaphore::new(n as usize));
-        Ok(Arc::new(Self { engine, function_linker, resolver_linker, limits, slots }))
+        Ok(Arc::new(Self { engine, function_linker, resolver_linker, limits, slots, env }))
     }
 
     pub fn limits(&self) -> &Limits {
         &self.limits
     }
 
-    /// Compiles, links and checks a component, and reads its `meta`.
-    /// Compilation is CPU-heavy: call this off the request path
-    /// (e.g. in `spawn_blocking` or at start-up).
+    /// Compiles (on a blocking thread), links and checks a component, and
+    /// reads its `meta`.
     pub async fn load(self: &Arc<Self>, bytes: &[u8]) -> Result<Arc<Function>, LoadError> {
         let version = Version::of(bytes);
-        let component =
-            Component::new(&self.engine, bytes).map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
+        // Compiling is CPU-bound: keep it off the async workers.
+        let engine = self.engine.clone();
+        let owned = bytes.to_vec();
+        let component = tokio::task::spawn_blocking(move || Component::new(&engine, owned))
+            .await
+            .map_err(|e| LoadError::NotAComponent(format!("compilation stopped: {e}")))?
+            .map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
         let exports_resolve =
             component.component_type().exports(&self.engine).any(|(name, _)| name == "resolve");
         let pre = if exports_resolve {

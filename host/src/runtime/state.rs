@@ -2,10 +2,11 @@
 //! `env` capabilities, and the store while `lookup` runs.
 
 use super::bindings::function::low::functions::{env, store, types};
-use super::convert;
+use super::{HostEnv, convert};
 use crate::store::Store;
+use low_contract::Level;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -25,10 +26,16 @@ pub struct CallState {
     pub(super) store: Option<Arc<dyn Store>>,
     pub(super) in_lookup: bool,
     pub(super) stderr: MemoryOutputPipe,
+    env: Arc<dyn HostEnv>,
 }
 
 impl CallState {
-    pub fn new(function: Arc<str>, memory_bytes: usize, store: Option<Arc<dyn Store>>) -> Self {
+    pub fn new(
+        function: Arc<str>,
+        memory_bytes: usize,
+        store: Option<Arc<dyn Store>>,
+        env: Arc<dyn HostEnv>,
+    ) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let wasi = WasiCtxBuilder::new()
             .stderr(stderr.clone())
@@ -36,7 +43,7 @@ impl CallState {
             .monotonic_clock(StoppedClock)
             .build();
         let limits = StoreLimitsBuilder::new().memory_size(memory_bytes).trap_on_grow_failure(true).build();
-        Self { wasi, table: ResourceTable::new(), limits, function, store, in_lookup: false, stderr }
+        Self { wasi, table: ResourceTable::new(), limits, function, store, in_lookup: false, stderr, env }
     }
 
     /// What the guest wrote to stderr, e.g. its panic message.
@@ -85,22 +92,22 @@ impl env::Host for CallState {
             message.truncate(end);
             message.push('…');
         }
-        let function = &*self.function;
-        match level {
-            env::Level::Trace => tracing::trace!(target: "guest", function, "{message}"),
-            env::Level::Debug => tracing::debug!(target: "guest", function, "{message}"),
-            env::Level::Info => tracing::info!(target: "guest", function, "{message}"),
-            env::Level::Warn => tracing::warn!(target: "guest", function, "{message}"),
-            env::Level::Error => tracing::error!(target: "guest", function, "{message}"),
-        }
+        let level = match level {
+            env::Level::Trace => Level::Trace,
+            env::Level::Debug => Level::Debug,
+            env::Level::Info => Level::Info,
+            env::Level::Warn => Level::Warn,
+            env::Level::Error => Level::Error,
+        };
+        self.env.log(&self.function, level, &message);
     }
 
     fn new_id(&mut self) -> String {
-        uuid::Uuid::new_v4().to_string()
+        self.env.new_id()
     }
 
     fn now_ms(&mut self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+        self.env.now_ms()
     }
 }
 
