@@ -288,8 +288,8 @@ mod tests {
         prop_oneof![
             Just(async_graphql::Value::Null),
             any::<bool>().prop_map(async_graphql::Value::Boolean),
-            any::<i32>().prop_map(|n| async_graphql::Value::from(n)),
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| async_graphql::Value::from(f)),
+            any::<i32>().prop_map(async_graphql::Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(async_graphql::Value::from),
             ".*".prop_map(async_graphql::Value::String),
         ]
     }
