@@ -8,6 +8,7 @@
 //! - [`responses`] — ties a request to its answer through a resolver.
 //! - [`graphql`] — the schema derived from the functions, over HTTP.
 //! - [`shell`] — wires a [`config::Project`] together.
+//! - [`stub`] — runs one guest in isolation, for tests and scenario files.
 
 pub mod bus;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod responses;
 pub mod runtime;
 pub mod shell;
 pub mod store;
+pub mod stub;
 
 pub use config::Project;
 pub use shell::Shell;

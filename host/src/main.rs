@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Start the shell (the default when no command is given).
     Run(RunArgs),
+    /// Run scenario files against one component, with no database, bus or server.
+    Test(host::stub::scenario::TestArgs),
 }
 
 #[derive(clap::Args, Default)]
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
             Command::Run(args) => run(args).await,
+            Command::Test(args) => host::stub::scenario::run_cli(args).await,
         }
     });
     match result {
