@@ -53,6 +53,13 @@ pub fn project(expected: &Value, actual: &Value, bindings: &mut Bindings) -> Val
                     out.insert(key.clone(), project(e, a, bindings));
                 }
             }
+            // A key is missing: show what is there instead (a different
+            // variant, say `emit` for `reject`), so the diff explains itself.
+            if e.keys().any(|k| !a.contains_key(k)) {
+                for (key, a) in a {
+                    out.entry(key.clone()).or_insert_with(|| a.clone());
+                }
+            }
             Value::Object(out)
         }
         (Value::Array(e), Value::Array(a)) => Value::Array(
@@ -146,5 +153,8 @@ mod tests {
         assert!(err.contains("-  \"kind\": \"A\""), "{err}");
         assert!(err.contains("+  \"kind\": \"B\""), "{err}");
         assert!(!err.contains("extra"), "{err}");
+        // Another variant: the diff shows it.
+        let err = check(&json!({ "reject": "no" }), &json!({ "emit": [] }), &mut b).unwrap_err();
+        assert!(err.contains("+  \"emit\": []"), "{err}");
     }
 }
