@@ -102,6 +102,25 @@ fn seeded_ids_and_the_clock_are_deterministic() {
 }
 
 #[test]
+fn a_peer_makes_its_collections_readable() {
+    let (Some(handler), Some(projector)) = (component("invite-customer"), component("customer-projector"))
+    else {
+        return;
+    };
+    // The projector reads `customers`, which it owns: fine alone.
+    let stub = Stub::load(&projector).unwrap();
+    let event = Message::new("e-1", "CustomerInvited", json!({ "customer-id": "c-1", "email": "a@b.c" }));
+    stub.when(event).unwrap().then_writes(json!([{ "op": "put", "key": "c-1" }]));
+    // With the handler as a peer, both sets of collections are known, and
+    // only the projector runs.
+    let stub = Stub::load(&projector).unwrap().with_peer(&handler).unwrap();
+    assert_eq!(stub.meta().name, "customer-projector");
+    let event = Message::new("e-1", "CustomerInvited", json!({ "customer-id": "c-1", "email": "a@b.c" }));
+    stub.when(event).unwrap().then_emits(json!([{ "kind": "Customer" }]));
+    assert!(Stub::load(&projector).unwrap().with_peer(&projector).is_err(), "two functions named alike");
+}
+
+#[test]
 fn a_resolver_resolves() {
     let Some(path) = component("invite-resolver") else { return };
     let stub = Stub::load(path).unwrap();

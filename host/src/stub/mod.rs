@@ -94,6 +94,8 @@ pub struct Stub {
     rt: tokio::runtime::Runtime,
     env: Arc<StubEnv>,
     function: Arc<Function>,
+    /// Components loaded for what they declare (see [`Stub::with_peer`]).
+    peers: Vec<Arc<Function>>,
     functions: Functions,
     store: Arc<dyn Store>,
 }
@@ -131,7 +133,22 @@ impl Stub {
         let function = rt.block_on(runtime.load(bytes))?;
         let functions = Functions::new([Arc::clone(&function)])?;
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryBus::new()));
-        Ok(Self { rt, env, function, functions, store })
+        Ok(Self { rt, env, function, peers: vec![], functions, store })
+    }
+
+    /// Loads another component next to the one under test, for what it
+    /// declares: a lookup may then read its collections (the shell refuses
+    /// lookups of collections no loaded function declares). Only the first
+    /// component is ever run.
+    pub fn with_peer(mut self, path: impl AsRef<Path>) -> Result<Self, StubError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|error| StubError::Read { path: path.into(), error })?;
+        let runtime = Runtime::with_env(limits(), Arc::new(StubEnv::default()))
+            .map_err(|e| StubError::Setup(format!("{e:#}")))?;
+        let peer = self.rt.block_on(runtime.load(&bytes))?;
+        self.peers.push(peer);
+        self.functions = Functions::new(self.peers.iter().cloned().chain([Arc::clone(&self.function)]))?;
+        Ok(self)
     }
 
     fn block_on<F: Future>(&self, future: F) -> F::Output {
