@@ -27,6 +27,7 @@
 //! notify = []
 //! logs = [{ level = "info", message = "a@b.c was already invited" }]
 //! documents = [{ collection = "invites", key = "a@b.c", body = { customer-id = "cust-7" } }]
+//! absent = [{ collection = "invites", key = "b@b.c" }]
 //! # resolution = "pending" | { respond-document = { collection, key } } | { respond = … } | { fail = "…" }
 //! # error = "text the cycle's error contains"
 //! ```
@@ -94,6 +95,14 @@ pub struct Given {
     pub ids: Option<IdsSpec>,
 }
 
+/// A document's address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocRef {
+    pub collection: String,
+    pub key: String,
+}
+
 /// A stored document.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +166,8 @@ pub struct Then {
     pub notify: Option<Value>,
     pub logs: Option<Value>,
     pub documents: Option<Vec<Value>>,
+    /// Documents that must not be in the store afterwards.
+    pub absent: Option<Vec<DocRef>>,
     pub resolution: Option<Value>,
     pub error: Option<String>,
 }
@@ -278,6 +289,7 @@ fn validate(stub: &Stub, located: &Located) -> Result<(), ScenarioError> {
             ("writes", then.writes.is_some()),
             ("notify", then.notify.is_some()),
             ("documents", then.documents.is_some()),
+            ("absent", then.absent.is_some()),
         ];
         if let Some((key, _)) = cycle_only.iter().find(|(_, set)| *set) {
             return Err(at(
@@ -428,6 +440,15 @@ pub fn run_scenario(stub: &mut Stub, scenario: &Scenario) -> Verdict {
         match stub.document(collection, key) {
             Ok(Some(doc)) => checker.check(&format!("document {collection}/{key}"), expected, &to_json(&doc)),
             Ok(None) => checker.failures.push(format!("document {collection}/{key} is not in the store")),
+            Err(e) => checker.failures.push(format!("document {collection}/{key}: {e}")),
+        }
+    }
+    for DocRef { collection, key } in then.absent.iter().flatten() {
+        match stub.document(collection, key) {
+            Ok(None) => {}
+            Ok(Some(doc)) => checker
+                .failures
+                .push(format!("document {collection}/{key} should be absent, but is {}", doc.body)),
             Err(e) => checker.failures.push(format!("document {collection}/{key}: {e}")),
         }
     }
