@@ -110,6 +110,9 @@ pub struct Fixture {
     pub collection: String,
     pub key: String,
     pub body: Value,
+    /// The version the store gives it (default 1), for `update-if-version`.
+    #[serde(default)]
+    pub version: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -337,6 +340,10 @@ pub enum Verdict {
     Fail(Vec<String>),
 }
 
+/// The highest version a fixture may ask for (it is reached by putting the
+/// document that many times).
+const MAX_FIXTURE_VERSION: u64 = 10_000;
+
 /// Runs one scenario on a freshly reset stub.
 pub fn run_scenario(stub: &mut Stub, scenario: &Scenario) -> Verdict {
     stub.reset();
@@ -352,7 +359,10 @@ pub fn run_scenario(stub: &mut Stub, scenario: &Scenario) -> Verdict {
         stub.env.set_now_ms(now);
     }
     for doc in &given.documents {
-        stub.put_document(&doc.collection, &doc.key, doc.body.clone());
+        // Each put adds one to the version.
+        for _ in 0..doc.version.unwrap_or(1).clamp(1, MAX_FIXTURE_VERSION) {
+            stub.put_document(&doc.collection, &doc.key, doc.body.clone());
+        }
     }
     for (i, event) in given.events.iter().enumerate() {
         if let Err(e) = stub.when(event.message(format!("given-{}", i + 1))) {
