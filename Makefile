@@ -9,7 +9,7 @@ CARGO    ?= cargo
 # Honour a shared target dir (several worktrees, one build cache).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all guest target run test fmt lint check clean
+.PHONY: all guest target run test scenarios fmt lint check clean
 
 all: guest
 
@@ -41,7 +41,14 @@ guest: target
 run: guest
 	$(CARGO) run -p host -- run
 
-test: guest
+# Each guest's scenarios (guest-functions/<guest>/scenarios) against its
+# component, in the stub host: no database, bus or server.
+scenarios: guest
+	@status=0; for g in $(GUESTS); do \
+		$(CARGO) run --quiet -p host -- test $(MODULES)/$$g.wasm guest-functions/$$g/scenarios || status=1; \
+	done; exit $$status
+
+test: guest scenarios
 	$(CARGO) test --workspace
 	$(CARGO) test -p invite-customer --features v2
 

@@ -9,6 +9,7 @@
 //! - [`graphql`] — the schema derived from the functions, over HTTP.
 //! - [`deploy`] / [`watch`] / [`admin`] — hot swap: by API, by file, over HTTP.
 //! - [`shell`] — wires a [`config::Project`] together.
+//! - [`stub`] — runs one guest in isolation, for tests and scenario files.
 
 pub mod admin;
 pub mod bus;
@@ -21,6 +22,7 @@ pub mod responses;
 pub mod runtime;
 pub mod shell;
 pub mod store;
+pub mod stub;
 pub mod watch;
 
 pub use config::Project;

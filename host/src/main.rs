@@ -44,6 +44,8 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Run scenario files against one component, with no database, bus or server.
+    Test(host::stub::scenario::TestArgs),
 }
 
 /// How to reach a running shell's admin endpoints.
@@ -114,6 +116,7 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
+            Command::Test(args) => host::stub::scenario::run_cli(args).await,
         }
     });
     match result {

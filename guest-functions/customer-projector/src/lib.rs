@@ -1,5 +1,6 @@
 //! `customer-projector`: keeps the `customers` read model up to date from the
-//! `customer` events, and tells the requester when a customer's document is
+//! `customer` events (`CustomerInvited`, `CustomerInviteFailed`,
+//! `CustomerRenamed`), and tells the requester when a customer's document is
 //! ready (`ProjectionComplete`).
 
 use low_contract::*;
@@ -48,6 +49,13 @@ impl Function for CustomerProjector {
                 Some(customer) => Outcome::emit(env.message("Customer", customer.body.clone())),
                 None => Outcome::Ignore,
             },
+            // The customer as it was, with the new email.
+            ("CustomerRenamed", Some(id)) => {
+                let mut customer =
+                    current.map(|c| c.body.clone()).unwrap_or_else(|| json!({ "id": id, "invited": true }));
+                customer["email"] = input.payload["email"].clone();
+                Outcome::emit(env.message("Customer", customer))
+            }
             _ => Outcome::Ignore,
         }
     }
@@ -143,8 +151,26 @@ mod tests {
     }
 
     #[test]
+    fn a_rename_changes_only_the_email() {
+        let event = Message::new(
+            "e-3",
+            "CustomerRenamed",
+            json!({ "customer-id": "cust-1", "email": "new@b.c", "previous-email": "a@b.c" }),
+        );
+        let data = Data::default().with("customer", vec![customer("cust-1", "a@b.c")]);
+        assert_eq!(
+            CustomerProjector::operate(&event, &data, &TestEnv::default()),
+            Outcome::emit(Message::new(
+                "id-1",
+                "Customer",
+                json!({ "id": "cust-1", "email": "new@b.c", "invited": true })
+            ))
+        );
+    }
+
+    #[test]
     fn other_events_are_ignored() {
-        let event = Message::new("e-1", "CustomerRenamed", json!({ "customer-id": "cust-1" }));
+        let event = Message::new("e-1", "CustomerArchived", json!({ "customer-id": "cust-1" }));
         assert_eq!(
             CustomerProjector::operate(&event, &Data::default(), &TestEnv::default()),
             Outcome::Ignore

@@ -1,11 +1,17 @@
-//! `invite-customer`: the handler that decides whether an email can be invited.
+//! `invite-customer`: the handler that decides whether an email can be
+//! invited, and whether a customer can change to a new email.
 //!
-//! Commands in (`InviteCustomer { email }`), events out on `customer`:
-//! `CustomerInvited { customer-id, email }` for a new email,
-//! `CustomerInviteFailed { customer-id, email, reason }` for one already invited.
+//! Commands in, events out on `customer`:
+//! - `InviteCustomer { email }` → `CustomerInvited { customer-id, email }` for
+//!   a new email, `CustomerInviteFailed { customer-id, email, reason }` for
+//!   one already invited;
+//! - `RenameCustomer { id, email }` → `CustomerRenamed { customer-id, email,
+//!   previous-email }`, or a rejection when the customer is unknown or the
+//!   email taken.
+//!
 //! It keeps a private collection `invites` (email → customer id) whose
-//! insert fails when the email is taken, so two concurrent invites of one
-//! email cannot both succeed.
+//! insert fails when the email is taken, so two concurrent invites (or
+//! renames) to one email cannot both succeed.
 //!
 //! Built with the `v2` feature it is version 2 of the same function: emails
 //! are trimmed and lower-cased (`Dean@P14N.com` is `dean@p14n.com`), and an
@@ -34,6 +40,15 @@ impl Function for InviteCustomer {
                     "Invite a customer by email; inviting an email twice returns the first customer".into(),
                 ),
             })
+            .command(CommandSpec {
+                name: "RenameCustomer".into(),
+                fields: vec![
+                    FieldSpec::new("id", FieldKind::Id, true).describe("The customer"),
+                    FieldSpec::new("email", FieldKind::Text, true).describe("The customer's new email"),
+                ],
+                returns: "Customer".into(),
+                description: Some("Change a customer's email to one no other customer has".into()),
+            })
             .model(ModelSpec {
                 name: "Invite".into(),
                 collection: INVITES.into(),
@@ -48,64 +63,120 @@ impl Function for InviteCustomer {
     }
 
     fn lookup(input: &Message, _store: &dyn StoreRead, _env: &dyn Env) -> Vec<Lookup> {
-        match email(input) {
-            Some(email) => vec![Lookup::by_key("invite", INVITES, &email)],
-            None => vec![],
+        match (input.kind.as_str(), email(input), id(input)) {
+            ("InviteCustomer", Some(email), _) => vec![Lookup::by_key("invite", INVITES, &email)],
+            ("RenameCustomer", Some(email), Some(id)) => vec![
+                // The customer's current invite, found by its customer id…
+                Lookup::by_field("current", INVITES, "customer-id", json!(id)),
+                // …and whoever holds the new email, if anyone.
+                Lookup::by_key("taken", INVITES, &email),
+            ],
+            _ => vec![],
         }
     }
 
     fn operate(input: &Message, data: &Data, env: &dyn Env) -> Outcome {
-        if input.kind != "InviteCustomer" {
-            return Outcome::Ignore;
-        }
-        let Some(email) = email(input) else {
-            return Outcome::Reject("Email is required".into());
-        };
-        if cfg!(feature = "v2") && !email.contains('@') {
-            return Outcome::Reject(format!(
-                "Email must be an address such as name@example.com, not `{email}`"
-            ));
-        }
-        match data.first("invite") {
-            Some(invite) => {
-                env.log(Level::Info, &format!("{email} was already invited"));
-                Outcome::emit(env.message(
-                    "CustomerInviteFailed",
-                    json!({
-                        "customer-id": invite.body["customer-id"],
-                        "email": email,
-                        "reason": "already invited",
-                    }),
-                ))
-            }
-            None => {
-                let customer_id = env.new_id();
-                Outcome::emit(
-                    env.message("CustomerInvited", json!({ "customer-id": customer_id, "email": email })),
-                )
-            }
+        match input.kind.as_str() {
+            "InviteCustomer" => invite(input, data, env),
+            "RenameCustomer" => rename(input, data, env),
+            _ => Outcome::Ignore,
         }
     }
 
     fn write(output: &Message, _env: &dyn Env) -> WritePlan {
         match (output.kind.as_str(), output.text("email")) {
-            ("CustomerInvited", Some(email)) => WritePlan {
-                ops: vec![WriteOp::Insert {
-                    collection: INVITES.into(),
-                    key: email.into(),
-                    body: json!({ "email": email, "customer-id": output.payload["customer-id"] }),
-                }],
-                notify: vec![],
-            },
+            ("CustomerInvited", Some(email)) => {
+                WritePlan { ops: vec![claim(email, &output.payload["customer-id"])], notify: vec![] }
+            }
+            // Claim the new email (an insert: it conflicts if someone took it
+            // meanwhile) and release the old one, atomically.
+            ("CustomerRenamed", Some(email)) => {
+                let mut ops = vec![claim(email, &output.payload["customer-id"])];
+                if let Some(previous) = output.text("previous-email") {
+                    ops.push(WriteOp::Delete { collection: INVITES.into(), key: previous.into() });
+                }
+                WritePlan { ops, notify: vec![] }
+            }
             _ => WritePlan::default(),
         }
     }
+}
+
+/// The invite document that reserves `email` for a customer.
+fn claim(email: &str, customer_id: &Value) -> WriteOp {
+    WriteOp::Insert {
+        collection: INVITES.into(),
+        key: email.into(),
+        body: json!({ "email": email, "customer-id": customer_id }),
+    }
+}
+
+fn invite(input: &Message, data: &Data, env: &dyn Env) -> Outcome {
+    let Some(email) = email(input) else {
+        return Outcome::Reject("Email is required".into());
+    };
+    if let Some(refusal) = not_an_address(&email) {
+        return refusal;
+    }
+    match data.first("invite") {
+        Some(invite) => {
+            env.log(Level::Info, &format!("{email} was already invited"));
+            Outcome::emit(env.message(
+                "CustomerInviteFailed",
+                json!({
+                    "customer-id": invite.body["customer-id"],
+                    "email": email,
+                    "reason": "already invited",
+                }),
+            ))
+        }
+        None => {
+            let customer_id = env.new_id();
+            Outcome::emit(
+                env.message("CustomerInvited", json!({ "customer-id": customer_id, "email": email })),
+            )
+        }
+    }
+}
+
+fn rename(input: &Message, data: &Data, env: &dyn Env) -> Outcome {
+    let Some(id) = id(input) else { return Outcome::Reject("Id is required".into()) };
+    let Some(email) = email(input) else { return Outcome::Reject("Email is required".into()) };
+    if let Some(refusal) = not_an_address(&email) {
+        return refusal;
+    }
+    let Some(current) = data.first("current") else {
+        return Outcome::Reject(format!("No customer has the id {id}"));
+    };
+    if let Some(holder) = data.first("taken") {
+        return Outcome::Reject(if holder.body["customer-id"] == json!(id) {
+            format!("{email} is already this customer's email")
+        } else {
+            format!("{email} is already taken")
+        });
+    }
+    env.log(Level::Debug, &format!("customer {id}: {} → {email}", current.key));
+    Outcome::emit(env.message(
+        "CustomerRenamed",
+        json!({ "customer-id": id, "email": email, "previous-email": current.key }),
+    ))
 }
 
 /// The command's email, if it has a non-blank one (normalised in v2).
 fn email(input: &Message) -> Option<String> {
     let email = input.text("email").filter(|e| !e.trim().is_empty())?;
     Some(if cfg!(feature = "v2") { email.trim().to_lowercase() } else { email.to_owned() })
+}
+
+/// Version 2 refuses an email that is not an address.
+fn not_an_address(email: &str) -> Option<Outcome> {
+    (cfg!(feature = "v2") && !email.contains('@'))
+        .then(|| Outcome::Reject(format!("Email must be an address such as name@example.com, not `{email}`")))
+}
+
+/// The command's customer id, if it has a non-blank one.
+fn id(input: &Message) -> Option<&str> {
+    input.text("id").filter(|e| !e.trim().is_empty())
 }
 
 export_function!(InviteCustomer);
@@ -233,6 +304,87 @@ mod tests {
             InviteCustomer::operate(&invite(json!("Dean@P14N.com")), &Data::default(), &TestEnv::default());
         let Outcome::Emit(events) = outcome else { panic!("emits: {outcome:?}") };
         assert_eq!(events[0].payload["email"], "Dean@P14N.com");
+    }
+
+    fn rename_to(id: &str, email: &str) -> Message {
+        Message::new("c-2", "RenameCustomer", json!({ "id": id, "email": email }))
+    }
+
+    #[test]
+    fn a_rename_looks_up_the_customer_and_the_new_email() {
+        let plan = InviteCustomer::lookup(
+            &rename_to("cust-1", "new@b.c"),
+            &TestStore::default(),
+            &TestEnv::default(),
+        );
+        assert_eq!(
+            plan,
+            vec![
+                Lookup::by_field("current", INVITES, "customer-id", json!("cust-1")),
+                Lookup::by_key("taken", INVITES, "new@b.c"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_customer_is_renamed_to_a_free_email() {
+        let data = Data::default().with("current", vec![invited("cust-1", "old@b.c")]).with("taken", vec![]);
+        let outcome = InviteCustomer::operate(&rename_to("cust-1", "new@b.c"), &data, &TestEnv::default());
+        assert_eq!(
+            outcome,
+            Outcome::emit(Message::new(
+                "id-1",
+                "CustomerRenamed",
+                json!({ "customer-id": "cust-1", "email": "new@b.c", "previous-email": "old@b.c" })
+            ))
+        );
+    }
+
+    #[test]
+    fn a_rename_is_rejected_for_an_unknown_customer_a_taken_or_same_email_or_missing_fields() {
+        let env = TestEnv::default();
+        let unknown = InviteCustomer::operate(&rename_to("cust-9", "new@b.c"), &Data::default(), &env);
+        assert_eq!(unknown, Outcome::Reject("No customer has the id cust-9".into()));
+        let current = Data::default().with("current", vec![invited("cust-1", "old@b.c")]);
+        let taken = current.clone().with("taken", vec![invited("cust-2", "new@b.c")]);
+        assert_eq!(
+            InviteCustomer::operate(&rename_to("cust-1", "new@b.c"), &taken, &env),
+            Outcome::Reject("new@b.c is already taken".into())
+        );
+        let same = current.with("taken", vec![invited("cust-1", "old@b.c")]);
+        assert_eq!(
+            InviteCustomer::operate(&rename_to("cust-1", "old@b.c"), &same, &env),
+            Outcome::Reject("old@b.c is already this customer's email".into())
+        );
+        assert_eq!(
+            InviteCustomer::operate(&rename_to("cust-1", " "), &Data::default(), &env),
+            Outcome::Reject("Email is required".into())
+        );
+        assert_eq!(
+            InviteCustomer::operate(&rename_to("", "a@b.c"), &Data::default(), &env),
+            Outcome::Reject("Id is required".into())
+        );
+    }
+
+    #[test]
+    fn a_rename_claims_the_new_email_and_releases_the_old_one() {
+        let event = Message::new(
+            "e-2",
+            "CustomerRenamed",
+            json!({ "customer-id": "cust-1", "email": "new@b.c", "previous-email": "old@b.c" }),
+        );
+        let plan = InviteCustomer::write(&event, &TestEnv::default());
+        assert_eq!(
+            plan.ops,
+            vec![
+                WriteOp::Insert {
+                    collection: INVITES.into(),
+                    key: "new@b.c".into(),
+                    body: json!({ "email": "new@b.c", "customer-id": "cust-1" }),
+                },
+                WriteOp::Delete { collection: INVITES.into(), key: "old@b.c".into() },
+            ]
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `invite-resolver`: answers `InviteCustomer` with the customer's document
+//! `invite-resolver`: answers `InviteCustomer` and `RenameCustomer` with the customer's document
 //! once the projector says it is up to date, or fails with the reason the
 //! handler rejected the command for.
 
@@ -8,7 +8,7 @@ pub struct InviteResolver;
 
 impl Resolver for InviteResolver {
     fn meta() -> Meta {
-        Meta::resolver("invite-resolver", ["InviteCustomer"])
+        Meta::resolver("invite-resolver", ["InviteCustomer", "RenameCustomer"])
     }
 
     fn resolve(_command: &Message, seen: &[Message], _env: &dyn Env) -> Resolution {

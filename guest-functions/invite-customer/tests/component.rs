@@ -1,0 +1,62 @@
+//! The built component (not the native code), in the stub host: the same
+//! behaviour as the unit tests, through the WebAssembly boundary.
+//! `make guest` builds it; without it these tests say so and pass.
+
+use host::stub::Stub;
+use low_contract::{Message, json};
+use std::path::Path;
+
+fn stub() -> Option<Stub> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../modules/invite-customer.wasm");
+    if !path.exists() {
+        eprintln!("skipped: {} is missing (run `make guest`)", path.display());
+        return None;
+    }
+    Some(Stub::load(path).expect("the component loads"))
+}
+
+#[test]
+fn invites_then_renames_a_customer() {
+    let Some(stub) = stub() else { return };
+    stub.when(Message::new("c-1", "InviteCustomer", json!({ "email": "ada@example.com" })))
+        .unwrap()
+        .then_emits(json!([{ "kind": "CustomerInvited", "payload": { "customer-id": "<id:ada>" } }]))
+        .then_writes(
+            json!([{ "op": "insert", "key": "ada@example.com", "body": { "customer-id": "<id:ada>" } }]),
+        );
+
+    let id = stub.document("invites", "ada@example.com").unwrap().unwrap().body["customer-id"].clone();
+    stub.when(Message::new("c-2", "RenameCustomer", json!({ "id": id, "email": "ada@lovelace.org" })))
+        .unwrap()
+        .then_emits(
+            json!([{ "kind": "CustomerRenamed", "payload": { "previous-email": "ada@example.com" } }]),
+        )
+        .then_writes(json!([
+            { "op": "insert", "key": "ada@lovelace.org" },
+            { "op": "delete", "key": "ada@example.com" },
+        ]));
+    assert!(stub.document("invites", "ada@example.com").unwrap().is_none());
+}
+
+#[test]
+fn rejects_an_empty_email_and_a_taken_one() {
+    let Some(stub) = stub() else { return };
+    let stub = stub
+        .given_document(
+            "invites",
+            "ada@example.com",
+            json!({ "email": "ada@example.com", "customer-id": "c-1" }),
+        )
+        .given_document(
+            "invites",
+            "bob@example.com",
+            json!({ "email": "bob@example.com", "customer-id": "c-2" }),
+        );
+    stub.when(Message::new("c-1", "InviteCustomer", json!({ "email": "" })))
+        .unwrap()
+        .then_rejects("Email is required")
+        .then_notifies(json!([{ "kind": "Rejected", "payload": { "reason": "Email is required" } }]));
+    stub.when(Message::new("c-2", "RenameCustomer", json!({ "id": "c-1", "email": "bob@example.com" })))
+        .unwrap()
+        .then_rejects("bob@example.com is already taken");
+}
