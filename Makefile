@@ -7,7 +7,7 @@ CARGO    ?= cargo
 # Honour a shared target dir (several worktrees, one build cache).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all guest target run test fmt lint check clean
+.PHONY: all guest target run test fmt lint check clean pg
 
 all: guest
 
@@ -28,8 +28,14 @@ guest: target
 run: guest
 	$(CARGO) run -p host -- run
 
+# Includes the Postgres tests: they start a throwaway cluster themselves
+# (or use DATABASE_URL when it is set).
 test: guest
 	$(CARGO) test --workspace
+
+# A throwaway local Postgres in the foreground; prints the DATABASE_URL. Ctrl-C deletes it.
+pg:
+	@scripts/pg.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -20,6 +20,18 @@ struct Cli {
 enum Command {
     /// Start the shell (the default when no command is given).
     Run(RunArgs),
+    /// Rebuild read models from the Postgres event log (stop the shells first).
+    Replay(ReplayArgs),
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// Project file (its bus and store must be postgres).
+    #[arg(long, short, value_name = "FILE")]
+    project: PathBuf,
+    /// The projector to replay; every projector when absent.
+    #[arg(long, short, value_name = "NAME")]
+    function: Option<String>,
 }
 
 #[derive(clap::Args, Default)]
@@ -51,6 +63,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
             Command::Run(args) => run(args).await,
+            Command::Replay(args) => replay(args).await,
         }
     });
     match result {
@@ -78,6 +91,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             shell.stop().await
         }
     }
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let project = Project::load(&args.project)?;
+    for done in host::replay::replay(&project, args.function.as_deref()).await? {
+        println!("{}: replayed {} events ({} documents rebuilt from scratch)", done.function, done.events, done.cleared);
+    }
+    Ok(())
 }
 
 /// Ctrl-C or SIGTERM.

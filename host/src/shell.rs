@@ -1,14 +1,15 @@
 //! Wires a project together: runtime, functions, store, bus, executor,
 //! responses and GraphQL, served over HTTP.
 
-use crate::bus::{Bus, MemoryBus};
+use crate::bus::{Bus, MemoryBus, PgBus};
+use crate::postgres::Database;
 use crate::config::{Backend, Project};
 use crate::executor::Executor;
 use crate::graphql::{self, Graphql, QueryLimits};
 use crate::registry::{Functions, Registry};
 use crate::responses::Responses;
 use crate::runtime::{Function, Runtime};
-use crate::store::{MemoryStore, Store};
+use crate::store::{MemoryStore, PgStore, Store};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,23 @@ pub async fn load_file(runtime: &Arc<Runtime>, path: &Path) -> anyhow::Result<Ar
     Ok(function)
 }
 
+/// `GET /readyz`: 200 when the store answers, 503 otherwise.
+fn readiness(store: Arc<dyn Store>) -> axum::Router {
+    use axum::http::StatusCode;
+    axum::Router::new().route(
+        "/readyz",
+        axum::routing::get(move || {
+            let store = Arc::clone(&store);
+            async move {
+                match store.get("_readyz", "_").await {
+                    Ok(_) => (StatusCode::OK, "ready".to_owned()),
+                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")),
+                }
+            }
+        }),
+    )
+}
+
 impl Shell {
     pub async fn start(project: Project) -> anyhow::Result<Self> {
         let runtime = Runtime::new(project.limits())?;
@@ -74,6 +92,14 @@ impl Shell {
                 let bus = MemoryBus::new();
                 (Arc::new(bus.clone()), Arc::new(MemoryStore::new(bus)))
             }
+            (Backend::Postgres, Backend::Postgres) => {
+                let db = Arc::new(Database::connect(&project.database_url()?).await?);
+                (Arc::new(PgBus::start(Arc::clone(&db))), Arc::new(PgStore::new(db)))
+            }
+            (bus, store) => anyhow::bail!(
+                "bus `{bus:?}` with store `{store:?}` is not supported: the store appends the events \
+                 the bus delivers, so both must be `memory` or both `postgres`"
+            ),
         };
 
         let executor = Arc::new(Executor::new(Arc::clone(&registry), Arc::clone(&store), project.attempts));
@@ -87,14 +113,18 @@ impl Shell {
         .await?;
         let limits =
             QueryLimits { depth: project.graphql.max_depth, complexity: project.graphql.max_complexity };
-        let graphql = Graphql::start(Arc::clone(&registry), graphql::Backend { store, responses }, limits)?;
+        let graphql = Graphql::start(
+            Arc::clone(&registry),
+            graphql::Backend { store: Arc::clone(&store), responses },
+            limits,
+        )?;
 
         let listener = tokio::net::TcpListener::bind(project.listen).await.with_context(|| {
             format!("cannot listen on {} (is another shell running there? try --listen)", project.listen)
         })?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = graphql::router(Arc::clone(&graphql));
+        let app = graphql::router(Arc::clone(&graphql)).merge(readiness(store));
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {

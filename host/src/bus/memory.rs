@@ -1,7 +1,7 @@
 //! The in-process bus: unbounded channels per consumer. Nothing is retained:
 //! an event reaches the consumers subscribed when it is appended.
 
-use super::{Bus, BusError, Delivery, Subscription};
+use super::{Bus, BusError, Delivery, Submitted, Subscription};
 use crate::store::Event;
 use async_trait::async_trait;
 use low_contract::Message;
@@ -72,9 +72,9 @@ impl Subscription for MemorySubscription {
 
 #[async_trait]
 impl Bus for MemoryBus {
-    async fn submit(&self, command: Event) -> Result<(), BusError> {
+    async fn submit(&self, command: Event) -> Result<Submitted, BusError> {
         self.append(vec![command], vec![]);
-        Ok(())
+        Ok(Submitted::Accepted)
     }
 
     async fn subscribe(&self, _consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError> {
