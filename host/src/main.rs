@@ -96,7 +96,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let project = Project::load(&args.project)?;
     for done in host::replay::replay(&project, args.function.as_deref()).await? {
-        println!("{}: replayed {} events ({} documents rebuilt from scratch)", done.function, done.events, done.cleared);
+        println!(
+            "{}: replayed {} events ({} documents rebuilt from scratch)",
+            done.function, done.events, done.cleared
+        );
     }
     Ok(())
 }

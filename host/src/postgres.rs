@@ -22,7 +22,7 @@ pub const EVENTS_CHANNEL: &str = "lowshell_events";
 /// Channel carrying the id of each new row of `notifications`.
 pub const NOTIFICATIONS_CHANNEL: &str = "lowshell_notifications";
 /// First key of the advisory locks this shell takes (the second is the lock's name hashed).
-pub const LOCK_NAMESPACE: i32 = 0x6c6f_77;
+pub const LOCK_NAMESPACE: i32 = 0x006c_6f77;
 
 /// Connections per shell in the pool (dedicated connections come on top).
 const POOL_SIZE: usize = 16;
@@ -30,7 +30,8 @@ const POOL_SIZE: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Versioned migrations, applied in order, each once, each in its own transaction.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "event log, documents, checkpoints, notifications", MIGRATION_1)];
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "event log, documents, checkpoints, notifications", MIGRATION_1)];
 
 const MIGRATION_1: &str = r#"
 CREATE TABLE events (

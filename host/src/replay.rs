@@ -81,7 +81,11 @@ pub async fn replay(project: &Project, only: Option<&str>) -> anyhow::Result<Vec
                 let result = match cycle {
                     // Nobody waits for these answers any more: no notifications.
                     Ok(cycle) => store
-                        .commit(Commit { notify: vec![], checkpoint: Some(checkpoint.clone()), ..cycle.commit })
+                        .commit(Commit {
+                            notify: vec![],
+                            checkpoint: Some(checkpoint.clone()),
+                            ..cycle.commit
+                        })
                         .await
                         .map_err(StepError::from),
                     Err(e) => Err(e),

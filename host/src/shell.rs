@@ -2,10 +2,10 @@
 //! responses and GraphQL, served over HTTP.
 
 use crate::bus::{Bus, MemoryBus, PgBus};
-use crate::postgres::Database;
 use crate::config::{Backend, Project};
 use crate::executor::Executor;
 use crate::graphql::{self, Graphql, QueryLimits};
+use crate::postgres::Database;
 use crate::registry::{Functions, Registry};
 use crate::responses::Responses;
 use crate::runtime::{Function, Runtime};

@@ -73,9 +73,13 @@ async fn invite(
     command_id: Option<&str>,
 ) -> Result<String, String> {
     let arg = command_id.map(|c| format!(", commandId: \"{c}\"")).unwrap_or_default();
-    let data =
-        graphql(client, addr, &format!(r#"mutation {{ InviteCustomer(email: "{email}"{arg}) {{ id email }} }}"#), None)
-            .await?;
+    let data = graphql(
+        client,
+        addr,
+        &format!(r#"mutation {{ InviteCustomer(email: "{email}"{arg}) {{ id email }} }}"#),
+        None,
+    )
+    .await?;
     data["InviteCustomer"]["id"].as_str().map(str::to_owned).ok_or_else(|| format!("no id in {data}"))
 }
 
@@ -96,7 +100,10 @@ async fn next(sub: &mut Box<dyn Subscription>, within: Duration) -> Option<host:
 
 async fn processed(store: &PgStore, consumer: &str, position: u64) {
     store
-        .commit(Commit { checkpoint: Some(Checkpoint { consumer: consumer.into(), position }), ..Commit::default() })
+        .commit(Commit {
+            checkpoint: Some(Checkpoint { consumer: consumer.into(), position }),
+            ..Commit::default()
+        })
         .await
         .expect("advance the checkpoint");
 }
@@ -273,29 +280,37 @@ impl Drop for Process {
     }
 }
 
-fn spawn_host(project: &Path, addr: SocketAddr) -> Process {
+/// Starts `host run` on `project`, its log in `log`.
+fn spawn_host(project: &Path, addr: SocketAddr, log: &Path) -> Process {
+    let log = std::fs::File::create(log).expect("create the shell's log");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
         .args(["run", "--project"])
         .arg(project)
         .args(["--listen", &addr.to_string()])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
+        .env("RUST_LOG", "info,wasmtime=warn,cranelift=warn")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
         .spawn()
         .expect("spawn the host binary");
     Process(child)
 }
 
-async fn wait_ready(client: &reqwest::Client, addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+async fn wait_ready(client: &reqwest::Client, process: &mut Process, addr: SocketAddr, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
         if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await
             && r.status().is_success()
         {
             return;
         }
+        if let Ok(Some(status)) = process.0.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("the shell at {addr} exited ({status}):\n{log}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    panic!("the shell at {addr} did not become ready");
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    panic!("the shell at {addr} did not become ready:\n{log}");
 }
 
 fn free_addr() -> SocketAddr {
@@ -311,8 +326,9 @@ async fn a_killed_shell_loses_nothing_and_processes_nothing_twice() {
     std::fs::write(&file, project_text(&url, "127.0.0.1:0")).expect("write the project");
     let client = http();
     let addr = free_addr();
-    let mut process = spawn_host(&file, addr);
-    wait_ready(&client, addr).await;
+    let log = dir.join("first.log");
+    let mut process = spawn_host(&file, addr, &log);
+    wait_ready(&client, &mut process, addr, &log).await;
 
     // A stream of commands, 4 at a time; kill the shell while they flow.
     let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
@@ -350,8 +366,9 @@ async fn a_killed_shell_loses_nothing_and_processes_nothing_twice() {
 
     // Restart on the same database.
     let addr = free_addr();
-    let _process = spawn_host(&file, addr);
-    wait_ready(&client, addr).await;
+    let log = dir.join("second.log");
+    let mut process = spawn_host(&file, addr, &log);
+    wait_ready(&client, &mut process, addr, &log).await;
     let db = pg::client(&url).await;
     // Let the restarted shell finish what was in the log.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -126,12 +126,14 @@ async fn forward_notification(inner: &Inner, client: &Client, payload: &str) {
     let Some(tx) = inner.notify.lock().unwrap_or_else(|p| p.into_inner()).clone() else { return };
     let Ok(id) = payload.parse::<i64>() else { return };
     match client.query_opt("SELECT message FROM notifications WHERE id = $1", &[&id]).await {
-        Ok(Some(row)) => match row.try_get::<_, serde_json::Value>(0).map(serde_json::from_value::<Message>) {
-            Ok(Ok(message)) => {
-                let _ = tx.send(message);
+        Ok(Some(row)) => {
+            match row.try_get::<_, serde_json::Value>(0).map(serde_json::from_value::<Message>) {
+                Ok(Ok(message)) => {
+                    let _ = tx.send(message);
+                }
+                _ => tracing::warn!(id, "unreadable notification"),
             }
-            _ => tracing::warn!(id, "unreadable notification"),
-        },
+        }
         Ok(None) => {}
         Err(e) => tracing::warn!(id, "cannot read notification: {e}"),
     }
@@ -246,9 +248,9 @@ impl Subscription for PgSubscription {
                     self.candidate = None;
                 }
             }
-            match tokio::time::timeout(POLL, self.wake.changed()).await {
-                Ok(Err(_)) => return None,
-                Ok(Ok(())) | Err(_) => {}
+            // Woken by a NOTIFY, or polling; `Err` inside: the bus is gone.
+            if let Ok(Err(_)) = tokio::time::timeout(POLL, self.wake.changed()).await {
+                return None;
             }
         }
     }
@@ -267,11 +269,23 @@ impl Bus for PgBus {
                      ON CONFLICT (id) WHERE topic = 'commands' DO NOTHING
                      RETURNING position)
                  SELECT pg_notify($7, $2) FROM e",
-                &[&m.id, &command.topic, &m.kind, &m.payload, &m.correlation_id, &m.causation_id, &EVENTS_CHANNEL],
+                &[
+                    &m.id,
+                    &command.topic,
+                    &m.kind,
+                    &m.payload,
+                    &m.correlation_id,
+                    &m.causation_id,
+                    &EVENTS_CHANNEL,
+                ],
             )
             .await
             .map_err(|e| {
-                if crate::postgres::is_unavailable(&e) { unavailable(e) } else { BusError::Invalid(e.to_string()) }
+                if crate::postgres::is_unavailable(&e) {
+                    unavailable(e)
+                } else {
+                    BusError::Invalid(e.to_string())
+                }
             })?;
         Ok(if rows.is_empty() { Submitted::Duplicate } else { Submitted::Accepted })
     }

@@ -26,7 +26,8 @@ async fn execute(
     request: GraphQLRequest,
 ) -> GraphQLResponse {
     let mut request = request.into_inner();
-    if let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty()) {
+    if let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty())
+    {
         request = request.data(IdempotencyKey(key.to_owned()));
     }
     graphql.schema().execute(request).await.into()

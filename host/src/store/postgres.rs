@@ -24,7 +24,11 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.db.pool().get().await.map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))
+        self.db
+            .pool()
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))
     }
 
     /// Deletes every document of `collections` and moves `consumer` back to
@@ -211,9 +215,12 @@ impl Store for PgStore {
                     (n == 0).then(|| format!("`{collection}/{key}` is not at version {expected_version}"))
                 }
                 WriteOp::Delete { .. } => {
-                    tx.execute("DELETE FROM documents WHERE collection = $1 AND key = $2", &[&collection, &key])
-                        .await
-                        .map_err(store_error)?;
+                    tx.execute(
+                        "DELETE FROM documents WHERE collection = $1 AND key = $2",
+                        &[&collection, &key],
+                    )
+                    .await
+                    .map_err(store_error)?;
                     None
                 }
             };
