@@ -108,6 +108,10 @@ impl Database {
         if config.get_application_name().is_none() {
             config.application_name("lowshell");
         }
+        if config.get_options().is_none() {
+            // No NOTICEs ("already exists, skipping") in the shell's log.
+            config.options("-c client_min_messages=warning");
+        }
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -143,7 +147,7 @@ impl Database {
                 match futures::future::poll_fn(|cx| connection.poll_message(cx)).await {
                     Some(Ok(message)) => on_message(message),
                     Some(Err(e)) => {
-                        tracing::debug!("dedicated connection closed: {e}");
+                        tracing::debug!("dedicated connection closed: {}", describe(&e));
                         break;
                     }
                     None => break,
@@ -190,6 +194,27 @@ impl Database {
         .await;
         client.execute("SELECT pg_advisory_unlock($1, 0)", &[&LOCK_NAMESPACE]).await?;
         result
+    }
+}
+
+/// A database error with its cause (`tokio_postgres` alone says "db error").
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// A pool error, said plainly.
+pub fn describe_pool(e: &deadpool_postgres::PoolError) -> String {
+    use deadpool_postgres::PoolError;
+    match e {
+        PoolError::Backend(e) => format!("the database is unreachable ({})", describe(e)),
+        PoolError::Timeout(_) => "the database is unreachable (timed out waiting for a connection)".into(),
+        other => format!("the database is unreachable ({other})"),
     }
 }
 

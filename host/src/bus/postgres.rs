@@ -15,7 +15,9 @@
 //!   polling is the fallback.
 
 use super::{Bus, BusError, Delivery, Submitted, Subscription};
-use crate::postgres::{Database, EVENTS_CHANNEL, LOCK_NAMESPACE, NOTIFICATIONS_CHANNEL};
+use crate::postgres::{
+    Database, EVENTS_CHANNEL, LOCK_NAMESPACE, NOTIFICATIONS_CHANNEL, describe, describe_pool,
+};
 use crate::store::Event;
 use async_trait::async_trait;
 use low_contract::Message;
@@ -43,8 +45,12 @@ struct Inner {
     notify: Mutex<Option<mpsc::UnboundedSender<Message>>>,
 }
 
-fn unavailable(e: impl std::fmt::Display) -> BusError {
-    BusError::Unavailable(e.to_string())
+fn unavailable(e: &tokio_postgres::Error) -> BusError {
+    BusError::Unavailable(describe(e))
+}
+
+fn no_connection(e: deadpool_postgres::PoolError) -> BusError {
+    BusError::Unavailable(describe_pool(&e))
 }
 
 impl PgBus {
@@ -58,7 +64,7 @@ impl PgBus {
 
     /// Every event on `topics` committed so far, in log order (for a replay).
     pub async fn history(&self, topics: &[String]) -> Result<Vec<Delivery>, BusError> {
-        let client = self.inner.db.pool().get().await.map_err(unavailable)?;
+        let client = self.inner.db.pool().get().await.map_err(no_connection)?;
         let rows = client
             .query(
                 "SELECT position, tx::text, topic, id, kind, payload, correlation_id, causation_id, function, version,
@@ -69,7 +75,7 @@ impl PgBus {
                 &[&topics],
             )
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| unavailable(&e))?;
         rows.iter().map(|r| delivery(r).map(|(_, d)| d)).collect()
     }
 }
@@ -90,7 +96,7 @@ async fn listen(inner: std::sync::Weak<Inner>) {
         let client = match connected {
             Ok(client) => client,
             Err(e) => {
-                tracing::warn!("cannot listen for events, retrying: {e}");
+                tracing::warn!("cannot listen for events, retrying: {}", describe(&e));
                 drop(strong);
                 tokio::time::sleep(RECONNECT).await;
                 continue;
@@ -99,7 +105,7 @@ async fn listen(inner: std::sync::Weak<Inner>) {
         if let Err(e) =
             client.batch_execute(&format!("LISTEN {EVENTS_CHANNEL}; LISTEN {NOTIFICATIONS_CHANNEL}")).await
         {
-            tracing::warn!("cannot listen for events, retrying: {e}");
+            tracing::warn!("cannot listen for events, retrying: {}", describe(&e));
             drop(strong);
             tokio::time::sleep(RECONNECT).await;
             continue;
@@ -135,13 +141,13 @@ async fn forward_notification(inner: &Inner, client: &Client, payload: &str) {
             }
         }
         Ok(None) => {}
-        Err(e) => tracing::warn!(id, "cannot read notification: {e}"),
+        Err(e) => tracing::warn!(id, "cannot read notification: {}", describe(&e)),
     }
 }
 
 /// A row of `events` as a delivery, with its transaction id.
 fn delivery(row: &Row) -> Result<(String, Delivery), BusError> {
-    let bad = |e: tokio_postgres::Error| BusError::Invalid(format!("unreadable event: {e}"));
+    let bad = |e: tokio_postgres::Error| BusError::Invalid(format!("unreadable event: {}", describe(&e)));
     let position: i64 = row.try_get(0).map_err(bad)?;
     let tx: String = row.try_get(1).map_err(bad)?;
     let at: Option<i64> = row.try_get(10).map_err(bad)?;
@@ -243,7 +249,7 @@ impl Subscription for PgSubscription {
                 Ok(()) if !self.buffer.is_empty() => continue,
                 Ok(()) => {}
                 Err(e) => {
-                    tracing::warn!(consumer = %self.consumer, "cannot read the log, retrying: {e}");
+                    tracing::warn!(consumer = %self.consumer, "cannot read the log, retrying: {}", describe(&e));
                     self.lease = None;
                     self.candidate = None;
                 }
@@ -259,7 +265,7 @@ impl Subscription for PgSubscription {
 #[async_trait]
 impl Bus for PgBus {
     async fn submit(&self, command: Event) -> Result<Submitted, BusError> {
-        let client = self.inner.db.pool().get().await.map_err(unavailable)?;
+        let client = self.inner.db.pool().get().await.map_err(no_connection)?;
         let m = &command.message;
         let rows = client
             .query(
@@ -282,9 +288,9 @@ impl Bus for PgBus {
             .await
             .map_err(|e| {
                 if crate::postgres::is_unavailable(&e) {
-                    unavailable(e)
+                    unavailable(&e)
                 } else {
-                    BusError::Invalid(e.to_string())
+                    BusError::Invalid(describe(&e))
                 }
             })?;
         Ok(if rows.is_empty() { Submitted::Duplicate } else { Submitted::Accepted })
@@ -313,14 +319,14 @@ impl Bus for PgBus {
     }
 
     async fn notified(&self, correlation_id: &str) -> Result<Vec<Message>, BusError> {
-        let client = self.inner.db.pool().get().await.map_err(unavailable)?;
+        let client = self.inner.db.pool().get().await.map_err(no_connection)?;
         let rows = client
             .query(
                 "SELECT message FROM notifications WHERE correlation_id = $1 ORDER BY id",
                 &[&correlation_id],
             )
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| unavailable(&e))?;
         Ok(rows
             .iter()
             .filter_map(|r| r.try_get::<_, serde_json::Value>(0).ok())

@@ -6,7 +6,9 @@
 //! `pg_notify`, which is transactional).
 
 use super::{Commit, Store, StoreError};
-use crate::postgres::{Database, EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, is_unavailable};
+use crate::postgres::{
+    Database, EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, describe, describe_pool, is_unavailable,
+};
 use async_trait::async_trait;
 use low_contract::{Document, Value, WriteOp};
 use std::collections::BTreeSet;
@@ -24,11 +26,7 @@ impl PgStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.db
-            .pool()
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("no database connection: {e}")))
+        self.db.pool().get().await.map_err(|e| StoreError::Unavailable(describe_pool(&e)))
     }
 
     /// Deletes every document of `collections` and moves `consumer` back to
@@ -60,10 +58,10 @@ pub fn store_error(e: tokio_postgres::Error) -> StoreError {
                 || *c == SqlState::T_R_SERIALIZATION_FAILURE
                 || *c == SqlState::T_R_DEADLOCK_DETECTED =>
         {
-            StoreError::Conflict(e.to_string())
+            StoreError::Conflict(describe(&e))
         }
-        _ if is_unavailable(&e) => StoreError::Unavailable(e.to_string()),
-        _ => StoreError::Invalid(e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned())),
+        _ if is_unavailable(&e) => StoreError::Unavailable(describe(&e)),
+        _ => StoreError::Invalid(describe(&e)),
     }
 }
 
