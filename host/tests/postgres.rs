@@ -172,6 +172,53 @@ async fn out_of_order_commits_skip_nothing_and_rollbacks_do_not_stall() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrity_is_enforced_by_postgres_not_by_reading_first() {
+    let url = pg::database().await;
+    let store = Arc::new(PgStore::new(Arc::new(Database::connect(&url).await.expect("connect"))));
+    let insert = |n: u32| Commit {
+        ops: vec![WriteOp::Insert { collection: "c".into(), key: "k".into(), body: json!({ "n": n }) }],
+        ..Commit::default()
+    };
+    // Ten concurrent inserts of one key: exactly one wins, the others conflict.
+    let racers = (0..10).map(|n| {
+        let (store, commit) = (Arc::clone(&store), insert(n));
+        async move { store.commit(commit).await }
+    });
+    let results = futures::future::join_all(racers).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, host::store::StoreError::Conflict(_))),
+        "{results:?}"
+    );
+    let update = |expected_version: u64| Commit {
+        ops: vec![WriteOp::UpdateIfVersion {
+            collection: "c".into(),
+            key: "k".into(),
+            body: json!({ "updated": expected_version }),
+            expected_version,
+        }],
+        ..Commit::default()
+    };
+    store.commit(update(1)).await.expect("update at the current version");
+    let stale = store.commit(update(1)).await;
+    assert!(matches!(stale, Err(host::store::StoreError::Conflict(_))), "{stale:?}");
+    // All or nothing: a conflicting op undoes the ops before it in the commit.
+    let mixed = Commit {
+        ops: vec![
+            WriteOp::Put { collection: "c".into(), key: "other".into(), body: json!({}) },
+            WriteOp::Insert { collection: "c".into(), key: "k".into(), body: json!({}) },
+        ],
+        ..Commit::default()
+    };
+    assert!(store.commit(mixed).await.is_err());
+    assert!(store.get("c", "other").await.expect("get").is_none(), "nothing of a failed commit is applied");
+    assert_eq!(store.get("c", "k").await.expect("get").expect("k").version, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_invites_of_one_email_make_one_customer() {
     let url = pg::database().await;
     let shell = shell(&url).await;
