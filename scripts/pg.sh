@@ -14,6 +14,7 @@ if [ "$(id -u)" = 0 ]; then
 	AS=(runuser -u postgres --)
 fi
 cleanup() {
+	[ -n "${SLEEPER:-}" ] && kill "$SLEEPER" 2>/dev/null
 	"${AS[@]}" "${BIN}pg_ctl" -D "$DIR/data" -m fast stop >/dev/null 2>&1 || true
 	rm -rf "$DIR"
 	echo "stopped; $DIR removed"
@@ -33,4 +34,9 @@ echo "  export DATABASE_URL=$URL"
 echo "  cargo run -p host -- run --project projects/postgres.toml --listen 127.0.0.1:8081"
 echo
 echo "Ctrl-C stops it and deletes the data."
-while true; do sleep 3600; done
+# `wait` (unlike a foreground sleep) lets the INT/TERM trap run at once.
+while true; do
+	sleep 3600 &
+	SLEEPER=$!
+	wait "$SLEEPER"
+done
