@@ -22,6 +22,7 @@ use crate::store::Event;
 use async_trait::async_trait;
 use low_contract::Message;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -32,6 +33,9 @@ pub const POLL: Duration = Duration::from_millis(500);
 /// Deliveries read at once.
 const BATCH: i64 = 100;
 const RECONNECT: Duration = Duration::from_secs(1);
+/// How far back, in notification ids, a reconnected listener looks again
+/// (ids are taken before commit, so recent ones can commit out of order).
+const CATCH_UP: i64 = 1000;
 
 #[derive(Clone)]
 pub struct PgBus {
@@ -43,6 +47,8 @@ struct Inner {
     /// Bumped on every NOTIFY of new events (and on reconnects).
     wake: watch::Sender<u64>,
     notify: Mutex<Option<mpsc::UnboundedSender<Message>>>,
+    /// The highest notification id forwarded, to catch up after a reconnect.
+    last_notification: AtomicI64,
 }
 
 fn unavailable(e: &tokio_postgres::Error) -> BusError {
@@ -57,7 +63,14 @@ impl PgBus {
     /// Starts listening (and keeps reconnecting the listener while the shell runs).
     pub fn start(db: Arc<Database>) -> Self {
         let (wake, _) = watch::channel(0);
-        let bus = Self { inner: Arc::new(Inner { db, wake, notify: Mutex::default() }) };
+        let bus = Self {
+            inner: Arc::new(Inner {
+                db,
+                wake,
+                notify: Mutex::default(),
+                last_notification: AtomicI64::new(0),
+            }),
+        };
         tokio::spawn(listen(Arc::downgrade(&bus.inner)));
         bus
     }
@@ -111,8 +124,10 @@ async fn listen(inner: std::sync::Weak<Inner>) {
             continue;
         }
         tracing::debug!("listening for events and notifications");
-        // Whatever was missed while not listening, the consumers find by polling.
+        // Whatever was missed while not listening, the consumers find by
+        // polling, and the responses by catching up.
         strong.wake.send_modify(|n| *n += 1);
+        catch_up(&strong, &client).await;
         drop(strong);
         while let Some((channel, payload)) = rx.recv().await {
             let Some(strong) = inner.upgrade() else { return };
@@ -129,19 +144,43 @@ async fn listen(inner: std::sync::Weak<Inner>) {
 
 /// Fetches the notification named by a NOTIFY and hands it to the responses.
 async fn forward_notification(inner: &Inner, client: &Client, payload: &str) {
-    let Some(tx) = inner.notify.lock().unwrap_or_else(|p| p.into_inner()).clone() else { return };
     let Ok(id) = payload.parse::<i64>() else { return };
-    match client.query_opt("SELECT message FROM notifications WHERE id = $1", &[&id]).await {
-        Ok(Some(row)) => {
-            match row.try_get::<_, serde_json::Value>(0).map(serde_json::from_value::<Message>) {
-                Ok(Ok(message)) => {
-                    let _ = tx.send(message);
-                }
-                _ => tracing::warn!(id, "unreadable notification"),
+    forward_since(inner, client, "SELECT id, message FROM notifications WHERE id = $1", id).await;
+}
+
+/// After a reconnect: notifications committed while not listening (the
+/// most recent ones, again; the responses ignore what they have seen).
+async fn catch_up(inner: &Inner, client: &Client) {
+    let last = inner.last_notification.load(Ordering::Relaxed);
+    if last > 0 {
+        let sql = "SELECT id, message FROM notifications WHERE id > $1 ORDER BY id";
+        forward_since(inner, client, sql, last.saturating_sub(CATCH_UP)).await;
+    } else {
+        // First connection: nothing is waiting yet; note where the log of notifications is.
+        match client.query_one("SELECT coalesce(max(id), 0) FROM notifications", &[]).await {
+            Ok(row) => {
+                inner.last_notification.fetch_max(row.try_get(0).unwrap_or(0), Ordering::Relaxed);
             }
+            Err(e) => tracing::warn!("cannot read notifications: {}", describe(&e)),
         }
-        Ok(None) => {}
-        Err(e) => tracing::warn!(id, "cannot read notification: {}", describe(&e)),
+    }
+}
+
+async fn forward_since(inner: &Inner, client: &Client, sql: &str, id: i64) {
+    let Some(tx) = inner.notify.lock().unwrap_or_else(|p| p.into_inner()).clone() else { return };
+    let rows = match client.query(sql, &[&id]).await {
+        Ok(rows) => rows,
+        Err(e) => return tracing::warn!(id, "cannot read notifications: {}", describe(&e)),
+    };
+    for row in rows {
+        let id: i64 = row.try_get(0).unwrap_or(0);
+        inner.last_notification.fetch_max(id, Ordering::Relaxed);
+        match row.try_get::<_, serde_json::Value>(1).map(serde_json::from_value::<Message>) {
+            Ok(Ok(message)) => {
+                let _ = tx.send(message);
+            }
+            _ => tracing::warn!(id, "unreadable notification"),
+        }
     }
 }
 
