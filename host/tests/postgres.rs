@@ -330,7 +330,10 @@ impl Drop for Process {
 /// Starts `host run` on `project`, its log in `log`.
 fn spawn_host(project: &Path, addr: SocketAddr, log: &Path) -> Process {
     let log = std::fs::File::create(log).expect("create the shell's log");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_host"))
+    // `LOWSHELL_HOST_BIN` overrides the binary: with a target directory
+    // shared between checkouts, `target/debug/host` may be another's build.
+    let bin = std::env::var_os("LOWSHELL_HOST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_host").into());
+    let child = std::process::Command::new(bin)
         .args(["run", "--project"])
         .arg(project)
         .args(["--listen", &addr.to_string()])
