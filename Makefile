@@ -1,6 +1,8 @@
 # lowshell — common tasks. `make guest && cargo run -p host` starts the shell.
 
 GUESTS   := invite-customer customer-projector invite-resolver
+# Misbehaving guests for the shell's own tests.
+FIXTURES := misbehave misbehave-resolver
 TARGET   := wasm32-wasip2
 MODULES  := modules
 CARGO    ?= cargo
@@ -23,7 +25,18 @@ guest: target
 		$(CARGO) build --quiet --release --target $(TARGET) -p $$g || exit 1; \
 		cp $(TARGET_DIR)/$(TARGET)/release/$$(echo $$g | tr - _).wasm $(MODULES)/$$g.wasm; \
 	done
-	@echo "components in $(MODULES)/: $(GUESTS)"
+	@mkdir -p $(MODULES)/v2 $(MODULES)/fixtures
+	@$(CARGO) build --quiet --release --target $(TARGET) -p invite-customer --features v2
+	@cp $(TARGET_DIR)/$(TARGET)/release/invite_customer.wasm $(MODULES)/v2/invite-customer.wasm
+	@for g in $(FIXTURES); do \
+		$(CARGO) build --quiet --release --target $(TARGET) -p $$g || exit 1; \
+		cp $(TARGET_DIR)/$(TARGET)/release/$$(echo $$g | tr - _).wasm $(MODULES)/fixtures/$$g.wasm; \
+	done
+	@$(CARGO) build --quiet --release --target $(TARGET) -p misbehave --features meta-trap
+	@cp $(TARGET_DIR)/$(TARGET)/release/misbehave.wasm $(MODULES)/fixtures/meta-trap.wasm
+	@# The plain build last, so the target folder holds the default versions.
+	@$(CARGO) build --quiet --release --target $(TARGET) -p invite-customer
+	@echo "components in $(MODULES)/: $(GUESTS); version 2 of invite-customer in $(MODULES)/v2/; test fixtures in $(MODULES)/fixtures/"
 
 run: guest
 	$(CARGO) run -p host -- run
@@ -32,6 +45,7 @@ run: guest
 # (or use DATABASE_URL when it is set).
 test: guest
 	$(CARGO) test --workspace
+	$(CARGO) test -p invite-customer --features v2
 
 # A throwaway local Postgres in the foreground; prints the DATABASE_URL. Ctrl-C deletes it.
 pg:

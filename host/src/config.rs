@@ -56,6 +56,24 @@ pub struct Project {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub graphql: GraphqlConfig,
+    /// Deploy a component when its file in `modules` changes.
+    #[serde(default = "yes")]
+    pub watch: bool,
+    /// Where compiled components are cached, keyed by content hash, so a
+    /// restart does not recompile. Default: `$XDG_CACHE_HOME/lowshell` or
+    /// `~/.cache/lowshell`.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token of the admin endpoints; `LOWSHELL_ADMIN_TOKEN` overrides it.
+    /// Without one the admin endpoints refuse every request.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -93,6 +111,9 @@ impl Default for GraphqlConfig {
     }
 }
 
+fn yes() -> bool {
+    true
+}
 fn default_name() -> String {
     "lowshell".into()
 }
@@ -118,6 +139,9 @@ impl Project {
         let mut project: Project = toml::from_str(text)?;
         if project.modules.is_relative() {
             project.modules = dir.join(&project.modules);
+        }
+        if let Some(cache) = project.cache_dir.as_mut().filter(|c| c.is_relative()) {
+            *cache = dir.join(&*cache);
         }
         if project.limits.instances == 0 || project.limits.memory_mib == 0 || project.limits.deadline_ms == 0
         {
@@ -163,6 +187,24 @@ impl Project {
                  `make pg` starts a local one) or `database-url` in the project file"
             ),
         }
+    }
+
+    /// The admin token: `LOWSHELL_ADMIN_TOKEN`, else `[admin] token`; empty means none.
+    pub fn admin_token(&self) -> Option<String> {
+        std::env::var("LOWSHELL_ADMIN_TOKEN")
+            .ok()
+            .or_else(|| self.admin.token.clone())
+            .filter(|t| !t.trim().is_empty())
+    }
+
+    /// The compiled-component cache folder, if there is one.
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        self.cache_dir.clone().or_else(|| {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+            Some(base.join("lowshell"))
+        })
     }
 
     pub fn response_timeout(&self) -> Duration {

@@ -6,15 +6,17 @@
 //! The executor knows the contract, the [`Store`] and the [`Bus`] traits, and
 //! nothing about the technology behind them.
 
-use crate::bus::{Bus, Delivery, Subscription};
+use crate::bus::{Bus, BusError, Delivery, Subscription};
 use crate::registry::{Functions, Registry};
 use crate::runtime::{Function, GuestError};
 use crate::store::{Checkpoint, Commit, Event, Store, StoreError};
 use low_contract::{
     COMMANDS_TOPIC, Data, FAILED, Found, Lookup, Message, Outcome, Query, REJECTED, WritePlan, json,
 };
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 /// Why a step did not commit.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +29,13 @@ pub enum StepError {
     Store(#[from] StoreError),
     #[error("function `{function}` kept conflicting after {attempts} attempts: {last}")]
     Conflicts { function: String, attempts: u32, last: String },
+}
+
+/// The running consumers; dropping this stops them all.
+#[derive(Default)]
+struct Consumers {
+    tasks: JoinSet<()>,
+    by_name: HashMap<String, (Vec<String>, AbortHandle)>,
 }
 
 pub struct Executor {
@@ -48,21 +57,47 @@ impl Executor {
         Self { registry, store, attempts: attempts.max(1) }
     }
 
-    /// Subscribes every handler and projector to its inputs and processes
-    /// their deliveries until the bus shuts down. One task per function:
-    /// each function sees its inputs in log order.
-    pub async fn start(
-        self: &Arc<Self>,
-        bus: &dyn Bus,
-    ) -> Result<Vec<tokio::task::JoinHandle<()>>, crate::bus::BusError> {
-        let mut tasks = vec![];
-        for function in self.registry.current().consumers() {
+    /// Subscribes every handler and projector to its inputs, then keeps the
+    /// consumers in step with the registry: a function deployed with new
+    /// inputs is resubscribed, a new one gets a consumer, a removed one loses
+    /// it. One task per function, so each function sees its inputs in log
+    /// order. Aborting the returned task stops every consumer.
+    pub async fn start(self: &Arc<Self>, bus: Arc<dyn Bus>) -> Result<JoinHandle<()>, BusError> {
+        let mut consumers = Consumers::default();
+        self.reconcile(&*bus, &mut consumers).await?;
+        let this = Arc::clone(self);
+        let mut changes = self.registry.watch();
+        Ok(tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if let Err(e) = this.reconcile(&*bus, &mut consumers).await {
+                    tracing::error!("could not subscribe a deployed function: {e}");
+                }
+            }
+        }))
+    }
+
+    async fn reconcile(self: &Arc<Self>, bus: &dyn Bus, consumers: &mut Consumers) -> Result<(), BusError> {
+        let functions = self.registry.current();
+        consumers.by_name.retain(|name, (_, task)| {
+            let keep = functions.consumers().any(|f| f.name() == name);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for function in functions.consumers() {
             let name = function.name().to_owned();
+            if consumers.by_name.get(&name).is_some_and(|(inputs, _)| *inputs == function.meta.inputs) {
+                continue;
+            }
             let subscription = bus.subscribe(&name, &function.meta.inputs).await?;
             tracing::info!(function = %name, version = %function.version, inputs = ?function.meta.inputs, "consuming");
-            tasks.push(tokio::spawn(Arc::clone(self).consume(name, subscription)));
+            let task = consumers.tasks.spawn(Arc::clone(self).consume(name.clone(), subscription));
+            if let Some((_, old)) = consumers.by_name.insert(name, (function.meta.inputs.clone(), task)) {
+                old.abort();
+            }
         }
-        Ok(tasks)
+        Ok(())
     }
 
     async fn consume(self: Arc<Self>, function: String, mut subscription: Box<dyn Subscription>) {

@@ -8,10 +8,13 @@
 //! - [`postgres`] — pool and migrations of the Postgres bus and store.
 //! - [`responses`] — ties a request to its answer through a resolver.
 //! - [`graphql`] — the schema derived from the functions, over HTTP.
+//! - [`deploy`] / [`watch`] / [`admin`] — hot swap: by API, by file, over HTTP.
 //! - [`shell`] — wires a [`config::Project`] together.
 
+pub mod admin;
 pub mod bus;
 pub mod config;
+pub mod deploy;
 pub mod executor;
 pub mod graphql;
 pub mod postgres;
@@ -21,6 +24,7 @@ pub mod responses;
 pub mod runtime;
 pub mod shell;
 pub mod store;
+pub mod watch;
 
 pub use config::Project;
 pub use shell::Shell;

@@ -1,6 +1,7 @@
 //! The `host` command line.
 
 use clap::{Parser, Subcommand};
+use host::admin::{Deployed, FunctionInfo};
 use host::{Project, Shell};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +23,29 @@ enum Command {
     Run(RunArgs),
     /// Rebuild read models from the Postgres event log (stop the shells first).
     Replay(ReplayArgs),
+    /// Deploy a new version of a function to a running shell, which swaps it in without a restart.
+    Deploy {
+        /// The function to replace (its `meta` name must match).
+        name: String,
+        /// The component file (e.g. modules/invite-customer.wasm).
+        file: PathBuf,
+        /// Replace it even if it changes the function's kind, inputs or output.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Swap a function back to the version it had before its last deploy.
+    Rollback {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the functions a running shell has loaded.
+    Functions {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -32,6 +56,17 @@ struct ReplayArgs {
     /// The projector to replay; every projector when absent.
     #[arg(long, short, value_name = "NAME")]
     function: Option<String>,
+}
+
+/// How to reach a running shell's admin endpoints.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Base URL of the shell.
+    #[arg(long, value_name = "URL", env = "LOWSHELL_URL", default_value = "http://127.0.0.1:8080")]
+    to: String,
+    /// The shell's admin token.
+    #[arg(long, env = "LOWSHELL_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(clap::Args, Default)]
@@ -64,6 +99,34 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
             Command::Run(args) => run(args).await,
             Command::Replay(args) => replay(args).await,
+            Command::Deploy { name, file, force, admin } => deploy(&name, &file, force, &admin).await,
+            Command::Rollback { name, admin } => {
+                let url = format!("{}/admin/functions/{name}/rollback", admin.to.trim_end_matches('/'));
+                let done: Deployed = send(admin.request(reqwest::Method::POST, &url)).await?;
+                println!("{}: rolled back to {}", done.name, short(&done.version));
+                Ok(())
+            }
+            Command::Functions { admin } => {
+                let url = format!("{}/admin/functions", admin.to.trim_end_matches('/'));
+                let functions: Vec<FunctionInfo> = send(admin.request(reqwest::Method::GET, &url)).await?;
+                println!(
+                    "{:<24} {:<10} {:<13} {:<26} inputs → output",
+                    "NAME", "KIND", "VERSION", "LOADED AT"
+                );
+                for f in functions {
+                    let kind = format!("{:?}", f.kind).to_lowercase();
+                    let output = f.output.as_deref().unwrap_or("-");
+                    println!(
+                        "{:<24} {:<10} {:<13} {:<26} {} → {output}",
+                        f.name,
+                        kind,
+                        short(&f.version),
+                        f.loaded_at,
+                        f.inputs.join(",")
+                    );
+                }
+                Ok(())
+            }
         }
     });
     match result {
@@ -100,6 +163,48 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             "{}: replayed {} events ({} documents rebuilt from scratch)",
             done.function, done.events, done.cleared
         );
+    }
+    Ok(())
+}
+
+impl AdminArgs {
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let request = reqwest::Client::new().request(method, url);
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+}
+
+fn short(version: &str) -> &str {
+    &version[..12.min(version.len())]
+}
+
+/// Sends an admin request; a refusal becomes an error carrying the shell's reason.
+async fn send<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder) -> anyhow::Result<T> {
+    let response = request.send().await.map_err(|e| anyhow::anyhow!("cannot reach the shell: {e}"))?;
+    let status = response.status();
+    let body = response.text().await?;
+    if !status.is_success() {
+        let reason = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_owned))
+            .unwrap_or(body);
+        anyhow::bail!("{status}: {reason}");
+    }
+    serde_json::from_str(&body).map_err(|e| anyhow::anyhow!("unexpected answer from the shell ({e}): {body}"))
+}
+
+async fn deploy(name: &str, file: &std::path::Path, force: bool, admin: &AdminArgs) -> anyhow::Result<()> {
+    let bytes =
+        tokio::fs::read(file).await.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let url = format!("{}/admin/functions/{name}?force={force}", admin.to.trim_end_matches('/'));
+    let done: Deployed = send(admin.request(reqwest::Method::PUT, &url).body(bytes)).await?;
+    match (&done.previous_version, done.changed) {
+        (_, false) => println!("{}: already running {}", done.name, short(&done.version)),
+        (Some(old), true) => println!("{}: {} → {}", done.name, short(old), short(&done.version)),
+        (None, true) => println!("{}: deployed {}", done.name, short(&done.version)),
     }
     Ok(())
 }

@@ -107,12 +107,29 @@ impl Functions {
 /// The live set, swappable while it is being read.
 pub struct Registry {
     current: ArcSwap<Functions>,
+    /// The version each function had before its last swap, for rollback.
+    previous: std::sync::Mutex<HashMap<String, Arc<Function>>>,
+    /// Serialises changes so that two deploys cannot lose one another.
+    changing: tokio::sync::Mutex<()>,
     changed: watch::Sender<u64>,
+}
+
+/// What a swap did.
+#[derive(Debug, Clone)]
+pub struct Swapped {
+    pub name: String,
+    pub old: Option<Arc<Function>>,
+    pub new: Arc<Function>,
 }
 
 impl Registry {
     pub fn new(functions: Functions) -> Self {
-        Self { current: ArcSwap::from_pointee(functions), changed: watch::Sender::new(0) }
+        Self {
+            current: ArcSwap::from_pointee(functions),
+            previous: Default::default(),
+            changing: Default::default(),
+            changed: watch::Sender::new(0),
+        }
     }
 
     /// A consistent snapshot; keep it for the duration of one step.
@@ -120,14 +137,70 @@ impl Registry {
         self.current.load_full()
     }
 
-    /// Replaces the whole set (already validated by [`Functions::new`]).
-    pub fn replace(&self, functions: Functions) {
-        self.current.store(Arc::new(functions));
-        self.changed.send_modify(|generation| *generation += 1);
-    }
-
     /// Wakes whenever the set changes (to rebuild the GraphQL schema, say).
     pub fn watch(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// The version a function had before its last swap.
+    pub fn previous(&self, name: &str) -> Option<Arc<Function>> {
+        self.previous.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    /// Puts `new` in place of the function of the same name (or adds it).
+    /// Unless `force`, a replacement must keep the kind, inputs and output of
+    /// the version it replaces. Steps in flight finish on the old version.
+    pub async fn swap(&self, new: Arc<Function>, force: bool) -> Result<Swapped, RegistryError> {
+        let _changing = self.changing.lock().await;
+        let current = self.current();
+        let name = new.name().to_owned();
+        let old = current.get(&name).cloned();
+        if let Some(old) = &old
+            && !force
+        {
+            compatible(old, &new)?;
+        }
+        let functions = current.iter().filter(|f| f.name() != name).cloned().chain([Arc::clone(&new)]);
+        let next = Functions::new(functions)?;
+        self.current.store(Arc::new(next));
+        if let Some(old) = &old {
+            self.previous.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), Arc::clone(old));
+        }
+        self.changed.send_modify(|generation| *generation += 1);
+        Ok(Swapped { name, old, new })
+    }
+
+    /// Swaps the function back to the version it had before its last swap.
+    pub async fn rollback(&self, name: &str) -> Result<Swapped, RegistryError> {
+        let previous = self
+            .previous(name)
+            .ok_or_else(|| RegistryError(format!("`{name}` has no previous version to roll back to")))?;
+        // Forced: the previous version was compatible with what it replaced.
+        self.swap(previous, true).await
+    }
+}
+
+/// A new version must consume and produce what the old one did.
+fn compatible(old: &Function, new: &Function) -> Result<(), RegistryError> {
+    let (o, n) = (&old.meta, &new.meta);
+    let mut changes = vec![];
+    if o.kind != n.kind {
+        changes.push(format!("kind {:?} → {:?}", o.kind, n.kind));
+    }
+    if o.inputs != n.inputs {
+        changes.push(format!("inputs {:?} → {:?}", o.inputs, n.inputs));
+    }
+    if o.output != n.output {
+        changes.push(format!("output {:?} → {:?}", o.output, n.output));
+    }
+    if changes.is_empty() {
+        Ok(())
+    } else {
+        Err(RegistryError(format!(
+            "`{}` {} is not compatible with the running version ({}); deploy with force to replace it anyway",
+            n.name,
+            new.version,
+            changes.join(", ")
+        )))
     }
 }

@@ -1,15 +1,18 @@
 //! Wires a project together: runtime, functions, store, bus, executor,
 //! responses and GraphQL, served over HTTP.
 
+use crate::admin;
 use crate::bus::{Bus, MemoryBus, PgBus};
 use crate::config::{Backend, Project};
+use crate::deploy::Deployer;
 use crate::executor::Executor;
 use crate::graphql::{self, Graphql, QueryLimits};
 use crate::postgres::Database;
 use crate::registry::{Functions, Registry};
 use crate::responses::Responses;
-use crate::runtime::{Function, Runtime};
+use crate::runtime::{Function, Runtime, SystemEnv};
 use crate::store::{MemoryStore, PgStore, Store};
+use crate::watch::{self, ModulesWatcher};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,9 +26,11 @@ pub struct Shell {
     pub addr: SocketAddr,
     pub registry: Arc<Registry>,
     pub graphql: Arc<Graphql>,
+    pub deployer: Deployer,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
-    consumers: Vec<JoinHandle<()>>,
+    consumers: JoinHandle<()>,
+    _watcher: Option<ModulesWatcher>,
 }
 
 /// The component files a project names, or every `*.wasm` in its folder.
@@ -77,7 +82,7 @@ fn readiness(store: Arc<dyn Store>) -> axum::Router {
 
 impl Shell {
     pub async fn start(project: Project) -> anyhow::Result<Self> {
-        let runtime = Runtime::new(project.limits())?;
+        let runtime = Runtime::with(project.limits(), Arc::new(SystemEnv), project.cache_dir())?;
         let mut loaded = vec![];
         for path in module_files(&project)? {
             loaded.push(load_file(&runtime, &path).await?);
@@ -103,7 +108,7 @@ impl Shell {
         };
 
         let executor = Arc::new(Executor::new(Arc::clone(&registry), Arc::clone(&store), project.attempts));
-        let consumers = executor.start(&*bus).await?;
+        let consumers = executor.start(Arc::clone(&bus)).await?;
         let responses = Responses::start(
             Arc::clone(&registry),
             Arc::clone(&store),
@@ -124,7 +129,19 @@ impl Shell {
         })?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = graphql::router(Arc::clone(&graphql)).merge(readiness(store));
+        let deployer = Deployer::new(Arc::clone(&runtime), Arc::clone(&registry));
+        let watcher = if project.watch {
+            Some(watch::watch(&project.modules, project.functions.clone(), deployer.clone())?)
+        } else {
+            None
+        };
+        let token = project.admin_token();
+        if token.is_none() {
+            tracing::info!("admin endpoints refuse every request: no admin token (set LOWSHELL_ADMIN_TOKEN)");
+        }
+        let app = graphql::router(Arc::clone(&graphql))
+            .merge(admin::router(deployer.clone(), token.as_deref()))
+            .merge(readiness(store));
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
@@ -133,7 +150,7 @@ impl Shell {
                 .await
         });
         tracing::info!(project = %project.name, %addr, "serving GraphQL at http://{addr}/");
-        Ok(Self { addr, registry, graphql, stop: Some(stop), server, consumers })
+        Ok(Self { addr, registry, graphql, deployer, stop: Some(stop), server, consumers, _watcher: watcher })
     }
 
     /// Stops accepting requests, lets those in flight finish, then stops.
@@ -142,9 +159,7 @@ impl Shell {
             let _ = stop.send(());
         }
         let served = (&mut self.server).await;
-        for consumer in &self.consumers {
-            consumer.abort();
-        }
+        self.consumers.abort();
         served??;
         Ok(())
     }

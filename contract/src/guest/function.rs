@@ -39,10 +39,12 @@ impl crate::StoreRead for WitStore {
 
 impl<F: Function> Guest for Export<F> {
     fn meta() -> wit::Meta {
+        report_panics();
         F::meta().into()
     }
 
     fn lookup(input: wit::Message) -> Vec<wit::Lookup> {
+        report_panics();
         F::lookup(&input.into(), &WitStore, &WitEnv)
             .into_iter()
             .map(|l| wit::Lookup {
@@ -60,6 +62,7 @@ impl<F: Function> Guest for Export<F> {
     }
 
     fn operate(input: wit::Message, data: Vec<wit::Found>) -> wit::Outcome {
+        report_panics();
         let data = plain::Data(
             data.into_iter()
                 .map(|f| plain::Found {
@@ -78,6 +81,7 @@ impl<F: Function> Guest for Export<F> {
     }
 
     fn write(output: wit::Message) -> wit::WritePlan {
+        report_panics();
         let plan = F::write(&output.into(), &WitEnv);
         wit::WritePlan {
             ops: plan

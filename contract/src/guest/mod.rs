@@ -157,6 +157,18 @@ macro_rules! boundary {
             }
         }
 
+        /// Reports a panic's message through `env.log` before the instance
+        /// traps, so the shell can say why (std's default hook cannot print
+        /// from a component). Installed on the first export call.
+        fn report_panics() {
+            static HOOK: std::sync::Once = std::sync::Once::new();
+            HOOK.call_once(|| {
+                std::panic::set_hook(Box::new(|info| {
+                    wit_env::log(wit_env::Level::Error, &format!("panicked: {info}"))
+                }))
+            });
+        }
+
         /// The shell's `env` import.
         struct WitEnv;
 

@@ -19,10 +19,12 @@ pub struct Export<R>(PhantomData<R>);
 
 impl<R: Resolver> Guest for Export<R> {
     fn meta() -> wit::Meta {
+        report_panics();
         R::meta().into()
     }
 
     fn resolve(command: wit::Message, seen: Vec<wit::Message>) -> wit::Resolution {
+        report_panics();
         let seen: Vec<plain::Message> = seen.into_iter().map(Into::into).collect();
         match R::resolve(&command.into(), &seen, &WitEnv) {
             plain::Resolution::Pending => wit::Resolution::Pending,

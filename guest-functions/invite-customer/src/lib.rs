@@ -6,6 +6,10 @@
 //! It keeps a private collection `invites` (email → customer id) whose
 //! insert fails when the email is taken, so two concurrent invites of one
 //! email cannot both succeed.
+//!
+//! Built with the `v2` feature it is version 2 of the same function: emails
+//! are trimmed and lower-cased (`Dean@P14N.com` is `dean@p14n.com`), and an
+//! address without `@` is rejected — the version the README swaps in live.
 
 use low_contract::*;
 
@@ -45,7 +49,7 @@ impl Function for InviteCustomer {
 
     fn lookup(input: &Message, _store: &dyn StoreRead, _env: &dyn Env) -> Vec<Lookup> {
         match email(input) {
-            Some(email) => vec![Lookup::by_key("invite", INVITES, email)],
+            Some(email) => vec![Lookup::by_key("invite", INVITES, &email)],
             None => vec![],
         }
     }
@@ -57,6 +61,11 @@ impl Function for InviteCustomer {
         let Some(email) = email(input) else {
             return Outcome::Reject("Email is required".into());
         };
+        if cfg!(feature = "v2") && !email.contains('@') {
+            return Outcome::Reject(format!(
+                "Email must be an address such as name@example.com, not `{email}`"
+            ));
+        }
         match data.first("invite") {
             Some(invite) => {
                 env.log(Level::Info, &format!("{email} was already invited"));
@@ -93,9 +102,10 @@ impl Function for InviteCustomer {
     }
 }
 
-/// The command's email, if it has a non-blank one.
-fn email(input: &Message) -> Option<&str> {
-    input.text("email").filter(|e| !e.trim().is_empty())
+/// The command's email, if it has a non-blank one (normalised in v2).
+fn email(input: &Message) -> Option<String> {
+    let email = input.text("email").filter(|e| !e.trim().is_empty())?;
+    Some(if cfg!(feature = "v2") { email.trim().to_lowercase() } else { email.to_owned() })
 }
 
 export_function!(InviteCustomer);
@@ -189,6 +199,40 @@ mod tests {
             }]
         );
         assert!(plan.notify.is_empty());
+    }
+
+    #[cfg(feature = "v2")]
+    #[test]
+    fn v2_normalises_the_email() {
+        let plan = InviteCustomer::lookup(
+            &invite(json!(" Dean@P14N.com ")),
+            &TestStore::default(),
+            &TestEnv::default(),
+        );
+        assert_eq!(plan, vec![Lookup::by_key("invite", INVITES, "dean@p14n.com")]);
+        let outcome =
+            InviteCustomer::operate(&invite(json!("Dean@P14N.com")), &Data::default(), &TestEnv::default());
+        let Outcome::Emit(events) = outcome else { panic!("emits: {outcome:?}") };
+        assert_eq!(events[0].payload["email"], "dean@p14n.com");
+    }
+
+    #[cfg(feature = "v2")]
+    #[test]
+    fn v2_rejects_an_address_without_at() {
+        let outcome = InviteCustomer::operate(&invite(json!("dean")), &Data::default(), &TestEnv::default());
+        assert_eq!(
+            outcome,
+            Outcome::Reject("Email must be an address such as name@example.com, not `dean`".into())
+        );
+    }
+
+    #[cfg(not(feature = "v2"))]
+    #[test]
+    fn v1_keeps_the_email_as_given() {
+        let outcome =
+            InviteCustomer::operate(&invite(json!("Dean@P14N.com")), &Data::default(), &TestEnv::default());
+        let Outcome::Emit(events) = outcome else { panic!("emits: {outcome:?}") };
+        assert_eq!(events[0].payload["email"], "Dean@P14N.com");
     }
 
     #[test]

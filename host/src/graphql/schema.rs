@@ -162,16 +162,25 @@ fn model_queries(model: &ModelSpec, backend: &Backend) -> Vec<Field> {
 
 /// The command's payload from the mutation's arguments, checking required fields.
 fn payload(ctx: &ResolverContext<'_>, command: &CommandSpec) -> Result<Value, async_graphql::Error> {
+    command_payload(&command.fields, |name| ctx.args.get(name).map(|v| v.as_value().clone()))
+        .map_err(gql_error)
+}
+
+/// Maps a mutation's arguments (by GraphQL name) to the command's payload
+/// (by field name). Absent and null arguments are left out; a required one
+/// is an error "<Field> is required".
+pub fn command_payload(
+    fields: &[FieldSpec],
+    argument: impl Fn(&str) -> Option<async_graphql::Value>,
+) -> Result<Value, String> {
     let mut payload = serde_json::Map::new();
-    for field in &command.fields {
-        match ctx.args.get(&graphql_name(&field.name)).filter(|v| !v.is_null()) {
+    for field in fields {
+        match argument(&graphql_name(&field.name)).filter(|v| *v != async_graphql::Value::Null) {
             Some(value) => {
-                let value = value.as_value().clone().into_json().map_err(gql_error)?;
+                let value = value.into_json().map_err(|e| format!("argument `{}`: {e}", field.name))?;
                 payload.insert(field.name.clone(), value);
             }
-            None if field.required => {
-                return Err(gql_error(format!("{} is required", upper_first(&field.name))));
-            }
+            None if field.required => return Err(format!("{} is required", upper_first(&field.name))),
             None => {}
         }
     }
@@ -297,6 +306,64 @@ pub fn build(functions: &Functions, backend: &Backend, limits: QueryLimits) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+
+    fn scalar_value() -> impl Strategy<Value = async_graphql::Value> {
+        prop_oneof![
+            Just(async_graphql::Value::Null),
+            any::<bool>().prop_map(async_graphql::Value::Boolean),
+            any::<i32>().prop_map(async_graphql::Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(async_graphql::Value::from),
+            ".*".prop_map(async_graphql::Value::String),
+        ]
+    }
+
+    fn field_spec() -> impl Strategy<Value = FieldSpec> {
+        ("[a-z][a-z0-9]{0,6}(-[a-z0-9]{1,4})?", any::<bool>()).prop_map(|(name, required)| FieldSpec {
+            name,
+            kind: FieldKind::Text,
+            required,
+            description: None,
+        })
+    }
+
+    proptest! {
+        /// Every present argument lands under its field name with its value;
+        /// a missing required one is the only error.
+        #[test]
+        fn arguments_map_to_the_payload(
+            fields in proptest::collection::vec(field_spec(), 0..6),
+            values in proptest::collection::vec(proptest::option::of(scalar_value()), 6),
+        ) {
+            let mut seen = std::collections::HashSet::new();
+            let fields: Vec<FieldSpec> = fields.into_iter().filter(|f| seen.insert(graphql_name(&f.name))).collect();
+            let args: HashMap<String, async_graphql::Value> = fields
+                .iter()
+                .zip(&values)
+                .filter_map(|(f, v)| v.clone().map(|v| (graphql_name(&f.name), v)))
+                .collect();
+            let result = command_payload(&fields, |name| args.get(name).cloned());
+            let missing = fields.iter().find(|f| {
+                f.required && args.get(&graphql_name(&f.name)).is_none_or(|v| *v == async_graphql::Value::Null)
+            });
+            match (missing, result) {
+                (Some(f), Err(e)) => prop_assert_eq!(e, format!("{} is required", upper_first(&f.name))),
+                (Some(f), Ok(p)) => prop_assert!(false, "{} is required but {} was accepted", f.name, p),
+                (None, Err(e)) => prop_assert!(false, "refused: {}", e),
+                (None, Ok(Value::Object(payload))) => {
+                    for f in &fields {
+                        match args.get(&graphql_name(&f.name)).filter(|v| **v != async_graphql::Value::Null) {
+                            Some(v) => prop_assert_eq!(payload.get(&f.name), Some(&v.clone().into_json().expect("json"))),
+                            None => prop_assert!(!payload.contains_key(&f.name)),
+                        }
+                    }
+                    prop_assert!(payload.len() <= fields.len());
+                }
+                (None, Ok(other)) => prop_assert!(false, "not an object: {}", other),
+            }
+        }
+    }
 
     #[test]
     fn names_become_graphql_names() {

@@ -54,7 +54,7 @@ impl Call {
             Pre::Resolver(pre) => pre.instantiate_async(&mut wasm).await.map(Instance::Resolver),
         };
         let instance =
-            instance.map_err(|e| failure(&name, "instantiate", deadline, &e, &wasm.data().stderr()))?;
+            instance.map_err(|e| failure(&name, "instantiate", deadline, &e, &wasm.data().last_words()))?;
         Ok(Self { store: wasm, instance, function: name, kind: f.meta.kind, deadline, _slot: slot })
     }
 
@@ -63,7 +63,7 @@ impl Call {
     }
 
     fn fail(&self, phase: &'static str, e: &wasmtime::Error) -> GuestError {
-        failure(&self.function, phase, self.deadline, e, &self.store.data().stderr())
+        failure(&self.function, phase, self.deadline, e, &self.store.data().last_words())
     }
 
     fn invalid(&self, phase: &'static str, message: String) -> GuestError {
@@ -138,7 +138,7 @@ fn failure(
     phase: &'static str,
     deadline: Duration,
     e: &wasmtime::Error,
-    stderr: &str,
+    said: &str,
 ) -> GuestError {
     if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
         return GuestError::Deadline { function: function.into(), phase, deadline };
@@ -147,6 +147,6 @@ fn failure(
         Some(trap) => trap.to_string(),
         None => e.root_cause().to_string(),
     };
-    let message = if stderr.is_empty() { cause } else { format!("{cause}; guest stderr: {stderr}") };
+    let message = if said.is_empty() { cause } else { format!("{cause}; the guest said: {said}") };
     GuestError::Trap { function: function.into(), phase, message }
 }

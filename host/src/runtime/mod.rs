@@ -18,6 +18,7 @@ use bindings::{function::FunctionPre, resolver::ResolverPre};
 use low_contract::{FunctionKind, Level, Meta};
 use sha2::{Digest, Sha256};
 use state::CallState;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Semaphore;
@@ -105,6 +106,8 @@ pub struct Runtime {
     limits: Limits,
     slots: Arc<Semaphore>,
     env: Arc<dyn HostEnv>,
+    /// Compiled components by content hash, so a restart does not recompile.
+    cache: Option<PathBuf>,
 }
 
 /// Epochs advance this often; deadlines are counted in ticks.
@@ -118,6 +121,11 @@ impl Runtime {
 
     /// A runtime whose guests get `env` (deterministic ids and time in tests, say).
     pub fn with_env(limits: Limits, env: Arc<dyn HostEnv>) -> anyhow::Result<Arc<Self>> {
+        Self::with(limits, env, None)
+    }
+
+    /// A runtime whose guests get `env`, caching compiled components in `cache`.
+    pub fn with(limits: Limits, env: Arc<dyn HostEnv>, cache: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
         let mut pool = PoolingAllocationConfig::default();
         // A Rust wasip2 component is a handful of core instances, memories
         // and tables; size the pool for `instances` of them.
@@ -146,7 +154,7 @@ impl Runtime {
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
 
         let slots = Arc::new(Semaphore::new(n as usize));
-        Ok(Arc::new(Self { engine, function_linker, resolver_linker, limits, slots, env }))
+        Ok(Arc::new(Self { engine, function_linker, resolver_linker, limits, slots, env, cache }))
     }
 
     pub fn limits(&self) -> &Limits {
@@ -158,12 +166,11 @@ impl Runtime {
     pub async fn load(self: &Arc<Self>, bytes: &[u8]) -> Result<Arc<Function>, LoadError> {
         let version = Version::of(bytes);
         // Compiling is CPU-bound: keep it off the async workers.
-        let engine = self.engine.clone();
+        let (engine, cache, key) = (self.engine.clone(), self.cache.clone(), version.clone());
         let owned = bytes.to_vec();
-        let component = tokio::task::spawn_blocking(move || Component::new(&engine, owned))
+        let component = tokio::task::spawn_blocking(move || compile(&engine, &owned, &key, cache.as_deref()))
             .await
-            .map_err(|e| LoadError::NotAComponent(format!("compilation stopped: {e}")))?
-            .map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
+            .map_err(|e| LoadError::NotAComponent(format!("compilation stopped: {e}")))??;
         let exports_resolve =
             component.component_type().exports(&self.engine).any(|(name, _)| name == "resolve");
         let pre = if exports_resolve {
@@ -193,6 +200,44 @@ impl Runtime {
         function.meta = meta;
         Ok(Arc::new(function))
     }
+}
+
+/// Compiles `bytes`, or reads the artifact cached for `version`.
+fn compile(
+    engine: &Engine,
+    bytes: &[u8],
+    version: &Version,
+    cache: Option<&Path>,
+) -> Result<Component, LoadError> {
+    let cached = cache.map(|dir| dir.join(format!("{}.cwasm", version.0)));
+    if let Some(path) = cached.as_deref().filter(|p| p.exists()) {
+        // SAFETY: the cache folder is the shell's own, and wasmtime refuses
+        // an artifact built by another wasmtime version or configuration.
+        match unsafe { Component::deserialize_file(engine, path) } {
+            Ok(component) => return Ok(component),
+            Err(e) => {
+                tracing::debug!(file = %path.display(), "recompiling, the cached artifact is unusable: {e}")
+            }
+        }
+    }
+    let component = Component::new(engine, bytes).map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
+    if let Some(path) = cached
+        && let Err(e) = store_artifact(&component, &path)
+    {
+        tracing::warn!(file = %path.display(), "could not cache the compiled component: {e}");
+    }
+    Ok(component)
+}
+
+/// Writes the artifact next to its final name, then renames: readers never see half a file.
+fn store_artifact(component: &Component, path: &Path) -> std::io::Result<()> {
+    let artifact = component.serialize().map_err(|e| std::io::Error::other(format!("{e}")))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let partial = path.with_extension(format!("{}.partial", std::process::id()));
+    std::fs::write(&partial, artifact)?;
+    std::fs::rename(&partial, path)
 }
 
 fn check_meta(meta: &Meta, is_resolver: bool) -> Result<(), LoadError> {

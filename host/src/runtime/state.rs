@@ -27,6 +27,8 @@ pub struct CallState {
     pub(super) in_lookup: bool,
     pub(super) stderr: MemoryOutputPipe,
     env: Arc<dyn HostEnv>,
+    /// The last error the guest logged: a panic's message, typically.
+    pub(super) last_error: Option<String>,
 }
 
 impl CallState {
@@ -43,12 +45,28 @@ impl CallState {
             .monotonic_clock(StoppedClock)
             .build();
         let limits = StoreLimitsBuilder::new().memory_size(memory_bytes).trap_on_grow_failure(true).build();
-        Self { wasi, table: ResourceTable::new(), limits, function, store, in_lookup: false, stderr, env }
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            function,
+            store,
+            in_lookup: false,
+            stderr,
+            env,
+            last_error: None,
+        }
     }
 
-    /// What the guest wrote to stderr, e.g. its panic message.
-    pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.contents()).trim().to_owned()
+    /// What the guest said before it failed: its last logged error and
+    /// whatever it wrote to stderr.
+    pub fn last_words(&self) -> String {
+        let stderr = String::from_utf8_lossy(&self.stderr.contents()).trim().to_owned();
+        match (&self.last_error, stderr.is_empty()) {
+            (Some(error), true) => error.clone(),
+            (Some(error), false) => format!("{error}; stderr: {stderr}"),
+            (None, _) => stderr,
+        }
     }
 }
 
@@ -100,6 +118,9 @@ impl env::Host for CallState {
             env::Level::Error => Level::Error,
         };
         self.env.log(&self.function, level, &message);
+        if level == Level::Error {
+            self.last_error = Some(message);
+        }
     }
 
     fn new_id(&mut self) -> String {

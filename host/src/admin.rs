@@ -1,0 +1,149 @@
+//! Admin endpoints: list, deploy and roll back functions over HTTP.
+//! Every request needs `Authorization: Bearer <token>`; without a configured
+//! token the endpoints refuse everything. Tokens are compared in constant time.
+
+use crate::deploy::{DeployError, Deployer};
+use crate::runtime::Function;
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use low_contract::FunctionKind;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Largest component accepted by `PUT /admin/functions/{name}`.
+pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+
+#[derive(Clone)]
+struct Admin {
+    deployer: Deployer,
+    /// sha256 of the token: compared in constant time whatever its length.
+    token: Option<[u8; 32]>,
+}
+
+/// A loaded function, as the admin endpoints and `host functions` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FunctionInfo {
+    pub name: String,
+    pub kind: FunctionKind,
+    pub version: String,
+    pub loaded_at: String,
+    pub inputs: Vec<String>,
+    pub output: Option<String>,
+    /// The version a rollback would restore.
+    pub previous_version: Option<String>,
+}
+
+impl FunctionInfo {
+    pub fn of(function: &Function, previous: Option<&Function>) -> Self {
+        Self {
+            name: function.name().into(),
+            kind: function.meta.kind,
+            version: function.version.0.clone(),
+            loaded_at: humantime::format_rfc3339_millis(function.loaded_at).to_string(),
+            inputs: function.meta.inputs.clone(),
+            output: function.meta.output.clone(),
+            previous_version: previous.map(|p| p.version.0.clone()),
+        }
+    }
+}
+
+/// The outcome of a deploy or rollback.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Deployed {
+    pub name: String,
+    pub version: String,
+    pub previous_version: Option<String>,
+    pub changed: bool,
+}
+
+pub fn router(deployer: Deployer, token: Option<&str>) -> Router {
+    let admin = Admin { deployer, token: token.map(|t| Sha256::digest(t.as_bytes()).into()) };
+    Router::new()
+        .route("/admin/functions", get(list))
+        .route("/admin/functions/{name}", put(deploy).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)))
+        .route("/admin/functions/{name}/rollback", post(rollback))
+        .route_layer(middleware::from_fn_with_state(admin.clone(), authorize))
+        .with_state(admin)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+async fn authorize(State(admin): State<Admin>, headers: HeaderMap, request: Request, next: Next) -> Response {
+    let Some(expected) = admin.token else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "admin endpoints are disabled: no admin token is configured (set LOWSHELL_ADMIN_TOKEN)",
+        );
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| <[u8; 32]>::from(Sha256::digest(t.trim().as_bytes())));
+    match given {
+        Some(given) if bool::from(given.ct_eq(&expected)) => next.run(request).await,
+        _ => {
+            let mut response =
+                error(StatusCode::UNAUTHORIZED, "a valid `Authorization: Bearer <token>` is required");
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+async fn list(State(admin): State<Admin>) -> Json<Vec<FunctionInfo>> {
+    let registry = admin.deployer.registry();
+    let functions = registry.current();
+    Json(functions.iter().map(|f| FunctionInfo::of(f, registry.previous(f.name()).as_deref())).collect())
+}
+
+#[derive(Deserialize)]
+struct DeployQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn deploy(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    Query(query): Query<DeployQuery>,
+    body: Bytes,
+) -> Response {
+    match admin.deployer.deploy(&name, &body, query.force).await {
+        Ok(swapped) => Json(Deployed {
+            changed: swapped.old.as_ref().is_none_or(|old| old.version != swapped.new.version),
+            name: swapped.name,
+            version: swapped.new.version.0.clone(),
+            previous_version: swapped.old.map(|f| f.version.0.clone()),
+        })
+        .into_response(),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    }
+}
+
+async fn rollback(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    match admin.deployer.rollback(&name).await {
+        Ok(swapped) => Json(Deployed {
+            changed: true,
+            name: swapped.name,
+            version: swapped.new.version.0.clone(),
+            previous_version: swapped.old.map(|f| f.version.0.clone()),
+        })
+        .into_response(),
+        Err(e @ DeployError::Registry(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    }
+}

@@ -1,0 +1,132 @@
+//! Misbehaving guests (`guest-functions/fixtures/`) fail their own command
+//! with a clear error — and only that command: the next one works, and an
+//! invalid plan stores nothing.
+
+mod support;
+
+use host::Project;
+use serde_json::Value;
+use support::{Client, basic_project, error, start};
+
+/// The misbehaving handler and resolver, beside the customer projector (so
+/// that another function's collection exists), with tight limits.
+fn fixture_project() -> Project {
+    let mut project = basic_project();
+    project.functions = Some(vec![
+        "customer-projector".into(),
+        "fixtures/misbehave".into(),
+        "fixtures/misbehave-resolver".into(),
+    ]);
+    for name in ["fixtures/misbehave", "fixtures/misbehave-resolver"] {
+        support::module(name);
+    }
+    project.watch = false;
+    project.limits.deadline_ms = 200;
+    project.limits.memory_mib = 16;
+    project
+}
+
+async fn misbehave(client: &Client, action: &str, phase: &str) -> Value {
+    client
+        .graphql(&format!(
+            r#"mutation {{ Misbehave(action: "{action}", phase: "{phase}") {{ id action detail }} }}"#
+        ))
+        .await
+}
+
+/// The command fails with an error containing every one of `expected`.
+async fn fails(client: &Client, action: &str, phase: &str, expected: &[&str]) {
+    let body = misbehave(client, action, phase).await;
+    let message = error(&body).unwrap_or_else(|| panic!("{action} in {phase} fails: {body}"));
+    for part in expected {
+        assert!(message.contains(part), "{action} in {phase}: {message:?} should mention {part:?}");
+    }
+}
+
+/// …and the shell still serves the next command.
+async fn still_serves(client: &Client) {
+    let body = misbehave(client, "ok", "operate").await;
+    assert_eq!(body["data"]["Misbehave"]["action"], "ok", "{body}");
+}
+
+#[tokio::test]
+async fn an_endless_loop_in_any_phase_hits_the_deadline() {
+    let (shell, client) = start(fixture_project()).await;
+    for phase in ["lookup", "operate", "write"] {
+        fails(&client, "loop", phase, &["`misbehave`", "deadline", phase]).await;
+        still_serves(&client).await;
+    }
+    fails(&client, "resolve-loop", "operate", &["`misbehave-resolver`", "deadline", "resolve"]).await;
+    still_serves(&client).await;
+    shell.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_memory_bomb_fails_that_command_only() {
+    let (shell, client) = start(fixture_project()).await;
+    for phase in ["lookup", "operate", "write"] {
+        fails(&client, "alloc", phase, &["`misbehave`", phase]).await;
+        still_serves(&client).await;
+    }
+    shell.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_trap_reports_the_function_and_its_message() {
+    let (shell, client) = start(fixture_project()).await;
+    for phase in ["lookup", "operate", "write"] {
+        fails(&client, "trap", phase, &["`misbehave`", "trapped", &format!("deliberate trap in {phase}")])
+            .await;
+        still_serves(&client).await;
+    }
+    fails(&client, "resolve-trap", "operate", &["`misbehave-resolver`", "deliberate trap in resolve"]).await;
+    still_serves(&client).await;
+    shell.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn invalid_plans_are_refused_and_store_nothing() {
+    let (shell, client) = start(fixture_project()).await;
+    let cases: &[(&str, &[&str])] = &[
+        ("bad-json", &["invalid value", "not valid JSON"]),
+        ("no-kind", &["invalid value", "has no kind"]),
+        ("unknown-lookup", &["invalid plan", "unknown collection `nowhere`"]),
+        ("unknown-collection", &["invalid plan", "unknown collection `nowhere`"]),
+        ("foreign-collection", &["invalid plan", "`customers`", "customer-projector"]),
+        ("partial", &["invalid plan", "unknown collection `nowhere`"]),
+        ("conflict", &["kept conflicting", "already exists"]),
+        ("bad-plan-json", &["invalid value", "not valid JSON"]),
+    ];
+    for (action, expected) in cases {
+        fails(&client, action, "operate", expected).await;
+    }
+    let things = client.graphql("{ things { id action } }").await;
+    assert_eq!(things["data"]["things"], serde_json::json!([]), "nothing partial remains: {things}");
+    let customers = client.graphql("{ customers { id } }").await;
+    assert_eq!(customers["data"]["customers"], serde_json::json!([]), "{customers}");
+    still_serves(&client).await;
+    shell.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_rejection_reaches_the_requester() {
+    let (shell, client) = start(fixture_project()).await;
+    fails(&client, "reject", "operate", &["deliberately rejected"]).await;
+    shell.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn guests_see_no_files_network_environment_or_clock() {
+    let (shell, client) = start(fixture_project()).await;
+
+    let body = misbehave(&client, "probe", "operate").await;
+
+    let detail = body["data"]["Misbehave"]["detail"].as_str().unwrap_or_else(|| panic!("a probe: {body}"));
+    let seen: Value = serde_json::from_str(detail).expect("the probe reports JSON");
+    assert!(seen["files"].as_str().is_some_and(|f| f.starts_with("denied")), "{seen}");
+    assert!(seen["net"].as_str().is_some_and(|n| n.starts_with("denied")), "{seen}");
+    assert_eq!(seen["env-vars"], 0, "{seen}");
+    assert_eq!(seen["args"], 0, "{seen}");
+    assert_eq!(seen["clock-ms"], 0, "the WASI clock stands still: {seen}");
+    shell.stop().await.expect("clean stop");
+}

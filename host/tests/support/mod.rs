@@ -1,0 +1,78 @@
+//! Shared by the host's integration tests: the real components built by
+//! `make guest`, the default project, and a GraphQL client over real HTTP.
+#![allow(dead_code)] // each test binary uses a different part
+
+use host::{Project, Shell};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host/ has a parent").to_path_buf()
+}
+
+/// A component built by `make guest`.
+pub fn module(name: &str) -> PathBuf {
+    let path = workspace().join("modules").join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing: run `make guest` (or `make test`, which does)", path.display());
+    path
+}
+
+/// The default project, on a free port.
+pub fn basic_project() -> Project {
+    let mut project =
+        Project::load(&workspace().join("projects/basic.toml")).expect("projects/basic.toml loads");
+    project.listen = "127.0.0.1:0".parse().expect("address");
+    for name in project.functions.iter().flatten() {
+        module(name);
+    }
+    project
+}
+
+/// A shell on a free port and a client for it.
+pub async fn start(project: Project) -> (Shell, Client) {
+    let shell = Shell::start(project).await.expect("the shell starts");
+    let client = Client::new(&format!("http://{}", shell.addr));
+    (shell, client)
+}
+
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Self {
+        Self { base: base.to_owned(), http: reqwest::Client::new() }
+    }
+
+    /// POSTs a GraphQL query; returns the HTTP status and the JSON body.
+    pub async fn post(&self, body: Value) -> (u16, Value) {
+        let response =
+            self.http.post(format!("{}/", self.base)).json(&body).send().await.expect("HTTP request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("response body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// A GraphQL query that must be answered with HTTP 200.
+    pub async fn graphql(&self, query: &str) -> Value {
+        let (status, body) = self.post(json!({ "query": query })).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub async fn invite(&self, email: &str) -> Value {
+        self.graphql(&format!(r#"mutation {{ InviteCustomer(email: {email:?}) {{ id email invited }} }}"#))
+            .await
+    }
+}
+
+/// The message of the first GraphQL error, if any.
+pub fn error(body: &Value) -> Option<&str> {
+    body["errors"][0]["message"].as_str()
+}
+
+pub fn json_body(query: &str) -> Value {
+    json!({ "query": query })
+}
