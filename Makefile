@@ -9,7 +9,7 @@ CARGO    ?= cargo
 # Honour a shared target dir (several worktrees, one build cache).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all guest target run test scenarios fmt lint check clean
+.PHONY: all guest target run test scenarios fmt lint check clean pg
 
 all: guest
 
@@ -48,9 +48,15 @@ scenarios: guest
 		$(CARGO) run --quiet -p host -- test $(MODULES)/$$g.wasm guest-functions/$$g/scenarios || status=1; \
 	done; exit $$status
 
+# Includes the Postgres tests: they start a throwaway cluster themselves
+# (or use DATABASE_URL when it is set).
 test: guest scenarios
 	$(CARGO) test --workspace
 	$(CARGO) test -p invite-customer --features v2
+
+# A throwaway local Postgres in the foreground; prints the DATABASE_URL. Ctrl-C deletes it.
+pg:
+	@scripts/pg.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -16,7 +16,12 @@ pub const DEFAULT_PROJECT_PATH: &str = "projects/basic.toml";
 #[serde(rename_all = "kebab-case")]
 pub enum Backend {
     Memory,
+    /// The durable event log and documents in Postgres (`database-url` / `DATABASE_URL`).
+    Postgres,
 }
+
+/// The environment variable naming the Postgres database when the project has no `database-url`.
+pub const DATABASE_URL_ENV: &str = "DATABASE_URL";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -37,6 +42,10 @@ pub struct Project {
     pub bus: Backend,
     #[serde(default = "default_backend")]
     pub store: Backend,
+    /// Postgres connection URL when `bus`/`store` is `postgres`; when
+    /// absent, the `DATABASE_URL` environment variable.
+    #[serde(default)]
+    pub database_url: Option<String>,
     /// How long a request waits for its response.
     #[serde(default = "default_response_timeout_ms")]
     pub response_timeout_ms: u64,
@@ -163,6 +172,20 @@ impl Project {
             deadline: Duration::from_millis(self.limits.deadline_ms),
             memory_bytes: self.limits.memory_mib << 20,
             instances: self.limits.instances,
+        }
+    }
+
+    /// The Postgres URL: the project's `database-url`, else `DATABASE_URL`.
+    pub fn database_url(&self) -> anyhow::Result<String> {
+        if let Some(url) = &self.database_url {
+            return Ok(url.clone());
+        }
+        match std::env::var(DATABASE_URL_ENV) {
+            Ok(url) if !url.trim().is_empty() => Ok(url),
+            _ => anyhow::bail!(
+                "this project uses Postgres: set {DATABASE_URL_ENV} (e.g. postgres://user@localhost/lowshell; \
+                 `make pg` starts a local one) or `database-url` in the project file"
+            ),
         }
     }
 

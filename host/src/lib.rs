@@ -5,6 +5,7 @@
 //! - [`registry`] — the live set of functions, swappable while serving.
 //! - [`executor`] — the LOW cycle of one message; names no technology.
 //! - [`bus`] / [`store`] — delivery and storage, behind traits.
+//! - [`postgres`] — pool and migrations of the Postgres bus and store.
 //! - [`responses`] — ties a request to its answer through a resolver.
 //! - [`graphql`] — the schema derived from the functions, over HTTP.
 //! - [`deploy`] / [`watch`] / [`admin`] — hot swap: by API, by file, over HTTP.
@@ -17,7 +18,9 @@ pub mod config;
 pub mod deploy;
 pub mod executor;
 pub mod graphql;
+pub mod postgres;
 pub mod registry;
+pub mod replay;
 pub mod responses;
 pub mod runtime;
 pub mod shell;

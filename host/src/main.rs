@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Start the shell (the default when no command is given).
     Run(RunArgs),
+    /// Rebuild read models from the Postgres event log (stop the shells first).
+    Replay(ReplayArgs),
     /// Deploy a new version of a function to a running shell, which swaps it in without a restart.
     Deploy {
         /// The function to replace (its `meta` name must match).
@@ -46,6 +48,16 @@ enum Command {
     },
     /// Run scenario files against one component, with no database, bus or server.
     Test(host::stub::scenario::TestArgs),
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// Project file (its bus and store must be postgres).
+    #[arg(long, short, value_name = "FILE")]
+    project: PathBuf,
+    /// The projector to replay; every projector when absent.
+    #[arg(long, short, value_name = "NAME")]
+    function: Option<String>,
 }
 
 /// How to reach a running shell's admin endpoints.
@@ -88,6 +100,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
             Command::Run(args) => run(args).await,
+            Command::Replay(args) => replay(args).await,
             Command::Deploy { name, file, force, admin } => deploy(&name, &file, force, &admin).await,
             Command::Rollback { name, admin } => {
                 let url = format!("{}/admin/functions/{name}/rollback", admin.to.trim_end_matches('/'));
@@ -144,6 +157,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             shell.stop().await
         }
     }
+}
+
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let project = Project::load(&args.project)?;
+    for done in host::replay::replay(&project, args.function.as_deref()).await? {
+        println!(
+            "{}: replayed {} events ({} documents rebuilt from scratch)",
+            done.function, done.events, done.cleared
+        );
+    }
+    Ok(())
 }
 
 impl AdminArgs {

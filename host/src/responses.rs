@@ -3,7 +3,7 @@
 //! seen before it, to the command's resolver, which answers pending, a
 //! document, a value, or a failure.
 
-use crate::bus::Bus;
+use crate::bus::{Bus, Submitted};
 use crate::executor::now_ms;
 use crate::registry::Registry;
 use crate::store::{Event, Store};
@@ -29,7 +29,8 @@ pub enum ResponseError {
 struct Pending {
     command: Message,
     seen: Vec<Message>,
-    reply: oneshot::Sender<Result<Value, ResponseError>>,
+    /// Everyone waiting on this request (a repeated command waits too).
+    replies: Vec<oneshot::Sender<Result<Value, ResponseError>>>,
 }
 
 pub struct Responses {
@@ -59,11 +60,17 @@ impl Responses {
     }
 
     /// Submits `command` and waits for its response. The command's
-    /// correlation id (its id when unset) names the request.
-    pub async fn request(&self, mut command: Message) -> Result<Value, ResponseError> {
+    /// correlation id (its id when unset) names the request. A command whose
+    /// id the bus already holds is not appended again: its response is
+    /// resolved from the notifications it already caused (and those to come).
+    pub async fn request(self: &Arc<Self>, mut command: Message) -> Result<Value, ResponseError> {
         let id = command.correlation_id.get_or_insert_with(|| command.id.clone()).clone();
         let (reply, response) = oneshot::channel();
-        self.pending().insert(id.clone(), Pending { command: command.clone(), seen: vec![], reply });
+        self.pending()
+            .entry(id.clone())
+            .or_insert_with(|| Pending { command: command.clone(), seen: vec![], replies: vec![] })
+            .replies
+            .push(reply);
         let event = Event {
             topic: COMMANDS_TOPIC.into(),
             message: command,
@@ -71,9 +78,23 @@ impl Responses {
             version: None,
             at_ms: now_ms(),
         };
-        if let Err(e) = self.bus.submit(event).await {
-            self.pending().remove(&id);
-            return Err(ResponseError::Failed(format!("could not submit command {id}: {e}")));
+        match self.bus.submit(event).await {
+            Ok(Submitted::Accepted) => {}
+            Ok(Submitted::Duplicate) => {
+                tracing::info!(command = %id, "repeated command: answering from its first run");
+                match self.bus.notified(&id).await {
+                    Ok(past) => {
+                        for notification in past {
+                            self.deliver(notification);
+                        }
+                    }
+                    Err(e) => tracing::warn!(command = %id, "cannot read earlier notifications: {e}"),
+                }
+            }
+            Err(e) => {
+                self.give_up(&id);
+                return Err(ResponseError::Failed(format!("could not submit command {id}: {e}")));
+            }
         }
         match tokio::time::timeout(self.timeout, response).await {
             Ok(Ok(result)) => result,
@@ -81,41 +102,63 @@ impl Responses {
                 Err(ResponseError::Failed(format!("the shell stopped before command {id} was answered")))
             }
             Err(_) => {
-                self.pending().remove(&id);
+                self.give_up(&id);
                 Err(ResponseError::Timeout { command_id: id, after: self.timeout })
+            }
+        }
+    }
+
+    /// Forgets the waiters of `id` that stopped waiting.
+    fn give_up(&self, id: &str) {
+        let mut pending = self.pending();
+        if let Some(p) = pending.get_mut(id) {
+            p.replies.retain(|r| !r.is_closed());
+            if p.replies.is_empty() {
+                pending.remove(id);
             }
         }
     }
 
     async fn route(self: Arc<Self>, mut notifications: mpsc::UnboundedReceiver<Message>) {
         while let Some(notification) = notifications.recv().await {
-            let Some(id) = notification.correlation_id.clone() else { continue };
-            let snapshot = {
-                let mut pending = self.pending();
-                // Not waiting here: another shell holds the request, or it timed out.
-                let Some(p) = pending.get_mut(&id) else { continue };
-                p.seen.push(notification.clone());
-                (p.command.clone(), p.seen.clone())
-            };
-            if notification.kind == FAILED {
-                let reason = notification.text("reason").unwrap_or("the command failed").to_owned();
-                self.finish(&id, Err(ResponseError::Failed(reason)));
-                continue;
-            }
-            let this = Arc::clone(&self);
-            tokio::spawn(async move {
-                let (command, seen) = snapshot;
-                if let Some(result) = this.resolve(&command, &seen).await {
-                    this.finish(&id, result);
-                }
-            });
+            self.deliver(notification);
         }
+    }
+
+    /// Shows a notification to the request it belongs to, if it waits here.
+    fn deliver(self: &Arc<Self>, notification: Message) {
+        let Some(id) = notification.correlation_id.clone() else { return };
+        let snapshot = {
+            let mut pending = self.pending();
+            // Not waiting here: another shell holds the request, or it timed out.
+            let Some(p) = pending.get_mut(&id) else { return };
+            // Seen already (a repeated command reads earlier ones while new ones arrive).
+            if p.seen.iter().any(|s| s.id == notification.id) {
+                return;
+            }
+            p.seen.push(notification.clone());
+            (p.command.clone(), p.seen.clone())
+        };
+        if notification.kind == FAILED {
+            let reason = notification.text("reason").unwrap_or("the command failed").to_owned();
+            self.finish(&id, Err(ResponseError::Failed(reason)));
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let (command, seen) = snapshot;
+            if let Some(result) = this.resolve(&command, &seen).await {
+                this.finish(&id, result);
+            }
+        });
     }
 
     fn finish(&self, id: &str, result: Result<Value, ResponseError>) {
         if let Some(p) = self.pending().remove(id) {
-            // The requester may have given up (timeout); nothing to do then.
-            let _ = p.reply.send(result);
+            for reply in p.replies {
+                // The requester may have given up (timeout); nothing to do then.
+                let _ = reply.send(result.clone());
+            }
         }
     }
 

@@ -2,15 +2,16 @@
 //! responses and GraphQL, served over HTTP.
 
 use crate::admin;
-use crate::bus::{Bus, MemoryBus};
+use crate::bus::{Bus, MemoryBus, PgBus};
 use crate::config::{Backend, Project};
 use crate::deploy::Deployer;
 use crate::executor::Executor;
 use crate::graphql::{self, Graphql, QueryLimits};
+use crate::postgres::Database;
 use crate::registry::{Functions, Registry};
 use crate::responses::Responses;
 use crate::runtime::{Function, Runtime, SystemEnv};
-use crate::store::{MemoryStore, Store};
+use crate::store::{MemoryStore, PgStore, Store};
 use crate::watch::{self, ModulesWatcher};
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -62,6 +63,23 @@ pub async fn load_file(runtime: &Arc<Runtime>, path: &Path) -> anyhow::Result<Ar
     Ok(function)
 }
 
+/// `GET /readyz`: 200 when the store answers, 503 otherwise.
+fn readiness(store: Arc<dyn Store>) -> axum::Router {
+    use axum::http::StatusCode;
+    axum::Router::new().route(
+        "/readyz",
+        axum::routing::get(move || {
+            let store = Arc::clone(&store);
+            async move {
+                match store.get("_readyz", "_").await {
+                    Ok(_) => (StatusCode::OK, "ready".to_owned()),
+                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")),
+                }
+            }
+        }),
+    )
+}
+
 impl Shell {
     pub async fn start(project: Project) -> anyhow::Result<Self> {
         let runtime = Runtime::with(project.limits(), Arc::new(SystemEnv), project.cache_dir())?;
@@ -79,6 +97,14 @@ impl Shell {
                 let bus = MemoryBus::new();
                 (Arc::new(bus.clone()), Arc::new(MemoryStore::new(bus)))
             }
+            (Backend::Postgres, Backend::Postgres) => {
+                let db = Arc::new(Database::connect(&project.database_url()?).await?);
+                (Arc::new(PgBus::start(Arc::clone(&db))), Arc::new(PgStore::new(db)))
+            }
+            (bus, store) => anyhow::bail!(
+                "bus `{bus:?}` with store `{store:?}` is not supported: the store appends the events \
+                 the bus delivers, so both must be `memory` or both `postgres`"
+            ),
         };
 
         let executor = Arc::new(Executor::new(Arc::clone(&registry), Arc::clone(&store), project.attempts));
@@ -92,7 +118,11 @@ impl Shell {
         .await?;
         let limits =
             QueryLimits { depth: project.graphql.max_depth, complexity: project.graphql.max_complexity };
-        let graphql = Graphql::start(Arc::clone(&registry), graphql::Backend { store, responses }, limits)?;
+        let graphql = Graphql::start(
+            Arc::clone(&registry),
+            graphql::Backend { store: Arc::clone(&store), responses },
+            limits,
+        )?;
 
         let listener = tokio::net::TcpListener::bind(project.listen).await.with_context(|| {
             format!("cannot listen on {} (is another shell running there? try --listen)", project.listen)
@@ -109,8 +139,9 @@ impl Shell {
         if token.is_none() {
             tracing::info!("admin endpoints refuse every request: no admin token (set LOWSHELL_ADMIN_TOKEN)");
         }
-        let app =
-            graphql::router(Arc::clone(&graphql)).merge(admin::router(deployer.clone(), token.as_deref()));
+        let app = graphql::router(Arc::clone(&graphql))
+            .merge(admin::router(deployer.clone(), token.as_deref()))
+            .merge(readiness(store));
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {

@@ -1,10 +1,14 @@
 //! The in-process bus: unbounded channels per consumer. Nothing is retained:
-//! an event reaches the consumers subscribed when it is appended.
+//! an event reaches the consumers subscribed when it is appended. It does
+//! remember the ids of the last [`REMEMBERED`] commands and the
+//! notifications they caused, so that a repeated command id is answered
+//! without running the command again.
 
-use super::{Bus, BusError, Delivery, Subscription};
+use super::{Bus, BusError, Delivery, Submitted, Subscription};
 use crate::store::Event;
 use async_trait::async_trait;
 use low_contract::Message;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc;
@@ -14,11 +18,22 @@ struct Subscriber {
     tx: mpsc::UnboundedSender<Delivery>,
 }
 
+/// Commands whose ids (and notifications) the memory bus remembers.
+pub const REMEMBERED: usize = 10_000;
+
+/// Recent command ids, oldest first, with the notifications sent for each.
+#[derive(Default)]
+struct Recent {
+    order: VecDeque<String>,
+    notified: HashMap<String, Vec<Message>>,
+}
+
 #[derive(Default)]
 struct Inner {
     subscribers: Mutex<Vec<Subscriber>>,
     notify: Mutex<Option<mpsc::UnboundedSender<Message>>>,
     position: AtomicU64,
+    recent: Mutex<Recent>,
 }
 
 /// Cheap to clone; clones share the same channels.
@@ -50,6 +65,14 @@ impl MemoryBus {
                 });
             }
         }
+        if !notify.is_empty() {
+            let mut recent = lock(&self.inner.recent);
+            for message in &notify {
+                if let Some(seen) = message.correlation_id.as_ref().and_then(|c| recent.notified.get_mut(c)) {
+                    seen.push(message.clone());
+                }
+            }
+        }
         if !notify.is_empty()
             && let Some(tx) = lock(&self.inner.notify).as_ref()
         {
@@ -72,9 +95,23 @@ impl Subscription for MemorySubscription {
 
 #[async_trait]
 impl Bus for MemoryBus {
-    async fn submit(&self, command: Event) -> Result<(), BusError> {
+    async fn submit(&self, command: Event) -> Result<Submitted, BusError> {
+        {
+            let mut recent = lock(&self.inner.recent);
+            let id = &command.message.id;
+            if recent.notified.contains_key(id) {
+                return Ok(Submitted::Duplicate);
+            }
+            recent.notified.insert(id.clone(), vec![]);
+            recent.order.push_back(id.clone());
+            while recent.order.len() > REMEMBERED {
+                if let Some(old) = recent.order.pop_front() {
+                    recent.notified.remove(&old);
+                }
+            }
+        }
         self.append(vec![command], vec![]);
-        Ok(())
+        Ok(Submitted::Accepted)
     }
 
     async fn subscribe(&self, _consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError> {
@@ -91,5 +128,38 @@ impl Bus for MemoryBus {
         }
         *slot = Some(tx);
         Ok(rx)
+    }
+
+    async fn notified(&self, correlation_id: &str) -> Result<Vec<Message>, BusError> {
+        Ok(lock(&self.inner.recent).notified.get(correlation_id).cloned().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use low_contract::{COMMANDS_TOPIC, json};
+
+    fn command(id: &str) -> Event {
+        Event {
+            topic: COMMANDS_TOPIC.into(),
+            message: Message::new(id, "Do", json!({})).correlated(id),
+            function: None,
+            version: None,
+            at_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_repeated_command_is_not_appended_and_sees_earlier_notifications() {
+        let bus = MemoryBus::new();
+        let mut sub = bus.subscribe("f", &[COMMANDS_TOPIC.into()]).await.expect("subscribe");
+        assert_eq!(bus.submit(command("c1")).await.expect("submit"), Submitted::Accepted);
+        bus.append(vec![], vec![Message::new("n1", "Done", json!({})).correlated("c1")]);
+        assert_eq!(bus.submit(command("c1")).await.expect("submit"), Submitted::Duplicate);
+        assert_eq!(sub.next().await.map(|d| d.event.message.id), Some("c1".into()));
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(50), sub.next()).await.is_err());
+        let seen = bus.notified("c1").await.expect("notified");
+        assert_eq!(seen.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["n1"]);
     }
 }

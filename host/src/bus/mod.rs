@@ -6,8 +6,10 @@
 //! shell holding the request.
 
 pub mod memory;
+pub mod postgres;
 
 pub use memory::MemoryBus;
+pub use postgres::PgBus;
 
 use crate::store::Event;
 use async_trait::async_trait;
@@ -30,6 +32,15 @@ pub struct Delivery {
     pub event: Event,
 }
 
+/// What became of a submitted command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Appended to the log.
+    Accepted,
+    /// A command with this id is already in the log; nothing was appended.
+    Duplicate,
+}
+
 /// The deliveries of one consumer, in log order.
 #[async_trait]
 pub trait Subscription: Send {
@@ -40,9 +51,15 @@ pub trait Subscription: Send {
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Appends a command to the log, for whichever consumer handles it.
-    async fn submit(&self, command: Event) -> Result<(), BusError>;
+    /// A bus that dedupes command ids appends a repeated one only once.
+    async fn submit(&self, command: Event) -> Result<Submitted, BusError>;
     /// Deliveries on `topics` for the consumer `consumer`.
     async fn subscribe(&self, consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError>;
     /// Notifications for requests waiting in this shell. Taken once.
     async fn notifications(&self) -> Result<mpsc::UnboundedReceiver<Message>, BusError>;
+    /// The notifications already sent for the request `correlation_id`, for
+    /// answering a repeated command. Buses that keep none return none.
+    async fn notified(&self, _correlation_id: &str) -> Result<Vec<Message>, BusError> {
+        Ok(vec![])
+    }
 }

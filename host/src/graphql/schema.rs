@@ -18,6 +18,20 @@ const DEFAULT_PAGE: i64 = 20;
 /// The scalar for values no model describes.
 const JSON: &str = "JSON";
 
+/// The mutation argument naming a command for idempotency.
+pub const COMMAND_ID: &str = "commandId";
+
+/// The request's `Idempotency-Key` header, when it has one.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey(pub String);
+
+/// The command id for an idempotency key: deterministic, and distinct per command kind.
+pub fn command_id(kind: &str, key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new().chain_update(kind).chain_update([0]).chain_update(key).finalize();
+    format!("cmd-{}", &hex::encode(digest)[..32])
+}
+
 /// What resolvers need from the shell.
 #[derive(Clone)]
 pub struct Backend {
@@ -180,7 +194,14 @@ fn mutation(command: &CommandSpec, returns_model: bool, backend: &Backend) -> Fi
         let (backend, spec) = (backend.clone(), spec.clone());
         FieldFuture::new(async move {
             let payload = payload(&ctx, &spec)?;
-            let id = uuid::Uuid::now_v7().to_string();
+            let key = match ctx.args.get(COMMAND_ID).filter(|v| !v.is_null()) {
+                Some(v) => Some(v.string()?.to_owned()),
+                None => ctx.data_opt::<IdempotencyKey>().map(|k| k.0.clone()),
+            };
+            let id = match key {
+                Some(key) => command_id(&spec.name, &key),
+                None => uuid::Uuid::now_v7().to_string(),
+            };
             let command = Message::new(id.clone(), &spec.name, payload).correlated(id);
             match backend.responses.request(command).await {
                 Ok(value) if returns_model => Ok(Some(FieldValue::owned_any(value))),
@@ -193,6 +214,10 @@ fn mutation(command: &CommandSpec, returns_model: bool, backend: &Backend) -> Fi
             }
         })
     });
+    let field = field.argument(InputValue::new(COMMAND_ID, TypeRef::named(TypeRef::ID)).description(
+        "Idempotency key: a repeat with the same key returns the first result and changes nothing \
+         (also read from the `Idempotency-Key` header)",
+    ));
     let field = command.fields.iter().fold(field, |f, spec| {
         let arg = InputValue::new(graphql_name(&spec.name), TypeRef::named(scalar(spec.kind)));
         f.argument(match &spec.description {

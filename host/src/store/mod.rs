@@ -7,8 +7,10 @@
 //! first, and fail the whole commit with [`StoreError::Conflict`].
 
 pub mod memory;
+pub mod postgres;
 
 pub use memory::MemoryStore;
+pub use postgres::PgStore;
 
 use async_trait::async_trait;
 use low_contract::{Document, Message, Value, WriteOp};

@@ -1,0 +1,375 @@
+//! The Postgres bus: the `events` table is the log, so the bus reads it and
+//! the [`PgStore`](crate::store::PgStore) appends to it.
+//!
+//! - `submit` appends a command (once per command id: a repeat appends nothing).
+//! - A subscription is one consumer (one function). The shell that holds the
+//!   consumer's lease (a session advisory lock on a dedicated connection)
+//!   reads from the stored checkpoint; the other shells stand by and take
+//!   over when that connection goes away (the shell stopped or died). Work is
+//!   thus spread per function across shells, never doubled: the checkpoint
+//!   advance in the step's transaction is conditional as well.
+//! - Reads follow `(tx, position)` and stop below the oldest transaction
+//!   still running (`pg_snapshot_xmin`), so no event is skipped when
+//!   transactions commit out of order; an aborted one leaves no stall.
+//! - LISTEN/NOTIFY wakes consumers and carries notifications to the shells;
+//!   polling is the fallback.
+
+use super::{Bus, BusError, Delivery, Submitted, Subscription};
+use crate::postgres::{
+    Database, EVENTS_CHANNEL, LOCK_NAMESPACE, NOTIFICATIONS_CHANNEL, describe, describe_pool,
+};
+use crate::store::Event;
+use async_trait::async_trait;
+use low_contract::Message;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::{AsyncMessage, Client, Row};
+
+/// How often consumers look at the log when no NOTIFY woke them.
+pub const POLL: Duration = Duration::from_millis(500);
+/// Deliveries read at once.
+const BATCH: i64 = 100;
+const RECONNECT: Duration = Duration::from_secs(1);
+/// How far back, in notification ids, a reconnected listener looks again
+/// (ids are taken before commit, so recent ones can commit out of order).
+const CATCH_UP: i64 = 1000;
+
+#[derive(Clone)]
+pub struct PgBus {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    /// Bumped on every NOTIFY of new events (and on reconnects).
+    wake: watch::Sender<u64>,
+    notify: Mutex<Option<mpsc::UnboundedSender<Message>>>,
+    /// The highest notification id forwarded, to catch up after a reconnect.
+    last_notification: AtomicI64,
+}
+
+fn unavailable(e: &tokio_postgres::Error) -> BusError {
+    BusError::Unavailable(describe(e))
+}
+
+fn no_connection(e: deadpool_postgres::PoolError) -> BusError {
+    BusError::Unavailable(describe_pool(&e))
+}
+
+impl PgBus {
+    /// Starts listening (and keeps reconnecting the listener while the shell runs).
+    pub fn start(db: Arc<Database>) -> Self {
+        let (wake, _) = watch::channel(0);
+        let bus = Self {
+            inner: Arc::new(Inner {
+                db,
+                wake,
+                notify: Mutex::default(),
+                last_notification: AtomicI64::new(0),
+            }),
+        };
+        tokio::spawn(listen(Arc::downgrade(&bus.inner)));
+        bus
+    }
+
+    /// Every event on `topics` committed so far, in log order (for a replay).
+    pub async fn history(&self, topics: &[String]) -> Result<Vec<Delivery>, BusError> {
+        let client = self.inner.db.pool().get().await.map_err(no_connection)?;
+        let rows = client
+            .query(
+                "SELECT position, tx::text, topic, id, kind, payload, correlation_id, causation_id, function, version,
+                        (extract(epoch FROM at) * 1000)::bigint
+                 FROM events
+                 WHERE topic = ANY($1) AND tx < pg_snapshot_xmin(pg_current_snapshot())
+                 ORDER BY tx, position",
+                &[&topics],
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        rows.iter().map(|r| delivery(r).map(|(_, d)| d)).collect()
+    }
+}
+
+/// The listener: one dedicated connection with LISTEN on both channels.
+async fn listen(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(strong) = inner.upgrade() else { return };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let connected = strong
+            .db
+            .dedicated(move |m| {
+                if let AsyncMessage::Notification(n) = m {
+                    let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+                }
+            })
+            .await;
+        let client = match connected {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::warn!("cannot listen for events, retrying: {}", describe(&e));
+                drop(strong);
+                tokio::time::sleep(RECONNECT).await;
+                continue;
+            }
+        };
+        if let Err(e) =
+            client.batch_execute(&format!("LISTEN {EVENTS_CHANNEL}; LISTEN {NOTIFICATIONS_CHANNEL}")).await
+        {
+            tracing::warn!("cannot listen for events, retrying: {}", describe(&e));
+            drop(strong);
+            tokio::time::sleep(RECONNECT).await;
+            continue;
+        }
+        tracing::debug!("listening for events and notifications");
+        // Whatever was missed while not listening, the consumers find by
+        // polling, and the responses by catching up.
+        strong.wake.send_modify(|n| *n += 1);
+        catch_up(&strong, &client).await;
+        drop(strong);
+        while let Some((channel, payload)) = rx.recv().await {
+            let Some(strong) = inner.upgrade() else { return };
+            if channel == EVENTS_CHANNEL {
+                strong.wake.send_modify(|n| *n += 1);
+            } else if channel == NOTIFICATIONS_CHANNEL {
+                forward_notification(&strong, &client, &payload).await;
+            }
+        }
+        tracing::warn!("the listening connection closed; reconnecting");
+        tokio::time::sleep(RECONNECT).await;
+    }
+}
+
+/// Fetches the notification named by a NOTIFY and hands it to the responses.
+async fn forward_notification(inner: &Inner, client: &Client, payload: &str) {
+    let Ok(id) = payload.parse::<i64>() else { return };
+    forward_since(inner, client, "SELECT id, message FROM notifications WHERE id = $1", id).await;
+}
+
+/// After a reconnect: notifications committed while not listening (the
+/// most recent ones, again; the responses ignore what they have seen).
+async fn catch_up(inner: &Inner, client: &Client) {
+    let last = inner.last_notification.load(Ordering::Relaxed);
+    if last > 0 {
+        let sql = "SELECT id, message FROM notifications WHERE id > $1 ORDER BY id";
+        forward_since(inner, client, sql, last.saturating_sub(CATCH_UP)).await;
+    } else {
+        // First connection: nothing is waiting yet; note where the log of notifications is.
+        match client.query_one("SELECT coalesce(max(id), 0) FROM notifications", &[]).await {
+            Ok(row) => {
+                inner.last_notification.fetch_max(row.try_get(0).unwrap_or(0), Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!("cannot read notifications: {}", describe(&e)),
+        }
+    }
+}
+
+async fn forward_since(inner: &Inner, client: &Client, sql: &str, id: i64) {
+    let Some(tx) = inner.notify.lock().unwrap_or_else(|p| p.into_inner()).clone() else { return };
+    let rows = match client.query(sql, &[&id]).await {
+        Ok(rows) => rows,
+        Err(e) => return tracing::warn!(id, "cannot read notifications: {}", describe(&e)),
+    };
+    for row in rows {
+        let id: i64 = row.try_get(0).unwrap_or(0);
+        inner.last_notification.fetch_max(id, Ordering::Relaxed);
+        match row.try_get::<_, serde_json::Value>(1).map(serde_json::from_value::<Message>) {
+            Ok(Ok(message)) => {
+                let _ = tx.send(message);
+            }
+            _ => tracing::warn!(id, "unreadable notification"),
+        }
+    }
+}
+
+/// A row of `events` as a delivery, with its transaction id.
+fn delivery(row: &Row) -> Result<(String, Delivery), BusError> {
+    let bad = |e: tokio_postgres::Error| BusError::Invalid(format!("unreadable event: {}", describe(&e)));
+    let position: i64 = row.try_get(0).map_err(bad)?;
+    let tx: String = row.try_get(1).map_err(bad)?;
+    let at: Option<i64> = row.try_get(10).map_err(bad)?;
+    let message = Message {
+        id: row.try_get(3).map_err(bad)?,
+        kind: row.try_get(4).map_err(bad)?,
+        payload: row.try_get(5).map_err(bad)?,
+        correlation_id: row.try_get(6).map_err(bad)?,
+        causation_id: row.try_get(7).map_err(bad)?,
+    };
+    let event = Event {
+        topic: row.try_get(2).map_err(bad)?,
+        message,
+        function: row.try_get(8).map_err(bad)?,
+        version: row.try_get(9).map_err(bad)?,
+        at_ms: at.and_then(|a| u64::try_from(a).ok()).unwrap_or(0),
+    };
+    Ok((tx, Delivery { position: u64::try_from(position).unwrap_or(0), event }))
+}
+
+struct PgSubscription {
+    inner: Arc<Inner>,
+    consumer: String,
+    topics: Vec<String>,
+    /// The dedicated connection holding the consumer's lease, once held.
+    lease: Option<Client>,
+    /// A connection waiting to get the lease.
+    candidate: Option<Client>,
+    buffer: VecDeque<Delivery>,
+    wake: watch::Receiver<u64>,
+}
+
+impl PgSubscription {
+    /// Takes the lease if free. `Ok(false)`: another shell consumes.
+    async fn lease(&mut self) -> Result<bool, tokio_postgres::Error> {
+        if self.lease.as_ref().is_some_and(|c| !c.is_closed()) {
+            return Ok(true);
+        }
+        if self.lease.take().is_some() {
+            tracing::warn!(consumer = %self.consumer, "lost the consumer lease");
+        }
+        let client = match self.candidate.take() {
+            Some(c) if !c.is_closed() => c,
+            _ => self.inner.db.dedicated(|_| {}).await?,
+        };
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&LOCK_NAMESPACE, &self.consumer])
+            .await?;
+        if row.try_get(0)? {
+            tracing::info!(consumer = %self.consumer, "holding the consumer lease");
+            self.lease = Some(client);
+            Ok(true)
+        } else {
+            self.candidate = Some(client);
+            Ok(false)
+        }
+    }
+
+    /// Reads the next batch after the stored checkpoint.
+    async fn fill(&mut self) -> Result<(), tokio_postgres::Error> {
+        if !self.lease().await? {
+            return Ok(());
+        }
+        let Some(client) = &self.lease else { return Ok(()) };
+        let rows = client
+            .query(
+                "WITH c AS (
+                     SELECT coalesce((SELECT tx FROM checkpoints WHERE consumer = $1), '0'::xid8) AS tx,
+                            coalesce((SELECT position FROM checkpoints WHERE consumer = $1), 0) AS position)
+                 SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
+                        e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint
+                 FROM events e, c
+                 WHERE e.topic = ANY($2) AND (e.tx, e.position) > (c.tx, c.position)
+                   AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+                 ORDER BY e.tx, e.position
+                 LIMIT $3",
+                &[&self.consumer, &self.topics, &BATCH],
+            )
+            .await?;
+        for row in &rows {
+            match delivery(row) {
+                Ok((_, d)) => self.buffer.push_back(d),
+                Err(e) => tracing::error!(consumer = %self.consumer, "{e}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Subscription for PgSubscription {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            if let Some(d) = self.buffer.pop_front() {
+                return Some(d);
+            }
+            self.wake.borrow_and_update();
+            match self.fill().await {
+                Ok(()) if !self.buffer.is_empty() => continue,
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::warn!(consumer = %self.consumer, "cannot read the log, retrying: {}", describe(&e));
+                    self.lease = None;
+                    self.candidate = None;
+                }
+            }
+            // Woken by a NOTIFY, or polling; `Err` inside: the bus is gone.
+            if let Ok(Err(_)) = tokio::time::timeout(POLL, self.wake.changed()).await {
+                return None;
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Bus for PgBus {
+    async fn submit(&self, command: Event) -> Result<Submitted, BusError> {
+        let client = self.inner.db.pool().get().await.map_err(no_connection)?;
+        let m = &command.message;
+        let rows = client
+            .query(
+                "WITH e AS (
+                     INSERT INTO events (id, topic, kind, payload, correlation_id, causation_id, command_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $1)
+                     ON CONFLICT (id) WHERE topic = 'commands' DO NOTHING
+                     RETURNING position)
+                 SELECT pg_notify($7, $2) FROM e",
+                &[
+                    &m.id,
+                    &command.topic,
+                    &m.kind,
+                    &m.payload,
+                    &m.correlation_id,
+                    &m.causation_id,
+                    &EVENTS_CHANNEL,
+                ],
+            )
+            .await
+            .map_err(|e| {
+                if crate::postgres::is_unavailable(&e) {
+                    unavailable(&e)
+                } else {
+                    BusError::Invalid(describe(&e))
+                }
+            })?;
+        Ok(if rows.is_empty() { Submitted::Duplicate } else { Submitted::Accepted })
+    }
+
+    async fn subscribe(&self, consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError> {
+        Ok(Box::new(PgSubscription {
+            inner: Arc::clone(&self.inner),
+            consumer: consumer.to_owned(),
+            topics: topics.to_vec(),
+            lease: None,
+            candidate: None,
+            buffer: VecDeque::new(),
+            wake: self.inner.wake.subscribe(),
+        }))
+    }
+
+    async fn notifications(&self) -> Result<mpsc::UnboundedReceiver<Message>, BusError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut slot = self.inner.notify.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|tx| !tx.is_closed()) {
+            return Err(BusError::Invalid("notifications are already taken".into()));
+        }
+        *slot = Some(tx);
+        Ok(rx)
+    }
+
+    async fn notified(&self, correlation_id: &str) -> Result<Vec<Message>, BusError> {
+        let client = self.inner.db.pool().get().await.map_err(no_connection)?;
+        let rows = client
+            .query(
+                "SELECT message FROM notifications WHERE correlation_id = $1 ORDER BY id",
+                &[&correlation_id],
+            )
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.try_get::<_, serde_json::Value>(0).ok())
+            .filter_map(|v| serde_json::from_value(v).ok())
+            .collect())
+    }
+}

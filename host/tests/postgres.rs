@@ -1,0 +1,465 @@
+//! The Postgres backend against a real Postgres (see `support/pg.rs`: a
+//! throwaway cluster unless `DATABASE_URL` is set). Needs `make guest`.
+
+#[path = "support/pg.rs"]
+mod pg;
+
+use host::bus::{Bus, PgBus, Subscription};
+use host::postgres::Database;
+use host::store::{Checkpoint, Commit, PgStore, Store};
+use host::{Project, Shell};
+use low_contract::{WriteOp, json};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn modules() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules")
+}
+
+fn project_text(url: &str, listen: &str) -> String {
+    format!(
+        r#"name = "pg-test"
+listen = "{listen}"
+modules = "{}"
+functions = ["invite-customer", "customer-projector", "invite-resolver"]
+bus = "postgres"
+store = "postgres"
+database-url = "{url}"
+response-timeout-ms = 60000
+attempts = 5
+"#,
+        modules().display()
+    )
+}
+
+fn project(url: &str) -> Project {
+    Project::parse(&project_text(url, "127.0.0.1:0"), Path::new(".")).expect("test project")
+}
+
+async fn shell(url: &str) -> Shell {
+    Shell::start(project(url)).await.expect("start a Postgres shell (run `make guest` first)")
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(90)).build().expect("http client")
+}
+
+async fn graphql(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    query: &str,
+    idempotency_key: Option<&str>,
+) -> Result<Value, String> {
+    let mut request = client.post(format!("http://{addr}/graphql")).json(&json!({ "query": query }));
+    if let Some(key) = idempotency_key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.map_err(|e| e.to_string())?;
+    let body: Value = response.json().await.map_err(|e| e.to_string())?;
+    match body.get("errors") {
+        Some(errors) => Err(errors.to_string()),
+        None => Ok(body["data"].clone()),
+    }
+}
+
+/// Invites `email`; the customer's id.
+async fn invite(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    email: &str,
+    command_id: Option<&str>,
+) -> Result<String, String> {
+    let arg = command_id.map(|c| format!(", commandId: \"{c}\"")).unwrap_or_default();
+    let data = graphql(
+        client,
+        addr,
+        &format!(r#"mutation {{ InviteCustomer(email: "{email}"{arg}) {{ id email }} }}"#),
+        None,
+    )
+    .await?;
+    data["InviteCustomer"]["id"].as_str().map(str::to_owned).ok_or_else(|| format!("no id in {data}"))
+}
+
+async fn customer(client: &reqwest::Client, addr: SocketAddr, id: &str) -> Option<Value> {
+    let data = graphql(client, addr, &format!(r#"{{ customer(id: "{id}") {{ id email invited }} }}"#), None)
+        .await
+        .expect("query a customer");
+    Some(data["customer"].clone()).filter(|c| !c.is_null())
+}
+
+async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
+    db.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+async fn next(sub: &mut Box<dyn Subscription>, within: Duration) -> Option<host::bus::Delivery> {
+    tokio::time::timeout(within, sub.next()).await.ok().flatten()
+}
+
+async fn processed(store: &PgStore, consumer: &str, position: u64) {
+    store
+        .commit(Commit {
+            checkpoint: Some(Checkpoint { consumer: consumer.into(), position }),
+            ..Commit::default()
+        })
+        .await
+        .expect("advance the checkpoint");
+}
+
+const INSERT: &str = "INSERT INTO events (id, topic, kind, payload) VALUES";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_order_commits_skip_nothing_and_rollbacks_do_not_stall() {
+    let url = pg::database().await;
+    let db = Arc::new(Database::connect(&url).await.expect("connect and migrate"));
+    let bus = PgBus::start(Arc::clone(&db));
+    let store = PgStore::new(Arc::clone(&db));
+    let mut sub = bus.subscribe("probe", &["t".into()]).await.expect("subscribe");
+    let (a, b) = (pg::client(&url).await, pg::client(&url).await);
+
+    // 1. A takes the earlier position, B commits first.
+    a.batch_execute(&format!("BEGIN; {INSERT} ('a', 't', 'A', '{{}}')")).await.expect("A writes");
+    b.batch_execute(&format!("{INSERT} ('b', 't', 'B', '{{}}')")).await.expect("B commits");
+    assert!(next(&mut sub, Duration::from_millis(1500)).await.is_none(), "B must wait for A, still open");
+    a.batch_execute("COMMIT").await.expect("A commits");
+    let mut seen = vec![];
+    for _ in 0..2 {
+        let d = next(&mut sub, Duration::from_secs(10)).await.expect("a delivery");
+        seen.push(d.event.message.id.clone());
+        processed(&store, "probe", d.position).await;
+    }
+    assert_eq!(seen, ["a", "b"]);
+
+    // 2. B's transaction is older (smaller xid) but takes the later
+    // position and commits first; A, with the earlier position, commits
+    // after the consumer has passed B. A position-only cursor skips A.
+    b.batch_execute("BEGIN; SELECT pg_current_xact_id()").await.expect("B starts");
+    a.batch_execute(&format!("BEGIN; {INSERT} ('c', 't', 'C', '{{}}')")).await.expect("A writes");
+    b.batch_execute(&format!("{INSERT} ('d', 't', 'D', '{{}}'); COMMIT")).await.expect("B commits");
+    let d = next(&mut sub, Duration::from_secs(10)).await.expect("B's event, from the older transaction");
+    assert_eq!(d.event.message.id, "d");
+    processed(&store, "probe", d.position).await;
+    a.batch_execute("COMMIT").await.expect("A commits");
+    let c = next(&mut sub, Duration::from_secs(10)).await.expect("A's event is not skipped");
+    assert_eq!(c.event.message.id, "c");
+    assert!(c.position < d.position, "A's event has the earlier position");
+    processed(&store, "probe", c.position).await;
+
+    // 3. A rolled-back writer leaves no stall.
+    a.batch_execute(&format!("BEGIN; {INSERT} ('e', 't', 'E', '{{}}')")).await.expect("A writes");
+    b.batch_execute(&format!("{INSERT} ('f', 't', 'F', '{{}}')")).await.expect("B commits");
+    a.batch_execute("ROLLBACK").await.expect("A rolls back");
+    let f = next(&mut sub, Duration::from_secs(10)).await.expect("B's event after A's rollback");
+    assert_eq!(f.event.message.id, "f");
+    processed(&store, "probe", f.position).await;
+    assert!(next(&mut sub, Duration::from_millis(1200)).await.is_none(), "nothing else");
+
+    // 4. A step committed twice (a second processor, or a retried commit
+    // whose outcome was lost) applies once.
+    b.batch_execute(&format!("{INSERT} ('g', 't', 'G', '{{}}')")).await.expect("append");
+    let g = next(&mut sub, Duration::from_secs(10)).await.expect("g");
+    let step = Commit {
+        ops: vec![WriteOp::Put { collection: "probe".into(), key: "k".into(), body: json!({ "n": 1 }) }],
+        checkpoint: Some(Checkpoint { consumer: "probe".into(), position: g.position }),
+        ..Commit::default()
+    };
+    store.commit(step.clone()).await.expect("first commit");
+    store.commit(step).await.expect("a duplicate is not an error");
+    let doc = store.get("probe", "k").await.expect("get").expect("written");
+    assert_eq!(doc.version, 1, "the duplicate step was not applied again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrity_is_enforced_by_postgres_not_by_reading_first() {
+    let url = pg::database().await;
+    let store = Arc::new(PgStore::new(Arc::new(Database::connect(&url).await.expect("connect"))));
+    let insert = |n: u32| Commit {
+        ops: vec![WriteOp::Insert { collection: "c".into(), key: "k".into(), body: json!({ "n": n }) }],
+        ..Commit::default()
+    };
+    // Ten concurrent inserts of one key: exactly one wins, the others conflict.
+    let racers = (0..10).map(|n| {
+        let (store, commit) = (Arc::clone(&store), insert(n));
+        async move { store.commit(commit).await }
+    });
+    let results = futures::future::join_all(racers).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .all(|e| matches!(e, host::store::StoreError::Conflict(_))),
+        "{results:?}"
+    );
+    let update = |expected_version: u64| Commit {
+        ops: vec![WriteOp::UpdateIfVersion {
+            collection: "c".into(),
+            key: "k".into(),
+            body: json!({ "updated": expected_version }),
+            expected_version,
+        }],
+        ..Commit::default()
+    };
+    store.commit(update(1)).await.expect("update at the current version");
+    let stale = store.commit(update(1)).await;
+    assert!(matches!(stale, Err(host::store::StoreError::Conflict(_))), "{stale:?}");
+    // All or nothing: a conflicting op undoes the ops before it in the commit.
+    let mixed = Commit {
+        ops: vec![
+            WriteOp::Put { collection: "c".into(), key: "other".into(), body: json!({}) },
+            WriteOp::Insert { collection: "c".into(), key: "k".into(), body: json!({}) },
+        ],
+        ..Commit::default()
+    };
+    assert!(store.commit(mixed).await.is_err());
+    assert!(store.get("c", "other").await.expect("get").is_none(), "nothing of a failed commit is applied");
+    assert_eq!(store.get("c", "k").await.expect("get").expect("k").version, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_invites_of_one_email_make_one_customer() {
+    let url = pg::database().await;
+    let shell = shell(&url).await;
+    let client = http();
+    let addr = shell.addr;
+    let requests = (0..100).map(|_| {
+        let client = client.clone();
+        async move { invite(&client, addr, "same@example.com", None).await }
+    });
+    let ids = futures::future::join_all(requests).await;
+    let ids: Vec<String> = ids.into_iter().map(|r| r.expect("every invite is answered")).collect();
+    assert_eq!(ids.len(), 100);
+    assert!(ids.iter().all(|id| *id == ids[0]), "one customer id: {ids:?}");
+    let db = pg::client(&url).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM events WHERE kind = 'CustomerInvited'").await, 1);
+    assert_eq!(count(&db, "SELECT count(*) FROM events WHERE kind = 'InviteCustomer'").await, 100);
+    assert_eq!(count(&db, "SELECT count(*) FROM documents WHERE collection = 'customers'").await, 1);
+    shell.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_command_id_returns_the_first_result_and_appends_nothing() {
+    let url = pg::database().await;
+    let shell = shell(&url).await;
+    let client = http();
+    let first = invite(&client, shell.addr, "once@example.com", Some("order-42")).await.expect("first");
+    let again = invite(&client, shell.addr, "once@example.com", Some("order-42")).await.expect("repeat");
+    assert_eq!(first, again);
+    // Concurrent repeats, and the header form.
+    let repeats = (0..5).map(|_| invite(&client, shell.addr, "twice@example.com", Some("order-43")));
+    let ids: Vec<String> =
+        futures::future::join_all(repeats).await.into_iter().map(|r| r.expect("answered")).collect();
+    assert!(ids.iter().all(|id| *id == ids[0]));
+    let q = r#"mutation { InviteCustomer(email: "header@example.com") { id } }"#;
+    let h1 = graphql(&client, shell.addr, q, Some("key-1")).await.expect("header 1");
+    let h2 = graphql(&client, shell.addr, q, Some("key-1")).await.expect("header 2");
+    assert_eq!(h1, h2);
+    let db = pg::client(&url).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM events WHERE topic = 'commands'").await, 3);
+    assert_eq!(count(&db, "SELECT count(*) FROM events WHERE kind = 'CustomerInvited'").await, 3);
+    assert_eq!(count(&db, "SELECT count(*) FROM events WHERE kind = 'CustomerInviteFailed'").await, 0);
+    shell.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shells_share_one_database_and_process_each_command_once() {
+    let url = pg::database().await;
+    let (one, two) = (shell(&url).await, shell(&url).await);
+    let client = http();
+    let requests = (0..20).map(|i| {
+        let (client, addr) = (client.clone(), if i % 2 == 0 { one.addr } else { two.addr });
+        async move { (i, invite(&client, addr, &format!("c{i}@example.com"), None).await) }
+    });
+    let answered = futures::future::join_all(requests).await;
+    for (i, id) in &answered {
+        let id = id.as_ref().expect("every command is answered by the shell that took it");
+        // Queryable through the other shell.
+        let other = if i % 2 == 0 { two.addr } else { one.addr };
+        let c = customer(&client, other, id).await.expect("the customer is visible in the other shell");
+        assert_eq!(c["email"], format!("c{i}@example.com"));
+    }
+    let db = pg::client(&url).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM events WHERE kind = 'CustomerInvited'").await, 20);
+    // Each command caused exactly one event; each event one projection.
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM (SELECT causation_id FROM events WHERE topic = 'customer' GROUP BY 1 HAVING count(*) > 1) d").await,
+        0
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM notifications WHERE message->>'kind' = 'ProjectionComplete'").await,
+        20
+    );
+    one.stop().await.expect("stop one");
+    two.stop().await.expect("stop two");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_rebuilds_the_live_read_model() {
+    let url = pg::database().await;
+    let shell = shell(&url).await;
+    let client = http();
+    for i in 0..10 {
+        invite(&client, shell.addr, &format!("r{}@example.com", i % 7), None).await.expect("invite");
+    }
+    shell.stop().await.expect("stop");
+    let db = pg::client(&url).await;
+    let read = "SELECT key, version, body::text FROM documents WHERE collection = 'customers' ORDER BY key";
+    let live: Vec<(String, i64, String)> =
+        db.query(read, &[]).await.expect("live").iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(live.len(), 7);
+    let done = host::replay::replay(&project(&url), Some("customer-projector")).await.expect("replay");
+    assert_eq!(done.len(), 1);
+    assert_eq!(done[0].events, 10);
+    let replayed: Vec<(String, i64, String)> =
+        db.query(read, &[]).await.expect("replayed").iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(replayed, live);
+}
+
+/// The `host` binary, killed with SIGKILL when dropped (also on a failed assertion).
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `host run` on `project`, its log in `log`.
+fn spawn_host(project: &Path, addr: SocketAddr, log: &Path) -> Process {
+    let log = std::fs::File::create(log).expect("create the shell's log");
+    // `LOWSHELL_HOST_BIN` overrides the binary: with a target directory
+    // shared between checkouts, `target/debug/host` may be another's build.
+    let bin = std::env::var_os("LOWSHELL_HOST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_host").into());
+    let child = std::process::Command::new(bin)
+        .args(["run", "--project"])
+        .arg(project)
+        .args(["--listen", &addr.to_string()])
+        .env("RUST_LOG", "info,wasmtime=warn,cranelift=warn")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("spawn the host binary");
+    Process(child)
+}
+
+async fn wait_ready(client: &reqwest::Client, process: &mut Process, addr: SocketAddr, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(format!("http://{addr}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        if let Ok(Some(status)) = process.0.try_wait() {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("the shell at {addr} exited ({status}):\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    panic!("the shell at {addr} did not become ready:\n{log}");
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_shell_loses_nothing_and_processes_nothing_twice() {
+    let url = pg::database().await;
+    let dir = std::env::temp_dir().join(format!("lowshell-crash-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("project.toml");
+    std::fs::write(&file, project_text(&url, "127.0.0.1:0")).expect("write the project");
+    let client = http();
+    let addr = free_addr();
+    let log = dir.join("first.log");
+    let mut process = spawn_host(&file, addr, &log);
+    wait_ready(&client, &mut process, addr, &log).await;
+
+    // A stream of commands, 4 at a time; kill the shell while they flow.
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let streams: Vec<_> = (0..4)
+        .map(|w| {
+            let (client, tx) = (client.clone(), tx.clone());
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let email = format!("w{w}-{i}@example.com");
+                    match invite(&client, addr, &email, None).await {
+                        Ok(id) => {
+                            if tx.send((email, id)).is_err() {
+                                break;
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(tx);
+    let mut responded = vec![];
+    while responded.len() < 40 {
+        responded.push(answers.recv().await.expect("answers before the kill"));
+    }
+    process.0.kill().expect("SIGKILL the shell");
+    let _ = process.0.wait();
+    for s in streams {
+        let _ = s.await;
+    }
+    while let Ok(answer) = answers.try_recv() {
+        responded.push(answer);
+    }
+
+    // Restart on the same database.
+    let addr = free_addr();
+    let log = dir.join("second.log");
+    let mut process = spawn_host(&file, addr, &log);
+    wait_ready(&client, &mut process, addr, &log).await;
+    let db = pg::client(&url).await;
+    // Let the restarted shell finish what was in the log.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pending = count(
+            &db,
+            "SELECT count(*) FROM events c WHERE c.topic = 'commands' AND NOT EXISTS
+               (SELECT 1 FROM notifications n WHERE n.correlation_id = c.id AND n.message->>'kind' = 'ProjectionComplete')",
+        )
+        .await;
+        if pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{pending} commands still unprocessed after the restart");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (email, id) in &responded {
+        let c = customer(&client, addr, id).await.expect("every answered command has its document");
+        assert_eq!(c["email"], *email);
+        let n = db
+            .query_one(
+                "SELECT count(*) FROM events WHERE kind = 'CustomerInvited' AND payload->>'email' = $1",
+                &[email],
+            )
+            .await
+            .expect("count events")
+            .get::<_, i64>(0);
+        assert_eq!(n, 1, "one event for {email}");
+    }
+    // Nothing processed twice: one event per command, one projection per event.
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM (SELECT causation_id FROM events WHERE topic = 'customer' GROUP BY 1 HAVING count(*) > 1) d").await,
+        0
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM (SELECT message->>'causation-id' FROM notifications GROUP BY 1 HAVING count(*) > 1) d").await,
+        0
+    );
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM events WHERE topic = 'commands'").await,
+        count(&db, "SELECT count(*) FROM events WHERE topic = 'customer'").await,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
