@@ -33,7 +33,7 @@ async fn components_declare_themselves() {
 
     let resolver = load("invite-resolver").await;
     assert_eq!(resolver.meta.kind, FunctionKind::Resolver);
-    assert_eq!(resolver.meta.inputs, vec!["InviteCustomer"]);
+    assert_eq!(resolver.meta.inputs, vec!["InviteCustomer", "RenameCustomer"]);
 }
 
 #[tokio::test]
