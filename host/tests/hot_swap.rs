@@ -273,3 +273,31 @@ async fn the_command_line_deploys_lists_and_rolls_back() {
     );
     shell.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn deploying_a_new_function_extends_the_schema_without_a_restart() {
+    let (shell, client) = start(project()).await;
+    let before = client.graphql(r#"mutation { Misbehave(action: "ok") { id } }"#).await;
+    assert!(error(&before).is_some_and(|m| m.contains("Misbehave")), "not there yet: {before}");
+
+    let bytes = std::fs::read(module("fixtures/misbehave")).expect("fixture");
+    let (status, body) =
+        admin(&client, reqwest::Method::PUT, "/admin/functions/misbehave", Some(TOKEN), bytes).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["previous-version"], Value::Null, "a new function");
+
+    // The schema is rebuilt off the request path; wait for it.
+    let mut waited = Duration::ZERO;
+    loop {
+        let after = client.graphql(r#"mutation { Misbehave(action: "ok") { id action } }"#).await;
+        if after["data"]["Misbehave"]["action"] == "ok" {
+            break;
+        }
+        assert!(waited < Duration::from_secs(10), "the new mutation is served: {after}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
+    let things = client.graphql("{ things { action } }").await;
+    assert_eq!(things["data"]["things"][0]["action"], "ok", "and its read model is queryable: {things}");
+    shell.stop().await.expect("clean stop");
+}
