@@ -49,6 +49,11 @@ async fn deploy(client: &Client, bytes: Vec<u8>) -> (u16, Value) {
     admin(client, reqwest::Method::PUT, "/admin/functions/invite-customer", Some(TOKEN), bytes).await
 }
 
+async fn rollback(client: &Client) -> (u16, Value) {
+    admin(client, reqwest::Method::POST, "/admin/functions/invite-customer/rollback", Some(TOKEN), vec![])
+        .await
+}
+
 async fn running_version(client: &Client, name: &str) -> String {
     let body = client.graphql("{ functions { name version } }").await;
     let functions = body["data"]["functions"].as_array().cloned().unwrap_or_default();
@@ -108,14 +113,7 @@ async fn a_new_version_changes_behaviour_and_a_rollback_restores_it() {
     let refused = client.invite("dean").await;
     assert!(error(&refused).is_some_and(|m| m.contains("Email must be an address")), "{refused}");
 
-    let (status, rolled) = admin(
-        &client,
-        reqwest::Method::POST,
-        "/admin/functions/invite-customer/rollback",
-        Some(TOKEN),
-        vec![],
-    )
-    .await;
+    let (status, rolled) = rollback(&client).await;
 
     assert_eq!(status, 200, "{rolled}");
     assert_eq!(rolled["version"], Version::of(&v1()).0);
@@ -146,14 +144,7 @@ async fn bad_uploads_are_refused_and_the_running_version_keeps_serving() {
         let still = invited_email(&client, &format!("{}@example.com", what.replace(' ', "-"))).await;
         assert!(still.is_string(), "{what}: the running version still answers");
     }
-    let (status, body) = admin(
-        &client,
-        reqwest::Method::POST,
-        "/admin/functions/invite-customer/rollback",
-        Some(TOKEN),
-        vec![],
-    )
-    .await;
+    let (status, body) = rollback(&client).await;
     assert_eq!(status, 409, "nothing to roll back to: {body}");
     shell.stop().await.expect("clean stop");
 }
