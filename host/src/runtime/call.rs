@@ -5,7 +5,7 @@
 use super::bindings::{function, resolver};
 use super::convert;
 use super::state::CallState;
-use super::{Function, GuestError, Pre, TICK};
+use super::{Function, GuestError, TICK, WasmPre};
 use crate::store::Store;
 use low_contract::{Data, FunctionKind, Lookup, Message, Meta, Outcome, Resolution, WritePlan};
 use std::sync::Arc;
@@ -18,8 +18,8 @@ enum Instance {
     Resolver(resolver::Resolver),
 }
 
-/// A live instance of a [`Function`], for one command or one resolution.
-pub struct Call {
+/// A live instance of a component, for one command or one resolution.
+pub struct WasmCall {
     store: wasmtime::Store<CallState>,
     instance: Instance,
     function: String,
@@ -29,8 +29,12 @@ pub struct Call {
     _slot: OwnedSemaphorePermit,
 }
 
-impl Call {
-    pub(super) async fn start(f: &Function, store: Option<Arc<dyn Store>>) -> Result<Self, GuestError> {
+impl WasmCall {
+    pub(super) async fn start(
+        f: &Function,
+        pre: &WasmPre,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Self, GuestError> {
         let name = f.meta.name.clone();
         let runtime = &f.runtime;
         let slot = Arc::clone(&runtime.slots).acquire_owned().await.map_err(|_| GuestError::Trap {
@@ -49,9 +53,9 @@ impl Call {
         wasm.epoch_deadline_trap();
         let deadline = runtime.limits.deadline;
         wasm.set_epoch_deadline(ticks(deadline));
-        let instance = match &f.pre {
-            Pre::Function(pre) => pre.instantiate_async(&mut wasm).await.map(Instance::Function),
-            Pre::Resolver(pre) => pre.instantiate_async(&mut wasm).await.map(Instance::Resolver),
+        let instance = match pre {
+            WasmPre::Function(pre) => pre.instantiate_async(&mut wasm).await.map(Instance::Function),
+            WasmPre::Resolver(pre) => pre.instantiate_async(&mut wasm).await.map(Instance::Resolver),
         };
         let instance =
             instance.map_err(|e| failure(&name, "instantiate", deadline, &e, &wasm.data().last_words()))?;

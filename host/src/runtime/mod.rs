@@ -9,13 +9,15 @@
 mod bindings;
 mod call;
 mod convert;
+pub mod native;
 mod state;
 
-pub use call::Call;
+pub use call::WasmCall;
+pub use native::{NativeCall, NativeGuest};
 
 use crate::store::Store;
 use bindings::{function::FunctionPre, resolver::ResolverPre};
-use low_contract::{FunctionKind, Level, Meta};
+use low_contract::{Data, FunctionKind, Level, Lookup, Message, Meta, Outcome, Resolution, WritePlan};
 use sha2::{Digest, Sha256};
 use state::CallState;
 use std::path::{Path, PathBuf};
@@ -178,25 +180,25 @@ impl Runtime {
                 .resolver_linker
                 .instantiate_pre(&component)
                 .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-            Pre::Resolver(ResolverPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?)
+            WasmPre::Resolver(ResolverPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?)
         } else {
             let pre = self
                 .function_linker
                 .instantiate_pre(&component)
                 .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-            Pre::Function(FunctionPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?)
+            WasmPre::Function(FunctionPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?)
         };
         let mut function = Function {
             meta: Meta::resolver("", Vec::<String>::new()),
             version,
             loaded_at: SystemTime::now(),
-            pre,
+            pre: Pre::Wasm(pre),
             runtime: Arc::clone(self),
         };
         let mut call = function.start(None).await.map_err(|e| LoadError::Meta(e.to_string()))?;
         let meta = call.meta().await.map_err(|e| LoadError::Meta(e.to_string()))?;
         drop(call);
-        check_meta(&meta, matches!(function.pre, Pre::Resolver(_)))?;
+        check_meta(&meta, matches!(function.pre, Pre::Wasm(WasmPre::Resolver(_))))?;
         function.meta = meta;
         Ok(Arc::new(function))
     }
@@ -238,6 +240,23 @@ fn store_artifact(component: &Component, path: &Path) -> std::io::Result<()> {
     let partial = path.with_extension(format!("{}.partial", std::process::id()));
     std::fs::write(&partial, artifact)?;
     std::fs::rename(&partial, path)
+}
+
+impl Runtime {
+    /// A function compiled into the shell rather than loaded from a
+    /// component: the benchmarks' native baseline. It runs through the same
+    /// executor; it has no sandbox, deadline or memory limit.
+    pub fn native(self: &Arc<Self>, guest: Arc<dyn NativeGuest>) -> Result<Arc<Function>, LoadError> {
+        let meta = guest.meta();
+        check_meta(&meta, meta.kind == FunctionKind::Resolver)?;
+        Ok(Arc::new(Function {
+            version: Version(format!("native-{}", meta.name)),
+            meta,
+            loaded_at: SystemTime::now(),
+            pre: Pre::Native(guest),
+            runtime: Arc::clone(self),
+        }))
+    }
 }
 
 fn check_meta(meta: &Meta, is_resolver: bool) -> Result<(), LoadError> {
@@ -288,9 +307,14 @@ impl std::fmt::Display for Version {
     }
 }
 
-enum Pre {
+enum WasmPre {
     Function(FunctionPre<CallState>),
     Resolver(ResolverPre<CallState>),
+}
+
+enum Pre {
+    Wasm(WasmPre),
+    Native(Arc<dyn NativeGuest>),
 }
 
 /// A loaded, validated component: ready to be instantiated cheaply.
@@ -316,6 +340,58 @@ impl Function {
     /// A fresh instance for one execution. `store` is readable by the guest
     /// during `lookup` only. Waits while every instance slot is taken.
     pub async fn start(&self, store: Option<Arc<dyn Store>>) -> Result<Call, GuestError> {
-        Call::start(self, store).await
+        match &self.pre {
+            Pre::Wasm(pre) => Ok(Call::Wasm(WasmCall::start(self, pre, store).await?)),
+            Pre::Native(guest) => Ok(Call::Native(NativeCall::new(
+                Arc::clone(guest),
+                self.meta.name.clone(),
+                self.meta.kind,
+                Arc::clone(&self.runtime.env),
+            ))),
+        }
+    }
+}
+
+/// One execution of a function: a fresh component instance, or a native
+/// function (the benchmarks' baseline) called directly.
+pub enum Call {
+    Wasm(WasmCall),
+    Native(NativeCall),
+}
+
+impl Call {
+    pub async fn meta(&mut self) -> Result<Meta, GuestError> {
+        match self {
+            Call::Wasm(c) => c.meta().await,
+            Call::Native(c) => Ok(c.meta()),
+        }
+    }
+
+    pub async fn lookup(&mut self, input: &Message) -> Result<Vec<Lookup>, GuestError> {
+        match self {
+            Call::Wasm(c) => c.lookup(input).await,
+            Call::Native(c) => c.lookup(input),
+        }
+    }
+
+    pub async fn operate(&mut self, input: &Message, data: &Data) -> Result<Outcome, GuestError> {
+        match self {
+            Call::Wasm(c) => c.operate(input, data).await,
+            Call::Native(c) => c.operate(input, data),
+        }
+    }
+
+    pub async fn write(&mut self, output: &Message) -> Result<WritePlan, GuestError> {
+        match self {
+            Call::Wasm(c) => c.write(output).await,
+            Call::Native(c) => c.write(output),
+        }
+    }
+
+    pub async fn resolve(&mut self, command: &Message, seen: &[Message]) -> Result<Resolution, GuestError> {
+        match self {
+            Call::Wasm(c) => c.resolve(command, seen).await,
+            Call::Native(c) => c.resolve(command, seen),
+        }
     }
 }
