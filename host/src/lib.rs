@@ -7,12 +7,15 @@
 //! - [`bus`] / [`store`] — delivery and storage, behind traits.
 //! - [`responses`] — ties a request to its answer through a resolver.
 //! - [`graphql`] — the schema derived from the functions, over HTTP.
+//! - [`metrics`] / [`readiness`] — `/metrics` and `/readyz`.
 //! - [`shell`] — wires a [`config::Project`] together.
 
 pub mod bus;
 pub mod config;
 pub mod executor;
 pub mod graphql;
+pub mod metrics;
+pub mod readiness;
 pub mod registry;
 pub mod responses;
 pub mod runtime;
