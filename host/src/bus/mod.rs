@@ -12,7 +12,7 @@ pub use memory::MemoryBus;
 use crate::store::Event;
 use async_trait::async_trait;
 use low_contract::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
@@ -45,4 +45,14 @@ pub trait Bus: Send + Sync + 'static {
     async fn subscribe(&self, consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError>;
     /// Notifications for requests waiting in this shell. Taken once.
     async fn notifications(&self) -> Result<mpsc::UnboundedReceiver<Message>, BusError>;
+    /// Whether the bus can be used now (for `/readyz`); the reason when not.
+    async fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Every event and command appended from now on, for live watchers (the
+    /// GraphQL `events` subscription). Best effort: a watcher that falls
+    /// behind is told it lagged and skips ahead.
+    fn watch_events(&self) -> Result<broadcast::Receiver<Event>, BusError> {
+        Err(BusError::Invalid("watching events is not supported by this bus".into()))
+    }
 }
