@@ -47,6 +47,23 @@ pub struct Project {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub graphql: GraphqlConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Longest a request may take; then 408.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { max_body_bytes: 1 << 20, request_timeout_ms: 15_000 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,10 +120,90 @@ fn default_attempts() -> u32 {
     5
 }
 
+/// Environment variables that override project keys start with this.
+pub const ENV_PREFIX: &str = "LOWSHELL_";
+/// `LOWSHELL_` variables that are not project keys (command-line options).
+pub const ENV_RESERVED: &[&str] = &["LOWSHELL_LOG_FORMAT"];
+
+/// `LOWSHELL_LIMITS__DEADLINE_MS` → `["limits", "deadline-ms"]`.
+fn env_key(var: &str) -> Option<Vec<String>> {
+    let rest = var.strip_prefix(ENV_PREFIX)?;
+    let path: Vec<String> = rest.split("__").map(|part| part.to_lowercase().replace('_', "-")).collect();
+    path.iter().all(|p| !p.is_empty()).then_some(path)
+}
+
+/// The value as TOML when it parses as one (numbers, booleans, arrays),
+/// else as a string.
+fn env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+/// Applies `LOWSHELL_*` overrides from `vars` onto the project's table.
+fn apply_env(
+    table: &mut toml::Table,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<Vec<String>> {
+    let mut applied = vec![];
+    for (var, raw) in vars {
+        if ENV_RESERVED.contains(&var.as_str()) {
+            continue;
+        }
+        let Some(path) = env_key(&var) else { continue };
+        let (last, parents) = path.split_last().ok_or_else(|| anyhow::anyhow!("{var}: empty key"))?;
+        let mut at = &mut *table;
+        for part in parents {
+            let entry = at.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            at = entry
+                .as_table_mut()
+                .ok_or_else(|| anyhow::anyhow!("{var}: `{part}` is not a table in the project"))?;
+        }
+        at.insert(last.clone(), env_value(&raw));
+        applied.push(var);
+    }
+    Ok(applied)
+}
+
+/// A TOML error on one line: `line 3, column 7: invalid type …`.
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {}", message.trim())
+        }
+        None => message.trim().to_owned(),
+    }
+}
+
 impl Project {
-    /// Parses `text`, resolving relative paths against `dir`.
+    /// Parses `text`, resolving relative paths against `dir`, with the
+    /// process's `LOWSHELL_*` environment overrides applied.
     pub fn parse(text: &str, dir: &Path) -> anyhow::Result<Self> {
-        let mut project: Project = toml::from_str(text)?;
+        Self::parse_with_env(text, dir, std::env::vars())
+    }
+
+    /// [`Project::parse`] with the given environment instead of the process's.
+    pub fn parse_with_env(
+        text: &str,
+        dir: &Path,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!(one_line(text, &e)))?;
+        let applied = apply_env(&mut table, vars)?;
+        let mut project = if applied.is_empty() {
+            // From the text, so errors point at a line.
+            toml::from_str::<Project>(text).map_err(|e| anyhow::anyhow!(one_line(text, &e)))?
+        } else {
+            Project::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let message = e.message().replace('\n', " ");
+                anyhow::anyhow!("{} (environment overrides: {})", message.trim(), applied.join(", "))
+            })?
+        };
         if project.modules.is_relative() {
             project.modules = dir.join(&project.modules);
         }
@@ -160,7 +257,49 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let e = Project::parse("bsu = \"memory\"", Path::new(".")).expect_err("typo refused");
+        let e = Project::parse_with_env("bsu = \"memory\"", Path::new("."), []).expect_err("typo refused");
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let vars = [
+            ("LOWSHELL_LISTEN", "0.0.0.0:9000"),
+            ("LOWSHELL_RESPONSE_TIMEOUT_MS", "250"),
+            ("LOWSHELL_LIMITS__DEADLINE_MS", "50"),
+            ("LOWSHELL_GRAPHQL__MAX_DEPTH", "3"),
+            ("LOWSHELL_FUNCTIONS", "[\"a\", \"b\"]"),
+            ("LOWSHELL_LOG_FORMAT", "json"),
+            ("OTHER", "x"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let p = Project::parse_with_env(DEFAULT_PROJECT, Path::new("projects"), vars).expect("overridden");
+        assert_eq!(p.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(p.response_timeout_ms, 250);
+        assert_eq!(p.limits.deadline_ms, 50);
+        assert_eq!(p.graphql.max_depth, 3);
+        assert_eq!(p.functions, Some(vec!["a".to_owned(), "b".to_owned()]));
+        assert_eq!(p.name, "basic");
+    }
+
+    #[test]
+    fn bad_overrides_and_bad_files_are_one_line_errors() {
+        let e = Project::parse_with_env(
+            DEFAULT_PROJECT,
+            Path::new("."),
+            [("LOWSHELL_ATEMPTS".to_owned(), "3".to_owned())],
+        )
+        .expect_err("unknown key refused");
+        let e = e.to_string();
+        assert!(e.contains("unknown field `atempts`") && e.contains("LOWSHELL_ATEMPTS"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+
+        let e = Project::parse_with_env("name = \"x\"\nattempts = \"many\"\n", Path::new("."), [])
+            .expect_err("wrong type refused")
+            .to_string();
+        assert!(!e.contains('\n'), "{e}");
+        let e = Project::parse_with_env("name = \n", Path::new("."), []).expect_err("bad TOML").to_string();
+        assert!(e.starts_with("line 1, column"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 }
