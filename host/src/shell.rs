@@ -5,6 +5,7 @@ use crate::bus::{Bus, MemoryBus};
 use crate::config::{Backend, Project};
 use crate::executor::Executor;
 use crate::graphql::{self, Graphql, QueryLimits};
+use crate::readiness::Readiness;
 use crate::registry::{Functions, Registry};
 use crate::responses::Responses;
 use crate::runtime::{Function, Runtime};
@@ -57,8 +58,27 @@ pub async fn load_file(runtime: &Arc<Runtime>, path: &Path) -> anyhow::Result<Ar
     Ok(function)
 }
 
+/// `/readyz`: functions loaded, bus and store reachable.
+fn readiness(registry: &Arc<Registry>, bus: &Arc<dyn Bus>, store: &Arc<dyn Store>) -> Readiness {
+    let (registry, bus, store) = (Arc::clone(registry), Arc::clone(bus), Arc::clone(store));
+    Readiness::new()
+        .check("functions", move || {
+            let loaded = registry.current().iter().next().is_some();
+            async move { if loaded { Ok(()) } else { Err("no functions are loaded".to_owned()) } }
+        })
+        .check("bus", move || {
+            let bus = Arc::clone(&bus);
+            async move { bus.ready().await }
+        })
+        .check("store", move || {
+            let store = Arc::clone(&store);
+            async move { store.ready().await }
+        })
+}
+
 impl Shell {
     pub async fn start(project: Project) -> anyhow::Result<Self> {
+        crate::metrics::install();
         let runtime = Runtime::new(project.limits())?;
         let mut loaded = vec![];
         for path in module_files(&project)? {
@@ -87,14 +107,20 @@ impl Shell {
         .await?;
         let limits =
             QueryLimits { depth: project.graphql.max_depth, complexity: project.graphql.max_complexity };
-        let graphql = Graphql::start(Arc::clone(&registry), graphql::Backend { store, responses }, limits)?;
+        let ready = readiness(&registry, &bus, &store);
+        let backend = graphql::Backend { store, responses, bus: Arc::clone(&bus) };
+        let graphql = Graphql::start(Arc::clone(&registry), backend, limits)?;
 
         let listener = tokio::net::TcpListener::bind(project.listen).await.with_context(|| {
             format!("cannot listen on {} (is another shell running there? try --listen)", project.listen)
         })?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = graphql::router(Arc::clone(&graphql));
+        let http = graphql::HttpOptions {
+            max_body_bytes: project.http.max_body_bytes,
+            request_timeout: std::time::Duration::from_millis(project.http.request_timeout_ms),
+        };
+        let app = graphql::router(Arc::clone(&graphql), ready, http);
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
