@@ -10,10 +10,27 @@ use tracing_subscriber::EnvFilter;
 /// lowshell — runs LOW-pattern business functions (WebAssembly components)
 /// and serves them over GraphQL.
 #[derive(Parser)]
-#[command(name = "host", version, about, long_about = None)]
+#[command(
+    name = "host",
+    version,
+    about,
+    long_about = None,
+    after_help = "Logs: RUST_LOG selects what is logged (default: info,wasmtime=warn,cranelift=warn).\n\
+                  Configuration: the project file, then LOWSHELL_* environment overrides, then options\n\
+                  (see docs/operations.md). Endpoints: / (GraphQL, GraphiQL), /ws, /healthz, /readyz, /metrics."
+)]
 struct Cli {
+    /// Log format: `text` for people, `json` (one object per line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LOWSHELL_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -24,7 +41,8 @@ enum Command {
 
 #[derive(clap::Args, Default)]
 struct RunArgs {
-    /// Project file: which functions, bus, store and address.
+    /// Project file: which functions, bus, store and address; LOWSHELL_* environment
+    /// variables override its keys (e.g. LOWSHELL_LIMITS__DEADLINE_MS=500).
     /// Default: projects/basic.toml (memory bus and store), or its built-in copy.
     #[arg(long, short, value_name = "FILE")]
     project: Option<PathBuf>,
@@ -35,12 +53,19 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift=warn")),
-        )
-        .init();
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift=warn"))
+    };
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter()).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_env_filter(filter())
+            .init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
