@@ -7,7 +7,7 @@ CARGO    ?= cargo
 # Honour a shared target dir (several worktrees, one build cache).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all guest target run test fmt lint check clean
+.PHONY: all guest target run test http-test audit browser fmt lint check clean
 
 all: guest
 
@@ -30,6 +30,18 @@ run: guest
 
 test: guest
 	$(CARGO) test --workspace
+	$(MAKE) http-test
+
+# Against the shell binary on a free port (tests/http/run.sh): the
+# GraphQL-over-HTTP audit (npm graphql-http) and GraphiQL in headless Chromium.
+http-test: guest
+	tests/http/run.sh all
+
+audit: guest
+	tests/http/run.sh audit
+
+browser: guest
+	tests/http/run.sh browser
 
 fmt:
 	$(CARGO) fmt --all
