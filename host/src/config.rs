@@ -122,8 +122,9 @@ fn default_attempts() -> u32 {
 
 /// Environment variables that override project keys start with this.
 pub const ENV_PREFIX: &str = "LOWSHELL_";
-/// `LOWSHELL_` variables that are not project keys (command-line options).
-pub const ENV_RESERVED: &[&str] = &["LOWSHELL_LOG_FORMAT"];
+/// `LOWSHELL_` variables that are not project keys (command-line options,
+/// other components' settings): not applied, not warned about.
+pub const ENV_RESERVED: &[&str] = &["LOWSHELL_LOG_FORMAT", "LOWSHELL_ADMIN_TOKEN"];
 
 /// `LOWSHELL_LIMITS__DEADLINE_MS` → `["limits", "deadline-ms"]`.
 fn env_key(var: &str) -> Option<Vec<String>> {
@@ -141,29 +142,44 @@ fn env_value(raw: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
 }
 
-/// Applies `LOWSHELL_*` overrides from `vars` onto the project's table.
+/// Sets `path` (a key under tables) to `value` in `table`.
+fn set(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else { return Err("empty key".into()) };
+    let mut at = table;
+    for part in parents {
+        let entry = at.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = entry.as_table_mut().ok_or_else(|| format!("`{part}` is not a table in the project"))?;
+    }
+    at.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Applies `LOWSHELL_*` overrides from `vars` onto the project's table (which
+/// deserialises), one at a time so that an error names its variable. A
+/// variable that names no project key is some other component's setting
+/// (say `LOWSHELL_ADMIN_TOKEN`): it is logged and left alone.
 fn apply_env(
     table: &mut toml::Table,
     vars: impl IntoIterator<Item = (String, String)>,
-) -> anyhow::Result<Vec<String>> {
-    let mut applied = vec![];
+) -> anyhow::Result<()> {
+    let mut vars: Vec<(String, String)> = vars.into_iter().collect();
+    vars.sort();
     for (var, raw) in vars {
         if ENV_RESERVED.contains(&var.as_str()) {
             continue;
         }
         let Some(path) = env_key(&var) else { continue };
-        let (last, parents) = path.split_last().ok_or_else(|| anyhow::anyhow!("{var}: empty key"))?;
-        let mut at = &mut *table;
-        for part in parents {
-            let entry = at.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            at = entry
-                .as_table_mut()
-                .ok_or_else(|| anyhow::anyhow!("{var}: `{part}` is not a table in the project"))?;
+        let mut candidate = table.clone();
+        set(&mut candidate, &path, env_value(&raw)).map_err(|e| anyhow::anyhow!("{var}: {e}"))?;
+        match Project::deserialize(toml::Value::Table(candidate.clone())) {
+            Ok(_) => *table = candidate,
+            Err(e) if e.message().contains("unknown field") => {
+                tracing::warn!("{var} is not a project key (a typo?); ignored by the project");
+            }
+            Err(e) => anyhow::bail!("{var}={raw}: {}", e.message().replace('\n', " ").trim()),
         }
-        at.insert(last.clone(), env_value(&raw));
-        applied.push(var);
     }
-    Ok(applied)
+    Ok(())
 }
 
 /// A TOML error on one line: `line 3, column 7: invalid type …`.
@@ -193,17 +209,12 @@ impl Project {
         dir: &Path,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> anyhow::Result<Self> {
+        // The file on its own first, so that its errors point at a line.
         let mut table: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!(one_line(text, &e)))?;
-        let applied = apply_env(&mut table, vars)?;
-        let mut project = if applied.is_empty() {
-            // From the text, so errors point at a line.
-            toml::from_str::<Project>(text).map_err(|e| anyhow::anyhow!(one_line(text, &e)))?
-        } else {
-            Project::deserialize(toml::Value::Table(table)).map_err(|e| {
-                let message = e.message().replace('\n', " ");
-                anyhow::anyhow!("{} (environment overrides: {})", message.trim(), applied.join(", "))
-            })?
-        };
+        toml::from_str::<Project>(text).map_err(|e| anyhow::anyhow!(one_line(text, &e)))?;
+        apply_env(&mut table, vars)?;
+        let mut project = Project::deserialize(toml::Value::Table(table))
+            .map_err(|e| anyhow::anyhow!("{}", e.message().replace('\n', " ").trim().to_owned()))?;
         if project.modules.is_relative() {
             project.modules = dir.join(&project.modules);
         }
@@ -287,12 +298,20 @@ mod tests {
         let e = Project::parse_with_env(
             DEFAULT_PROJECT,
             Path::new("."),
-            [("LOWSHELL_ATEMPTS".to_owned(), "3".to_owned())],
+            [("LOWSHELL_ATTEMPTS".to_owned(), "many".to_owned())],
         )
-        .expect_err("unknown key refused");
+        .expect_err("wrong type refused");
         let e = e.to_string();
-        assert!(e.contains("unknown field `atempts`") && e.contains("LOWSHELL_ATEMPTS"), "{e}");
+        assert!(e.starts_with("LOWSHELL_ATTEMPTS=many: invalid type"), "{e}");
         assert!(!e.contains('\n'), "{e}");
+        // Not a project key (another component's setting): left alone.
+        let p = Project::parse_with_env(
+            DEFAULT_PROJECT,
+            Path::new("."),
+            [("LOWSHELL_ADMIN_TOKEN".to_owned(), "secret".to_owned())],
+        )
+        .expect("other settings are not project keys");
+        assert_eq!(p.name, "basic");
 
         let e = Project::parse_with_env("name = \"x\"\nattempts = \"many\"\n", Path::new("."), [])
             .expect_err("wrong type refused")

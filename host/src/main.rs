@@ -57,10 +57,13 @@ fn main() -> ExitCode {
         EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift=warn"))
     };
+    // A line when a command, step or resolution span closes, with its ids and timings.
+    let spans = tracing_subscriber::fmt::format::FmtSpan::CLOSE;
     match cli.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter()).init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_span_events(spans).with_env_filter(filter()).init(),
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
+            .with_span_events(spans)
             .with_current_span(true)
             .with_span_list(true)
             .with_env_filter(filter())

@@ -79,9 +79,15 @@ pub fn command(command: &str, outcome: &'static str, took: Duration) {
         .record(took.as_secs_f64());
 }
 
+/// The `function` label: a component being loaded has no name until its
+/// `meta` answers.
+fn function_label(function: &str) -> String {
+    if function.is_empty() { "(loading)".to_owned() } else { function.to_owned() }
+}
+
 /// One guest export call (`instantiate`, `meta`, `lookup`, `operate`, `write`, `resolve`).
 pub fn guest_call(function: &str, phase: &'static str, took: Duration) {
-    histogram!("lowshell_guest_call_duration_seconds", "function" => function.to_owned(), "phase" => phase)
+    histogram!("lowshell_guest_call_duration_seconds", "function" => function_label(function), "phase" => phase)
         .record(took.as_secs_f64());
 }
 
@@ -106,7 +112,7 @@ impl Drop for GuestTimer {
 
 /// A fresh guest instance was created.
 pub fn instance_created(function: &str) {
-    counter!("lowshell_instances_created_total", "function" => function.to_owned()).increment(1);
+    counter!("lowshell_instances_created_total", "function" => function_label(function)).increment(1);
 }
 
 /// How far `function` is behind the log (deliveries or positions not yet processed).
