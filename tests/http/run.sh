@@ -32,19 +32,26 @@ if [ "$mode" != audit ]; then
 	done
 fi
 
-cargo build --quiet -p host
-host="$target_dir/debug/host"
-port=$(node -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})")
-url="http://127.0.0.1:$port"
-log=$(mktemp)
-(cd "$root" && exec "$host" run --listen "127.0.0.1:$port") >"$log" 2>&1 &
-pid=$!
+# A private copy of the binary, taken right after building it: a target
+# directory shared by several worktrees may get another worktree's `host`.
+work=$(mktemp -d)
+pid=
 cleanup() {
-	kill "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-	rm -f "$log"
+	if [ -n "$pid" ]; then
+		kill "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	fi
+	rm -rf "$work"
 }
 trap cleanup EXIT
+cargo build --quiet -p host
+cp "$target_dir/debug/host" "$work/host"
+host="$work/host"
+port=$(node -e "const s=require('net').createServer().listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})")
+url="http://127.0.0.1:$port"
+log="$work/shell.log"
+(cd "$root" && exec "$host" run --listen "127.0.0.1:$port") >"$log" 2>&1 &
+pid=$!
 for _ in $(seq 1 300); do
 	if curl -fsS "$url/healthz" >/dev/null 2>&1; then break; fi
 	if ! kill -0 "$pid" 2>/dev/null; then
