@@ -439,4 +439,37 @@ mod tests {
         assert_eq!(upper_first("email"), "Email");
         assert_eq!(lower_first("Customer"), "customer");
     }
+
+    fn event(topic: &str, kind: &str) -> Event {
+        Event {
+            topic: topic.into(),
+            message: Message::new("id", kind, serde_json::json!({})),
+            function: None,
+            version: None,
+            at_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn watchers_see_matching_events_and_laggards_are_told_and_dropped() {
+        use futures::StreamExt;
+        let (tx, rx) = broadcast::channel(2);
+        let mut stream = Box::pin(watch(rx, Some("customer".into()), Some("CustomerInvited".into())));
+        for e in [event("commands", "InviteCustomer"), event("customer", "CustomerInvited")] {
+            tx.send(e).expect("a watcher");
+        }
+        let first = stream.next().await.expect("an item").expect("an event");
+        let seen = first.downcast_ref::<Value>().cloned().unwrap_or_default();
+        assert_eq!(
+            (seen["topic"].as_str(), seen["type"].as_str()),
+            (Some("customer"), Some("CustomerInvited"))
+        );
+
+        for _ in 0..5 {
+            tx.send(event("customer", "CustomerInvited")).expect("a watcher");
+        }
+        let lagged = stream.next().await.expect("an item");
+        assert!(lagged.is_err_and(|e| e.message.contains("fell behind")));
+        assert!(stream.next().await.is_none(), "a laggard's stream ends");
+    }
 }
