@@ -9,7 +9,7 @@ CARGO    ?= cargo
 # Honour a shared target dir (several worktrees, one build cache).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all guest target run test scenarios fmt lint check clean pg
+.PHONY: all guest target run test scenarios http-test audit browser fmt lint check clean pg
 
 all: guest
 
@@ -53,6 +53,18 @@ scenarios: guest
 test: guest scenarios
 	$(CARGO) test --workspace
 	$(CARGO) test -p invite-customer --features v2
+	$(MAKE) http-test
+
+# Against the shell binary on a free port (tests/http/run.sh): the
+# GraphQL-over-HTTP audit (npm graphql-http) and GraphiQL in headless Chromium.
+http-test: guest
+	tests/http/run.sh all
+
+audit: guest
+	tests/http/run.sh audit
+
+browser: guest
+	tests/http/run.sh browser
 
 # A throwaway local Postgres in the foreground; prints the DATABASE_URL. Ctrl-C deletes it.
 pg:

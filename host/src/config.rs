@@ -66,6 +66,8 @@ pub struct Project {
     pub cache_dir: Option<PathBuf>,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -74,6 +76,21 @@ pub struct AdminConfig {
     /// Bearer token of the admin endpoints; `LOWSHELL_ADMIN_TOKEN` overrides it.
     /// Without one the admin endpoints refuse every request.
     pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Longest a request may take; then 408.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { max_body_bytes: 1 << 20, request_timeout_ms: 15_000 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,10 +150,102 @@ fn default_attempts() -> u32 {
     5
 }
 
+/// Environment variables that override project keys start with this.
+pub const ENV_PREFIX: &str = "LOWSHELL_";
+/// `LOWSHELL_` variables that are not project keys (command-line options,
+/// other components' settings): not applied, not warned about.
+pub const ENV_RESERVED: &[&str] =
+    &["LOWSHELL_LOG_FORMAT", "LOWSHELL_ADMIN_TOKEN", "LOWSHELL_URL", "LOWSHELL_HOST_BIN"];
+
+/// `LOWSHELL_LIMITS__DEADLINE_MS` → `["limits", "deadline-ms"]`.
+fn env_key(var: &str) -> Option<Vec<String>> {
+    let rest = var.strip_prefix(ENV_PREFIX)?;
+    let path: Vec<String> = rest.split("__").map(|part| part.to_lowercase().replace('_', "-")).collect();
+    path.iter().all(|p| !p.is_empty()).then_some(path)
+}
+
+/// The value as TOML when it parses as one (numbers, booleans, arrays),
+/// else as a string.
+fn env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+/// Sets `path` (a key under tables) to `value` in `table`.
+fn set(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    let Some((last, parents)) = path.split_last() else { return Err("empty key".into()) };
+    let mut at = table;
+    for part in parents {
+        let entry = at.entry(part.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = entry.as_table_mut().ok_or_else(|| format!("`{part}` is not a table in the project"))?;
+    }
+    at.insert(last.clone(), value);
+    Ok(())
+}
+
+/// Applies `LOWSHELL_*` overrides from `vars` onto the project's table (which
+/// deserialises), one at a time so that an error names its variable. A
+/// variable that names no project key is some other component's setting
+/// (say `LOWSHELL_ADMIN_TOKEN`): it is logged and left alone.
+fn apply_env(
+    table: &mut toml::Table,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<()> {
+    let mut vars: Vec<(String, String)> = vars.into_iter().collect();
+    vars.sort();
+    for (var, raw) in vars {
+        if ENV_RESERVED.contains(&var.as_str()) {
+            continue;
+        }
+        let Some(path) = env_key(&var) else { continue };
+        let mut candidate = table.clone();
+        set(&mut candidate, &path, env_value(&raw)).map_err(|e| anyhow::anyhow!("{var}: {e}"))?;
+        match Project::deserialize(toml::Value::Table(candidate.clone())) {
+            Ok(_) => *table = candidate,
+            Err(e) if e.message().contains("unknown field") => {
+                tracing::warn!("{var} is not a project key (a typo?); ignored by the project");
+            }
+            Err(e) => anyhow::bail!("{var}={raw}: {}", e.message().replace('\n', " ").trim()),
+        }
+    }
+    Ok(())
+}
+
+/// A TOML error on one line: `line 3, column 7: invalid type …`.
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {}", message.trim())
+        }
+        None => message.trim().to_owned(),
+    }
+}
+
 impl Project {
-    /// Parses `text`, resolving relative paths against `dir`.
+    /// Parses `text`, resolving relative paths against `dir`, with the
+    /// process's `LOWSHELL_*` environment overrides applied.
     pub fn parse(text: &str, dir: &Path) -> anyhow::Result<Self> {
-        let mut project: Project = toml::from_str(text)?;
+        Self::parse_with_env(text, dir, std::env::vars())
+    }
+
+    /// [`Project::parse`] with the given environment instead of the process's.
+    pub fn parse_with_env(
+        text: &str,
+        dir: &Path,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
+        // The file on its own first, so that its errors point at a line.
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!(one_line(text, &e)))?;
+        toml::from_str::<Project>(text).map_err(|e| anyhow::anyhow!(one_line(text, &e)))?;
+        apply_env(&mut table, vars)?;
+        let mut project = Project::deserialize(toml::Value::Table(table))
+            .map_err(|e| anyhow::anyhow!("{}", e.message().replace('\n', " ").trim().to_owned()))?;
         if project.modules.is_relative() {
             project.modules = dir.join(&project.modules);
         }
@@ -225,7 +334,57 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused() {
-        let e = Project::parse("bsu = \"memory\"", Path::new(".")).expect_err("typo refused");
+        let e = Project::parse_with_env("bsu = \"memory\"", Path::new("."), []).expect_err("typo refused");
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let vars = [
+            ("LOWSHELL_LISTEN", "0.0.0.0:9000"),
+            ("LOWSHELL_RESPONSE_TIMEOUT_MS", "250"),
+            ("LOWSHELL_LIMITS__DEADLINE_MS", "50"),
+            ("LOWSHELL_GRAPHQL__MAX_DEPTH", "3"),
+            ("LOWSHELL_FUNCTIONS", "[\"a\", \"b\"]"),
+            ("LOWSHELL_LOG_FORMAT", "json"),
+            ("OTHER", "x"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let p = Project::parse_with_env(DEFAULT_PROJECT, Path::new("projects"), vars).expect("overridden");
+        assert_eq!(p.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(p.response_timeout_ms, 250);
+        assert_eq!(p.limits.deadline_ms, 50);
+        assert_eq!(p.graphql.max_depth, 3);
+        assert_eq!(p.functions, Some(vec!["a".to_owned(), "b".to_owned()]));
+        assert_eq!(p.name, "basic");
+    }
+
+    #[test]
+    fn bad_overrides_and_bad_files_are_one_line_errors() {
+        let e = Project::parse_with_env(
+            DEFAULT_PROJECT,
+            Path::new("."),
+            [("LOWSHELL_ATTEMPTS".to_owned(), "many".to_owned())],
+        )
+        .expect_err("wrong type refused");
+        let e = e.to_string();
+        assert!(e.starts_with("LOWSHELL_ATTEMPTS=many: invalid type"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        // Not a project key (another component's setting): left alone.
+        let p = Project::parse_with_env(
+            DEFAULT_PROJECT,
+            Path::new("."),
+            [("LOWSHELL_ADMIN_TOKEN".to_owned(), "secret".to_owned())],
+        )
+        .expect("other settings are not project keys");
+        assert_eq!(p.name, "basic");
+
+        let e = Project::parse_with_env("name = \"x\"\nattempts = \"many\"\n", Path::new("."), [])
+            .expect_err("wrong type refused")
+            .to_string();
+        assert!(!e.contains('\n'), "{e}");
+        let e = Project::parse_with_env("name = \n", Path::new("."), []).expect_err("bad TOML").to_string();
+        assert!(e.starts_with("line 1, column"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 }

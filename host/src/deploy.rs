@@ -36,6 +36,7 @@ impl Deployer {
     pub async fn deploy(&self, name: &str, bytes: &[u8], force: bool) -> Result<Swapped, DeployError> {
         let refused = |e: DeployError| {
             tracing::warn!(function = name, "deploy refused, the running version keeps serving: {e}");
+            crate::metrics::swap(name, false);
             e
         };
         let function = self.runtime.load(bytes).await.map_err(|e| refused(e.into()))?;
@@ -54,6 +55,7 @@ impl Deployer {
             });
         }
         let swapped = self.registry.swap(function, force).await.map_err(|e| refused(e.into()))?;
+        crate::metrics::swap(name, true);
         log_swap("deployed", &swapped);
         Ok(swapped)
     }
@@ -61,6 +63,7 @@ impl Deployer {
     /// Swaps `name` back to the version it had before its last deploy.
     pub async fn rollback(&self, name: &str) -> Result<Swapped, DeployError> {
         let swapped = self.registry.rollback(name).await?;
+        crate::metrics::swap(name, true);
         log_swap("rolled back", &swapped);
         Ok(swapped)
     }

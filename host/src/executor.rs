@@ -17,6 +17,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tracing::Instrument;
+
+/// One step of one function, carrying the request's correlation id so a
+/// command can be followed through its handler, projectors and resolver.
+fn step_span(function: &str, delivery: &Delivery) -> tracing::Span {
+    let message = &delivery.event.message;
+    tracing::info_span!(
+        "step",
+        function,
+        kind = %message.kind,
+        message_id = %message.id,
+        correlation_id = message.correlation_id.as_deref().unwrap_or(""),
+        position = delivery.position,
+    )
+}
 
 /// Why a step did not commit.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +117,8 @@ impl Executor {
 
     async fn consume(self: Arc<Self>, function: String, mut subscription: Box<dyn Subscription>) {
         while let Some(delivery) = subscription.next().await {
-            self.handle(&function, &delivery).await;
+            let span = step_span(&function, &delivery);
+            self.handle(&function, &delivery).instrument(span).await;
         }
         tracing::debug!(%function, "consumer stopped");
     }

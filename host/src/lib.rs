@@ -9,6 +9,7 @@
 //! - [`responses`] — ties a request to its answer through a resolver.
 //! - [`graphql`] — the schema derived from the functions, over HTTP.
 //! - [`deploy`] / [`watch`] / [`admin`] — hot swap: by API, by file, over HTTP.
+//! - [`metrics`] / [`readiness`] — `/metrics` and `/readyz`.
 //! - [`shell`] — wires a [`config::Project`] together.
 //! - [`stub`] — runs one guest in isolation, for tests and scenario files.
 
@@ -18,7 +19,9 @@ pub mod config;
 pub mod deploy;
 pub mod executor;
 pub mod graphql;
+pub mod metrics;
 pub mod postgres;
+pub mod readiness;
 pub mod registry;
 pub mod replay;
 pub mod responses;

@@ -11,10 +11,27 @@ use tracing_subscriber::EnvFilter;
 /// lowshell — runs LOW-pattern business functions (WebAssembly components)
 /// and serves them over GraphQL.
 #[derive(Parser)]
-#[command(name = "host", version, about, long_about = None)]
+#[command(
+    name = "host",
+    version,
+    about,
+    long_about = None,
+    after_help = "Logs: RUST_LOG selects what is logged (default: info,wasmtime=warn,cranelift=warn).\n\
+                  Configuration: the project file, then LOWSHELL_* environment overrides, then options\n\
+                  (see docs/operations.md). Endpoints: / (GraphQL, GraphiQL), /ws, /healthz, /readyz, /metrics."
+)]
 struct Cli {
+    /// Log format: `text` for people, `json` (one object per line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LOWSHELL_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -73,7 +90,8 @@ struct AdminArgs {
 
 #[derive(clap::Args, Default)]
 struct RunArgs {
-    /// Project file: which functions, bus, store and address.
+    /// Project file: which functions, bus, store and address; LOWSHELL_* environment
+    /// variables override its keys (e.g. LOWSHELL_LIMITS__DEADLINE_MS=500).
     /// Default: projects/basic.toml (memory bus and store), or its built-in copy.
     #[arg(long, short, value_name = "FILE")]
     project: Option<PathBuf>,
@@ -84,12 +102,22 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift=warn")),
-        )
-        .init();
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift=warn"))
+    };
+    // A line when a command, step or resolution span closes, with its ids and timings.
+    let spans = tracing_subscriber::fmt::format::FmtSpan::CLOSE;
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_span_events(spans).with_env_filter(filter()).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_span_events(spans)
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_env_filter(filter())
+            .init(),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 /// Why a request got no value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -145,12 +146,22 @@ impl Responses {
             return;
         }
         let this = Arc::clone(self);
-        tokio::spawn(async move {
-            let (command, seen) = snapshot;
-            if let Some(result) = this.resolve(&command, &seen).await {
-                this.finish(&id, result);
+        let span = tracing::info_span!(
+            "resolve",
+            command = %snapshot.0.kind,
+            command_id = %snapshot.0.id,
+            correlation_id = %id,
+            notification = %notification.kind,
+        );
+        tokio::spawn(
+            async move {
+                let (command, seen) = snapshot;
+                if let Some(result) = this.resolve(&command, &seen).await {
+                    this.finish(&id, result);
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 
     fn finish(&self, id: &str, result: Result<Value, ResponseError>) {

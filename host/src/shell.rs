@@ -8,6 +8,7 @@ use crate::deploy::Deployer;
 use crate::executor::Executor;
 use crate::graphql::{self, Graphql, QueryLimits};
 use crate::postgres::Database;
+use crate::readiness::Readiness;
 use crate::registry::{Functions, Registry};
 use crate::responses::Responses;
 use crate::runtime::{Function, Runtime, SystemEnv};
@@ -63,25 +64,27 @@ pub async fn load_file(runtime: &Arc<Runtime>, path: &Path) -> anyhow::Result<Ar
     Ok(function)
 }
 
-/// `GET /readyz`: 200 when the store answers, 503 otherwise.
-fn readiness(store: Arc<dyn Store>) -> axum::Router {
-    use axum::http::StatusCode;
-    axum::Router::new().route(
-        "/readyz",
-        axum::routing::get(move || {
+/// `/readyz`: functions loaded, bus and store reachable.
+fn readiness(registry: &Arc<Registry>, bus: &Arc<dyn Bus>, store: &Arc<dyn Store>) -> Readiness {
+    let (registry, bus, store) = (Arc::clone(registry), Arc::clone(bus), Arc::clone(store));
+    Readiness::new()
+        .check("functions", move || {
+            let loaded = registry.current().iter().next().is_some();
+            async move { if loaded { Ok(()) } else { Err("no functions are loaded".to_owned()) } }
+        })
+        .check("bus", move || {
+            let bus = Arc::clone(&bus);
+            async move { bus.ready().await }
+        })
+        .check("store", move || {
             let store = Arc::clone(&store);
-            async move {
-                match store.get("_readyz", "_").await {
-                    Ok(_) => (StatusCode::OK, "ready".to_owned()),
-                    Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}")),
-                }
-            }
-        }),
-    )
+            async move { store.ready().await }
+        })
 }
 
 impl Shell {
     pub async fn start(project: Project) -> anyhow::Result<Self> {
+        crate::metrics::install();
         let runtime = Runtime::with(project.limits(), Arc::new(SystemEnv), project.cache_dir())?;
         let mut loaded = vec![];
         for path in module_files(&project)? {
@@ -118,17 +121,19 @@ impl Shell {
         .await?;
         let limits =
             QueryLimits { depth: project.graphql.max_depth, complexity: project.graphql.max_complexity };
-        let graphql = Graphql::start(
-            Arc::clone(&registry),
-            graphql::Backend { store: Arc::clone(&store), responses },
-            limits,
-        )?;
+        let ready = readiness(&registry, &bus, &store);
+        let backend = graphql::Backend { store: Arc::clone(&store), responses, bus: Arc::clone(&bus) };
+        let graphql = Graphql::start(Arc::clone(&registry), backend, limits)?;
 
         let listener = tokio::net::TcpListener::bind(project.listen).await.with_context(|| {
             format!("cannot listen on {} (is another shell running there? try --listen)", project.listen)
         })?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
+        let http = graphql::HttpOptions {
+            max_body_bytes: project.http.max_body_bytes,
+            request_timeout: std::time::Duration::from_millis(project.http.request_timeout_ms),
+        };
         let deployer = Deployer::new(Arc::clone(&runtime), Arc::clone(&registry));
         let watcher = if project.watch {
             Some(watch::watch(&project.modules, project.functions.clone(), deployer.clone())?)
@@ -139,9 +144,9 @@ impl Shell {
         if token.is_none() {
             tracing::info!("admin endpoints refuse every request: no admin token (set LOWSHELL_ADMIN_TOKEN)");
         }
-        let app = graphql::router(Arc::clone(&graphql))
-            .merge(admin::router(deployer.clone(), token.as_deref()))
-            .merge(readiness(store));
+
+        let app = graphql::router(Arc::clone(&graphql), ready, http)
+            .merge(admin::router(deployer.clone(), token.as_deref()));
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {

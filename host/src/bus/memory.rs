@@ -11,7 +11,10 @@ use low_contract::Message;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
+
+/// Appended events kept for slow watchers of [`Bus::watch_events`].
+const WATCH_BUFFER: usize = 1024;
 
 struct Subscriber {
     topics: Vec<String>,
@@ -28,12 +31,24 @@ struct Recent {
     notified: HashMap<String, Vec<Message>>,
 }
 
-#[derive(Default)]
 struct Inner {
     subscribers: Mutex<Vec<Subscriber>>,
     notify: Mutex<Option<mpsc::UnboundedSender<Message>>>,
     position: AtomicU64,
     recent: Mutex<Recent>,
+    watchers: broadcast::Sender<Event>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            subscribers: Mutex::default(),
+            notify: Mutex::default(),
+            position: AtomicU64::default(),
+            recent: Mutex::default(),
+            watchers: broadcast::Sender::new(WATCH_BUFFER),
+        }
+    }
 }
 
 /// Cheap to clone; clones share the same channels.
@@ -58,6 +73,9 @@ impl MemoryBus {
             let mut subscribers = lock(&self.inner.subscribers);
             for event in events {
                 let position = self.inner.position.fetch_add(1, Ordering::Relaxed) + 1;
+                crate::metrics::event_appended(&event.topic);
+                // Nobody watching is fine.
+                let _ = self.inner.watchers.send(event.clone());
                 // A closed channel is a consumer that stopped: forget it.
                 subscribers.retain(|s| {
                     !s.topics.contains(&event.topic)
@@ -84,12 +102,18 @@ impl MemoryBus {
     }
 }
 
-struct MemorySubscription(mpsc::UnboundedReceiver<Delivery>);
+struct MemorySubscription {
+    consumer: String,
+    rx: mpsc::UnboundedReceiver<Delivery>,
+}
 
 #[async_trait]
 impl Subscription for MemorySubscription {
     async fn next(&mut self) -> Option<Delivery> {
-        self.0.recv().await
+        let delivery = self.rx.recv().await;
+        // What is still queued behind this delivery.
+        crate::metrics::consumer_lag(&self.consumer, self.rx.len() as u64);
+        delivery
     }
 }
 
@@ -114,10 +138,14 @@ impl Bus for MemoryBus {
         Ok(Submitted::Accepted)
     }
 
-    async fn subscribe(&self, _consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError> {
+    async fn subscribe(&self, consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError> {
         let (tx, rx) = mpsc::unbounded_channel();
         lock(&self.inner.subscribers).push(Subscriber { topics: topics.to_vec(), tx });
-        Ok(Box::new(MemorySubscription(rx)))
+        Ok(Box::new(MemorySubscription { consumer: consumer.to_owned(), rx }))
+    }
+
+    fn watch_events(&self) -> Result<broadcast::Receiver<Event>, BusError> {
+        Ok(self.inner.watchers.subscribe())
     }
 
     async fn notifications(&self) -> Result<mpsc::UnboundedReceiver<Message>, BusError> {

@@ -14,7 +14,7 @@ pub use postgres::PgBus;
 use crate::store::Event;
 use async_trait::async_trait;
 use low_contract::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
@@ -61,5 +61,15 @@ pub trait Bus: Send + Sync + 'static {
     /// answering a repeated command. Buses that keep none return none.
     async fn notified(&self, _correlation_id: &str) -> Result<Vec<Message>, BusError> {
         Ok(vec![])
+    }
+    /// Whether the bus can be used now (for `/readyz`); the reason when not.
+    async fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Every event and command appended from now on, for live watchers (the
+    /// GraphQL `events` subscription). Best effort: a watcher that falls
+    /// behind is told it lagged and skips ahead.
+    fn watch_events(&self) -> Result<broadcast::Receiver<Event>, BusError> {
+        Err(BusError::Invalid("watching events is not supported by this bus".into()))
     }
 }

@@ -303,6 +303,15 @@ impl Subscription for PgSubscription {
 
 #[async_trait]
 impl Bus for PgBus {
+    async fn ready(&self) -> Result<(), String> {
+        let client = self.inner.db.pool().get().await.map_err(|e| no_connection(e).to_string())?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(drop)
+            .map_err(|e| format!("the database does not answer: {e}"))
+    }
+
     async fn submit(&self, command: Event) -> Result<Submitted, BusError> {
         let client = self.inner.db.pool().get().await.map_err(no_connection)?;
         let m = &command.message;

@@ -1,51 +1,442 @@
-//! Routes: GraphQL on `POST /` and `POST /graphql` (and GET with a `query`
-//! parameter), GraphiQL on `GET /` in a browser, `GET /healthz`.
+//! Routes, following the GraphQL-over-HTTP specification:
+//!
+//! - `POST /` and `POST /graphql`: GraphQL (`application/json` bodies).
+//! - `GET /` and `GET /graphql`: a query (not a mutation) in the `query`
+//!   parameter, or GraphiQL for a browser.
+//! - `GET /ws`: subscriptions over WebSocket (`graphql-transport-ws`, the
+//!   graphql-ws protocol, and the legacy `graphql-ws`).
+//! - `GET /healthz` (process up), `GET /readyz` (ready to serve),
+//!   `GET /metrics` (Prometheus).
+//!
+//! A request's answer depends on its `Accept`: with
+//! `application/graphql-response+json`, a request that cannot be executed
+//! (bad document, failed validation) is a 400 without `data`; with
+//! `application/json` (or no `Accept`) every well-formed request is a 200.
+//! Malformed requests (bad JSON, no `query`, wrong parameter types) are 400,
+//! too-large bodies 413, wrong media types 415, slow requests 408 — always
+//! with a JSON `errors` body, never a 500.
 
 use super::Graphql;
 use super::schema::IdempotencyKey;
-use async_graphql::http::GraphiQLSource;
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use crate::readiness::Readiness;
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql::parser::types::OperationType;
+use async_graphql::{Request as GqlRequest, Response as GqlResponse, Variables};
+use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::Router;
-use axum::extract::{RawQuery, Request, State};
-use axum::http::HeaderMap;
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::{Map, Value, json};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-pub fn router(graphql: Arc<Graphql>) -> Router {
-    Router::new()
-        .route("/", get(graphiql_or_query).post(execute))
-        .route("/graphql", get(graphiql_or_query).post(execute))
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(graphql)
+/// The WebSocket endpoint for subscriptions.
+pub const WS_PATH: &str = "/ws";
+/// The GraphiQL version whose assets the page loads.
+pub const GRAPHIQL_VERSION: &str = "3.9.0";
+
+const JSON: &str = "application/json";
+const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
+
+/// HTTP limits.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpOptions {
+    /// Largest request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Longest a GraphQL request may take; then 408.
+    pub request_timeout: Duration,
 }
 
-async fn execute(
-    State(graphql): State<Arc<Graphql>>,
-    headers: HeaderMap,
-    request: GraphQLRequest,
-) -> GraphQLResponse {
-    let mut request = request.into_inner();
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self { max_body_bytes: 1 << 20, request_timeout: Duration::from_secs(15) }
+    }
+}
+
+struct App {
+    graphql: Arc<Graphql>,
+    readiness: Readiness,
+    options: HttpOptions,
+}
+
+pub fn router(graphql: Arc<Graphql>, readiness: Readiness, options: HttpOptions) -> Router {
+    let app = Arc::new(App { graphql, readiness, options });
+    Router::new()
+        .route("/", get(get_graphql).post(post_graphql))
+        .route("/graphql", get(get_graphql).post(post_graphql))
+        .route(WS_PATH, get(websocket))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(app)
+}
+
+/// Which media type the answer uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    Json,
+    GraphqlResponse,
+}
+
+impl Media {
+    fn content_type(self) -> &'static str {
+        match self {
+            Media::Json => "application/json; charset=utf-8",
+            Media::GraphqlResponse => "application/graphql-response+json; charset=utf-8",
+        }
+    }
+}
+
+/// The first acceptable media type in `Accept`; `application/json` when
+/// there is none (legacy clients); `None` when nothing offered is acceptable.
+fn negotiate(headers: &HeaderMap) -> Option<Media> {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return Some(Media::Json);
+    };
+    if accept.trim().is_empty() {
+        return Some(Media::Json);
+    }
+    accept.split(',').find_map(|item| {
+        let media = item.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        match media.as_str() {
+            GRAPHQL_RESPONSE => Some(Media::GraphqlResponse),
+            JSON | "application/*" | "*/*" => Some(Media::Json),
+            _ => None,
+        }
+    })
+}
+
+/// A response whose request was refused before execution.
+fn refuse(status: StatusCode, media: Media, message: impl Into<String>) -> Response {
+    crate::metrics::request(if status == StatusCode::REQUEST_TIMEOUT { "timeout" } else { "bad_request" });
+    let body = json!({ "errors": [{ "message": message.into() }] });
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(media.content_type()));
+    response
+}
+
+/// The GraphQL response as HTTP: with `application/graphql-response+json` a
+/// request error (one that stopped the request before execution) is a 400
+/// without `data`.
+fn answer(media: Media, response: GqlResponse) -> Response {
+    let request_error =
+        !response.errors.is_empty() && !response.http_headers.contains_key(super::schema::EXECUTED);
+    crate::metrics::request(if response.errors.is_empty() { "ok" } else { "graphql_error" });
+    let status = if request_error && media == Media::GraphqlResponse {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let mut body = match serde_json::to_value(&response) {
+        Ok(body) => body,
+        Err(e) => json!({ "errors": [{ "message": format!("cannot serialise the response: {e}") }] }),
+    };
+    if request_error && let Some(body) = body.as_object_mut() {
+        body.remove("data");
+    }
+    let mut http = (status, body.to_string()).into_response();
+    http.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(media.content_type()));
+    http
+}
+
+/// The request's parameters, checked as the spec asks.
+fn request_from(params: &Map<String, Value>) -> Result<GqlRequest, String> {
+    let query = match params.get("query") {
+        Some(Value::String(query)) => query.clone(),
+        None | Some(Value::Null) => return Err("the request has no `query`".into()),
+        Some(_) => return Err("`query` must be a string".into()),
+    };
+    let mut request = GqlRequest::new(query);
+    match params.get("operationName") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(name)) => request = request.operation_name(name.clone()),
+        Some(_) => return Err("`operationName` must be a string".into()),
+    }
+    match params.get("variables") {
+        None | Some(Value::Null) => {}
+        Some(variables @ Value::Object(_)) => {
+            request = request.variables(Variables::from_json(variables.clone()))
+        }
+        Some(_) => return Err("`variables` must be an object (a map of variable names to values)".into()),
+    }
+    match params.get("extensions") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(extensions)) => {
+            for (name, value) in extensions {
+                if let Ok(value) = async_graphql::Value::from_json(value.clone()) {
+                    request.extensions.insert(name.clone(), value);
+                }
+            }
+        }
+        Some(_) => return Err("`extensions` must be an object".into()),
+    }
+    Ok(request)
+}
+
+/// The type of the operation the request would run, when its document parses.
+fn operation_type(request: &GqlRequest) -> Option<OperationType> {
+    let document = async_graphql::parser::parse_query(&request.query).ok()?;
+    let mut operations = document.operations.iter();
+    match &request.operation_name {
+        Some(name) => operations.find(|(n, _)| n.is_some_and(|n| n.as_str() == name)),
+        None => operations.next(),
+    }
+    .map(|(_, op)| op.node.ty)
+}
+
+async fn execute(app: &App, headers: &HeaderMap, media: Media, mut request: GqlRequest) -> Response {
+    // `Idempotency-Key` names the command of every mutation in the request.
     if let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty())
     {
         request = request.data(IdempotencyKey(key.to_owned()));
     }
-    graphql.schema().execute(request).await.into()
+    let schema = app.graphql.schema();
+    match tokio::time::timeout(app.options.request_timeout, schema.execute(request)).await {
+        Ok(response) => answer(media, response),
+        Err(_) => refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            media,
+            format!("the request took longer than {:?}", app.options.request_timeout),
+        ),
+    }
 }
 
-/// GraphiQL for a browser; a GraphQL GET request when there is a `query`.
-async fn graphiql_or_query(
-    State(graphql): State<Arc<Graphql>>,
-    RawQuery(query): RawQuery,
-    request: Request,
-) -> Response {
-    let has_query = query.as_deref().is_some_and(|q| q.split('&').any(|p| p.starts_with("query=")));
-    if !has_query {
-        return Html(GraphiQLSource::build().endpoint(request.uri().path()).finish()).into_response();
+async fn post_graphql(State(app): State<Arc<App>>, headers: HeaderMap, body: Body) -> Response {
+    let Some(media) = negotiate(&headers) else {
+        return refuse(
+            StatusCode::NOT_ACCEPTABLE,
+            Media::Json,
+            format!("the response can be {GRAPHQL_RESPONSE} or {JSON}"),
+        );
+    };
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mut parts = content_type.split(';').map(str::trim);
+    let essence = parts.next().unwrap_or("").to_ascii_lowercase();
+    if essence != JSON {
+        let message = if content_type.is_empty() {
+            format!("a POST request needs `Content-Type: {JSON}`")
+        } else {
+            format!("unsupported media type `{content_type}`: send {JSON}")
+        };
+        return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, media, message);
     }
-    let headers = request.headers().clone();
-    match <GraphQLRequest as axum::extract::FromRequest<()>>::from_request(request, &()).await {
-        Ok(request) => execute(State(graphql), headers, request).await.into_response(),
-        Err(rejection) => rejection.into_response(),
+    let charset = parts
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
+        .map(|(_, v)| v.trim().trim_matches('"').to_ascii_lowercase());
+    if charset.as_deref().is_some_and(|c| c != "utf-8" && c != "utf8") {
+        return refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, media, "only utf-8 request bodies are supported");
+    }
+    let limit = app.options.max_body_bytes;
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            media,
+            format!("the request body is over {limit} bytes"),
+        );
+    }
+    let read = tokio::time::timeout(app.options.request_timeout, Limited::new(body, limit).collect()).await;
+    let bytes: Bytes = match read {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                media,
+                format!("the request body is over {limit} bytes"),
+            );
+        }
+        Ok(Err(e)) => {
+            return refuse(StatusCode::BAD_REQUEST, media, format!("cannot read the request body: {e}"));
+        }
+        Err(_) => {
+            return refuse(StatusCode::REQUEST_TIMEOUT, media, "the request body took too long to arrive");
+        }
+    };
+    let params = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(params)) => params,
+        Ok(Value::Array(_)) => {
+            return refuse(StatusCode::BAD_REQUEST, media, "batched requests are not supported");
+        }
+        Ok(_) => return refuse(StatusCode::BAD_REQUEST, media, "the request body must be a JSON object"),
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                media,
+                format!("the request body is not valid JSON: {e}"),
+            );
+        }
+    };
+    match request_from(&params) {
+        Ok(request) => execute(&app, &headers, media, request).await,
+        Err(message) => refuse(StatusCode::BAD_REQUEST, media, message),
+    }
+}
+
+/// Whether a browser is asking for a page (GraphiQL) rather than data.
+fn wants_html(headers: &HeaderMap) -> bool {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    accept.contains("text/html") || !(accept.contains(JSON) || accept.contains(GRAPHQL_RESPONSE))
+}
+
+fn graphiql(path: &str) -> Response {
+    Html(
+        GraphiQLSource::build()
+            .endpoint(path)
+            .subscription_endpoint(WS_PATH)
+            .version(GRAPHIQL_VERSION)
+            .title("lowshell GraphiQL")
+            .finish(),
+    )
+    .into_response()
+}
+
+/// A GraphQL GET request when there is a `query` parameter, else GraphiQL
+/// for a browser (or 400 for a client that asked for JSON).
+async fn get_graphql(State(app): State<Arc<App>>, method: Method, headers: HeaderMap, uri: Uri) -> Response {
+    let Some(media) = negotiate(&headers).or_else(|| wants_html(&headers).then_some(Media::Json)) else {
+        return refuse(
+            StatusCode::NOT_ACCEPTABLE,
+            Media::Json,
+            format!("the response can be {GRAPHQL_RESPONSE} or {JSON}"),
+        );
+    };
+    let raw: HashMap<String, String> = match Query::try_from_uri(&uri) {
+        Ok(Query(raw)) => raw,
+        Err(e) => {
+            return refuse(StatusCode::BAD_REQUEST, media, format!("cannot read the query string: {e}"));
+        }
+    };
+    if !raw.contains_key("query") {
+        if method == Method::GET && wants_html(&headers) {
+            return graphiql(uri.path());
+        }
+        return refuse(StatusCode::BAD_REQUEST, media, "the request has no `query` parameter");
+    }
+    let mut params = Map::new();
+    for (name, value) in raw {
+        let value = match name.as_str() {
+            "variables" | "extensions" => match serde_json::from_str::<Value>(&value) {
+                Ok(value) => value,
+                Err(e) => {
+                    return refuse(
+                        StatusCode::BAD_REQUEST,
+                        media,
+                        format!("`{name}` is not valid JSON: {e}"),
+                    );
+                }
+            },
+            _ => Value::String(value),
+        };
+        params.insert(name, value);
+    }
+    let request = match request_from(&params) {
+        Ok(request) => request,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, media, message),
+    };
+    if operation_type(&request).is_some_and(|ty| ty != OperationType::Query) {
+        let mut response = refuse(
+            StatusCode::METHOD_NOT_ALLOWED,
+            media,
+            "only queries can be sent with GET; send mutations and subscriptions with POST (or over /ws)",
+        );
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    execute(&app, &headers, media, request).await
+}
+
+/// Subscriptions over WebSocket, with the schema current when the connection opens.
+async fn websocket(
+    State(app): State<Arc<App>>,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let schema = app.graphql.schema();
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |stream| GraphQLWebSocket::new(stream, (*schema).clone(), protocol).serve())
+}
+
+/// 200 `ready`, or 503 with every failing check.
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    match app.readiness.run().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(failed) => {
+            tracing::debug!(?failed, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", failed.join("; "))).into_response()
+        }
+    }
+}
+
+async fn metrics() -> Response {
+    match crate::metrics::render() {
+        Some(text) => {
+            let mut response = text.into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics are disabled in this process\n").into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_str(value).expect("header"));
+        headers
+    }
+
+    #[test]
+    fn accept_is_negotiated() {
+        assert_eq!(negotiate(&HeaderMap::new()), Some(Media::Json));
+        assert_eq!(negotiate(&accept("*/*")), Some(Media::Json));
+        assert_eq!(negotiate(&accept(GRAPHQL_RESPONSE)), Some(Media::GraphqlResponse));
+        assert_eq!(
+            negotiate(&accept("application/graphql-response+json, application/json;q=0.9")),
+            Some(Media::GraphqlResponse)
+        );
+        assert_eq!(negotiate(&accept("application/json; charset=utf-8")), Some(Media::Json));
+        assert_eq!(negotiate(&accept("text/html")), None);
+    }
+
+    #[test]
+    fn parameters_are_checked() {
+        let params = |v: Value| v.as_object().cloned().unwrap_or_default();
+        assert!(request_from(&params(json!({ "query": "{ a }" }))).is_ok());
+        assert!(
+            request_from(&params(json!({ "query": "{ a }", "variables": null, "operationName": null })))
+                .is_ok()
+        );
+        assert!(request_from(&params(json!({}))).is_err());
+        assert!(request_from(&params(json!({ "query": 1 }))).is_err());
+        assert!(request_from(&params(json!({ "query": "{ a }", "variables": [] }))).is_err());
+        assert!(request_from(&params(json!({ "query": "{ a }", "operationName": 2 }))).is_err());
+        assert!(request_from(&params(json!({ "query": "{ a }", "extensions": "x" }))).is_err());
+    }
+
+    #[test]
+    fn mutations_are_recognised() {
+        let op = |q: &str, name: Option<&str>| {
+            let mut r = GqlRequest::new(q);
+            r.operation_name = name.map(str::to_owned);
+            operation_type(&r)
+        };
+        assert_eq!(op("{ a }", None), Some(OperationType::Query));
+        assert_eq!(op("mutation { a }", None), Some(OperationType::Mutation));
+        assert_eq!(op("query Q { a } mutation M { b }", Some("M")), Some(OperationType::Mutation));
+        assert_eq!(op("{", None), None);
     }
 }

@@ -5,7 +5,7 @@
 mod http;
 pub mod schema;
 
-pub use http::router;
+pub use http::{GRAPHIQL_VERSION, HttpOptions, WS_PATH, router};
 pub use schema::{Backend, QueryLimits};
 
 use crate::registry::Registry;

@@ -3,14 +3,20 @@
 //! command's fields; each public model is an object type with a query by key
 //! and a paged list query. Rebuilt whenever the set of functions changes.
 
+use crate::bus::Bus;
 use crate::registry::Functions;
 use crate::responses::{ResponseError, Responses};
-use crate::store::Store;
+use crate::store::{Event, Store};
 use async_graphql::dynamic::{
-    Field, FieldFuture, FieldValue, InputValue, Object, ResolverContext, Scalar, Schema, SchemaError, TypeRef,
+    Field, FieldFuture, FieldValue, InputValue, Object, ResolverContext, Scalar, Schema, SchemaError,
+    Subscription, SubscriptionField, SubscriptionFieldFuture, TypeRef,
 };
+use futures::Stream;
 use low_contract::{CommandSpec, FieldKind, FieldSpec, FunctionKind, Message, ModelSpec, Value};
 use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::broadcast;
+use tracing::Instrument;
 
 /// Largest page `first` may ask for.
 pub const MAX_PAGE: usize = 100;
@@ -37,6 +43,8 @@ pub fn command_id(kind: &str, key: &str) -> String {
 pub struct Backend {
     pub store: Arc<dyn Store>,
     pub responses: Arc<Responses>,
+    /// The source of the `events` subscription.
+    pub bus: Arc<dyn Bus>,
 }
 
 /// Limits applied to every query.
@@ -202,8 +210,20 @@ fn mutation(command: &CommandSpec, returns_model: bool, backend: &Backend) -> Fi
                 Some(key) => command_id(&spec.name, &key),
                 None => uuid::Uuid::now_v7().to_string(),
             };
+            let span =
+                tracing::info_span!("command", command = %spec.name, command_id = %id, correlation_id = %id);
             let command = Message::new(id.clone(), &spec.name, payload).correlated(id);
-            match backend.responses.request(command).await {
+            let started = Instant::now();
+            let answer = backend.responses.request(command).instrument(span.clone()).await;
+            let outcome = match &answer {
+                Ok(_) => "ok",
+                Err(ResponseError::Rejected(_)) => "rejected",
+                Err(ResponseError::Failed(_)) => "failed",
+                Err(ResponseError::Timeout { .. }) => "timeout",
+            };
+            crate::metrics::command(&spec.name, outcome, started.elapsed());
+            span.in_scope(|| tracing::debug!(outcome, "answered"));
+            match answer {
                 Ok(value) if returns_model => Ok(Some(FieldValue::owned_any(value))),
                 Ok(value) => Ok(Some(FieldValue::value(json_to_graphql(&value)))),
                 Err(
@@ -277,10 +297,147 @@ fn functions_query(functions: &Functions) -> (Object, Field) {
     (object, field)
 }
 
+/// An appended event as the `events` subscription shows it.
+fn event_json(event: &Event) -> Value {
+    serde_json::json!({
+        "topic": event.topic,
+        "type": event.message.kind,
+        "id": event.message.id,
+        "correlationId": event.message.correlation_id,
+        "causationId": event.message.causation_id,
+        "payload": event.message.payload,
+        "function": event.function,
+        "version": event.version,
+        "atMs": event.at_ms,
+    })
+}
+
+const EVENT_TYPE: &str = "LogEvent";
+
+fn event_type() -> Object {
+    let field = |name: &'static str, ty: TypeRef| {
+        Field::new(name, ty, move |ctx| {
+            FieldFuture::from_value(
+                ctx.parent_value
+                    .downcast_ref::<Value>()
+                    .and_then(|v| v.get(name))
+                    .filter(|v| !v.is_null())
+                    .map(json_to_graphql),
+            )
+        })
+    };
+    Object::new(EVENT_TYPE)
+        .description("An event (or command) appended to the log")
+        .field(field("topic", TypeRef::named_nn(TypeRef::STRING)))
+        .field(field("type", TypeRef::named_nn(TypeRef::STRING)).description("The message kind"))
+        .field(field("id", TypeRef::named_nn(TypeRef::ID)))
+        .field(field("correlationId", TypeRef::named(TypeRef::ID)))
+        .field(field("causationId", TypeRef::named(TypeRef::ID)))
+        .field(field("payload", TypeRef::named_nn(JSON)))
+        .field(
+            field("function", TypeRef::named(TypeRef::STRING))
+                .description("Who emitted it; none for commands"),
+        )
+        .field(field("version", TypeRef::named(TypeRef::STRING)))
+        .field(
+            field("atMs", TypeRef::named_nn(TypeRef::FLOAT)).description("Milliseconds since the Unix epoch"),
+        )
+}
+
+/// Appended events matching the filters; a watcher that falls too far behind
+/// gets one error and the stream ends.
+fn watch<'a>(
+    rx: broadcast::Receiver<Event>,
+    topic: Option<String>,
+    kind: Option<String>,
+) -> impl Stream<Item = Result<FieldValue<'a>, async_graphql::Error>> + Send + 'a {
+    futures::stream::unfold(Some(rx), move |rx| {
+        let (topic, kind) = (topic.clone(), kind.clone());
+        async move {
+            let mut rx = rx?;
+            loop {
+                match rx.recv().await {
+                    Ok(event) => {
+                        if topic.as_ref().is_some_and(|t| *t != event.topic)
+                            || kind.as_ref().is_some_and(|k| *k != event.message.kind)
+                        {
+                            continue;
+                        }
+                        return Some((Ok(FieldValue::owned_any(event_json(&event))), Some(rx)));
+                    }
+                    Err(broadcast::error::RecvError::Lagged(skipped)) => {
+                        let message = format!(
+                            "this subscription fell behind and missed {skipped} events; subscribe again"
+                        );
+                        return Some((Err(gql_error(message)), None));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    })
+}
+
+/// `events(topic: String, type: String): LogEvent!`
+fn events_subscription(backend: &Backend) -> Subscription {
+    let bus = Arc::clone(&backend.bus);
+    let field = SubscriptionField::new("events", TypeRef::named_nn(EVENT_TYPE), move |ctx| {
+        let bus = Arc::clone(&bus);
+        SubscriptionFieldFuture::new(async move {
+            let text = |name: &str| -> Result<Option<String>, async_graphql::Error> {
+                Ok(ctx
+                    .args
+                    .get(name)
+                    .filter(|v| !v.is_null())
+                    .map(|v| v.string())
+                    .transpose()?
+                    .map(str::to_owned))
+            };
+            let (topic, kind) = (text("topic")?, text("type")?);
+            let rx = bus.watch_events().map_err(gql_error)?;
+            Ok(watch(rx, topic, kind))
+        })
+    })
+    .argument(InputValue::new("topic", TypeRef::named(TypeRef::STRING)).description("Only this topic"))
+    .argument(InputValue::new("type", TypeRef::named(TypeRef::STRING)).description("Only this message kind"))
+    .description("Events and commands as they are appended, for watching the system live");
+    Subscription::new("Subscription").field(field)
+}
+
+/// A response header (never sent) marking a request that reached execution,
+/// so HTTP can tell request errors (parse, validation, variables: 400 with
+/// `application/graphql-response+json`) from errors while executing.
+pub const EXECUTED: &str = "x-lowshell-executed";
+
+struct ExecutedMarker;
+
+impl async_graphql::extensions::ExtensionFactory for ExecutedMarker {
+    fn create(&self) -> Arc<dyn async_graphql::extensions::Extension> {
+        Arc::new(ExecutedMarker)
+    }
+}
+
+#[async_trait::async_trait]
+impl async_graphql::extensions::Extension for ExecutedMarker {
+    async fn execute(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: async_graphql::extensions::NextExecute<'_>,
+    ) -> async_graphql::Response {
+        let mut response = next.run(ctx, operation_name).await;
+        response.http_headers.insert(EXECUTED, axum::http::HeaderValue::from_static("1"));
+        response
+    }
+}
+
 pub fn build(functions: &Functions, backend: &Backend, limits: QueryLimits) -> Result<Schema, SchemaError> {
     let public: Vec<&ModelSpec> = functions.models().filter(|m| m.public).collect();
     let commands: Vec<&CommandSpec> = functions.commands().map(|(_, c)| c).collect();
-    let mut builder = Schema::build("Query", (!commands.is_empty()).then_some("Mutation"), None);
+    let mut builder =
+        Schema::build("Query", (!commands.is_empty()).then_some("Mutation"), Some("Subscription"))
+            .register(events_subscription(backend))
+            .register(event_type());
     let (function_type, functions_field) = functions_query(functions);
     let mut query = Object::new("Query").field(functions_field);
     for model in &public {
@@ -300,6 +457,7 @@ pub fn build(functions: &Functions, backend: &Backend, limits: QueryLimits) -> R
         .register(Scalar::new(JSON).description("Any JSON value"))
         .limit_depth(limits.depth)
         .limit_complexity(limits.complexity)
+        .extension(ExecutedMarker)
         .finish()
 }
 
@@ -372,5 +530,38 @@ mod tests {
         assert_eq!(graphql_name("created_at"), "createdAt");
         assert_eq!(upper_first("email"), "Email");
         assert_eq!(lower_first("Customer"), "customer");
+    }
+
+    fn event(topic: &str, kind: &str) -> Event {
+        Event {
+            topic: topic.into(),
+            message: Message::new("id", kind, serde_json::json!({})),
+            function: None,
+            version: None,
+            at_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn watchers_see_matching_events_and_laggards_are_told_and_dropped() {
+        use futures::StreamExt;
+        let (tx, rx) = broadcast::channel(2);
+        let mut stream = Box::pin(watch(rx, Some("customer".into()), Some("CustomerInvited".into())));
+        for e in [event("commands", "InviteCustomer"), event("customer", "CustomerInvited")] {
+            tx.send(e).expect("a watcher");
+        }
+        let first = stream.next().await.expect("an item").expect("an event");
+        let seen = first.downcast_ref::<Value>().cloned().unwrap_or_default();
+        assert_eq!(
+            (seen["topic"].as_str(), seen["type"].as_str()),
+            (Some("customer"), Some("CustomerInvited"))
+        );
+
+        for _ in 0..5 {
+            tx.send(event("customer", "CustomerInvited")).expect("a watcher");
+        }
+        let lagged = stream.next().await.expect("an item");
+        assert!(lagged.is_err_and(|e| e.message.contains("fell behind")));
+        assert!(stream.next().await.is_none(), "a laggard's stream ends");
     }
 }

@@ -53,12 +53,15 @@ impl WasmCall {
         wasm.epoch_deadline_trap();
         let deadline = runtime.limits.deadline;
         wasm.set_epoch_deadline(ticks(deadline));
+        let timer = crate::metrics::GuestTimer::start(&name, "instantiate");
         let instance = match pre {
             WasmPre::Function(pre) => pre.instantiate_async(&mut wasm).await.map(Instance::Function),
             WasmPre::Resolver(pre) => pre.instantiate_async(&mut wasm).await.map(Instance::Resolver),
         };
+        drop(timer);
         let instance =
             instance.map_err(|e| failure(&name, "instantiate", deadline, &e, &wasm.data().last_words()))?;
+        crate::metrics::instance_created(&name);
         Ok(Self { store: wasm, instance, function: name, kind: f.meta.kind, deadline, _slot: slot })
     }
 
@@ -80,6 +83,7 @@ impl WasmCall {
 
     pub async fn meta(&mut self) -> Result<Meta, GuestError> {
         self.arm();
+        let _timer = crate::metrics::GuestTimer::start(&self.function, "meta");
         let meta = match &self.instance {
             Instance::Function(i) => i.call_meta(&mut self.store).await,
             Instance::Resolver(i) => i.call_meta(&mut self.store).await,
@@ -89,6 +93,7 @@ impl WasmCall {
 
     pub async fn lookup(&mut self, input: &Message) -> Result<Vec<Lookup>, GuestError> {
         self.arm();
+        let _timer = crate::metrics::GuestTimer::start(&self.function, "lookup");
         let Instance::Function(instance) = &self.instance else { return Err(self.wrong_kind("lookup")) };
         self.store.data_mut().in_lookup = true;
         let plan = instance.call_lookup(&mut self.store, &convert::message_to_wit(input)).await;
@@ -102,6 +107,7 @@ impl WasmCall {
 
     pub async fn operate(&mut self, input: &Message, data: &Data) -> Result<Outcome, GuestError> {
         self.arm();
+        let _timer = crate::metrics::GuestTimer::start(&self.function, "operate");
         let Instance::Function(instance) = &self.instance else { return Err(self.wrong_kind("operate")) };
         let outcome = instance
             .call_operate(&mut self.store, &convert::message_to_wit(input), &convert::data_to_wit(data))
@@ -112,6 +118,7 @@ impl WasmCall {
 
     pub async fn write(&mut self, output: &Message) -> Result<WritePlan, GuestError> {
         self.arm();
+        let _timer = crate::metrics::GuestTimer::start(&self.function, "write");
         let Instance::Function(instance) = &self.instance else { return Err(self.wrong_kind("write")) };
         let plan = instance
             .call_write(&mut self.store, &convert::message_to_wit(output))
@@ -122,6 +129,7 @@ impl WasmCall {
 
     pub async fn resolve(&mut self, command: &Message, seen: &[Message]) -> Result<Resolution, GuestError> {
         self.arm();
+        let _timer = crate::metrics::GuestTimer::start(&self.function, "resolve");
         let Instance::Resolver(instance) = &self.instance else { return Err(self.wrong_kind("resolve")) };
         let seen: Vec<_> = seen.iter().map(convert::message_to_wit).collect();
         let resolution = instance

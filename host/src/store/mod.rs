@@ -69,4 +69,8 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Document>, StoreError>;
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+    /// Whether the store can be used now (for `/readyz`); the reason when not.
+    async fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

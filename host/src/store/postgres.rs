@@ -84,6 +84,15 @@ fn i64_of(n: u64, what: &str) -> Result<i64, StoreError> {
 
 #[async_trait]
 impl Store for PgStore {
+    async fn ready(&self) -> Result<(), String> {
+        let client = self.client().await.map_err(|e| e.to_string())?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map(drop)
+            .map_err(|e| format!("the database does not answer: {e}"))
+    }
+
     async fn get(&self, collection: &str, key: &str) -> Result<Option<Document>, StoreError> {
         let client = self.client().await?;
         let row = client

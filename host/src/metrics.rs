@@ -1,0 +1,132 @@
+//! Prometheus metrics, served on `GET /metrics`. Every name starts with
+//! `lowshell_`. The helpers below are the only way the rest of the shell
+//! records them, so the names and labels live in one place (and in
+//! `docs/operations.md`).
+//!
+//! The recorder is process-wide: it is installed once, by the first shell
+//! started in the process, and shared by any later ones (tests start many).
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Buckets, in seconds, for command latency and guest call durations.
+const BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Installs the Prometheus recorder if no recorder is installed yet.
+/// Returns whether `/metrics` can render.
+pub fn install() -> bool {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .map_err(|e| e.to_string())
+                .and_then(|b| b.install_recorder().map_err(|e| e.to_string()));
+            match handle {
+                Ok(handle) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::warn!("metrics are disabled: {e}");
+                    None
+                }
+            }
+        })
+        .is_some()
+}
+
+/// The metrics in the Prometheus text format; `None` when no recorder is installed.
+pub fn render() -> Option<String> {
+    HANDLE.get().and_then(Option::as_ref).map(|h| {
+        h.run_upkeep();
+        h.render()
+    })
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("lowshell_requests_total", "GraphQL HTTP requests, by outcome");
+    describe_histogram!(
+        "lowshell_command_duration_seconds",
+        Unit::Seconds,
+        "Time from a command's submission to its response, by command and outcome"
+    );
+    describe_histogram!(
+        "lowshell_guest_call_duration_seconds",
+        Unit::Seconds,
+        "Duration of one guest export call, by function and phase"
+    );
+    describe_counter!("lowshell_instances_created_total", "Guest instances created, by function");
+    describe_gauge!("lowshell_consumer_lag", "Deliveries waiting for a consumer (function)");
+    describe_counter!("lowshell_swaps_total", "Function swaps, by function and outcome (ok, failed)");
+    describe_counter!("lowshell_events_total", "Events and commands appended, by topic");
+}
+
+/// How a GraphQL HTTP request ended: `ok`, `graphql_error` (answered with
+/// errors), `bad_request` (4xx), `timeout`.
+pub fn request(outcome: &'static str) {
+    counter!("lowshell_requests_total", "outcome" => outcome).increment(1);
+}
+
+/// A command answered (`ok`), refused (`rejected`), failed or timed out.
+pub fn command(command: &str, outcome: &'static str, took: Duration) {
+    histogram!("lowshell_command_duration_seconds", "command" => command.to_owned(), "outcome" => outcome)
+        .record(took.as_secs_f64());
+}
+
+/// The `function` label: a component being loaded has no name until its
+/// `meta` answers.
+fn function_label(function: &str) -> String {
+    if function.is_empty() { "(loading)".to_owned() } else { function.to_owned() }
+}
+
+/// One guest export call (`instantiate`, `meta`, `lookup`, `operate`, `write`, `resolve`).
+pub fn guest_call(function: &str, phase: &'static str, took: Duration) {
+    histogram!("lowshell_guest_call_duration_seconds", "function" => function_label(function), "phase" => phase)
+        .record(took.as_secs_f64());
+}
+
+/// Records [`guest_call`] when dropped, so every exit of a phase is counted.
+pub struct GuestTimer {
+    function: String,
+    phase: &'static str,
+    started: Instant,
+}
+
+impl GuestTimer {
+    pub fn start(function: &str, phase: &'static str) -> Self {
+        Self { function: function.to_owned(), phase, started: Instant::now() }
+    }
+}
+
+impl Drop for GuestTimer {
+    fn drop(&mut self) {
+        guest_call(&self.function, self.phase, self.started.elapsed());
+    }
+}
+
+/// A fresh guest instance was created.
+pub fn instance_created(function: &str) {
+    counter!("lowshell_instances_created_total", "function" => function_label(function)).increment(1);
+}
+
+/// How far `function` is behind the log (deliveries or positions not yet processed).
+pub fn consumer_lag(function: &str, lag: u64) {
+    gauge!("lowshell_consumer_lag", "function" => function.to_owned()).set(lag as f64);
+}
+
+/// A swap of `function` was attempted; `ok` false when it was refused or failed.
+pub fn swap(function: &str, ok: bool) {
+    let outcome = if ok { "ok" } else { "failed" };
+    counter!("lowshell_swaps_total", "function" => function.to_owned(), "outcome" => outcome).increment(1);
+}
+
+/// An event (or command) was appended to `topic`.
+pub fn event_appended(topic: &str) {
+    counter!("lowshell_events_total", "topic" => topic.to_owned()).increment(1);
+}

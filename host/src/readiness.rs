@@ -1,0 +1,63 @@
+//! `/readyz`: named asynchronous checks the shell registers (functions
+//! loaded, bus reachable, store reachable, …). A backend plugs in through
+//! [`Bus::ready`](crate::bus::Bus::ready) and
+//! [`Store::ready`](crate::store::Store::ready), or the shell adds a check.
+
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One check: `Ok` when ready, else the reason.
+pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// How long one check may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Vec<(String, Check)>,
+}
+
+impl Readiness {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a named check.
+    pub fn check<F, Fut>(mut self, name: &str, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks.push((name.to_owned(), Arc::new(move || Box::pin(check()))));
+        self
+    }
+
+    /// Runs every check (concurrently); the failures, as `name: reason`.
+    pub async fn run(&self) -> Result<(), Vec<String>> {
+        let results = futures::future::join_all(self.checks.iter().map(|(name, check)| async move {
+            match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(reason)) => Some(format!("{name}: {reason}")),
+                Err(_) => Some(format!("{name}: no answer within {CHECK_TIMEOUT:?}")),
+            }
+        }))
+        .await;
+        let failed: Vec<String> = results.into_iter().flatten().collect();
+        if failed.is_empty() { Ok(()) } else { Err(failed) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn failures_are_named() {
+        let ready = Readiness::new()
+            .check("bus", || async { Ok(()) })
+            .check("store", || async { Err("connection refused".to_owned()) });
+        assert_eq!(ready.run().await, Err(vec!["store: connection refused".to_owned()]));
+        assert_eq!(Readiness::new().run().await, Ok(()));
+    }
+}
