@@ -46,7 +46,6 @@ impl PgDeployments {
 }
 
 async fn listen(db: Arc<Database>, changes: mpsc::UnboundedSender<Option<String>>) {
-    let mut first = true;
     while !changes.is_closed() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let connected = db
@@ -70,15 +69,23 @@ async fn listen(db: Arc<Database>, changes: mpsc::UnboundedSender<Option<String>
             continue;
         }
         tracing::debug!("listening for deploys");
-        // The shell synced when it started; after a reconnect it may have
-        // missed deploys, so it looks at every function again.
-        if !first && changes.send(None).is_err() {
+        // Deploys recorded before LISTEN took effect (while starting, or
+        // while disconnected) were not announced: look at every function.
+        if changes.send(None).is_err() {
             return;
         }
-        first = false;
-        while let Some(name) = rx.recv().await {
-            if changes.send(Some(name)).is_err() {
-                return;
+        loop {
+            tokio::select! {
+                // The shell stopped: let the connection go.
+                _ = changes.closed() => return,
+                name = rx.recv() => match name {
+                    Some(name) => {
+                        if changes.send(Some(name)).is_err() {
+                            return;
+                        }
+                    }
+                    None => break,
+                },
             }
         }
         drop(client);

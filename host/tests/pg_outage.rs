@@ -19,6 +19,7 @@ use support::workspace;
 /// The shell's response timeout: no answer may take much longer.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 const CLIENTS: usize = 4;
+const TOKEN: &str = "outage-s3cret";
 
 fn project(url: &str) -> Project {
     let text = format!(
@@ -37,6 +38,7 @@ attempts = 5
     );
     let mut project = Project::parse(&text, Path::new(".")).expect("test project");
     project.watch = false;
+    project.admin.token = Some(TOKEN.into());
     project
 }
 
@@ -130,6 +132,18 @@ async fn postgres_stopped_under_load_and_started_again() {
     tokio::task::block_in_place(|| cluster.stop());
     let not_ready = wait_readyz(&http, &base, 503, Duration::from_secs(15)).await;
     eprintln!("/readyz 503 {not_ready:?} after the stop");
+    // A deploy cannot be recorded, so it is refused, plainly.
+    let v2 = std::fs::read(support::module("v2/invite-customer")).expect("v2");
+    let response = http
+        .put(format!("{base}/admin/functions/invite-customer"))
+        .bearer_auth(TOKEN)
+        .body(v2)
+        .send()
+        .await
+        .expect("admin request");
+    assert_eq!(response.status().as_u16(), 503);
+    let body: Value = response.json().await.expect("json");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("cannot record the deployment")), "{body}");
     // Longer than the response timeout: mutations sent while it is down are answered.
     tokio::time::sleep(RESPONSE_TIMEOUT * 2).await;
     assert_eq!(readyz(&http, &base).await, 503, "still down");
