@@ -154,3 +154,42 @@ async fn a_refused_deploy_is_not_recorded() {
     assert_eq!(recorded, 0);
     a.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_missed_while_not_listening_is_applied_on_reconnect() {
+    let url = pg::database().await;
+    let (a, client_a) = shell(&url).await;
+    let v2_bytes = v2();
+    let v2 = Version::of(&v2_bytes);
+    // Recorded without a notification, as if the shell had not been listening.
+    let db = pg::client(&url).await;
+    db.execute(
+        "INSERT INTO function_versions (name, version, bytes) VALUES ('invite-customer', $1, $2)",
+        &[&v2.0, &v2_bytes],
+    )
+    .await
+    .expect("keep v2");
+    db.execute("INSERT INTO deployments (name, version) VALUES ('invite-customer', $1)", &[&v2.0])
+        .await
+        .expect("record v2");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_ne!(running_version(&client_a, "invite-customer").await, v2.0, "nothing announced it");
+    // Cut the shell's listening connection: it reconnects and looks again.
+    let cut: i64 = db
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN lowshell_deployments%'",
+            &[],
+        )
+        .await
+        .expect("terminate the listener")
+        .get(0);
+    assert_eq!(cut, 1);
+    switched(&client_a, &v2, Duration::from_secs(20)).await;
+    assert_eq!(
+        invited_email(&client_a, "Gus@Example.com").await,
+        "gus@example.com",
+        "v2 after the reconnect"
+    );
+    a.stop().await.expect("clean stop");
+}
