@@ -130,6 +130,7 @@ async fn deploy(
             previous_version: swapped.old.map(|f| f.version.0.clone()),
         })
         .into_response(),
+        Err(e @ DeployError::Record(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     }
 }
@@ -144,6 +145,7 @@ async fn rollback(State(admin): State<Admin>, Path(name): Path<String>) -> Respo
         })
         .into_response(),
         Err(e @ DeployError::Registry(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ DeployError::Record(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     }
 }

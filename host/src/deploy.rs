@@ -1,10 +1,16 @@
 //! Deploying a new version of a function while the shell serves: compile and
 //! validate off the request path, then swap atomically. A bad version is
 //! refused with the reason and the running one keeps serving.
+//!
+//! Where several shells share a database, a deploy is first recorded through
+//! [`Deployments`] (the source of truth), then swapped in locally; every
+//! other shell hears of it and switches too ([`Deployer::sync`]).
 
 use crate::registry::{Registry, RegistryError, Swapped};
-use crate::runtime::{LoadError, Runtime};
+use crate::runtime::{Function, LoadError, Runtime, Version};
+use async_trait::async_trait;
 use std::sync::Arc;
+use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
@@ -14,25 +20,100 @@ pub enum DeployError {
     WrongName { expected: String, got: String },
     #[error("refused: {0}")]
     Registry(#[from] RegistryError),
+    #[error("not deployed: cannot record the deployment ({0}); the running version keeps serving")]
+    Record(#[from] DeploymentsError),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct DeploymentsError(pub String);
+
+/// Where deployed versions are recorded for every shell of a cluster.
+/// Names no technology: Postgres has one, a single shell in memory needs none.
+#[async_trait]
+pub trait Deployments: Send + Sync {
+    /// Keeps `bytes` as a known version of `name`, so that any shell can
+    /// load it later (a rollback to a version loaded from a file, say).
+    async fn keep(&self, name: &str, version: &Version, bytes: &[u8]) -> Result<(), DeploymentsError>;
+    /// Records that `name` now runs `version` (whose bytes are kept) in
+    /// place of `previous`, and tells every shell.
+    async fn record(
+        &self,
+        name: &str,
+        version: &Version,
+        bytes: &[u8],
+        previous: Option<&Version>,
+    ) -> Result<(), DeploymentsError>;
+    /// The recorded version of `name` and the one it replaced, if any was recorded.
+    async fn current(&self, name: &str) -> Result<Option<(Version, Option<Version>)>, DeploymentsError>;
+    /// The bytes of a kept version.
+    async fn bytes(&self, name: &str, version: &Version) -> Result<Option<Vec<u8>>, DeploymentsError>;
+    /// Names of the functions whose recorded version changed, as they
+    /// change (`None` for "anything may have changed", after a reconnect).
+    /// Taken once; `None` when nothing is ever announced.
+    fn changes(&self) -> Option<mpsc::UnboundedReceiver<Option<String>>>;
+}
+
+/// One shell on its own: nothing to record or hear.
+pub struct LocalDeployments;
+
+#[async_trait]
+impl Deployments for LocalDeployments {
+    async fn keep(&self, _: &str, _: &Version, _: &[u8]) -> Result<(), DeploymentsError> {
+        Ok(())
+    }
+    async fn record(
+        &self,
+        _: &str,
+        _: &Version,
+        _: &[u8],
+        _: Option<&Version>,
+    ) -> Result<(), DeploymentsError> {
+        Ok(())
+    }
+    async fn current(&self, _: &str) -> Result<Option<(Version, Option<Version>)>, DeploymentsError> {
+        Ok(None)
+    }
+    async fn bytes(&self, _: &str, _: &Version) -> Result<Option<Vec<u8>>, DeploymentsError> {
+        Ok(None)
+    }
+    fn changes(&self) -> Option<mpsc::UnboundedReceiver<Option<String>>> {
+        None
+    }
 }
 
 #[derive(Clone)]
 pub struct Deployer {
     runtime: Arc<Runtime>,
     registry: Arc<Registry>,
+    deployments: Arc<dyn Deployments>,
+    /// One change at a time in this shell: record-and-swap, or sync.
+    serial: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Deployer {
     pub fn new(runtime: Arc<Runtime>, registry: Arc<Registry>) -> Self {
-        Self { runtime, registry }
+        Self::with_deployments(runtime, registry, Arc::new(LocalDeployments))
+    }
+
+    pub fn with_deployments(
+        runtime: Arc<Runtime>,
+        registry: Arc<Registry>,
+        deployments: Arc<dyn Deployments>,
+    ) -> Self {
+        Self { runtime, registry, deployments, serial: Default::default() }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }
 
-    /// Loads `bytes` as the next version of `name` and swaps it in. The
-    /// same bytes as the running version change nothing.
+    pub fn deployments(&self) -> &Arc<dyn Deployments> {
+        &self.deployments
+    }
+
+    /// Loads `bytes` as the next version of `name`, records it, and swaps it
+    /// in. The same bytes as the running version change nothing.
     pub async fn deploy(&self, name: &str, bytes: &[u8], force: bool) -> Result<Swapped, DeployError> {
         let refused = |e: DeployError| {
             tracing::warn!(function = name, "deploy refused, the running version keeps serving: {e}");
@@ -46,7 +127,9 @@ impl Deployer {
                 got: function.name().into(),
             }));
         }
-        if let Some(running) = self.registry.current().get(name).filter(|f| f.version == function.version) {
+        let _serial = self.serial.lock().await;
+        let running = self.registry.current().get(name).cloned();
+        if let Some(running) = running.as_ref().filter(|f| f.version == function.version) {
             tracing::info!(function = name, version = %running.version, "already running this version");
             return Ok(Swapped {
                 name: name.into(),
@@ -54,18 +137,106 @@ impl Deployer {
                 new: Arc::clone(running),
             });
         }
-        let swapped = self.registry.swap(function, force).await.map_err(|e| refused(e.into()))?;
+        // Refuse what the registry would refuse before recording anything.
+        self.registry.check(&function, force).map_err(|e| refused(e.into()))?;
+        self.deployments
+            .record(name, &function.version, bytes, running.as_ref().map(|f| &f.version))
+            .await
+            .map_err(|e| refused(e.into()))?;
+        // Recorded as compatible (or forced): the swap itself is forced.
+        let swapped = self.registry.swap(function, true).await.map_err(|e| refused(e.into()))?;
         crate::metrics::swap(name, true);
         log_swap("deployed", &swapped);
         Ok(swapped)
     }
 
-    /// Swaps `name` back to the version it had before its last deploy.
+    /// Swaps `name` back to the version it had before its last deploy (the
+    /// recorded one where deploys are recorded), and records that.
     pub async fn rollback(&self, name: &str) -> Result<Swapped, DeployError> {
-        let swapped = self.registry.rollback(name).await?;
+        let _serial = self.serial.lock().await;
+        let running = self.registry.current().get(name).cloned();
+        let recorded_previous = match self.deployments.current(name).await? {
+            Some((_, Some(previous))) => match self.deployments.bytes(name, &previous).await? {
+                Some(bytes) => Some((self.runtime.load(&bytes).await?, bytes)),
+                None => None,
+            },
+            _ => None,
+        };
+        let (target, bytes) = match recorded_previous {
+            Some((function, bytes)) => (function, Some(bytes)),
+            None => {
+                let previous = self.registry.previous(name).ok_or_else(|| {
+                    RegistryError(format!("`{name}` has no previous version to roll back to"))
+                })?;
+                (previous, None)
+            }
+        };
+        // The version kept when it was loaded or deployed: no bytes to send again.
+        self.deployments
+            .record(
+                name,
+                &target.version,
+                bytes.as_deref().unwrap_or_default(),
+                running.as_ref().map(|f| &f.version),
+            )
+            .await?;
+        // Forced: the previous version was compatible with what it replaced.
+        let swapped = self.registry.swap(target, true).await?;
         crate::metrics::swap(name, true);
         log_swap("rolled back", &swapped);
         Ok(swapped)
+    }
+
+    /// Brings `name` to its recorded version, if this shell runs that
+    /// function and another version of it. The origin of the deploy
+    /// validated it, so the swap is forced.
+    pub async fn sync(&self, name: &str) -> Result<(), DeployError> {
+        let _serial = self.serial.lock().await;
+        let Some(running) = self.registry.current().get(name).cloned() else { return Ok(()) };
+        let Some((version, _)) = self.deployments.current(name).await? else { return Ok(()) };
+        if running.version == version {
+            return Ok(());
+        }
+        let bytes = self.deployments.bytes(name, &version).await?.ok_or_else(|| {
+            DeploymentsError(format!("the bytes of `{name}` {version} are not in the record"))
+        })?;
+        let function: Arc<Function> = self.runtime.load(&bytes).await?;
+        if function.name() != name {
+            return Err(DeployError::WrongName { expected: name.into(), got: function.name().into() });
+        }
+        let swapped = self.registry.swap(function, true).await?;
+        log_swap("switched to the recorded version", &swapped);
+        Ok(())
+    }
+
+    /// [`sync`](Self::sync) for every function this shell runs.
+    pub async fn sync_all(&self) -> Result<(), DeployError> {
+        let names: Vec<String> = self.registry.current().iter().map(|f| f.name().to_owned()).collect();
+        for name in names {
+            self.sync(&name).await?;
+        }
+        Ok(())
+    }
+
+    /// Follows the recorded deploys of the other shells until the returned
+    /// task is aborted (or nothing is ever announced).
+    pub fn follow(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let mut changes = self.deployments.changes()?;
+        let deployer = self.clone();
+        Some(tokio::spawn(async move {
+            while let Some(change) = changes.recv().await {
+                let result = match &change {
+                    Some(name) => deployer.sync(name).await,
+                    None => deployer.sync_all().await,
+                };
+                if let Err(e) = result {
+                    tracing::warn!(
+                        function = change.as_deref().unwrap_or("*"),
+                        "cannot switch to the recorded version: {e}"
+                    );
+                }
+            }
+        }))
     }
 }
 

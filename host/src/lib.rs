@@ -6,6 +6,7 @@
 //! - [`executor`] — the LOW cycle of one message; names no technology.
 //! - [`bus`] / [`store`] — delivery and storage, behind traits.
 //! - [`postgres`] — pool and migrations of the Postgres bus and store.
+//! - [`cluster`] — deploys recorded in Postgres, reaching every shell.
 //! - [`responses`] — ties a request to its answer through a resolver.
 //! - [`graphql`] — the schema derived from the functions, over HTTP.
 //! - [`deploy`] / [`watch`] / [`admin`] — hot swap: by API, by file, over HTTP.
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod bus;
+pub mod cluster;
 pub mod config;
 pub mod deploy;
 pub mod executor;

@@ -12,6 +12,8 @@
 //! - `checkpoints` is where each consumer (one per function) has got to.
 //! - `notifications` keeps what a step tells the requester (durably, so a
 //!   repeated command can be answered again); `pg_notify` wakes the shells.
+//! - `function_versions` and `deployments`: the versions of the functions
+//!   the cluster runs ([`crate::cluster`]).
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::Duration;
@@ -21,6 +23,8 @@ use tokio_postgres::{Client, NoTls};
 pub const EVENTS_CHANNEL: &str = "lowshell_events";
 /// Channel carrying the id of each new row of `notifications`.
 pub const NOTIFICATIONS_CHANNEL: &str = "lowshell_notifications";
+/// Channel carrying the name of a function whose deployed version changed.
+pub const DEPLOYMENTS_CHANNEL: &str = "lowshell_deployments";
 /// First key of the advisory locks this shell takes (the second is the lock's name hashed).
 pub const LOCK_NAMESPACE: i32 = 0x006c_6f77;
 
@@ -30,8 +34,10 @@ const POOL_SIZE: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Versioned migrations, applied in order, each once, each in its own transaction.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "event log, documents, checkpoints, notifications", MIGRATION_1)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "event log, documents, checkpoints, notifications", MIGRATION_1),
+    (2, "deployed versions of the functions", MIGRATION_2),
+];
 
 const MIGRATION_1: &str = r#"
 CREATE TABLE events (
@@ -75,6 +81,25 @@ CREATE TABLE notifications (
     at              timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX notifications_correlation ON notifications (correlation_id, id);
+"#;
+
+/// Cluster-wide deploys (see [`crate::cluster`]).
+const MIGRATION_2: &str = r#"
+CREATE TABLE function_versions (
+    name        text NOT NULL,
+    version     text NOT NULL,
+    bytes       bytea NOT NULL,
+    kept_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, version)
+);
+
+CREATE TABLE deployments (
+    name         text PRIMARY KEY,
+    version      text NOT NULL,
+    previous     text,
+    deployed_at  timestamptz NOT NULL DEFAULT now(),
+    FOREIGN KEY (name, version) REFERENCES function_versions (name, version)
+);
 "#;
 
 /// A database: its connection settings and a pool.

@@ -147,6 +147,18 @@ impl Registry {
         self.previous.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
 
+    /// Whether [`swap`](Self::swap) would take `new` now, without swapping.
+    pub fn check(&self, new: &Arc<Function>, force: bool) -> Result<(), RegistryError> {
+        let current = self.current();
+        if let Some(old) = current.get(new.name())
+            && !force
+        {
+            compatible(old, new)?;
+        }
+        Functions::new(current.iter().filter(|f| f.name() != new.name()).cloned().chain([Arc::clone(new)]))
+            .map(|_| ())
+    }
+
     /// Puts `new` in place of the function of the same name (or adds it).
     /// Unless `force`, a replacement must keep the kind, inputs and output of
     /// the version it replaces. Steps in flight finish on the old version.

@@ -3,8 +3,9 @@
 
 use crate::admin;
 use crate::bus::{Bus, MemoryBus, PgBus};
+use crate::cluster::PgDeployments;
 use crate::config::{Backend, Project};
-use crate::deploy::Deployer;
+use crate::deploy::{Deployer, Deployments, LocalDeployments};
 use crate::executor::Executor;
 use crate::graphql::{self, Graphql, QueryLimits};
 use crate::postgres::Database;
@@ -31,6 +32,8 @@ pub struct Shell {
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
     consumers: JoinHandle<()>,
+    /// Follows the deploys of the other shells on the same database.
+    following: Option<JoinHandle<()>>,
     _watcher: Option<ModulesWatcher>,
 }
 
@@ -55,13 +58,18 @@ pub fn module_files(project: &Project) -> anyhow::Result<Vec<PathBuf>> {
 
 /// Reads and loads one component file.
 pub async fn load_file(runtime: &Arc<Runtime>, path: &Path) -> anyhow::Result<Arc<Function>> {
+    Ok(load_file_bytes(runtime, path).await?.0)
+}
+
+/// Reads and loads one component file; the function and its bytes.
+async fn load_file_bytes(runtime: &Arc<Runtime>, path: &Path) -> anyhow::Result<(Arc<Function>, Vec<u8>)> {
     let bytes = tokio::fs::read(path).await.with_context(|| {
         format!("cannot read module {} (run `make guest` to build the components)", path.display())
     })?;
     let function =
         runtime.load(&bytes).await.with_context(|| format!("cannot load module {}", path.display()))?;
     tracing::info!(function = function.name(), version = %function.version, kind = ?function.meta.kind, file = %path.display(), "loaded");
-    Ok(function)
+    Ok((function, bytes))
 }
 
 /// `/readyz`: functions loaded, bus and store reachable.
@@ -87,28 +95,46 @@ impl Shell {
         crate::metrics::install();
         let runtime = Runtime::with(project.limits(), Arc::new(SystemEnv), project.cache_dir())?;
         let mut loaded = vec![];
+        let mut files = vec![];
         for path in module_files(&project)? {
-            loaded.push(load_file(&runtime, &path).await?);
+            let (function, bytes) = load_file_bytes(&runtime, &path).await?;
+            files.push((function.name().to_owned(), function.version.clone(), bytes));
+            loaded.push(function);
         }
         if loaded.is_empty() {
             anyhow::bail!("no functions to load in {} (run `make guest`)", project.modules.display());
         }
         let registry = Arc::new(Registry::new(Functions::new(loaded)?));
 
-        let (bus, store): (Arc<dyn Bus>, Arc<dyn Store>) = match (project.bus, project.store) {
+        type Backends = (Arc<dyn Bus>, Arc<dyn Store>, Arc<dyn Deployments>);
+        let (bus, store, deployments): Backends = match (project.bus, project.store) {
             (Backend::Memory, Backend::Memory) => {
                 let bus = MemoryBus::new();
-                (Arc::new(bus.clone()), Arc::new(MemoryStore::new(bus)))
+                (Arc::new(bus.clone()), Arc::new(MemoryStore::new(bus)), Arc::new(LocalDeployments))
             }
             (Backend::Postgres, Backend::Postgres) => {
                 let db = Arc::new(Database::connect(&project.database_url()?).await?);
-                (Arc::new(PgBus::start(Arc::clone(&db))), Arc::new(PgStore::new(db)))
+                (
+                    Arc::new(PgBus::start(Arc::clone(&db))),
+                    Arc::new(PgStore::new(Arc::clone(&db))),
+                    Arc::new(PgDeployments::start(db)),
+                )
             }
             (bus, store) => anyhow::bail!(
                 "bus `{bus:?}` with store `{store:?}` is not supported: the store appends the events \
                  the bus delivers, so both must be `memory` or both `postgres`"
             ),
         };
+
+        // Every version loaded from a file is kept (any shell may roll back
+        // to it); then the versions the cluster records replace the files'.
+        for (name, version, bytes) in &files {
+            deployments.keep(name, version, bytes).await.with_context(|| format!("cannot keep `{name}`"))?;
+        }
+        drop(files);
+        let deployer = Deployer::with_deployments(Arc::clone(&runtime), Arc::clone(&registry), deployments);
+        deployer.sync_all().await.context("cannot load the recorded versions of the functions")?;
+        let following = deployer.follow();
 
         let executor = Arc::new(Executor::new(Arc::clone(&registry), Arc::clone(&store), project.attempts));
         let consumers = executor.start(Arc::clone(&bus)).await?;
@@ -134,7 +160,6 @@ impl Shell {
             max_body_bytes: project.http.max_body_bytes,
             request_timeout: std::time::Duration::from_millis(project.http.request_timeout_ms),
         };
-        let deployer = Deployer::new(Arc::clone(&runtime), Arc::clone(&registry));
         let watcher = if project.watch {
             Some(watch::watch(&project.modules, project.functions.clone(), deployer.clone())?)
         } else {
@@ -155,7 +180,17 @@ impl Shell {
                 .await
         });
         tracing::info!(project = %project.name, %addr, "serving GraphQL at http://{addr}/");
-        Ok(Self { addr, registry, graphql, deployer, stop: Some(stop), server, consumers, _watcher: watcher })
+        Ok(Self {
+            addr,
+            registry,
+            graphql,
+            deployer,
+            stop: Some(stop),
+            server,
+            consumers,
+            following,
+            _watcher: watcher,
+        })
     }
 
     /// Stops accepting requests, lets those in flight finish, then stops.
@@ -165,6 +200,9 @@ impl Shell {
         }
         let served = (&mut self.server).await;
         self.consumers.abort();
+        if let Some(following) = &self.following {
+            following.abort();
+        }
         served??;
         Ok(())
     }

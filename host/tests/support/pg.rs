@@ -17,6 +17,10 @@ use std::sync::{Mutex, OnceLock};
 struct Cluster {
     /// URL of the maintenance database (`postgres`), where test databases are created.
     admin_url: String,
+    /// `pg_ctl` (as the `postgres` user when running as root).
+    pg_ctl: String,
+    dir: PathBuf,
+    port: u16,
     /// Keeps the watchdog's stdin open for the life of the test process.
     _watchdog: Mutex<(Child, ChildStdin)>,
 }
@@ -103,6 +107,9 @@ rm -rf {d}
     }
     Cluster {
         admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+        pg_ctl: format!("{as_pg} {bin}pg_ctl"),
+        dir,
+        port,
         _watchdog: Mutex::new((child, stdin)),
     }
 }
@@ -112,6 +119,47 @@ fn server() -> &'static Server {
         Ok(url) if !url.trim().is_empty() => Server::External(url),
         _ => Server::Local(start_cluster()),
     })
+}
+
+/// A cluster of the test's own, which it may stop and start again (an
+/// outage). Always local, whatever `DATABASE_URL` says; removed when
+/// dropped or when the test process ends.
+pub struct OwnCluster(Cluster);
+
+impl OwnCluster {
+    pub fn start() -> Self {
+        OwnCluster(start_cluster())
+    }
+
+    /// A fresh, empty database on this cluster; its URL.
+    pub async fn database(&self) -> String {
+        create_database(&self.0.admin_url).await
+    }
+
+    fn pg_ctl(&self, args: &str) {
+        let (dir, port) = (self.0.dir.display(), self.0.port);
+        let script = format!(
+            r#"{} -D {dir}/data -l {dir}/server.log -w -t 60 -o "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" {args}"#,
+            self.0.pg_ctl
+        );
+        let output = Command::new("sh").arg("-c").arg(&script).output().expect("run pg_ctl");
+        assert!(
+            output.status.success(),
+            "pg_ctl {args}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// `pg_ctl stop -m fast`: sessions are ended, the server shuts down.
+    pub fn stop(&self) {
+        self.pg_ctl("-m fast stop");
+    }
+
+    /// Starts the stopped cluster again, on the same data and port.
+    pub fn restart(&self) {
+        self.pg_ctl("start");
+    }
 }
 
 /// `url` with its database name replaced by `name`.
@@ -137,14 +185,18 @@ pub async fn database() -> String {
         Server::External(url) => url.clone(),
         Server::Local(cluster) => cluster.admin_url.clone(),
     };
+    create_database(&admin).await
+}
+
+async fn create_database(admin: &str) -> String {
     let name = format!("lowshell_test_{}", uuid::Uuid::new_v4().simple());
     let (client, connection) =
-        tokio_postgres::connect(&admin, tokio_postgres::NoTls).await.expect("connect to the test Postgres");
+        tokio_postgres::connect(admin, tokio_postgres::NoTls).await.expect("connect to the test Postgres");
     let driver = tokio::spawn(connection);
     client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create a test database");
     drop(client);
     let _ = driver.await;
-    with_database(&admin, &name)
+    with_database(admin, &name)
 }
 
 /// A plain client on `url` (its driver on a task).

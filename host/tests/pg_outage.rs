@@ -1,0 +1,259 @@
+//! Postgres stopped under load and started again: the shell stays up,
+//! reports not-ready and answers with clear errors meanwhile, reconnects on
+//! its own, and afterwards every acknowledged command is in the log and the
+//! read model, exactly once. Runs on a cluster of its own (see
+//! `support/pg.rs`), since it stops it. Needs `make guest`.
+
+#[path = "support/pg.rs"]
+mod pg;
+mod support;
+
+use host::{Project, Shell};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use support::workspace;
+
+/// The shell's response timeout: no answer may take much longer.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+const CLIENTS: usize = 4;
+const TOKEN: &str = "outage-s3cret";
+
+fn project(url: &str) -> Project {
+    let text = format!(
+        r#"name = "pg-outage-test"
+listen = "127.0.0.1:0"
+modules = "{}"
+functions = ["invite-customer", "customer-projector", "invite-resolver"]
+bus = "postgres"
+store = "postgres"
+database-url = "{url}"
+response-timeout-ms = {}
+attempts = 5
+"#,
+        workspace().join("modules").display(),
+        RESPONSE_TIMEOUT.as_millis()
+    );
+    let mut project = Project::parse(&text, Path::new(".")).expect("test project");
+    project.watch = false;
+    project.admin.token = Some(TOKEN.into());
+    project
+}
+
+/// What one mutation got.
+#[derive(Debug)]
+enum Outcome {
+    Acknowledged { email: String, id: String },
+    Refused { status: u16, message: String, took: Duration },
+}
+
+async fn invite(http: &reqwest::Client, base: &str, email: &str) -> Outcome {
+    let started = Instant::now();
+    let query = format!(r#"mutation {{ InviteCustomer(email: "{email}") {{ id email }} }}"#);
+    let response = http.post(format!("{base}/graphql")).json(&json!({ "query": query })).send().await;
+    let took = started.elapsed();
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => panic!("{email}: no HTTP answer after {took:?}: {e}"),
+    };
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    match body["data"]["InviteCustomer"]["id"].as_str() {
+        Some(id) if status == 200 && body.get("errors").is_none() => {
+            Outcome::Acknowledged { email: email.into(), id: id.into() }
+        }
+        _ => Outcome::Refused {
+            status,
+            message: body["errors"][0]["message"].as_str().unwrap_or_default().to_owned(),
+            took,
+        },
+    }
+}
+
+async fn readyz(http: &reqwest::Client, base: &str) -> u16 {
+    match http.get(format!("{base}/readyz")).send().await {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => panic!("/readyz does not answer: {e}"),
+    }
+}
+
+async fn wait_readyz(http: &reqwest::Client, base: &str, want: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let status = readyz(http, base).await;
+        if status == want {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < within, "/readyz still {status}, not {want}, after {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_under_load_and_started_again() {
+    let cluster = pg::OwnCluster::start();
+    let url = cluster.database().await;
+    let shell = Shell::start(project(&url)).await.expect("start the shell (run `make guest` first)");
+    let base = format!("http://{}", shell.addr);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("http client");
+    assert_eq!(readyz(&http, &base).await, 200);
+
+    // Clients send mutations throughout.
+    let down = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (http, base, down, stop) = (http.clone(), base.clone(), down.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut outcomes = vec![];
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let was_down = down.load(Ordering::Relaxed);
+                    let outcome = invite(&http, &base, &format!("c{c}-{i}@example.com")).await;
+                    let refused = matches!(outcome, Outcome::Refused { .. });
+                    outcomes.push((was_down, outcome));
+                    if refused {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Stop Postgres under load.
+    down.store(true, Ordering::Relaxed);
+    tokio::task::block_in_place(|| cluster.stop());
+    let not_ready = wait_readyz(&http, &base, 503, Duration::from_secs(15)).await;
+    eprintln!("/readyz 503 {not_ready:?} after the stop");
+    // A deploy cannot be recorded, so it is refused, plainly.
+    let v2 = std::fs::read(support::module("v2/invite-customer")).expect("v2");
+    let response = http
+        .put(format!("{base}/admin/functions/invite-customer"))
+        .bearer_auth(TOKEN)
+        .body(v2)
+        .send()
+        .await
+        .expect("admin request");
+    assert_eq!(response.status().as_u16(), 503);
+    let body: Value = response.json().await.expect("json");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("cannot record the deployment")), "{body}");
+    // Longer than the response timeout: mutations sent while it is down are answered.
+    tokio::time::sleep(RESPONSE_TIMEOUT * 2).await;
+    assert_eq!(readyz(&http, &base).await, 503, "still down");
+
+    // Start it again: the shell reconnects on its own.
+    tokio::task::block_in_place(|| cluster.restart());
+    let ready = wait_readyz(&http, &base, 200, Duration::from_secs(30)).await;
+    down.store(false, Ordering::Relaxed);
+    eprintln!("/readyz 200 {ready:?} after the restart");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut acknowledged = vec![];
+    let (mut refused_down, mut refused_up) = (vec![], vec![]);
+    for client in clients {
+        for (was_down, outcome) in client.await.expect("a client") {
+            match outcome {
+                Outcome::Acknowledged { email, id } => acknowledged.push((email, id)),
+                Outcome::Refused { status, message, took } => {
+                    // A clear GraphQL error, not a 500 and not a hang.
+                    assert_eq!(status, 200, "a refusal is a GraphQL error: {message}");
+                    assert!(!message.is_empty(), "a refusal says why");
+                    assert!(
+                        took < RESPONSE_TIMEOUT + Duration::from_secs(10),
+                        "answered after {took:?}: {message}"
+                    );
+                    if was_down { refused_down.push(message) } else { refused_up.push(message) }
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{} acknowledged; {} refused while down, {} around the restart",
+        acknowledged.len(),
+        refused_down.len(),
+        refused_up.len()
+    );
+    let mut messages: Vec<&String> = refused_down.iter().chain(&refused_up).collect();
+    messages.sort();
+    messages.dedup();
+    eprintln!("refusals: {messages:#?}");
+    assert!(!refused_down.is_empty(), "mutations were refused while Postgres was down");
+    assert!(acknowledged.len() > CLIENTS, "mutations were acknowledged before the outage");
+
+    // Every acknowledged command is in the log once and in the read model.
+    let db = pg::client(&url).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for (email, id) in &acknowledged {
+        let events: i64 = db
+            .query_one(
+                "SELECT count(*) FROM events WHERE kind = 'CustomerInvited' AND payload->>'email' = $1",
+                &[email],
+            )
+            .await
+            .expect("count events")
+            .get(0);
+        assert_eq!(events, 1, "one CustomerInvited for {email}");
+        loop {
+            let query = format!(r#"{{ customer(id: "{id}") {{ id email }} }}"#);
+            let body: Value = http
+                .post(format!("{base}/graphql"))
+                .json(&json!({ "query": query }))
+                .send()
+                .await
+                .expect("query")
+                .json()
+                .await
+                .expect("json");
+            if body["data"]["customer"]["email"] == *email.as_str() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{email} ({id}) is not in the read model: {body}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // The consumers resumed from their checkpoints: every command in the
+    // log, those in flight when Postgres stopped included, got handled.
+    loop {
+        let pending: i64 = db
+            .query_one(
+                "SELECT count(*) FROM events c WHERE c.topic = 'commands' AND NOT EXISTS
+                   (SELECT 1 FROM events e WHERE e.topic = 'customer' AND e.causation_id = c.id)",
+                &[],
+            )
+            .await
+            .expect("count pending commands")
+            .get(0);
+        if pending == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{pending} commands in the log were never handled");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Nothing processed twice, and the consumers caught up.
+    let twice: i64 = db
+        .query_one(
+            "SELECT count(*) FROM (SELECT causation_id FROM events WHERE topic = 'customer'
+               GROUP BY 1 HAVING count(*) > 1) d",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(twice, 0, "no command handled twice");
+
+    // New mutations succeed.
+    match invite(&http, &base, "after@example.com").await {
+        Outcome::Acknowledged { .. } => {}
+        refused => panic!("a mutation after the restart: {refused:?}"),
+    }
+    shell.stop().await.expect("clean stop");
+    drop(cluster);
+}
