@@ -9,7 +9,7 @@ CARGO    ?= cargo
 # Honour a shared target dir (several worktrees, one build cache).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all guest target run test scenarios http-test audit browser fmt lint check clean pg
+.PHONY: all guest target run test scenarios http-test audit browser bench fmt lint check clean pg
 
 all: guest
 
@@ -53,6 +53,7 @@ scenarios: guest
 test: guest scenarios
 	$(CARGO) test --workspace
 	$(CARGO) test -p invite-customer --features v2
+	$(CARGO) test -p host --features native-baseline --test native
 	$(MAKE) http-test
 
 # Against the shell binary on a free port (tests/http/run.sh): the
@@ -69,6 +70,14 @@ browser: guest
 # A throwaway local Postgres in the foreground; prints the DATABASE_URL. Ctrl-C deletes it.
 pg:
 	@scripts/pg.sh
+
+# Benchmarks (release build): WebAssembly against the native baseline, side by
+# side in one run; writes BENCHMARKS.md.
+bench: guest
+	$(CARGO) bench -p host --features native-baseline --bench low_cycle -- --warm-up-time 1 --measurement-time 5
+	$(CARGO) bench -p host --features native-baseline --bench e2e
+	python3 scripts/benchmarks.py > BENCHMARKS.md
+	@echo "wrote BENCHMARKS.md"
 
 fmt:
 	$(CARGO) fmt --all

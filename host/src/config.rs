@@ -59,6 +59,10 @@ pub struct Project {
     /// Deploy a component when its file in `modules` changes.
     #[serde(default = "yes")]
     pub watch: bool,
+    /// Run `functions` compiled into the binary instead of components: the
+    /// benchmarks' native baseline (needs the `native-baseline` feature).
+    #[serde(default)]
+    pub native: bool,
     /// Where compiled components are cached, keyed by content hash, so a
     /// restart does not recompile. Default: `$XDG_CACHE_HOME/lowshell` or
     /// `~/.cache/lowshell`.

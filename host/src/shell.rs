@@ -90,16 +90,35 @@ fn readiness(registry: &Arc<Registry>, bus: &Arc<dyn Bus>, store: &Arc<dyn Store
         })
 }
 
+/// The project's functions from the ones compiled into this binary (the
+/// benchmarks' native baseline).
+fn native_functions(runtime: &Arc<Runtime>, project: &Project) -> anyhow::Result<Vec<Arc<Function>>> {
+    let names = project.functions.as_deref().unwrap_or_default();
+    names
+        .iter()
+        .map(|name| {
+            let guest = crate::runtime::native::catalogue(name).with_context(|| {
+                format!("`{name}` is not compiled into this binary (build with `--features native-baseline`)")
+            })?;
+            Ok(runtime.native(guest)?)
+        })
+        .collect()
+}
+
 impl Shell {
     pub async fn start(project: Project) -> anyhow::Result<Self> {
         crate::metrics::install();
         let runtime = Runtime::with(project.limits(), Arc::new(SystemEnv), project.cache_dir())?;
         let mut loaded = vec![];
         let mut files = vec![];
-        for path in module_files(&project)? {
-            let (function, bytes) = load_file_bytes(&runtime, &path).await?;
-            files.push((function.name().to_owned(), function.version.clone(), bytes));
-            loaded.push(function);
+        if project.native {
+            loaded = native_functions(&runtime, &project)?;
+        } else {
+            for path in module_files(&project)? {
+                let (function, bytes) = load_file_bytes(&runtime, &path).await?;
+                files.push((function.name().to_owned(), function.version.clone(), bytes));
+                loaded.push(function);
+            }
         }
         if loaded.is_empty() {
             anyhow::bail!("no functions to load in {} (run `make guest`)", project.modules.display());

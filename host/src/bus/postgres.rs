@@ -272,6 +272,23 @@ impl PgSubscription {
                 Err(e) => tracing::error!(consumer = %self.consumer, "{e}"),
             }
         }
+        // Consumer lag: what waits after the checkpoint. A short batch is all
+        // of it; only a full one (a backlog) needs counting.
+        let waiting = if (rows.len() as i64) < BATCH {
+            rows.len() as u64
+        } else {
+            let counted = client
+                .query_one(
+                    "SELECT count(*) FROM events e
+                     WHERE e.topic = ANY($2) AND (e.tx, e.position) >
+                         (coalesce((SELECT tx FROM checkpoints WHERE consumer = $1), '0'::xid8),
+                          coalesce((SELECT position FROM checkpoints WHERE consumer = $1), 0))",
+                    &[&self.consumer, &self.topics],
+                )
+                .await?;
+            u64::try_from(counted.get::<_, i64>(0)).unwrap_or(0)
+        };
+        crate::metrics::consumer_lag(&self.consumer, waiting);
         Ok(())
     }
 }
