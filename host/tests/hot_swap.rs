@@ -10,7 +10,7 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use support::{Client, basic_project, error, module, start, workspace};
+use support::{Client, basic_project, error, module, running_version, start, workspace};
 
 const TOKEN: &str = "s3cret";
 
@@ -52,17 +52,6 @@ async fn deploy(client: &Client, bytes: Vec<u8>) -> (u16, Value) {
 async fn rollback(client: &Client) -> (u16, Value) {
     admin(client, reqwest::Method::POST, "/admin/functions/invite-customer/rollback", Some(TOKEN), vec![])
         .await
-}
-
-async fn running_version(client: &Client, name: &str) -> String {
-    let body = client.graphql("{ functions { name version } }").await;
-    let functions = body["data"]["functions"].as_array().cloned().unwrap_or_default();
-    functions
-        .iter()
-        .find(|f| f["name"] == name)
-        .and_then(|f| f["version"].as_str())
-        .unwrap_or_default()
-        .to_owned()
 }
 
 async fn invited_email(client: &Client, email: &str) -> Value {

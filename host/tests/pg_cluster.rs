@@ -12,23 +12,12 @@ use host::{Project, Shell};
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use support::{Client, module, workspace};
+use support::{Client, module, running_version};
 
 const TOKEN: &str = "cluster-s3cret";
 
 fn project(url: &str) -> Project {
-    let text = format!(
-        r#"name = "pg-cluster-test"
-listen = "127.0.0.1:0"
-modules = "{}"
-functions = ["invite-customer", "customer-projector", "invite-resolver"]
-bus = "postgres"
-store = "postgres"
-database-url = "{url}"
-response-timeout-ms = 60000
-"#,
-        workspace().join("modules").display()
-    );
+    let text = pg::project_text(url, "127.0.0.1:0", 60_000);
     let mut project = Project::parse(&text, Path::new(".")).expect("test project");
     project.watch = false;
     project.admin.token = Some(TOKEN.into());
@@ -60,17 +49,6 @@ async fn admin(client: &Client, method: reqwest::Method, path: &str, body: Vec<u
         .expect("admin request");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn running_version(client: &Client, name: &str) -> String {
-    let body = client.graphql("{ functions { name version } }").await;
-    let functions = body["data"]["functions"].as_array().cloned().unwrap_or_default();
-    functions
-        .iter()
-        .find(|f| f["name"] == name)
-        .and_then(|f| f["version"].as_str())
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// Waits until `client`'s shell runs `version` of invite-customer.

@@ -14,7 +14,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use support::workspace;
 
 /// The shell's response timeout: no answer may take much longer.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -22,20 +21,7 @@ const CLIENTS: usize = 4;
 const TOKEN: &str = "outage-s3cret";
 
 fn project(url: &str) -> Project {
-    let text = format!(
-        r#"name = "pg-outage-test"
-listen = "127.0.0.1:0"
-modules = "{}"
-functions = ["invite-customer", "customer-projector", "invite-resolver"]
-bus = "postgres"
-store = "postgres"
-database-url = "{url}"
-response-timeout-ms = {}
-attempts = 5
-"#,
-        workspace().join("modules").display(),
-        RESPONSE_TIMEOUT.as_millis()
-    );
+    let text = pg::project_text(url, "127.0.0.1:0", RESPONSE_TIMEOUT.as_millis());
     let mut project = Project::parse(&text, Path::new(".")).expect("test project");
     project.watch = false;
     project.admin.token = Some(TOKEN.into());

@@ -11,28 +11,12 @@ use host::{Project, Shell};
 use low_contract::{WriteOp, json};
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn modules() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules")
-}
-
 fn project_text(url: &str, listen: &str) -> String {
-    format!(
-        r#"name = "pg-test"
-listen = "{listen}"
-modules = "{}"
-functions = ["invite-customer", "customer-projector", "invite-resolver"]
-bus = "postgres"
-store = "postgres"
-database-url = "{url}"
-response-timeout-ms = 60000
-attempts = 5
-"#,
-        modules().display()
-    )
+    pg::project_text(url, listen, 60_000)
 }
 
 fn project(url: &str) -> Project {

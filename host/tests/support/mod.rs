@@ -76,3 +76,15 @@ pub fn error(body: &Value) -> Option<&str> {
 pub fn json_body(query: &str) -> Value {
     json!({ "query": query })
 }
+
+/// The version of `name` the shell says it runs (`functions` query).
+pub async fn running_version(client: &Client, name: &str) -> String {
+    let body = client.graphql("{ functions { name version } }").await;
+    let functions = body["data"]["functions"].as_array().cloned().unwrap_or_default();
+    functions
+        .iter()
+        .find(|f| f["name"] == name)
+        .and_then(|f| f["version"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}

@@ -213,3 +213,21 @@ fn database_names_are_replaced() {
     assert_eq!(with_database("postgres://u@h:1", "x"), "postgres://u@h:1/x");
     assert_eq!(with_database("postgres://u@h/db?sslmode=disable", "x"), "postgres://u@h/x?sslmode=disable");
 }
+
+/// A project running the example's functions on the Postgres at `url`.
+pub fn project_text(url: &str, listen: &str, response_timeout_ms: u128) -> String {
+    let modules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules");
+    format!(
+        r#"name = "pg-test"
+listen = "{listen}"
+modules = "{}"
+functions = ["invite-customer", "customer-projector", "invite-resolver"]
+bus = "postgres"
+store = "postgres"
+database-url = "{url}"
+response-timeout-ms = {response_timeout_ms}
+attempts = 5
+"#,
+        modules.display()
+    )
+}
