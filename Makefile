@@ -22,20 +22,20 @@ target:
 guest: target
 	@mkdir -p $(MODULES)
 	@for g in $(GUESTS); do \
-		$(CARGO) build --quiet --release --target $(TARGET) -p $$g || exit 1; \
-		cp $(TARGET_DIR)/$(TARGET)/release/$$(echo $$g | tr - _).wasm $(MODULES)/$$g.wasm; \
+		$(CARGO) build --quiet --profile guest --target $(TARGET) -p $$g || exit 1; \
+		cp $(TARGET_DIR)/$(TARGET)/guest/$$(echo $$g | tr - _).wasm $(MODULES)/$$g.wasm; \
 	done
 	@mkdir -p $(MODULES)/v2 $(MODULES)/fixtures
-	@$(CARGO) build --quiet --release --target $(TARGET) -p invite-customer --features v2
-	@cp $(TARGET_DIR)/$(TARGET)/release/invite_customer.wasm $(MODULES)/v2/invite-customer.wasm
+	@$(CARGO) build --quiet --profile guest --target $(TARGET) -p invite-customer --features v2
+	@cp $(TARGET_DIR)/$(TARGET)/guest/invite_customer.wasm $(MODULES)/v2/invite-customer.wasm
 	@for g in $(FIXTURES); do \
-		$(CARGO) build --quiet --release --target $(TARGET) -p $$g || exit 1; \
-		cp $(TARGET_DIR)/$(TARGET)/release/$$(echo $$g | tr - _).wasm $(MODULES)/fixtures/$$g.wasm; \
+		$(CARGO) build --quiet --profile guest --target $(TARGET) -p $$g || exit 1; \
+		cp $(TARGET_DIR)/$(TARGET)/guest/$$(echo $$g | tr - _).wasm $(MODULES)/fixtures/$$g.wasm; \
 	done
-	@$(CARGO) build --quiet --release --target $(TARGET) -p misbehave --features meta-trap
-	@cp $(TARGET_DIR)/$(TARGET)/release/misbehave.wasm $(MODULES)/fixtures/meta-trap.wasm
+	@$(CARGO) build --quiet --profile guest --target $(TARGET) -p misbehave --features meta-trap
+	@cp $(TARGET_DIR)/$(TARGET)/guest/misbehave.wasm $(MODULES)/fixtures/meta-trap.wasm
 	@# The plain build last, so the target folder holds the default versions.
-	@$(CARGO) build --quiet --release --target $(TARGET) -p invite-customer
+	@$(CARGO) build --quiet --profile guest --target $(TARGET) -p invite-customer
 	@echo "components in $(MODULES)/: $(GUESTS); version 2 of invite-customer in $(MODULES)/v2/; test fixtures in $(MODULES)/fixtures/"
 
 run: guest
@@ -74,8 +74,10 @@ pg:
 # Benchmarks (release build): WebAssembly against the native baseline, side by
 # side in one run; writes BENCHMARKS.md.
 bench: guest
-	$(CARGO) bench -p host --features native-baseline --bench low_cycle -- --warm-up-time 1 --measurement-time 5
+	CRITERION_HOME=$(abspath $(TARGET_DIR))/criterion \
+		$(CARGO) bench -p host --features native-baseline --bench low_cycle -- --warm-up-time 1 --measurement-time 5
 	$(CARGO) bench -p host --features native-baseline --bench e2e
+	$(CARGO) bench -p host --features native-baseline --bench postgres
 	python3 scripts/benchmarks.py > BENCHMARKS.md
 	@echo "wrote BENCHMARKS.md"
 
