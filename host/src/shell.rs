@@ -133,9 +133,10 @@ impl Shell {
             }
             (Backend::Postgres, Backend::Postgres) => {
                 let db = Arc::new(Database::connect(&project.database_url()?).await?);
+                let bus = PgBus::start(Arc::clone(&db));
                 (
-                    Arc::new(PgBus::start(Arc::clone(&db))),
-                    Arc::new(PgStore::new(Arc::clone(&db))),
+                    Arc::new(bus.clone()),
+                    Arc::new(PgStore::with_bus(Arc::clone(&db), bus)),
                     Arc::new(PgDeployments::start(db)),
                 )
             }

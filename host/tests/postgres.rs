@@ -447,3 +447,56 @@ async fn a_killed_shell_loses_nothing_and_processes_nothing_twice() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_reach_other_shells_whole_however_large() {
+    let url = pg::database().await;
+    // Two shells: one commits, the other waits for the requests' answers.
+    let committing = PgStore::new(Arc::new(Database::connect(&url).await.expect("connect")));
+    let waiting = PgBus::start(Arc::new(Database::connect(&url).await.expect("connect")));
+    let mut notifications = waiting.notifications().await.expect("notifications");
+    tokio::time::sleep(Duration::from_millis(300)).await; // listening
+    let small = low_contract::Message::new("n-small", "Done", json!({ "ok": true })).correlated("r-1");
+    // Beyond what a NOTIFY payload carries: the waiting shell reads it back.
+    let large = low_contract::Message::new("n-large", "Done", json!({ "text": "x".repeat(20_000) }))
+        .correlated("r-2");
+    let commit = Commit { notify: vec![small.clone(), large.clone()], ..Commit::default() };
+    committing.commit(commit).await.expect("commit");
+    let mut received = vec![];
+    while received.len() < 2 {
+        let next = tokio::time::timeout(Duration::from_secs(10), notifications.recv()).await;
+        received.push(next.expect("a notification in time").expect("the bus is open"));
+    }
+    received.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(received, [large, small]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_committed_twice_is_applied_once() {
+    let url = pg::database().await;
+    let db = Arc::new(Database::connect(&url).await.expect("connect"));
+    let bus = PgBus::start(Arc::clone(&db));
+    let store = PgStore::with_bus(Arc::clone(&db), bus.clone());
+    let command = low_contract::Message::new("c-1", "InviteCustomer", json!({})).correlated("c-1");
+    let submitted = host::store::Event {
+        topic: low_contract::COMMANDS_TOPIC.into(),
+        message: command,
+        function: None,
+        version: None,
+        at_ms: 0,
+    };
+    bus.submit(submitted).await.expect("submit");
+    let mut sub = bus.subscribe("f", &[low_contract::COMMANDS_TOPIC.into()]).await.expect("subscribe");
+    let delivery = next(&mut sub, Duration::from_secs(10)).await.expect("the command");
+    let step = |n: u32| Commit {
+        ops: vec![WriteOp::Put { collection: "c".into(), key: format!("k{n}"), body: json!({}) }],
+        checkpoint: Some(Checkpoint { consumer: "f".into(), position: delivery.position }),
+        ..Commit::default()
+    };
+    // Two processors of the same delivery (a lease handed over mid-step):
+    // the second finds the checkpoint advanced and changes nothing.
+    store.commit(step(1)).await.expect("first");
+    store.commit(step(2)).await.expect("the duplicate is dropped, not an error");
+    assert!(store.get("c", "k1").await.expect("get").is_some());
+    assert!(store.get("c", "k2").await.expect("get").is_none(), "the duplicate step was applied");
+}

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::{AsyncMessage, Client, Row};
+use tokio_postgres::{AsyncMessage, Client, Row, Statement};
 
 /// How often consumers look at the log when no NOTIFY woke them.
 pub const POLL: Duration = Duration::from_millis(500);
@@ -73,6 +73,23 @@ impl PgBus {
         };
         tokio::spawn(listen(Arc::downgrade(&bus.inner)));
         bus
+    }
+
+    /// Wakes this shell's consumers at once after it appended events,
+    /// rather than when Postgres echoes the NOTIFY back.
+    pub(crate) fn wake_local(&self) {
+        self.inner.wake.send_modify(|n| *n += 1);
+    }
+
+    /// Hands notifications this shell has just committed to its waiting
+    /// requests at once. The NOTIFY brings them again; the responses ignore
+    /// notifications they have seen.
+    pub(crate) fn notify_local(&self, messages: impl IntoIterator<Item = Message>) {
+        if let Some(tx) = self.inner.notify.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            for message in messages {
+                let _ = tx.send(message);
+            }
+        }
     }
 
     /// Every event on `topics` committed so far, in log order (for a replay).
@@ -142,9 +159,18 @@ async fn listen(inner: std::sync::Weak<Inner>) {
     }
 }
 
-/// Fetches the notification named by a NOTIFY and hands it to the responses.
+/// Hands the notification announced by a NOTIFY to the responses: the
+/// payload is its id and, when it fits, the message itself; else it is read.
 async fn forward_notification(inner: &Inner, client: &Client, payload: &str) {
-    let Ok(id) = payload.parse::<i64>() else { return };
+    let (id, message) = payload.split_once(' ').unwrap_or((payload, ""));
+    let Ok(id) = id.parse::<i64>() else { return };
+    if let Ok(message) = serde_json::from_str::<Message>(message) {
+        inner.last_notification.fetch_max(id, Ordering::Relaxed);
+        if let Some(tx) = inner.notify.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(message);
+        }
+        return;
+    }
     forward_since(inner, client, "SELECT id, message FROM notifications WHERE id = $1", id).await;
 }
 
@@ -207,12 +233,34 @@ fn delivery(row: &Row) -> Result<(String, Delivery), BusError> {
     Ok((tx, Delivery { position: u64::try_from(position).unwrap_or(0), event }))
 }
 
+/// A consumer's next deliveries: after its checkpoint, below the oldest
+/// transaction still running.
+const READ: &str = "WITH c AS (
+         SELECT coalesce((SELECT tx FROM checkpoints WHERE consumer = $1), '0'::xid8) AS tx,
+                coalesce((SELECT position FROM checkpoints WHERE consumer = $1), 0) AS position)
+     SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
+            e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint
+     FROM events e, c
+     WHERE e.topic = ANY($2) AND (e.tx, e.position) > (c.tx, c.position)
+       AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+     ORDER BY e.tx, e.position
+     LIMIT $3";
+
+/// Appends a command once (a repeated id appends nothing) and wakes the consumers.
+const SUBMIT: &str = "WITH e AS (
+         INSERT INTO events (id, topic, kind, payload, correlation_id, causation_id, command_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $1)
+         ON CONFLICT (id) WHERE topic = 'commands' DO NOTHING
+         RETURNING position)
+     SELECT pg_notify($7, $2) FROM e";
+
 struct PgSubscription {
     inner: Arc<Inner>,
     consumer: String,
     topics: Vec<String>,
-    /// The dedicated connection holding the consumer's lease, once held.
-    lease: Option<Client>,
+    /// The dedicated connection holding the consumer's lease, once held,
+    /// and the read of the log prepared on it.
+    lease: Option<(Client, Statement)>,
     /// A connection waiting to get the lease.
     candidate: Option<Client>,
     buffer: VecDeque<Delivery>,
@@ -222,7 +270,7 @@ struct PgSubscription {
 impl PgSubscription {
     /// Takes the lease if free. `Ok(false)`: another shell consumes.
     async fn lease(&mut self) -> Result<bool, tokio_postgres::Error> {
-        if self.lease.as_ref().is_some_and(|c| !c.is_closed()) {
+        if self.lease.as_ref().is_some_and(|(c, _)| !c.is_closed()) {
             return Ok(true);
         }
         if self.lease.take().is_some() {
@@ -237,7 +285,8 @@ impl PgSubscription {
             .await?;
         if row.try_get(0)? {
             tracing::info!(consumer = %self.consumer, "holding the consumer lease");
-            self.lease = Some(client);
+            let read = client.prepare(READ).await?;
+            self.lease = Some((client, read));
             Ok(true)
         } else {
             self.candidate = Some(client);
@@ -250,22 +299,8 @@ impl PgSubscription {
         if !self.lease().await? {
             return Ok(());
         }
-        let Some(client) = &self.lease else { return Ok(()) };
-        let rows = client
-            .query(
-                "WITH c AS (
-                     SELECT coalesce((SELECT tx FROM checkpoints WHERE consumer = $1), '0'::xid8) AS tx,
-                            coalesce((SELECT position FROM checkpoints WHERE consumer = $1), 0) AS position)
-                 SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
-                        e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint
-                 FROM events e, c
-                 WHERE e.topic = ANY($2) AND (e.tx, e.position) > (c.tx, c.position)
-                   AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
-                 ORDER BY e.tx, e.position
-                 LIMIT $3",
-                &[&self.consumer, &self.topics, &BATCH],
-            )
-            .await?;
+        let Some((client, read)) = &self.lease else { return Ok(()) };
+        let rows = client.query(read, &[&self.consumer, &self.topics, &BATCH]).await?;
         for row in &rows {
             match delivery(row) {
                 Ok((_, d)) => self.buffer.push_back(d),
@@ -332,14 +367,17 @@ impl Bus for PgBus {
     async fn submit(&self, command: Event) -> Result<Submitted, BusError> {
         let client = self.inner.db.pool().get().await.map_err(no_connection)?;
         let m = &command.message;
+        let invalid = |e: tokio_postgres::Error| {
+            if crate::postgres::is_unavailable(&e) {
+                unavailable(&e)
+            } else {
+                BusError::Invalid(describe(&e))
+            }
+        };
+        let submit = client.prepare_cached(SUBMIT).await.map_err(invalid)?;
         let rows = client
             .query(
-                "WITH e AS (
-                     INSERT INTO events (id, topic, kind, payload, correlation_id, causation_id, command_id)
-                     VALUES ($1, $2, $3, $4, $5, $6, $1)
-                     ON CONFLICT (id) WHERE topic = 'commands' DO NOTHING
-                     RETURNING position)
-                 SELECT pg_notify($7, $2) FROM e",
+                &submit,
                 &[
                     &m.id,
                     &command.topic,
@@ -351,14 +389,12 @@ impl Bus for PgBus {
                 ],
             )
             .await
-            .map_err(|e| {
-                if crate::postgres::is_unavailable(&e) {
-                    unavailable(&e)
-                } else {
-                    BusError::Invalid(describe(&e))
-                }
-            })?;
-        Ok(if rows.is_empty() { Submitted::Duplicate } else { Submitted::Accepted })
+            .map_err(invalid)?;
+        if rows.is_empty() {
+            return Ok(Submitted::Duplicate);
+        }
+        self.wake_local();
+        Ok(Submitted::Accepted)
     }
 
     async fn subscribe(&self, consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError> {

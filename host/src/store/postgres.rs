@@ -6,6 +6,7 @@
 //! `pg_notify`, which is transactional).
 
 use super::{Commit, Store, StoreError};
+use crate::bus::PgBus;
 use crate::postgres::{
     Database, EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, describe, describe_pool, is_unavailable,
 };
@@ -13,16 +14,26 @@ use async_trait::async_trait;
 use low_contract::{Document, Value, WriteOp};
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Statement};
 
 pub struct PgStore {
     db: Arc<Database>,
+    /// This shell's bus, told at once of what a commit appended (its
+    /// consumers and waiting requests need not wait for the NOTIFY).
+    bus: Option<PgBus>,
 }
 
 impl PgStore {
     pub fn new(db: Arc<Database>) -> Self {
-        Self { db }
+        Self { db, bus: None }
+    }
+
+    /// A store whose commits wake `bus`'s consumers and answer its waiting
+    /// requests directly, in this shell; the other shells hear the NOTIFY.
+    pub fn with_bus(db: Arc<Database>, bus: PgBus) -> Self {
+        Self { db, bus: Some(bus) }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -48,6 +59,49 @@ impl PgStore {
         tx.commit().await.map_err(store_error)?;
         Ok(deleted)
     }
+}
+
+/// The statements of a commit (prepared once per connection).
+mod sql {
+    /// Moves the consumer's checkpoint to the event at `$2`, if it is not
+    /// there or beyond already (then: no row). On a concurrent step for the
+    /// same consumer it waits for the row, then sees the other's checkpoint.
+    pub const ADVANCE: &str = "INSERT INTO checkpoints (consumer, tx, position)
+         SELECT $1, e.tx, e.position FROM events e WHERE e.position = $2
+         ON CONFLICT (consumer) DO UPDATE
+         SET tx = EXCLUDED.tx, position = EXCLUDED.position, updated_at = now()
+         WHERE (checkpoints.tx, checkpoints.position) < (EXCLUDED.tx, EXCLUDED.position)";
+    pub const INSERT: &str = "INSERT INTO documents (collection, key, version, body) VALUES ($1, $2, 1, $3)
+         ON CONFLICT (collection, key) DO NOTHING";
+    pub const PUT: &str = "INSERT INTO documents (collection, key, version, body) VALUES ($1, $2, 1, $3)
+         ON CONFLICT (collection, key) DO UPDATE SET version = documents.version + 1, body = EXCLUDED.body";
+    pub const UPDATE_IF_VERSION: &str = "UPDATE documents SET version = version + 1, body = $3
+         WHERE collection = $1 AND key = $2 AND version = $4";
+    pub const DELETE: &str = "DELETE FROM documents WHERE collection = $1 AND key = $2";
+    pub const APPEND: &str = "INSERT INTO events
+         (id, topic, kind, payload, correlation_id, causation_id, command_id, function, version)
+         VALUES ($1, $2, $3, $4, $5, $6, $5, $7, $8)";
+    pub const WAKE: &str = "SELECT pg_notify($1, $2)";
+    /// Keeps the notification and announces it; the announcement carries
+    /// the message itself when it fits in a NOTIFY payload (8000 bytes),
+    /// so the shells need not read it back.
+    pub const NOTIFY: &str = "WITH n AS (
+             INSERT INTO notifications (correlation_id, message) VALUES ($1, $2) RETURNING id, message::text AS text)
+         SELECT pg_notify($3, CASE WHEN octet_length(n.text) < 7900 THEN n.id || ' ' || n.text ELSE n.id::text END)
+         FROM n";
+    pub const GET: &str =
+        "SELECT collection, key, version, body FROM documents WHERE collection = $1 AND key = $2";
+}
+
+type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
+
+/// What a statement's row count must be.
+enum Expect {
+    /// The checkpoint moved; else the step was done already.
+    Advanced,
+    /// A row was written; else this conflict.
+    Row(String),
+    Any,
 }
 
 /// Maps a database error to what the executor can act on.
@@ -95,13 +149,8 @@ impl Store for PgStore {
 
     async fn get(&self, collection: &str, key: &str) -> Result<Option<Document>, StoreError> {
         let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT collection, key, version, body FROM documents WHERE collection = $1 AND key = $2",
-                &[&collection, &key],
-            )
-            .await
-            .map_err(store_error)?;
+        let get = client.prepare_cached(sql::GET).await.map_err(store_error)?;
+        let row = client.query_opt(&get, &[&collection, &key]).await.map_err(store_error)?;
         row.as_ref().map(document).transpose()
     }
 
@@ -141,129 +190,128 @@ impl Store for PgStore {
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let mut client = self.client().await?;
+        // Parameters that are not in the commit as such.
+        let position = commit.checkpoint.as_ref().map(|c| i64_of(c.position, "log position")).transpose()?;
+        let expected = commit
+            .ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::UpdateIfVersion { expected_version, .. } => {
+                    i64_of(*expected_version, "expected version")
+                }
+                _ => Ok(0),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let topics: BTreeSet<&str> = commit.events.iter().map(|e| e.topic.as_str()).collect();
+        let notifications = commit
+            .notify
+            .iter()
+            .filter_map(|n| Some((n.correlation_id.as_ref()?, n)))
+            .map(|(correlation, n)| {
+                serde_json::to_value(n)
+                    .map(|message| (correlation, message))
+                    .map_err(|e| StoreError::Invalid(format!("notification is not JSON: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
         let tx = client.transaction().await.map_err(store_error)?;
-
-        if let Some(checkpoint) = &commit.checkpoint {
-            let position = i64_of(checkpoint.position, "log position")?;
-            tx.execute(
-                "INSERT INTO checkpoints (consumer) VALUES ($1) ON CONFLICT (consumer) DO NOTHING",
-                &[&checkpoint.consumer],
-            )
-            .await
-            .map_err(store_error)?;
-            // Conditional on the stored checkpoint being before this event: a
-            // second processor of the same delivery waits for the row lock,
-            // then updates nothing.
-            let advanced = tx
-                .execute(
-                    "UPDATE checkpoints c SET tx = e.tx, position = e.position, updated_at = now()
-                     FROM events e
-                     WHERE c.consumer = $1 AND e.position = $2 AND (c.tx, c.position) < (e.tx, e.position)",
-                    &[&checkpoint.consumer, &position],
-                )
-                .await
-                .map_err(store_error)?;
-            if advanced == 0 {
-                // Someone already committed this step (another shell, or an
-                // earlier attempt whose commit outcome was lost): applying it
-                // again would process the event twice. Drop this one.
-                tracing::info!(
-                    consumer = %checkpoint.consumer,
-                    position = checkpoint.position,
-                    "already processed; discarding the duplicate step"
-                );
-                return Ok(());
-            }
+        // The statements, in order, each with what its row count must be.
+        let mut statements: Vec<(Statement, Params, Expect)> = vec![];
+        if let (Some(checkpoint), Some(position)) = (&commit.checkpoint, &position) {
+            let sql = tx.prepare_cached(sql::ADVANCE).await.map_err(store_error)?;
+            statements.push((sql, vec![&checkpoint.consumer, position], Expect::Advanced));
         }
-
-        for op in &commit.ops {
-            let (collection, key) = (op.collection(), op.key());
-            let conflict = match op {
-                WriteOp::Insert { body, .. } => {
-                    let n = tx
-                        .execute(
-                            "INSERT INTO documents (collection, key, version, body) VALUES ($1, $2, 1, $3)
-                             ON CONFLICT (collection, key) DO NOTHING",
-                            &[&collection, &key, body],
-                        )
-                        .await
-                        .map_err(store_error)?;
-                    (n == 0).then(|| format!("`{collection}/{key}` already exists"))
+        for (op, expected) in commit.ops.iter().zip(&expected) {
+            let (text, params, expect): (_, Params, _) = match op {
+                WriteOp::Insert { collection, key, body } => (
+                    sql::INSERT,
+                    vec![collection, key, body],
+                    Expect::Row(format!("`{collection}/{key}` already exists")),
+                ),
+                WriteOp::Put { collection, key, body } => {
+                    (sql::PUT, vec![collection, key, body], Expect::Any)
                 }
-                WriteOp::Put { body, .. } => {
-                    tx.execute(
-                        "INSERT INTO documents (collection, key, version, body) VALUES ($1, $2, 1, $3)
-                         ON CONFLICT (collection, key)
-                         DO UPDATE SET version = documents.version + 1, body = EXCLUDED.body",
-                        &[&collection, &key, body],
-                    )
-                    .await
-                    .map_err(store_error)?;
-                    None
-                }
-                WriteOp::UpdateIfVersion { body, expected_version, .. } => {
-                    let n = if *expected_version == 0 {
-                        tx.execute(
-                            "INSERT INTO documents (collection, key, version, body) VALUES ($1, $2, 1, $3)
-                             ON CONFLICT (collection, key) DO NOTHING",
-                            &[&collection, &key, body],
-                        )
-                        .await
-                    } else {
-                        let expected = i64_of(*expected_version, "expected version")?;
-                        tx.execute(
-                            "UPDATE documents SET version = version + 1, body = $3
-                             WHERE collection = $1 AND key = $2 AND version = $4",
-                            &[&collection, &key, body, &expected],
-                        )
-                        .await
-                    }
-                    .map_err(store_error)?;
-                    (n == 0).then(|| format!("`{collection}/{key}` is not at version {expected_version}"))
-                }
-                WriteOp::Delete { .. } => {
-                    tx.execute(
-                        "DELETE FROM documents WHERE collection = $1 AND key = $2",
-                        &[&collection, &key],
-                    )
-                    .await
-                    .map_err(store_error)?;
-                    None
-                }
+                WriteOp::UpdateIfVersion { collection, key, body, expected_version: 0 } => (
+                    sql::INSERT,
+                    vec![collection, key, body],
+                    Expect::Row(format!("`{collection}/{key}` is not at version 0")),
+                ),
+                WriteOp::UpdateIfVersion { collection, key, body, expected_version } => (
+                    sql::UPDATE_IF_VERSION,
+                    vec![collection, key, body, expected],
+                    Expect::Row(format!("`{collection}/{key}` is not at version {expected_version}")),
+                ),
+                WriteOp::Delete { collection, key } => (sql::DELETE, vec![collection, key], Expect::Any),
             };
-            if let Some(conflict) = conflict {
-                // Dropping the transaction rolls it back.
-                return Err(StoreError::Conflict(conflict));
-            }
+            let sql = tx.prepare_cached(text).await.map_err(store_error)?;
+            statements.push((sql, params, expect));
         }
-
-        let mut topics = BTreeSet::new();
         for event in &commit.events {
             let m = &event.message;
-            tx.execute(
-                "INSERT INTO events (id, topic, kind, payload, correlation_id, causation_id, command_id, function, version)
-                 VALUES ($1, $2, $3, $4, $5, $6, $5, $7, $8)",
-                &[&m.id, &event.topic, &m.kind, &m.payload, &m.correlation_id, &m.causation_id, &event.function, &event.version],
-            )
-            .await
-            .map_err(store_error)?;
-            topics.insert(event.topic.as_str());
+            let sql = tx.prepare_cached(sql::APPEND).await.map_err(store_error)?;
+            let params: Params = vec![
+                &m.id,
+                &event.topic,
+                &m.kind,
+                &m.payload,
+                &m.correlation_id,
+                &m.causation_id,
+                &event.function,
+                &event.version,
+            ];
+            statements.push((sql, params, Expect::Any));
         }
-        for topic in topics {
-            tx.execute("SELECT pg_notify($1, $2)", &[&EVENTS_CHANNEL, &topic]).await.map_err(store_error)?;
+        for topic in &topics {
+            let sql = tx.prepare_cached(sql::WAKE).await.map_err(store_error)?;
+            statements.push((sql, vec![&EVENTS_CHANNEL, topic], Expect::Any));
         }
-        for notification in &commit.notify {
-            let Some(correlation) = &notification.correlation_id else { continue };
-            let message = serde_json::to_value(notification)
-                .map_err(|e| StoreError::Invalid(format!("notification is not JSON: {e}")))?;
-            tx.execute(
-                "WITH n AS (INSERT INTO notifications (correlation_id, message) VALUES ($1, $2) RETURNING id)
-                 SELECT pg_notify($3, n.id::text) FROM n",
-                &[correlation, &message, &NOTIFICATIONS_CHANNEL],
-            )
-            .await
-            .map_err(store_error)?;
+        for (correlation, message) in &notifications {
+            let sql = tx.prepare_cached(sql::NOTIFY).await.map_err(store_error)?;
+            statements.push((sql, vec![correlation, message, &NOTIFICATIONS_CHANNEL], Expect::Any));
         }
-        tx.commit().await.map_err(store_error)
+
+        // One flight: tokio-postgres pipelines requests polled together, and
+        // the server runs them in order, so the checkpoint row is still
+        // taken first. A failed statement fails the ones after it.
+        let results = futures::future::join_all(
+            statements.iter().map(|(sql, params, _)| tx.execute(sql, params.as_slice())),
+        )
+        .await;
+        let mut failure = None;
+        for (result, (_, _, expect)) in results.into_iter().zip(&statements) {
+            match (result, expect) {
+                (Ok(0), Expect::Advanced) => {
+                    // Someone already committed this step (another shell, or
+                    // an earlier attempt whose commit outcome was lost):
+                    // applying it again would process the event twice. Drop
+                    // this one (dropping the transaction rolls it back).
+                    let checkpoint = commit.checkpoint.as_ref();
+                    tracing::info!(
+                        consumer = checkpoint.map_or("", |c| c.consumer.as_str()),
+                        position = checkpoint.map_or(0, |c| c.position),
+                        "already processed; discarding the duplicate step"
+                    );
+                    return Ok(());
+                }
+                (Ok(0), Expect::Row(conflict)) => {
+                    failure.get_or_insert_with(|| StoreError::Conflict(conflict.clone()));
+                }
+                (Ok(_), _) => {}
+                (Err(e), _) => {
+                    failure.get_or_insert_with(|| store_error(e));
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        tx.commit().await.map_err(store_error)?;
+        if let Some(bus) = &self.bus {
+            if !commit.events.is_empty() {
+                bus.wake_local();
+            }
+            bus.notify_local(commit.notify.into_iter().filter(|n| n.correlation_id.is_some()));
+        }
+        Ok(())
     }
 }
