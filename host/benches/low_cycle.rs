@@ -48,6 +48,14 @@ fn low_cycle(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // The part of the cycle that is WebAssembly's own: a fresh store and
+    // instance, then dropped (the slot back to the pool).
+    let mut group = c.benchmark_group("instance");
+    group.bench_function("wasm", |b| {
+        b.to_async(&rt).iter(|| async { drop(wasm.start(None).await.expect("an instance")) })
+    });
+    group.finish();
 }
 
 criterion_group!(benches, low_cycle);

@@ -1,0 +1,192 @@
+//! What the end-to-end benchmarks share: the release `host` binary as a
+//! process of its own, and a load generator that checks every response.
+
+#![allow(dead_code)]
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long each load level runs.
+pub const LOAD: Duration = Duration::from_secs(4);
+pub const TOKEN: &str = "bench-token";
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The shell, running `project`; killed when dropped.
+pub struct Shell {
+    child: Child,
+    pub url: String,
+}
+
+impl Shell {
+    pub fn spawn(project: &str, cache: &Path, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_host"))
+            .args(["run", "--project", project, "--listen", &format!("127.0.0.1:{port}")])
+            .current_dir(root())
+            .env("LOWSHELL_CACHE_DIR", cache)
+            .env("LOWSHELL_ADMIN_TOKEN", TOKEN)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the shell starts");
+        Self { child, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// Peak resident set size, in MiB.
+    pub fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    /// Waits for `/healthz`.
+    pub async fn ready(&self) {
+        let http = reqwest::Client::new();
+        for _ in 0..6000 {
+            if http.get(format!("{}/healthz", self.url)).send().await.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the shell at {} did not come up", self.url);
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One `InviteCustomer`; true only for a 200 whose body says the customer
+/// was invited (a 200 with `errors` is a failure).
+pub async fn invite(http: &reqwest::Client, url: &str, email: &str) -> bool {
+    let query = format!(r#"mutation {{ InviteCustomer(email: "{email}") {{ id email invited }} }}"#);
+    let Ok(response) = http.post(format!("{url}/")).json(&json!({ "query": query })).send().await else {
+        return false;
+    };
+    let ok = response.status().is_success();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    ok && body["errors"].is_null() && body["data"]["InviteCustomer"]["invited"] == true
+}
+
+static EMAIL: AtomicU64 = AtomicU64::new(0);
+
+/// A unique email.
+pub fn email(tag: &str) -> String {
+    format!("{tag}-{}-{}@example.com", std::process::id(), EMAIL.fetch_add(1, Ordering::Relaxed))
+}
+
+/// What one load level measured.
+pub struct Measured {
+    /// Latencies of the successful requests, in ms, sorted.
+    pub latencies: Vec<f64>,
+    pub failures: u64,
+}
+
+impl Measured {
+    pub fn row(&self, mode: &str, concurrency: usize) -> Value {
+        json!({
+            "mode": mode,
+            "concurrency": concurrency,
+            "requests": self.latencies.len(),
+            "failures": self.failures,
+            "per_second": self.latencies.len() as f64 / LOAD.as_secs_f64(),
+            "p50_ms": percentile(&self.latencies, 0.50),
+            "p99_ms": percentile(&self.latencies, 0.99),
+        })
+    }
+}
+
+/// `concurrency` clients inviting unique emails for [`LOAD`] (or until `stop`).
+pub async fn load(url: &str, concurrency: usize, tag: &str, stop: Option<Arc<AtomicBool>>) -> Measured {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("http client");
+    let deadline = Instant::now() + LOAD;
+    let failures = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (http, url, tag, failures, stop) =
+                (http.clone(), url.to_owned(), tag.to_owned(), failures.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut latencies = vec![];
+                while Instant::now() < deadline && !stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+                    let started = Instant::now();
+                    if invite(&http, &url, &email(&tag)).await {
+                        latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+                    } else {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = vec![];
+    for w in workers {
+        latencies.extend(w.await.expect("a worker"));
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    Measured { latencies, failures: failures.load(Ordering::Relaxed) }
+}
+
+/// Load levels are measured this many times, taking turns; the best run counts.
+pub const ROUNDS: usize = 2;
+
+/// Keeps, for `key`, the run with the higher throughput.
+pub fn keep_best<K: Ord>(best: &mut std::collections::BTreeMap<K, Measured>, key: K, run: Measured) {
+    match best.get(&key) {
+        Some(kept) if kept.latencies.len() >= run.latencies.len() => {}
+        _ => {
+            best.insert(key, run);
+        }
+    }
+}
+
+/// The `p` quantile of sorted values.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Writes `target/bench-results/<name>.json` (read by `scripts/benchmarks.py`).
+pub fn write_results(name: &str, results: &Value) {
+    // A relative target dir is relative to the workspace, where `make bench` runs.
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| root().join("target"), |t| root().join(t));
+    let dir = target.join("bench-results");
+    std::fs::create_dir_all(&dir).expect("results dir");
+    let text = serde_json::to_string_pretty(results).expect("json");
+    std::fs::write(dir.join(format!("{name}.json")), &text).expect("results");
+    println!("{text}");
+}
+
+/// `cargo bench -- --list` and the like: nothing to run.
+pub fn listing() -> bool {
+    std::env::args().any(|a| a == "--list")
+}
+
+/// A multi-threaded runtime for the load generator.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio")
+}
