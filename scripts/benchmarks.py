@@ -98,6 +98,9 @@ for c in (1, 8, 64):
     pr = ratio(a["p99_ms"], b["p99_ms"])
     w(f"| 2. e2e c={c}: throughput | {a['per_second']:.0f}/s | {b['per_second']:.0f}/s native | {tr:.2f}× | ≥ 0.85× | {verdict(tr >= 0.85)} |")
     w(f"| 2. e2e c={c}: p50 / p99 | {a['p50_ms']:.2f} / {a['p99_ms']:.2f} ms | {b['p50_ms']:.2f} / {b['p99_ms']:.2f} ms | p99 {pr:.2f}× | p99 ≤ 1.5× | {verdict(pr <= 1.5)} |")
+    ca, cb = a.get("cpu_us_per_request"), b.get("cpu_us_per_request")
+    if ca and cb:
+        w(f"| 2. e2e c={c}: shell CPU per request | {ca:.0f} µs | {cb:.0f} µs | {ratio(ca, cb):.2f}× | | |")
     w(f"| 2. e2e c={c}: failed requests | {a['failures']} of {a['requests'] + a['failures']} | {b['failures']} of {b['requests'] + b['failures']} | | 0 | {verdict(a['failures'] == 0 and b['failures'] == 0)} |")
 for c in (1, 8, 64):
     a, b = pg_rows[("shell", c)], pg_rows[("pgbench", c)]

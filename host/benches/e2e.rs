@@ -35,7 +35,7 @@ async fn throughput(results: &mut Vec<Value>, rss: &mut Vec<Value>) {
     for _ in 0..support::ROUNDS {
         for concurrency in [1, 8, 64] {
             for (mode, shell) in &shells {
-                let measured = load(&shell.url, concurrency, mode, None).await;
+                let measured = support::load_shell(shell, concurrency, mode).await;
                 eprintln!("e2e {}", measured.row(mode, concurrency));
                 *served.entry(*mode).or_insert(0) += measured.latencies.len();
                 support::keep_best(&mut best, (*mode, concurrency), measured);

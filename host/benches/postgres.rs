@@ -49,7 +49,7 @@ fn pgbench(url: &str, clients: usize) -> support::Measured {
         .map(|us| us / 1000.0)
         .collect();
     latencies.sort_by(|a, b| a.total_cmp(b));
-    support::Measured { latencies, failures: failed }
+    support::Measured { latencies, failures: failed, cpu_us: None }
 }
 
 fn main() {
@@ -76,7 +76,7 @@ fn main() {
     // Taking turns, so that a noisy spell of the machine falls on both alike.
     for _ in 0..support::ROUNDS {
         for concurrency in CONCURRENCY {
-            let measured = rt.block_on(load(&shell.url, concurrency, "pg", None));
+            let measured = rt.block_on(support::load_shell(&shell, concurrency, "pg"));
             eprintln!("postgres {}", measured.row("shell", concurrency));
             support::keep_best(&mut best, ("shell", concurrency), measured);
             let measured = pgbench(&ceiling_url, concurrency);

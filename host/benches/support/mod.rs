@@ -58,6 +58,17 @@ impl Shell {
             .map_or(0.0, |kb| kb / 1024.0)
     }
 
+    /// CPU time the shell has used so far (user + system), in ms.
+    pub fn cpu_ms(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces): utime and
+        // stime are the 12th and 13th, in clock ticks (100 per second).
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        (ticks(11) + ticks(12)) * 10.0
+    }
+
     /// Waits for `/healthz`.
     pub async fn ready(&self) {
         let http = reqwest::Client::new();
@@ -102,6 +113,8 @@ pub struct Measured {
     /// Latencies of the successful requests, in ms, sorted.
     pub latencies: Vec<f64>,
     pub failures: u64,
+    /// CPU the shell spent per successful request, in µs, when known.
+    pub cpu_us: Option<f64>,
 }
 
 impl Measured {
@@ -114,6 +127,7 @@ impl Measured {
             "per_second": self.latencies.len() as f64 / LOAD.as_secs_f64(),
             "p50_ms": percentile(&self.latencies, 0.50),
             "p99_ms": percentile(&self.latencies, 0.99),
+            "cpu_us_per_request": self.cpu_us,
         })
     }
 }
@@ -146,7 +160,17 @@ pub async fn load(url: &str, concurrency: usize, tag: &str, stop: Option<Arc<Ato
         latencies.extend(w.await.expect("a worker"));
     }
     latencies.sort_by(|a, b| a.total_cmp(b));
-    Measured { latencies, failures: failures.load(Ordering::Relaxed) }
+    Measured { latencies, failures: failures.load(Ordering::Relaxed), cpu_us: None }
+}
+
+/// [`load`] against `shell`, with the CPU it spent per request.
+pub async fn load_shell(shell: &Shell, concurrency: usize, tag: &str) -> Measured {
+    let before = shell.cpu_ms();
+    let mut measured = load(&shell.url, concurrency, tag, None).await;
+    let spent = shell.cpu_ms() - before;
+    let n = measured.latencies.len();
+    measured.cpu_us = (n > 0).then(|| spent * 1000.0 / n as f64);
+    measured
 }
 
 /// Load levels are measured this many times, taking turns; the best run counts.
