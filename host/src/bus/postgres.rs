@@ -51,6 +51,18 @@ struct Inner {
     last_notification: AtomicI64,
 }
 
+impl Inner {
+    /// Hands notifications to this shell's waiting requests (once the
+    /// responses have taken the receiving end).
+    fn forward(&self, messages: impl IntoIterator<Item = Message>) {
+        if let Some(tx) = self.notify.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            for message in messages {
+                let _ = tx.send(message);
+            }
+        }
+    }
+}
+
 fn unavailable(e: &tokio_postgres::Error) -> BusError {
     BusError::Unavailable(describe(e))
 }
@@ -85,11 +97,7 @@ impl PgBus {
     /// requests at once. The NOTIFY brings them again; the responses ignore
     /// notifications they have seen.
     pub(crate) fn notify_local(&self, messages: impl IntoIterator<Item = Message>) {
-        if let Some(tx) = self.inner.notify.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            for message in messages {
-                let _ = tx.send(message);
-            }
-        }
+        self.inner.forward(messages);
     }
 
     /// Every event on `topics` committed so far, in log order (for a replay).
@@ -166,9 +174,7 @@ async fn forward_notification(inner: &Inner, client: &Client, payload: &str) {
     let Ok(id) = id.parse::<i64>() else { return };
     if let Ok(message) = serde_json::from_str::<Message>(message) {
         inner.last_notification.fetch_max(id, Ordering::Relaxed);
-        if let Some(tx) = inner.notify.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            let _ = tx.send(message);
-        }
+        inner.forward([message]);
         return;
     }
     forward_since(inner, client, "SELECT id, message FROM notifications WHERE id = $1", id).await;
