@@ -251,7 +251,7 @@ impl Outcome {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case", tag = "op")]
+#[serde(rename_all = "kebab-case", rename_all_fields = "kebab-case", tag = "op")]
 pub enum WriteOp {
     /// Create; a conflict when the key exists.
     Insert { collection: String, key: String, body: Value },
@@ -261,6 +261,9 @@ pub enum WriteOp {
     UpdateIfVersion { collection: String, key: String, body: Value, expected_version: u64 },
     /// Remove if present.
     Delete { collection: String, key: String },
+    /// Remove only if the stored version is `expected_version`; a conflict
+    /// when the document changed or is gone.
+    DeleteIfVersion { collection: String, key: String, expected_version: u64 },
 }
 
 impl WriteOp {
@@ -269,7 +272,8 @@ impl WriteOp {
             WriteOp::Insert { collection, .. }
             | WriteOp::Put { collection, .. }
             | WriteOp::UpdateIfVersion { collection, .. }
-            | WriteOp::Delete { collection, .. } => collection,
+            | WriteOp::Delete { collection, .. }
+            | WriteOp::DeleteIfVersion { collection, .. } => collection,
         }
     }
 
@@ -278,7 +282,8 @@ impl WriteOp {
             WriteOp::Insert { key, .. }
             | WriteOp::Put { key, .. }
             | WriteOp::UpdateIfVersion { key, .. }
-            | WriteOp::Delete { key, .. } => key,
+            | WriteOp::Delete { key, .. }
+            | WriteOp::DeleteIfVersion { key, .. } => key,
         }
     }
 }

@@ -255,6 +255,24 @@ fn a_malformed_scenario_is_reported_with_its_line() {
     assert!(err.to_string().contains("no scenarios"), "{err}");
 }
 
+#[test]
+fn an_unknown_write_op_is_refused_with_its_line() {
+    let Some(path) = component("invite-customer") else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "upsert.toml",
+        "# a typo in an op\n[[scenario]]\nname = \"upserts\"\n[scenario.when]\nkind = \"InviteCustomer\"\n\
+         payload = { email = \"a@b.c\" }\n[scenario.then]\nwrites = [{ op = \"upsert\", key = \"a@b.c\" }]\n",
+    );
+    let (ok, out) = host_test(&[&path, &file]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("upsert.toml:2: scenario `upserts`: `then.writes` has an unknown op \"upsert\""),
+        "{out}"
+    );
+}
+
 // ---- `host test` -----------------------------------------------------------
 
 fn host_test(args: &[&Path]) -> (bool, String) {

@@ -105,6 +105,9 @@ impl<F: Function> Guest for Export<F> {
                     plain::WriteOp::Delete { collection, key } => {
                         wit::WriteOp::Delete(wit::DocRef { collection, key })
                     }
+                    plain::WriteOp::DeleteIfVersion { collection, key, expected_version } => {
+                        wit::WriteOp::DeleteIfVersion(wit::VersionedRef { collection, key, expected_version })
+                    }
                 })
                 .collect(),
             notify: plan.notify.into_iter().map(Into::into).collect(),

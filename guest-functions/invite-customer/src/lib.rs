@@ -89,16 +89,28 @@ impl Function for InviteCustomer {
                 WritePlan { ops: vec![claim(email, &output.payload["customer-id"])], notify: vec![] }
             }
             // Claim the new email (an insert: it conflicts if someone took it
-            // meanwhile) and release the old one, atomically.
+            // meanwhile) and release the old one only as it was read (a
+            // concurrent rename that released it first makes this conflict,
+            // and the retry reads the customer's new invite).
             ("CustomerRenamed", Some(email)) => {
                 let mut ops = vec![claim(email, &output.payload["customer-id"])];
                 if let Some(previous) = output.text("previous-email") {
-                    ops.push(WriteOp::Delete { collection: INVITES.into(), key: previous.into() });
+                    ops.push(release(previous, output.payload["previous-version"].as_u64()));
                 }
                 WritePlan { ops, notify: vec![] }
             }
             _ => WritePlan::default(),
         }
+    }
+}
+
+/// Frees `email`: only at the version the rename read, when it says which.
+fn release(email: &str, version: Option<u64>) -> WriteOp {
+    let (collection, key) = (INVITES.to_owned(), email.to_owned());
+    match version {
+        Some(expected_version) => WriteOp::DeleteIfVersion { collection, key, expected_version },
+        // An event recorded before renames carried the version (a replay).
+        None => WriteOp::Delete { collection, key },
     }
 }
 
@@ -158,7 +170,12 @@ fn rename(input: &Message, data: &Data, env: &dyn Env) -> Outcome {
     env.log(Level::Debug, &format!("customer {id}: {} → {email}", current.key));
     Outcome::emit(env.message(
         "CustomerRenamed",
-        json!({ "customer-id": id, "email": email, "previous-email": current.key }),
+        json!({
+            "customer-id": id,
+            "email": email,
+            "previous-email": current.key,
+            "previous-version": current.version,
+        }),
     ))
 }
 
@@ -335,7 +352,12 @@ mod tests {
             Outcome::emit(Message::new(
                 "id-1",
                 "CustomerRenamed",
-                json!({ "customer-id": "cust-1", "email": "new@b.c", "previous-email": "old@b.c" })
+                json!({
+                    "customer-id": "cust-1",
+                    "email": "new@b.c",
+                    "previous-email": "old@b.c",
+                    "previous-version": 1,
+                })
             ))
         );
     }
@@ -371,7 +393,12 @@ mod tests {
         let event = Message::new(
             "e-2",
             "CustomerRenamed",
-            json!({ "customer-id": "cust-1", "email": "new@b.c", "previous-email": "old@b.c" }),
+            json!({
+                "customer-id": "cust-1",
+                "email": "new@b.c",
+                "previous-email": "old@b.c",
+                "previous-version": 3,
+            }),
         );
         let plan = InviteCustomer::write(&event, &TestEnv::default());
         assert_eq!(
@@ -382,7 +409,11 @@ mod tests {
                     key: "new@b.c".into(),
                     body: json!({ "email": "new@b.c", "customer-id": "cust-1" }),
                 },
-                WriteOp::Delete { collection: INVITES.into(), key: "old@b.c".into() },
+                WriteOp::DeleteIfVersion {
+                    collection: INVITES.into(),
+                    key: "old@b.c".into(),
+                    expected_version: 3,
+                },
             ]
         );
     }

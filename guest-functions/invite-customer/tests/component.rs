@@ -33,7 +33,7 @@ fn invites_then_renames_a_customer() {
         )
         .then_writes(json!([
             { "op": "insert", "key": "ada@lovelace.org" },
-            { "op": "delete", "key": "ada@example.com" },
+            { "op": "delete-if-version", "key": "ada@example.com", "expected-version": 1 },
         ]));
     assert!(stub.document("invites", "ada@example.com").unwrap().is_none());
 }

@@ -145,6 +145,11 @@ pub fn plan_from_wit(p: wit::WritePlan) -> Result<WritePlan, String> {
                     expected_version: w.expected_version,
                 },
                 wit::WriteOp::Delete(r) => WriteOp::Delete { collection: r.collection, key: r.key },
+                wit::WriteOp::DeleteIfVersion(r) => WriteOp::DeleteIfVersion {
+                    collection: r.collection,
+                    key: r.key,
+                    expected_version: r.expected_version,
+                },
             })
         })
         .collect::<Result<_, String>>()?;
@@ -215,6 +220,9 @@ mod tests {
             }),
             (".{0,8}", ".{0,8}")
                 .prop_map(|(collection, key)| wit::WriteOp::Delete(wit::DocRef { collection, key })),
+            (".{0,8}", ".{0,8}", any::<u64>()).prop_map(|(collection, key, expected_version)| {
+                wit::WriteOp::DeleteIfVersion(wit::VersionedRef { collection, key, expected_version })
+            }),
         ]
     }
 
@@ -248,7 +256,7 @@ mod tests {
             let bodies_valid = ops.iter().all(|op| match op {
                 wit::WriteOp::Insert(w) | wit::WriteOp::Put(w) => is_json(&w.body),
                 wit::WriteOp::UpdateIfVersion(w) => is_json(&w.body),
-                wit::WriteOp::Delete(_) => true,
+                wit::WriteOp::Delete(_) | wit::WriteOp::DeleteIfVersion(_) => true,
             });
             let notify_valid = notify.iter().all(|m| is_json(&m.payload) && !m.kind.trim().is_empty());
             match plan_from_wit(wit::WritePlan { ops: ops.clone(), notify }) {

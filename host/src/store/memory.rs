@@ -89,6 +89,14 @@ impl Store for MemoryStore {
                     Some((version + 1, body.clone()))
                 }
                 WriteOp::Delete { .. } => None,
+                WriteOp::DeleteIfVersion { collection, key, expected_version } => {
+                    if current.is_none() || version != *expected_version {
+                        return Err(StoreError::Conflict(format!(
+                            "`{collection}/{key}` is at version {version}, not {expected_version}"
+                        )));
+                    }
+                    None
+                }
             };
             staged.insert(slot, next);
         }

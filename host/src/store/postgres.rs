@@ -78,6 +78,8 @@ mod sql {
     pub const UPDATE_IF_VERSION: &str = "UPDATE documents SET version = version + 1, body = $3
          WHERE collection = $1 AND key = $2 AND version = $4";
     pub const DELETE: &str = "DELETE FROM documents WHERE collection = $1 AND key = $2";
+    pub const DELETE_IF_VERSION: &str =
+        "DELETE FROM documents WHERE collection = $1 AND key = $2 AND version = $3";
     pub const APPEND: &str = "INSERT INTO events
          (id, topic, kind, payload, correlation_id, causation_id, command_id, function, version)
          VALUES ($1, $2, $3, $4, $5, $6, $5, $7, $8)";
@@ -196,7 +198,8 @@ impl Store for PgStore {
             .ops
             .iter()
             .map(|op| match op {
-                WriteOp::UpdateIfVersion { expected_version, .. } => {
+                WriteOp::UpdateIfVersion { expected_version, .. }
+                | WriteOp::DeleteIfVersion { expected_version, .. } => {
                     i64_of(*expected_version, "expected version")
                 }
                 _ => Ok(0),
@@ -242,6 +245,11 @@ impl Store for PgStore {
                     Expect::Row(format!("`{collection}/{key}` is not at version {expected_version}")),
                 ),
                 WriteOp::Delete { collection, key } => (sql::DELETE, vec![collection, key], Expect::Any),
+                WriteOp::DeleteIfVersion { collection, key, expected_version } => (
+                    sql::DELETE_IF_VERSION,
+                    vec![collection, key, expected],
+                    Expect::Row(format!("`{collection}/{key}` is not at version {expected_version}")),
+                ),
             };
             let sql = tx.prepare_cached(text).await.map_err(store_error)?;
             statements.push((sql, params, expect));

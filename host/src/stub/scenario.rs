@@ -284,6 +284,9 @@ fn validate(stub: &Stub, located: &Located) -> Result<(), ScenarioError> {
         ));
     }
     let then = &scenario.then;
+    if let Some(message) = then.writes.as_ref().and_then(unknown_write_op) {
+        return Err(at(located.line, message));
+    }
     if meta.kind == FunctionKind::Resolver {
         let cycle_only = [
             ("lookups", then.lookups.is_some()),
@@ -318,6 +321,23 @@ fn validate(stub: &Stub, located: &Located) -> Result<(), ScenarioError> {
         }
     }
     Ok(())
+}
+
+/// The write ops a plan can hold, as `then.writes` names them.
+const WRITE_OPS: &[&str] = &["insert", "put", "update-if-version", "delete", "delete-if-version"];
+
+/// An expected write whose `op` no plan can have would only ever show as a
+/// diff: say so where it is written.
+fn unknown_write_op(writes: &Value) -> Option<String> {
+    let Value::Array(writes) = writes else {
+        return Some("`then.writes` must be a list of write ops".into());
+    };
+    writes.iter().find_map(|write| match write.get("op") {
+        Some(Value::String(op)) if WRITE_OPS.contains(&op.as_str()) => None,
+        Some(op) => Some(format!("`then.writes` has an unknown op {op}; one of: {}", WRITE_OPS.join(", "))),
+        // Partial matching: an expected write may leave the op out.
+        None => None,
+    })
 }
 
 /// A handler that consumes only the commands topic receives only the
