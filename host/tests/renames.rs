@@ -10,7 +10,7 @@ mod support;
 use host::executor::{StepError, run_cycle};
 use host::registry::Functions;
 use host::runtime::{Function, Limits, Runtime};
-use host::store::{Commit, MemoryStore, PgStore, Store, StoreError};
+use host::store::{MemoryStore, PgStore, Store, StoreError};
 use low_contract::{Message, Outcome, json};
 use std::sync::Arc;
 
