@@ -244,9 +244,22 @@ impl Project {
         dir: &Path,
         vars: impl IntoIterator<Item = (String, String)>,
     ) -> anyhow::Result<Self> {
-        // The file on its own first, so that its errors point at a line.
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!(one_line(text, &e)))?;
+        Self::from_table(Self::file_table(text)?, dir, vars)
+    }
+
+    /// The file on its own, checked, so that its errors point at a line.
+    fn file_table(text: &str) -> anyhow::Result<toml::Table> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!(one_line(text, &e)))?;
         toml::from_str::<Project>(text).map_err(|e| anyhow::anyhow!(one_line(text, &e)))?;
+        Ok(table)
+    }
+
+    /// The project from a checked file's table with the overrides of `vars`.
+    fn from_table(
+        mut table: toml::Table,
+        dir: &Path,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Self> {
         apply_env(&mut table, vars)?;
         let mut project = Project::deserialize(toml::Value::Table(table))
             .map_err(|e| anyhow::anyhow!("{}", e.message().replace('\n', " ").trim().to_owned()))?;
@@ -270,7 +283,11 @@ impl Project {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read project file {}: {e}", path.display()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, dir).map_err(|e| anyhow::anyhow!("project file {}: {e}", path.display()))
+        // Only what is wrong in the file is blamed on the file: an override's
+        // error names its variable.
+        let table =
+            Self::file_table(&text).map_err(|e| anyhow::anyhow!("project file {}: {e}", path.display()))?;
+        Self::from_table(table, dir, std::env::vars())
     }
 
     /// `projects/basic.toml` when it exists here, else the compiled-in copy

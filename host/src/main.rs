@@ -20,7 +20,11 @@ use tracing_subscriber::EnvFilter;
                   Configuration: the project file, then LOWSHELL_* environment overrides, then options\n\
                   (see docs/operations.md). Endpoints: / (GraphQL, GraphiQL), /ws, /healthz, /readyz, /metrics."
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// Options of `run`, the default command (`host --project FILE` is `host run --project FILE`).
+    #[command(flatten)]
+    run: RunArgs,
     /// Log format: `text` for people, `json` (one object per line) for log collectors.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LOWSHELL_LOG_FORMAT")]
     log_format: LogFormat,
@@ -54,6 +58,7 @@ enum Command {
     },
     /// Swap a function back to the version it had before its last deploy.
     Rollback {
+        /// The function to roll back (as `host functions` lists it).
         name: String,
         #[command(flatten)]
         admin: AdminArgs,
@@ -81,7 +86,7 @@ struct ReplayArgs {
 #[derive(clap::Args)]
 struct AdminArgs {
     /// Base URL of the shell.
-    #[arg(long, value_name = "URL", env = "LOWSHELL_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(long, value_name = "URL", env = "LOWSHELL_URL", default_value = "http://127.0.0.1:8080", value_parser = shell_url)]
     to: String,
     /// The shell's admin token.
     #[arg(long, env = "LOWSHELL_ADMIN_TOKEN", hide_env_values = true)]
@@ -126,7 +131,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
+        match cli.command.unwrap_or(Command::Run(cli.run)) {
             Command::Run(args) => run(args).await,
             Command::Replay(args) => replay(args).await,
             Command::Deploy { name, file, force, admin } => deploy(&name, &file, force, &admin).await,
@@ -208,13 +213,33 @@ impl AdminArgs {
     }
 }
 
+/// A shell's base URL: http(s), with a host.
+fn shell_url(text: &str) -> Result<String, String> {
+    match reqwest::Url::parse(text) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(text.to_owned()),
+        _ => Err(format!("`{text}` is not the URL of a shell (e.g. http://127.0.0.1:8080)")),
+    }
+}
+
+/// An error with its causes: reqwest's own text alone ("error sending request") hides why.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 fn short(version: &str) -> &str {
     &version[..12.min(version.len())]
 }
 
 /// Sends an admin request; a refusal becomes an error carrying the shell's reason.
 async fn send<T: serde::de::DeserializeOwned>(request: reqwest::RequestBuilder) -> anyhow::Result<T> {
-    let response = request.send().await.map_err(|e| anyhow::anyhow!("cannot reach the shell: {e}"))?;
+    let response =
+        request.send().await.map_err(|e| anyhow::anyhow!("cannot reach the shell: {}", with_causes(&e)))?;
     let status = response.status();
     let body = response.text().await?;
     if !status.is_success() {

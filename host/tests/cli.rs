@@ -48,7 +48,7 @@ fn a_bad_project_file_is_one_line_naming_the_place() {
     let line = error_line(&host(&["run", "--project", "/no/such/project.toml"], &[]));
     assert!(line.contains("cannot read project file"), "{line}");
     let line = error_line(&host(&["run"], &[("LOWSHELL_ATTEMPTS", "many")]));
-    assert!(line.contains("LOWSHELL_ATTEMPTS=many"), "{line}");
+    assert!(line.starts_with("error: LOWSHELL_ATTEMPTS=many: invalid type"), "not the file's fault: {line}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -68,4 +68,25 @@ fn a_taken_port_says_to_pick_another() {
     let addr = taken.local_addr().expect("address").to_string();
     let line = error_line(&host(&["run", "--listen", &addr], &[]));
     assert!(line.contains(&format!("cannot listen on {addr}")) && line.contains("--listen"), "{line}");
+}
+
+#[test]
+fn the_default_command_takes_the_options_of_run() {
+    let line = error_line(&host(&["--project", "/no/such/project.toml"], &[]));
+    assert!(line.contains("cannot read project file /no/such/project.toml"), "{line}");
+}
+
+#[test]
+fn admin_commands_say_what_is_wrong_with_the_url_and_the_arguments() {
+    let output = host(&["functions", "--to", "notaurl"], &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success());
+    assert!(stderr.contains("`notaurl` is not the URL of a shell"), "{stderr}");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let url = format!("http://{}", free.local_addr().expect("address"));
+    drop(free);
+    let line = error_line(&host(&["functions", "--to", &url], &[]));
+    assert!(line.contains("cannot reach the shell") && line.to_lowercase().contains("refused"), "{line}");
+    let help = String::from_utf8_lossy(&host(&["rollback", "--help"], &[]).stdout).into_owned();
+    assert!(help.contains("The function to roll back"), "{help}");
 }
