@@ -23,7 +23,7 @@ use tracing::Instrument;
 /// command can be followed through its handler, projectors and resolver.
 fn step_span(function: &str, delivery: &Delivery) -> tracing::Span {
     let message = &delivery.event.message;
-    tracing::info_span!(
+    tracing::debug_span!(
         "step",
         function,
         kind = %message.kind,

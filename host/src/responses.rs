@@ -146,7 +146,7 @@ impl Responses {
             return;
         }
         let this = Arc::clone(self);
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "resolve",
             command = %snapshot.0.kind,
             command_id = %snapshot.0.id,

@@ -130,3 +130,54 @@ async fn guests_see_no_files_network_environment_or_clock() {
     assert_eq!(seen["clock-ms"], 0, "the WASI clock stands still: {seen}");
     shell.stop().await.expect("clean stop");
 }
+
+/// Guests that loop give their async worker back at every epoch tick: with
+/// four looping resolvers and four looping handlers in flight (on a runtime
+/// of two workers, as on a small machine), `/healthz` and an unrelated
+/// `InviteCustomer` still answer promptly. Bounds are generous; the
+/// benchmark has the precise figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looping_guests_do_not_stall_the_shell() {
+    let mut project = fixture_project();
+    project.functions = Some(
+        [
+            "invite-customer",
+            "customer-projector",
+            "invite-resolver",
+            "fixtures/misbehave",
+            "fixtures/misbehave-resolver",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    project.limits.deadline_ms = 3_000;
+    let (shell, client) = start(project).await;
+    let mut loops = tokio::task::JoinSet::new();
+    for action in ["resolve-loop", "loop"] {
+        for _ in 0..4 {
+            let client = client.clone();
+            loops.spawn(async move { misbehave(&client, action, "operate").await });
+        }
+    }
+    // Let them start spinning.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let started = std::time::Instant::now();
+    let health = client.http.get(format!("{}/healthz", client.base)).send().await.expect("healthz");
+    assert!(health.status().is_success());
+    let healthz = started.elapsed();
+    let started = std::time::Instant::now();
+    let body = client.invite("busy@example.com").await;
+    let invite = started.elapsed();
+    assert_eq!(body["data"]["InviteCustomer"]["invited"], true, "{body}");
+    eprintln!("with eight looping guests: /healthz {healthz:?}, InviteCustomer {invite:?}");
+    assert!(healthz < std::time::Duration::from_millis(1_000), "/healthz took {healthz:?}");
+    assert!(invite < std::time::Duration::from_millis(2_000), "InviteCustomer took {invite:?}");
+
+    // The loops still end at their deadline, each with its own error.
+    while let Some(body) = loops.join_next().await {
+        let body = body.expect("request task");
+        assert!(error(&body).is_some(), "a loop fails: {body}");
+    }
+    shell.stop().await.expect("clean stop");
+}

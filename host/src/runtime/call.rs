@@ -5,13 +5,13 @@
 use super::bindings::{function, resolver};
 use super::convert;
 use super::state::CallState;
-use super::{Function, GuestError, TICK, WasmPre};
+use super::{Function, GuestError, WasmPre};
 use crate::store::Store;
 use low_contract::{Data, FunctionKind, Lookup, Message, Meta, Outcome, Resolution, WritePlan};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
-use wasmtime::Trap;
+use wasmtime::{Trap, UpdateDeadline};
 
 enum Instance {
     Function(function::Function),
@@ -50,9 +50,21 @@ impl WasmCall {
         );
         let mut wasm = wasmtime::Store::new(&runtime.engine, state);
         wasm.limiter(|s| &mut s.limits);
-        wasm.epoch_deadline_trap();
+        // At every epoch tick the guest gives its async worker back (it is
+        // polled again at once), so a slow or looping guest holds a worker
+        // for one tick at most and never stalls the shell; past its deadline
+        // it is interrupted instead.
+        // `yield_now` (not a plain wake-up) lets the worker poll its timers
+        // and sockets before it resumes the guest.
+        wasm.epoch_deadline_callback(|store| {
+            Ok(if Instant::now() >= store.data().deadline_at {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+            })
+        });
         let deadline = runtime.limits.deadline;
-        wasm.set_epoch_deadline(ticks(deadline));
+        arm(&mut wasm, deadline);
         let timer = crate::metrics::GuestTimer::start(&name, "instantiate");
         let instance = match pre {
             WasmPre::Function(pre) => pre.instantiate_async(&mut wasm).await.map(Instance::Function),
@@ -66,7 +78,7 @@ impl WasmCall {
     }
 
     fn arm(&mut self) {
-        self.store.set_epoch_deadline(ticks(self.deadline));
+        arm(&mut self.store, self.deadline);
     }
 
     fn fail(&self, phase: &'static str, e: &wasmtime::Error) -> GuestError {
@@ -140,9 +152,10 @@ impl WasmCall {
     }
 }
 
-/// The deadline in epoch ticks, rounded up, plus one for the tick in progress.
-fn ticks(deadline: Duration) -> u64 {
-    (deadline.as_nanos().div_ceil(TICK.as_nanos()) as u64).max(1) + 1
+/// Gives the next export call `deadline`, checked at every epoch tick.
+fn arm(store: &mut wasmtime::Store<CallState>, deadline: Duration) {
+    store.data_mut().deadline_at = Instant::now() + deadline;
+    store.set_epoch_deadline(1);
 }
 
 fn failure(

@@ -6,7 +6,7 @@ use super::{HostEnv, convert};
 use crate::store::Store;
 use low_contract::Level;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
@@ -29,6 +29,8 @@ pub struct CallState {
     env: Arc<dyn HostEnv>,
     /// The last error the guest logged: a panic's message, typically.
     pub(super) last_error: Option<String>,
+    /// When the export call running now must have returned.
+    pub(super) deadline_at: Instant,
 }
 
 impl CallState {
@@ -55,6 +57,7 @@ impl CallState {
             stderr,
             env,
             last_error: None,
+            deadline_at: Instant::now(),
         }
     }
 
