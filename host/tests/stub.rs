@@ -2,7 +2,7 @@
 //! that it fails on a wrong expectation), and `host test` misuse.
 //!
 //! They need the guest components; `make test` builds them first. Run alone
-//! without them, the tests that need one say so and pass.
+//! without them, the tests that need one fail, saying to run `make guest`.
 
 use host::stub::scenario::{self, Verdict};
 use host::stub::{Ids, Stub, StubError};
@@ -10,14 +10,12 @@ use low_contract::{Data, Level, Lookup, Message, Outcome, Resolution, WriteOp, j
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn component(name: &str) -> Option<PathBuf> {
+/// A component built by `make guest`; a test that needs one fails without it
+/// (a test that ran nothing must not pass).
+fn component(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules").join(format!("{name}.wasm"));
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("skipped: {} is missing (run `make guest`)", path.display());
-        None
-    }
+    assert!(path.exists(), "{} is missing: run `make guest` (or `make test`, which does)", path.display());
+    path
 }
 
 fn invite(email: &str) -> Message {
@@ -26,7 +24,7 @@ fn invite(email: &str) -> Message {
 
 #[test]
 fn a_full_cycle_returns_every_plan_as_values_and_commits_to_the_store() {
-    let Some(path) = component("invite-customer") else { return };
+    let path = component("invite-customer");
     let stub = Stub::load(path).unwrap();
     assert_eq!(stub.meta().name, "invite-customer");
     let run = stub.when(invite("ada@example.com")).unwrap();
@@ -65,7 +63,7 @@ fn a_full_cycle_returns_every_plan_as_values_and_commits_to_the_store() {
 
 #[test]
 fn each_phase_runs_on_its_own() {
-    let Some(path) = component("invite-customer") else { return };
+    let path = component("invite-customer");
     let stub = Stub::load(path).unwrap().given_document(
         "invites",
         "ada@example.com",
@@ -89,7 +87,7 @@ fn each_phase_runs_on_its_own() {
 
 #[test]
 fn seeded_ids_and_the_clock_are_deterministic() {
-    let Some(path) = component("invite-customer") else { return };
+    let path = component("invite-customer");
     let ids = |seed| {
         let stub = Stub::load(&path).unwrap().with_ids(Ids::Seeded { seed }).at(42);
         assert_eq!(stub.env().ids_issued(), 0);
@@ -103,10 +101,7 @@ fn seeded_ids_and_the_clock_are_deterministic() {
 
 #[test]
 fn a_peer_makes_its_collections_readable() {
-    let (Some(handler), Some(projector)) = (component("invite-customer"), component("customer-projector"))
-    else {
-        return;
-    };
+    let (handler, projector) = (component("invite-customer"), component("customer-projector"));
     // The projector reads `customers`, which it owns: fine alone.
     let stub = Stub::load(&projector).unwrap();
     let event = Message::new("e-1", "CustomerInvited", json!({ "customer-id": "c-1", "email": "a@b.c" }));
@@ -122,7 +117,7 @@ fn a_peer_makes_its_collections_readable() {
 
 #[test]
 fn a_resolver_resolves() {
-    let Some(path) = component("invite-resolver") else { return };
+    let path = component("invite-resolver");
     let stub = Stub::load(path).unwrap();
     let command = invite("a@b.c");
     assert_eq!(stub.resolve(&command, &[]).unwrap(), Resolution::Pending);
@@ -137,9 +132,7 @@ fn a_resolver_resolves() {
 #[test]
 #[should_panic(expected = "emitted messages differ")]
 fn a_wrong_then_panics_with_a_diff() {
-    let Some(path) = component("invite-customer") else {
-        panic!("emitted messages differ (skipped: no component)")
-    };
+    let path = component("invite-customer");
     let stub = Stub::load(path).unwrap();
     stub.when(invite("a@b.c")).unwrap().then_emits(json!([{ "kind": "CustomerInviteFailed" }]));
 }
@@ -147,13 +140,13 @@ fn a_wrong_then_panics_with_a_diff() {
 #[test]
 #[should_panic(expected = "outcome differ")]
 fn then_rejects_fails_on_an_emit() {
-    let Some(path) = component("invite-customer") else { panic!("outcome differ (skipped: no component)") };
+    let path = component("invite-customer");
     Stub::load(path).unwrap().when(invite("a@b.c")).unwrap().then_rejects("Email is required");
 }
 
 #[test]
 fn the_log_level_is_kept() {
-    let Some(path) = component("invite-customer") else { return };
+    let path = component("invite-customer");
     let stub = Stub::load(path).unwrap().given_document("invites", "a@b.c", json!({ "customer-id": "c" }));
     stub.when(invite("a@b.c")).unwrap();
     assert_eq!(stub.env().logs()[0].level, Level::Info);
@@ -188,7 +181,7 @@ outcome = { reject = "Email is required" }
 
 #[test]
 fn the_runner_fails_a_wrong_expectation_with_a_diff() {
-    let Some(path) = component("invite-customer") else { return };
+    let path = component("invite-customer");
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "wrong.toml", WRONG);
     let mut out = vec![];
@@ -204,7 +197,7 @@ fn the_runner_fails_a_wrong_expectation_with_a_diff() {
 
 #[test]
 fn named_placeholders_must_agree_across_the_scenario() {
-    let Some(path) = component("invite-customer") else { return };
+    let path = component("invite-customer");
     let mut stub = Stub::load(path).unwrap();
     let text = r#"
 [[scenario]]
@@ -224,7 +217,7 @@ events = [{ id = "<id:x>", payload = { customer-id = "<id:x>" } }]
 
 #[test]
 fn an_expected_error_passes_only_when_the_cycle_fails() {
-    let Some(path) = component("invite-customer") else { return };
+    let path = component("invite-customer");
     let mut stub = Stub::load(path).unwrap();
     let text = r#"
 [[scenario]]
@@ -257,7 +250,7 @@ fn a_malformed_scenario_is_reported_with_its_line() {
 
 #[test]
 fn an_unknown_write_op_is_refused_with_its_line() {
-    let Some(path) = component("invite-customer") else { return };
+    let path = component("invite-customer");
     let dir = tempfile::tempdir().unwrap();
     let file = write(
         dir.path(),
@@ -284,7 +277,7 @@ fn host_test(args: &[&Path]) -> (bool, String) {
 
 #[test]
 fn host_test_passes_the_guests_scenarios() {
-    let Some(path) = component("invite-resolver") else { return };
+    let path = component("invite-resolver");
     let scenarios =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-functions/invite-resolver/scenarios");
     let (ok, out) = host_test(&[&path, &scenarios]);
@@ -304,7 +297,7 @@ fn host_test_fails_on_a_missing_component() {
 
 #[test]
 fn host_test_fails_on_a_scenario_for_another_function_or_a_malformed_one() {
-    let Some(path) = component("invite-customer") else { return };
+    let path = component("invite-customer");
     let dir = tempfile::tempdir().unwrap();
     let other = write(
         dir.path(),
