@@ -171,3 +171,57 @@ async fn a_deploy_missed_while_not_listening_is_applied_on_reconnect() {
     );
     a.stop().await.expect("clean stop");
 }
+
+/// The `events` subscription on Postgres: served from the log on every
+/// shell, so a watcher on one shell sees what another shell appended.
+#[tokio::test]
+async fn events_are_watched_from_the_log_on_every_shell() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, http::HeaderValue};
+
+    let url = pg::database().await;
+    let (a, _) = shell(&url).await;
+    let (b, client_b) = shell(&url).await;
+    // Something already in the log is not replayed to a new watcher.
+    client_b.invite("before@example.com").await;
+
+    let mut request = format!("ws://{}/ws", a.addr).into_client_request().expect("ws request");
+    request.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("graphql-transport-ws"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("WebSocket connects");
+    ws.send(Ws::text(serde_json::json!({ "type": "connection_init" }).to_string())).await.expect("init");
+    let subscription = "subscription { events(type: \"CustomerInvited\") { topic type payload function } }";
+    ws.send(Ws::text(
+        serde_json::json!({ "id": "1", "type": "subscribe", "payload": { "query": subscription } })
+            .to_string(),
+    ))
+    .await
+    .expect("subscribe");
+    let mut texts = vec![];
+    // The ack, then let the subscription start before the event is appended.
+    while texts.is_empty() {
+        if let Some(Ok(Ws::Text(text))) = ws.next().await {
+            texts.push(text.to_string());
+        }
+    }
+    assert!(texts[0].contains("connection_ack"), "{texts:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let invited = client_b.invite("live@example.com").await;
+    let event = loop {
+        let message =
+            tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("an event in time");
+        if let Some(Ok(Ws::Text(text))) = message {
+            break serde_json::from_str::<Value>(text.as_str()).expect("JSON");
+        }
+    };
+    assert_eq!(event["type"], "next", "{event}");
+    let event = &event["payload"]["data"]["events"];
+    assert_eq!(event["topic"], "customer", "{event}");
+    assert_eq!(event["payload"]["email"], "live@example.com", "the first event after subscribing: {event}");
+    assert_eq!(event["function"], "invite-customer");
+    assert_eq!(event["payload"]["customer-id"], invited["data"]["InviteCustomer"]["id"], "{event} {invited}");
+    ws.close(None).await.ok();
+    a.stop().await.expect("stop a");
+    b.stop().await.expect("stop b");
+}

@@ -22,10 +22,10 @@ use crate::store::Event;
 use async_trait::async_trait;
 use low_contract::Message;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_postgres::{AsyncMessage, Client, Row, Statement};
 
 /// How often consumers look at the log when no NOTIFY woke them.
@@ -49,6 +49,10 @@ struct Inner {
     notify: Mutex<Option<mpsc::UnboundedSender<Message>>>,
     /// The highest notification id forwarded, to catch up after a reconnect.
     last_notification: AtomicI64,
+    /// Live watchers of the log (the `events` subscription), fed by one
+    /// tail of the log started with the first watcher.
+    watchers: broadcast::Sender<Event>,
+    tailing: AtomicBool,
 }
 
 impl Inner {
@@ -81,6 +85,8 @@ impl PgBus {
                 wake,
                 notify: Mutex::default(),
                 last_notification: AtomicI64::new(0),
+                watchers: broadcast::Sender::new(WATCH_BUFFER),
+                tailing: AtomicBool::new(false),
             }),
         };
         tokio::spawn(listen(Arc::downgrade(&bus.inner)));
@@ -115,6 +121,83 @@ impl PgBus {
             .await
             .map_err(|e| unavailable(&e))?;
         rows.iter().map(|r| delivery(r).map(|(_, d)| d)).collect()
+    }
+}
+
+/// Appended events kept for slow watchers of [`Bus::watch_events`].
+const WATCH_BUFFER: usize = 1024;
+
+/// The log after `(tx, position)`, below the oldest transaction still
+/// running: what every shell's watchers see, in log order.
+const TAIL: &str = "SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
+            e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint
+     FROM events e
+     WHERE (e.tx, e.position) > ($1::text::xid8, $2)
+       AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+     ORDER BY e.tx, e.position
+     LIMIT $3";
+
+/// Where the log ends now (below the running transactions): watching starts there.
+const TAIL_START: &str = "SELECT e.tx::text, e.position FROM events e
+     WHERE e.tx < pg_snapshot_xmin(pg_current_snapshot())
+     ORDER BY e.tx DESC, e.position DESC LIMIT 1";
+
+/// Reads the log as it grows and hands every event to the watchers, woken
+/// like the consumers (NOTIFY, polling). Stops when the last watcher has
+/// gone; the next watcher starts it again, from the end of the log then.
+async fn tail(inner: Arc<Inner>) {
+    let mut wake = inner.wake.subscribe();
+    let mut cursor: Option<(String, i64)> = None;
+    loop {
+        while inner.watchers.receiver_count() > 0 {
+            wake.borrow_and_update();
+            if let Err(e) = tail_once(&inner, &mut cursor).await {
+                tracing::warn!("cannot read the log for the event watchers, retrying: {e}");
+            }
+            if let Ok(Err(_)) = tokio::time::timeout(POLL, wake.changed()).await {
+                inner.tailing.store(false, Ordering::SeqCst);
+                return;
+            }
+        }
+        inner.tailing.store(false, Ordering::SeqCst);
+        // A watcher that arrived while stopping must not be left without a tail.
+        if inner.watchers.receiver_count() == 0 || inner.tailing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+    }
+}
+
+/// Forwards what was appended after `cursor` (everything, in batches).
+async fn tail_once(inner: &Inner, cursor: &mut Option<(String, i64)>) -> Result<(), BusError> {
+    let client = inner.db.pool().get().await.map_err(no_connection)?;
+    let (tx, position) = match cursor {
+        Some(at) => at.clone(),
+        None => {
+            let end = client.query_opt(TAIL_START, &[]).await.map_err(|e| unavailable(&e))?;
+            let end = match end {
+                Some(row) => (
+                    row.try_get::<_, String>(0).map_err(|e| unavailable(&e))?,
+                    row.try_get::<_, i64>(1).map_err(|e| unavailable(&e))?,
+                ),
+                None => ("0".to_owned(), 0),
+            };
+            cursor.insert(end).clone()
+        }
+    };
+    let read = client.prepare_cached(TAIL).await.map_err(|e| unavailable(&e))?;
+    let (mut tx, mut position) = (tx, position);
+    loop {
+        let rows = client.query(&read, &[&tx, &position, &BATCH]).await.map_err(|e| unavailable(&e))?;
+        for row in &rows {
+            let (row_tx, delivery) = delivery(row)?;
+            (tx, position) = (row_tx, i64::try_from(delivery.position).unwrap_or(i64::MAX));
+            // Nobody watching any more is fine: the loop ends at its next turn.
+            let _ = inner.watchers.send(delivery.event);
+        }
+        *cursor = Some((tx.clone(), position));
+        if (rows.len() as i64) < BATCH {
+            return Ok(());
+        }
     }
 }
 
@@ -401,6 +484,14 @@ impl Bus for PgBus {
         }
         self.wake_local();
         Ok(Submitted::Accepted)
+    }
+
+    fn watch_events(&self) -> Result<broadcast::Receiver<Event>, BusError> {
+        let rx = self.inner.watchers.subscribe();
+        if !self.inner.tailing.swap(true, Ordering::SeqCst) {
+            tokio::spawn(tail(Arc::clone(&self.inner)));
+        }
+        Ok(rx)
     }
 
     async fn subscribe(&self, consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError> {
