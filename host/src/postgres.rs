@@ -30,6 +30,14 @@ pub const LOCK_NAMESPACE: i32 = 0x006c_6f77;
 
 /// Connections per shell in the pool (dedicated connections come on top).
 const POOL_SIZE: usize = 16;
+/// How long one of the shell's transactions may sit idle before the server ends it.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(60);
+/// TCP keepalives: first probe after this much silence, then every interval.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_RETRIES: u32 = 3;
+/// Unacknowledged data for this long closes the connection.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait for a connection before calling the database unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -133,10 +141,23 @@ impl Database {
         if config.get_application_name().is_none() {
             config.application_name("lowshell");
         }
-        if config.get_options().is_none() {
-            // No NOTICEs ("already exists, skipping") in the shell's log.
-            config.options("-c client_min_messages=warning");
-        }
+        // No NOTICEs ("already exists, skipping") in the shell's log; and a
+        // transaction of this shell left open (a stuck step) is ended by the
+        // server instead of holding every consumer's horizon forever. The
+        // URL's own options come after, so they win.
+        let options = format!(
+            "-c client_min_messages=warning -c idle_in_transaction_session_timeout={}",
+            IDLE_IN_TRANSACTION.as_millis()
+        );
+        let options = match config.get_options() {
+            Some(own) => format!("{options} {own}"),
+            None => options,
+        };
+        config.options(&options);
+        // A peer that vanished (a network partition, a killed host) is noticed
+        // in about a minute, not after the kernel's two hours.
+        config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE).keepalives_interval(KEEPALIVE_INTERVAL);
+        config.keepalives_retries(KEEPALIVE_RETRIES).tcp_user_timeout(TCP_USER_TIMEOUT);
         let manager = Manager::from_config(
             config.clone(),
             NoTls,

@@ -500,3 +500,25 @@ async fn a_step_committed_twice_is_applied_once() {
     assert!(store.get("c", "k1").await.expect("get").is_some());
     assert!(store.get("c", "k2").await.expect("get").is_none(), "the duplicate step was applied");
 }
+
+/// The shell's sessions end a transaction left idle (a stuck step cannot hold
+/// every consumer's horizon forever); options in the URL still win.
+#[tokio::test]
+async fn a_transaction_left_open_is_ended_by_the_server() {
+    let url = pg::database().await;
+    let db = Database::connect(&url).await.expect("database");
+    let client = db.pool().get().await.expect("a connection");
+    let row = client.query_one("SHOW idle_in_transaction_session_timeout", &[]).await.expect("show");
+    assert_eq!(row.get::<_, String>(0), "1min");
+    let row = client.query_one("SHOW client_min_messages", &[]).await.expect("show");
+    assert_eq!(row.get::<_, String>(0), "warning");
+
+    let own = format!(
+        "{url}{}options=-c%20idle_in_transaction_session_timeout%3D5s",
+        if url.contains('?') { "&" } else { "?" }
+    );
+    let db = Database::connect(&own).await.expect("database with options");
+    let client = db.pool().get().await.expect("a connection");
+    let row = client.query_one("SHOW idle_in_transaction_session_timeout", &[]).await.expect("show");
+    assert_eq!(row.get::<_, String>(0), "5s");
+}
