@@ -43,6 +43,11 @@ impl PgDeployments {
         tokio::spawn(listen(Arc::clone(&db), tx));
         Self { db, changes: Mutex::new(Some(rx)) }
     }
+
+    /// Reads the record without listening for changes (for `host replay`).
+    pub fn reader(db: Arc<Database>) -> Self {
+        Self { db, changes: Mutex::new(None) }
+    }
 }
 
 async fn listen(db: Arc<Database>, changes: mpsc::UnboundedSender<Option<String>>) {

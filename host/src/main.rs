@@ -80,6 +80,10 @@ struct ReplayArgs {
     /// The projector to replay; every projector when absent.
     #[arg(long, short, value_name = "NAME")]
     function: Option<String>,
+    /// Continue a replay that stopped: keep the read model and go on after
+    /// the stored checkpoint (the last event applied) instead of starting over.
+    #[arg(long)]
+    resume: bool,
 }
 
 /// How to reach a running shell's admin endpoints.
@@ -193,14 +197,37 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    use host::replay::{Start, Stopped, VersionSource};
     let project = Project::load(&args.project)?;
-    for done in host::replay::replay(&project, args.function.as_deref()).await? {
+    let start = if args.resume { Start::Checkpoint } else { Start::Scratch };
+    let print = |done: &host::replay::Replayed| {
+        let source = match done.source {
+            VersionSource::Recorded => "the recorded deployment",
+            VersionSource::File => "the module file; no deployment recorded",
+        };
+        let from = match done.cleared {
+            Some(cleared) => format!("from scratch, {cleared} documents cleared first"),
+            None => format!("resumed after log position {}", done.from),
+        };
         println!(
-            "{}: replayed {} events ({} documents rebuilt from scratch)",
-            done.function, done.events, done.cleared
+            "{}: replayed {} events with version {} ({source}), {from}",
+            done.function,
+            done.events,
+            short(&done.version.0)
         );
+    };
+    match host::replay::replay(&project, args.function.as_deref(), start).await {
+        Ok(done) => {
+            done.iter().for_each(print);
+            Ok(())
+        }
+        Err(e) => {
+            if let Some(stopped) = e.downcast_ref::<Stopped>() {
+                stopped.done.iter().for_each(print);
+            }
+            Err(e)
+        }
     }
-    Ok(())
 }
 
 impl AdminArgs {

@@ -14,6 +14,7 @@
 //!   repeated command can be answered again); `pg_notify` wakes the shells.
 //! - `function_versions` and `deployments`: the versions of the functions
 //!   the cluster runs ([`crate::cluster`]).
+//! - `leases` gives each consumer name an id, the key of its lease.
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::Duration;
@@ -25,7 +26,8 @@ pub const EVENTS_CHANNEL: &str = "lowshell_events";
 pub const NOTIFICATIONS_CHANNEL: &str = "lowshell_notifications";
 /// Channel carrying the name of a function whose deployed version changed.
 pub const DEPLOYMENTS_CHANNEL: &str = "lowshell_deployments";
-/// First key of the advisory locks this shell takes (the second is the lock's name hashed).
+/// First key of the advisory locks this shell takes (the second is the
+/// lease's id in `leases`, see [`lease_id`]; 0 is the migration lock).
 pub const LOCK_NAMESPACE: i32 = 0x006c_6f77;
 
 /// Connections per shell in the pool (dedicated connections come on top).
@@ -45,6 +47,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "event log, documents, checkpoints, notifications", MIGRATION_1),
     (2, "deployed versions of the functions", MIGRATION_2),
+    (3, "collision-free keys of the consumers' leases", MIGRATION_3),
 ];
 
 const MIGRATION_1: &str = r#"
@@ -107,6 +110,16 @@ CREATE TABLE deployments (
     previous     text,
     deployed_at  timestamptz NOT NULL DEFAULT now(),
     FOREIGN KEY (name, version) REFERENCES function_versions (name, version)
+);
+"#;
+
+/// The consumers' leases: each name gets an id of its own (from 1; the
+/// migration lock is `(LOCK_NAMESPACE, 0)`), the second key of its advisory
+/// lock. A hash of the name could collide with another name's.
+const MIGRATION_3: &str = r#"
+CREATE TABLE leases (
+    name  text PRIMARY KEY,
+    id    integer GENERATED ALWAYS AS IDENTITY UNIQUE
 );
 "#;
 
@@ -241,6 +254,27 @@ impl Database {
         client.execute("SELECT pg_advisory_unlock($1, 0)", &[&LOCK_NAMESPACE]).await?;
         result
     }
+}
+
+/// The id of the lease called `name` (a consumer's name), created on first
+/// use: the second key of its advisory lock (see [`try_lease`]). Ids are
+/// unique and never 0; a name keeps its id.
+pub async fn lease_id(client: &Client, name: &str) -> Result<i32, tokio_postgres::Error> {
+    const GET: &str = "SELECT id FROM leases WHERE name = $1";
+    if let Some(row) = client.query_opt(GET, &[&name]).await? {
+        return row.try_get(0);
+    }
+    // Read again after the insert (a separate statement): a lease created
+    // concurrently by another session is visible to its snapshot only.
+    client.execute("INSERT INTO leases (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", &[&name]).await?;
+    client.query_one(GET, &[&name]).await?.try_get(0)
+}
+
+/// Takes the lease `id` (from [`lease_id`]) on `client`'s session if it is
+/// free: a session advisory lock, released when the connection closes.
+/// `false`: another session holds it.
+pub async fn try_lease(client: &Client, id: i32) -> Result<bool, tokio_postgres::Error> {
+    client.query_one("SELECT pg_try_advisory_lock($1, $2)", &[&LOCK_NAMESPACE, &id]).await?.try_get(0)
 }
 
 /// A database error with its cause (`tokio_postgres` alone says "db error").

@@ -279,28 +279,6 @@ async fn two_shells_share_one_database_and_process_each_command_once() {
     two.stop().await.expect("stop two");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_rebuilds_the_live_read_model() {
-    let url = pg::database().await;
-    let shell = shell(&url).await;
-    let client = http();
-    for i in 0..10 {
-        invite(&client, shell.addr, &format!("r{}@example.com", i % 7), None).await.expect("invite");
-    }
-    shell.stop().await.expect("stop");
-    let db = pg::client(&url).await;
-    let read = "SELECT key, version, body::text FROM documents WHERE collection = 'customers' ORDER BY key";
-    let live: Vec<(String, i64, String)> =
-        db.query(read, &[]).await.expect("live").iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
-    assert_eq!(live.len(), 7);
-    let done = host::replay::replay(&project(&url), Some("customer-projector")).await.expect("replay");
-    assert_eq!(done.len(), 1);
-    assert_eq!(done[0].events, 10);
-    let replayed: Vec<(String, i64, String)> =
-        db.query(read, &[]).await.expect("replayed").iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
-    assert_eq!(replayed, live);
-}
-
 /// The `host` binary, killed with SIGKILL when dropped (also on a failed assertion).
 struct Process(std::process::Child);
 

@@ -16,7 +16,7 @@
 
 use super::{Bus, BusError, Delivery, Submitted, Subscription};
 use crate::postgres::{
-    Database, EVENTS_CHANNEL, LOCK_NAMESPACE, NOTIFICATIONS_CHANNEL, describe, describe_pool,
+    Database, EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, describe, describe_pool, lease_id, try_lease,
 };
 use crate::store::Event;
 use async_trait::async_trait;
@@ -106,20 +106,70 @@ impl PgBus {
         self.inner.forward(messages);
     }
 
-    /// Every event on `topics` committed so far, in log order (for a replay).
-    pub async fn history(&self, topics: &[String]) -> Result<Vec<Delivery>, BusError> {
+    /// Where a replay of the log started now ends: the oldest transaction
+    /// still running. Every event below it is committed (or rolled back),
+    /// so [`history`](Self::history) up to it is final.
+    pub async fn horizon(&self) -> Result<Horizon, BusError> {
         let client = self.inner.db.pool().get().await.map_err(no_connection)?;
-        let rows = client
-            .query(
-                "SELECT position, tx::text, topic, id, kind, payload, correlation_id, causation_id, function, version,
-                        (extract(epoch FROM at) * 1000)::bigint
-                 FROM events
-                 WHERE topic = ANY($1) AND tx < pg_snapshot_xmin(pg_current_snapshot())
-                 ORDER BY tx, position",
-                &[&topics],
+        let row = client
+            .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
+            .await
+            .map_err(|e| read_error(&e))?;
+        row.try_get(0).map(Horizon).map_err(|e| read_error(&e))
+    }
+
+    /// How many events on `topics` lie after `consumer`'s stored checkpoint
+    /// and below `horizon`.
+    pub async fn pending(
+        &self,
+        consumer: &str,
+        topics: &[String],
+        horizon: &Horizon,
+    ) -> Result<u64, BusError> {
+        let client = self.inner.db.pool().get().await.map_err(no_connection)?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM events e
+                 WHERE e.topic = ANY($2) AND e.tx < $3::text::xid8 AND (e.tx, e.position) >
+                     (coalesce((SELECT tx FROM checkpoints WHERE consumer = $1), '0'::xid8),
+                      coalesce((SELECT position FROM checkpoints WHERE consumer = $1), 0))",
+                &[&consumer, &topics, &horizon.0],
             )
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| read_error(&e))?;
+        let count: i64 = row.try_get(0).map_err(|e| read_error(&e))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// The next `limit` events on `topics` after `consumer`'s stored
+    /// checkpoint and below `horizon`, in log order (for a replay, which
+    /// moves the checkpoint as it goes).
+    pub async fn history(
+        &self,
+        consumer: &str,
+        topics: &[String],
+        horizon: &Horizon,
+        limit: i64,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let client = self.inner.db.pool().get().await.map_err(no_connection)?;
+        // Ordered by the `xid8` column, qualified: an unqualified `tx`
+        // would name the `tx::text` output column, and "1000" sorts before "744".
+        let rows = client
+            .query(
+                "WITH c AS (
+                     SELECT coalesce((SELECT tx FROM checkpoints WHERE consumer = $1), '0'::xid8) AS tx,
+                            coalesce((SELECT position FROM checkpoints WHERE consumer = $1), 0) AS position)
+                 SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
+                        e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint
+                 FROM events e, c
+                 WHERE e.topic = ANY($2) AND (e.tx, e.position) > (c.tx, c.position)
+                   AND e.tx < $3::text::xid8
+                 ORDER BY e.tx, e.position
+                 LIMIT $4",
+                &[&consumer, &topics, &horizon.0, &limit],
+            )
+            .await
+            .map_err(|e| read_error(&e))?;
         rows.iter().map(|r| delivery(r).map(|(_, d)| d)).collect()
     }
 }
@@ -199,6 +249,15 @@ async fn tail_once(inner: &Inner, cursor: &mut Option<(String, i64)>) -> Result<
             return Ok(());
         }
     }
+}
+
+/// The end of a replay: a transaction id, below which the log is final.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Horizon(String);
+
+/// A failed read of the log: unavailable, or refused (not worth retrying).
+fn read_error(e: &tokio_postgres::Error) -> BusError {
+    if crate::postgres::is_unavailable(e) { unavailable(e) } else { BusError::Invalid(describe(e)) }
 }
 
 /// The listener: one dedicated connection with LISTEN on both channels.
@@ -350,6 +409,8 @@ struct PgSubscription {
     /// The dedicated connection holding the consumer's lease, once held,
     /// and the read of the log prepared on it.
     lease: Option<(Client, Statement)>,
+    /// The lease's id (see [`lease_id`]), once known: it never changes.
+    lease_id: Option<i32>,
     /// A connection waiting to get the lease.
     candidate: Option<Client>,
     buffer: VecDeque<Delivery>,
@@ -369,10 +430,11 @@ impl PgSubscription {
             Some(c) if !c.is_closed() => c,
             _ => self.inner.db.dedicated(|_| {}).await?,
         };
-        let row = client
-            .query_one("SELECT pg_try_advisory_lock($1, hashtext($2))", &[&LOCK_NAMESPACE, &self.consumer])
-            .await?;
-        if row.try_get(0)? {
+        let id = match self.lease_id {
+            Some(id) => id,
+            None => *self.lease_id.insert(lease_id(&client, &self.consumer).await?),
+        };
+        if try_lease(&client, id).await? {
             tracing::info!(consumer = %self.consumer, "holding the consumer lease");
             let read = client.prepare(READ).await?;
             self.lease = Some((client, read));
@@ -496,6 +558,7 @@ impl Bus for PgBus {
             consumer: consumer.to_owned(),
             topics: topics.to_vec(),
             lease: None,
+            lease_id: None,
             candidate: None,
             buffer: VecDeque::new(),
             wake: self.inner.wake.subscribe(),
