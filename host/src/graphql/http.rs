@@ -291,7 +291,7 @@ async fn execute(app: &App, headers: &HeaderMap, media: Media, mut request: GqlR
         if mutation_fields(&request).is_some_and(|n| n > 1) {
             let message = "an Idempotency-Key names one command: send one mutation per request with it \
                            (or give each mutation its own `commandId`)";
-            let errors = json!([{ "message": message, "extensions": { "code": "IDEMPOTENCY_KEY_MULTIPLE_MUTATIONS" } }]);
+            let errors = json!([{ "message": message, "extensions": { "code": super::schema::code::IDEMPOTENCY_KEY_MULTIPLE_MUTATIONS } }]);
             return refuse_key(StatusCode::BAD_REQUEST, media, errors);
         }
         request = request.data(IdempotencyKey(key.clone()));

@@ -50,6 +50,9 @@ pub mod code {
     /// The idempotency key (`commandId` or `Idempotency-Key`) was used
     /// before for a different command (another payload); nothing was submitted.
     pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+    /// An `Idempotency-Key` came with more than one mutation field (it
+    /// names one command); nothing was submitted.
+    pub const IDEMPOTENCY_KEY_MULTIPLE_MUTATIONS: &str = "IDEMPOTENCY_KEY_MULTIPLE_MUTATIONS";
     /// Too many requests wait for their responses; nothing was submitted.
     pub const OVERLOADED: &str = "OVERLOADED";
 }
@@ -61,8 +64,8 @@ pub fn coded_error(
     code: &'static str,
     correlation_id: &str,
 ) -> async_graphql::Error {
-    let correlation_id = correlation_id.to_owned();
     use async_graphql::ErrorExtensions;
+    let correlation_id = correlation_id.to_owned();
     async_graphql::Error::new(message).extend_with(move |_, e| {
         e.set("code", code);
         e.set("correlationId", correlation_id.as_str());
