@@ -52,6 +52,10 @@ pub struct Project {
     /// Attempts of a step whose commit conflicts (each with a fresh lookup).
     #[serde(default = "default_attempts")]
     pub attempts: u32,
+    /// Requests that may wait for their responses at once; further
+    /// mutations are refused (`OVERLOADED`) until some are answered.
+    #[serde(default = "default_max_pending_requests")]
+    pub max_pending_requests: usize,
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
@@ -152,6 +156,9 @@ fn default_response_timeout_ms() -> u64 {
 }
 fn default_attempts() -> u32 {
     5
+}
+fn default_max_pending_requests() -> usize {
+    crate::responses::MAX_PENDING
 }
 
 /// Environment variables that override project keys start with this.

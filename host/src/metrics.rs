@@ -65,6 +65,7 @@ fn describe() {
     describe_gauge!("lowshell_consumer_lag", "Deliveries waiting for a consumer (function)");
     describe_counter!("lowshell_swaps_total", "Function swaps, by function and outcome (ok, failed)");
     describe_counter!("lowshell_events_total", "Events and commands appended, by topic");
+    describe_gauge!("lowshell_pending_requests", "Requests waiting for their commands' responses");
 }
 
 /// How a GraphQL HTTP request ended: `ok`, `graphql_error` (answered with
@@ -129,4 +130,9 @@ pub fn swap(function: &str, ok: bool) {
 /// An event (or command) was appended to `topic`.
 pub fn event_appended(topic: &str) {
     counter!("lowshell_events_total", "topic" => topic.to_owned()).increment(1);
+}
+
+/// How many requests wait for their commands' responses now.
+pub fn pending_requests(waiting: usize) {
+    gauge!("lowshell_pending_requests").set(waiting as f64);
 }

@@ -15,6 +15,8 @@
 //! - `function_versions` and `deployments`: the versions of the functions
 //!   the cluster runs ([`crate::cluster`]).
 //! - `leases` gives each consumer name an id, the key of its lease.
+//! - `command_results`: per idempotent command, the fingerprint its id is
+//!   bound to and its first answer.
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::Duration;
@@ -48,6 +50,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "event log, documents, checkpoints, notifications", MIGRATION_1),
     (2, "deployed versions of the functions", MIGRATION_2),
     (3, "collision-free keys of the consumers' leases", MIGRATION_3),
+    (4, "idempotency: fingerprints and first answers of keyed commands", MIGRATION_4),
 ];
 
 const MIGRATION_1: &str = r#"
@@ -121,6 +124,21 @@ CREATE TABLE leases (
     name  text PRIMARY KEY,
     id    integer GENERATED ALWAYS AS IDENTITY UNIQUE
 );
+"#;
+
+/// Idempotent commands (a `commandId` or an `Idempotency-Key`): the
+/// fingerprint their id is bound to, written with the command, and their
+/// first answer once there is one. Rows may be pruned (by `at`): the log
+/// still refuses the id twice and holds the command to compare against; only
+/// the kept answer is gone, so a repeat is answered afresh.
+const MIGRATION_4: &str = r#"
+CREATE TABLE command_results (
+    command_id   text PRIMARY KEY,
+    fingerprint  text NOT NULL,
+    result       jsonb,
+    at           timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX command_results_at ON command_results (at);
 "#;
 
 /// A database: its connection settings and a pool.

@@ -3,10 +3,10 @@
 //! seen before it, to the command's resolver, which answers pending, a
 //! document, a value, or a failure.
 
-use crate::bus::{Bus, Submitted};
+use crate::bus::{Answer, Bus, BusError, Submitted};
 use crate::executor::now_ms;
 use crate::registry::Registry;
-use crate::store::{Event, Store};
+use crate::store::{Event, Store, StoreError};
 use low_contract::{COMMANDS_TOPIC, FAILED, Message, PROJECTION_COMPLETE, REJECTED, Resolution, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,64 +14,160 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-/// Why a request got no value.
+/// Why a request got no value. The texts are for the log: GraphQL clients
+/// get a stable message and code for each (see [`crate::graphql::schema`]),
+/// and only a rejection's reason verbatim.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ResponseError {
     /// The function (or its resolver) refused the command; the message is for the user.
     #[error("{0}")]
     Rejected(String),
-    /// The shell could not carry the command out.
+    /// The command was taken but could not be carried out (a guest failed,
+    /// a step kept conflicting, the answer could not be read).
     #[error("{0}")]
     Failed(String),
     #[error("no response to command {command_id} within {after:?}")]
     Timeout { command_id: String, after: Duration },
+    /// The bus or the store cannot be reached now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The shell could not handle the command for a reason of its own.
+    #[error("{0}")]
+    Internal(String),
+    /// The command's id (its idempotency key) names another command, of
+    /// another kind or payload. Nothing was submitted.
+    #[error("command {command_id} was submitted before with another payload")]
+    KeyReused { command_id: String },
+    /// Too many requests wait for their responses already. Nothing was submitted.
+    #[error("{limit} requests are waiting for their responses already")]
+    Overloaded { limit: usize },
 }
+
+impl From<Answer> for Result<Value, ResponseError> {
+    fn from(answer: Answer) -> Self {
+        match answer {
+            Answer::Ok(value) => Ok(value),
+            Answer::Rejected(reason) => Err(ResponseError::Rejected(reason)),
+        }
+    }
+}
+
+/// The default of [`Responses::start`]'s `max_pending`.
+pub const MAX_PENDING: usize = 10_000;
 
 struct Pending {
     command: Message,
+    /// Whether the command's first answer is kept for its repeats.
+    idempotent: bool,
     seen: Vec<Message>,
     /// Everyone waiting on this request (a repeated command waits too).
     replies: Vec<oneshot::Sender<Result<Value, ResponseError>>>,
 }
 
+/// The requests waiting in this shell, by correlation id.
+#[derive(Default)]
+struct Table {
+    by_id: HashMap<String, Pending>,
+    /// Requests waiting, over every id: the replies in `by_id`.
+    waiting: usize,
+}
+
+impl Table {
+    /// Takes `n` replies off the count.
+    fn forget(&mut self, n: usize) {
+        self.waiting = self.waiting.saturating_sub(n);
+        crate::metrics::pending_requests(self.waiting);
+    }
+}
+
 pub struct Responses {
-    pending: Mutex<HashMap<String, Pending>>,
+    pending: Mutex<Table>,
     registry: Arc<Registry>,
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     timeout: Duration,
+    max_pending: usize,
+}
+
+/// Takes a request's reply out of the table however its future ends:
+/// answered, failed, timed out, or dropped because the client went away (or
+/// HTTP's request timeout struck). Without it, an abandoned request would
+/// keep its entry, command and notifications for good.
+struct Waiting<'a> {
+    responses: &'a Responses,
+    id: &'a str,
+    response: Option<oneshot::Receiver<Result<Value, ResponseError>>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        // Closing the receiver first marks this request's reply as abandoned.
+        drop(self.response.take());
+        self.responses.give_up(self.id);
+    }
 }
 
 impl Responses {
-    /// Takes the bus's notifications and starts routing them.
+    /// Takes the bus's notifications and starts routing them. At most
+    /// `max_pending` requests wait at once; further ones are refused.
     pub async fn start(
         registry: Arc<Registry>,
         store: Arc<dyn Store>,
         bus: Arc<dyn Bus>,
         timeout: Duration,
+        max_pending: usize,
     ) -> Result<Arc<Self>, crate::bus::BusError> {
         let notifications = bus.notifications().await?;
-        let responses = Arc::new(Self { pending: Mutex::default(), registry, store, bus, timeout });
+        let responses =
+            Arc::new(Self { pending: Mutex::default(), registry, store, bus, timeout, max_pending });
         tokio::spawn(Arc::clone(&responses).route(notifications));
         Ok(responses)
     }
 
-    fn pending(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
+    fn pending(&self) -> MutexGuard<'_, Table> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Requests waiting for their responses now.
+    pub fn pending_requests(&self) -> usize {
+        self.pending().waiting
+    }
+
     /// Submits `command` and waits for its response. The command's
-    /// correlation id (its id when unset) names the request. A command whose
-    /// id the bus already holds is not appended again: its response is
-    /// resolved from the notifications it already caused (and those to come).
-    pub async fn request(self: &Arc<Self>, mut command: Message) -> Result<Value, ResponseError> {
+    /// correlation id (its id when unset) names the request.
+    ///
+    /// An `idempotent` command's id is its idempotency key: a command whose
+    /// id the bus already holds is not appended again, and is answered with
+    /// the first answer kept for it, else from the notifications it already
+    /// caused and those to come (the first run may still be going on, in
+    /// this shell or another). A repeat with another payload is refused.
+    pub async fn request(
+        self: &Arc<Self>,
+        mut command: Message,
+        idempotent: bool,
+    ) -> Result<Value, ResponseError> {
         let id = command.correlation_id.get_or_insert_with(|| command.id.clone()).clone();
         let (reply, response) = oneshot::channel();
-        self.pending()
-            .entry(id.clone())
-            .or_insert_with(|| Pending { command: command.clone(), seen: vec![], replies: vec![] })
-            .replies
-            .push(reply);
+        {
+            let mut table = self.pending();
+            if table.waiting >= self.max_pending {
+                return Err(ResponseError::Overloaded { limit: self.max_pending });
+            }
+            let entry = table.by_id.entry(id.clone()).or_insert_with(|| Pending {
+                command: command.clone(),
+                idempotent,
+                seen: vec![],
+                replies: vec![],
+            });
+            entry.idempotent |= idempotent;
+            entry.replies.push(reply);
+            table.waiting += 1;
+            crate::metrics::pending_requests(table.waiting);
+        }
+        let mut waiting = Waiting { responses: self, id: &id, response: Some(response) };
+        // A request for the same id may have registered first with another
+        // payload: the logged command is the one to resolve with.
+        let logged = idempotent.then(|| command.clone());
         let event = Event {
             topic: COMMANDS_TOPIC.into(),
             message: command,
@@ -79,9 +175,19 @@ impl Responses {
             version: None,
             at_ms: now_ms(),
         };
-        match self.bus.submit(event).await {
-            Ok(Submitted::Accepted) => {}
-            Ok(Submitted::Duplicate) => {
+        match self.bus.submit(event, idempotent).await {
+            Ok(Submitted::Accepted) => {
+                if let Some(logged) = logged
+                    && let Some(p) = self.pending().by_id.get_mut(&id)
+                {
+                    p.command = logged;
+                }
+            }
+            Ok(Submitted::Duplicate { answer: Some(answer) }) => {
+                tracing::info!(command = %id, "repeated command: answering with its first answer");
+                return answer.into();
+            }
+            Ok(Submitted::Duplicate { answer: None }) => {
                 tracing::info!(command = %id, "repeated command: answering from its first run");
                 match self.bus.notified(&id).await {
                     Ok(past) => {
@@ -92,32 +198,37 @@ impl Responses {
                     Err(e) => tracing::warn!(command = %id, "cannot read earlier notifications: {e}"),
                 }
             }
-            Err(e) => {
-                self.give_up(&id);
-                return Err(ResponseError::Failed(format!("could not submit command {id}: {e}")));
+            Ok(Submitted::KeyReused) => return Err(ResponseError::KeyReused { command_id: id.clone() }),
+            Err(BusError::Unavailable(e)) => {
+                return Err(ResponseError::Unavailable(format!("could not submit command {id}: {e}")));
+            }
+            Err(e @ BusError::Invalid(_)) => {
+                return Err(ResponseError::Internal(format!("could not submit command {id}: {e}")));
             }
         }
+        let Some(response) = waiting.response.as_mut() else {
+            return Err(ResponseError::Internal(format!("command {id} lost its reply")));
+        };
         match tokio::time::timeout(self.timeout, response).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => {
-                Err(ResponseError::Failed(format!("the shell stopped before command {id} was answered")))
+                Err(ResponseError::Internal(format!("the shell stopped before command {id} was answered")))
             }
-            Err(_) => {
-                self.give_up(&id);
-                Err(ResponseError::Timeout { command_id: id, after: self.timeout })
-            }
+            Err(_) => Err(ResponseError::Timeout { command_id: id.clone(), after: self.timeout }),
         }
     }
 
     /// Forgets the waiters of `id` that stopped waiting.
     fn give_up(&self, id: &str) {
-        let mut pending = self.pending();
-        if let Some(p) = pending.get_mut(id) {
-            p.replies.retain(|r| !r.is_closed());
-            if p.replies.is_empty() {
-                pending.remove(id);
-            }
+        let mut table = self.pending();
+        let Some(p) = table.by_id.get_mut(id) else { return };
+        let before = p.replies.len();
+        p.replies.retain(|r| !r.is_closed());
+        let (gone, empty) = (before - p.replies.len(), p.replies.is_empty());
+        if empty {
+            table.by_id.remove(id);
         }
+        table.forget(gone);
     }
 
     async fn route(self: Arc<Self>, mut notifications: mpsc::UnboundedReceiver<Message>) {
@@ -132,13 +243,13 @@ impl Responses {
         let snapshot = {
             let mut pending = self.pending();
             // Not waiting here: another shell holds the request, or it timed out.
-            let Some(p) = pending.get_mut(&id) else { return };
+            let Some(p) = pending.by_id.get_mut(&id) else { return };
             // Seen already (a repeated command reads earlier ones while new ones arrive).
             if p.seen.iter().any(|s| s.id == notification.id) {
                 return;
             }
             p.seen.push(notification.clone());
-            (p.command.clone(), p.seen.clone())
+            (p.command.clone(), p.seen.clone(), p.idempotent)
         };
         if notification.kind == FAILED {
             let reason = notification.text("reason").unwrap_or("the command failed").to_owned();
@@ -155,8 +266,9 @@ impl Responses {
         );
         tokio::spawn(
             async move {
-                let (command, seen) = snapshot;
+                let (command, seen, idempotent) = snapshot;
                 if let Some(result) = this.resolve(&command, &seen).await {
+                    let result = if idempotent { this.keep(&command, result).await } else { result };
                     this.finish(&id, result);
                 }
             }
@@ -164,12 +276,39 @@ impl Responses {
         );
     }
 
-    fn finish(&self, id: &str, result: Result<Value, ResponseError>) {
-        if let Some(p) = self.pending().remove(id) {
-            for reply in p.replies {
-                // The requester may have given up (timeout); nothing to do then.
-                let _ = reply.send(result.clone());
+    /// Keeps an idempotent command's first answer (a value or a
+    /// rejection; failures are resolved again) for its repeats, and answers
+    /// with the one kept — an earlier one if another request, maybe in
+    /// another shell, kept one first.
+    async fn keep(
+        &self,
+        command: &Message,
+        result: Result<Value, ResponseError>,
+    ) -> Result<Value, ResponseError> {
+        let answer = match &result {
+            Ok(value) => Answer::Ok(value.clone()),
+            Err(ResponseError::Rejected(reason)) => Answer::Rejected(reason.clone()),
+            Err(_) => return result,
+        };
+        match self.bus.remember(command, answer).await {
+            Ok(kept) => kept.into(),
+            Err(e) => {
+                tracing::warn!(command = %command.id, "cannot keep the first answer (a repeat will resolve it again): {e}");
+                result
             }
+        }
+    }
+
+    fn finish(&self, id: &str, result: Result<Value, ResponseError>) {
+        let done = {
+            let mut table = self.pending();
+            let done = table.by_id.remove(id);
+            table.forget(done.as_ref().map_or(0, |p| p.replies.len()));
+            done
+        };
+        for reply in done.into_iter().flat_map(|p| p.replies) {
+            // The requester may have given up (timeout); nothing to do then.
+            let _ = reply.send(result.clone());
         }
     }
 
@@ -199,7 +338,12 @@ impl Responses {
                     Ok(None) => {
                         Err(ResponseError::Failed(format!("document `{collection}/{key}` does not exist")))
                     }
-                    Err(e) => Err(ResponseError::Failed(e.to_string())),
+                    Err(e @ StoreError::Unavailable(_)) => Err(ResponseError::Unavailable(format!(
+                        "cannot read the answer `{collection}/{key}`: {e}"
+                    ))),
+                    Err(e) => Err(ResponseError::Failed(format!(
+                        "cannot read the answer `{collection}/{key}`: {e}"
+                    ))),
                 })
             }
         }

@@ -29,6 +29,7 @@ pub struct Shell {
     pub registry: Arc<Registry>,
     pub graphql: Arc<Graphql>,
     pub deployer: Deployer,
+    responses: Arc<Responses>,
     stop: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
     consumers: JoinHandle<()>,
@@ -163,12 +164,17 @@ impl Shell {
             Arc::clone(&store),
             Arc::clone(&bus),
             project.response_timeout(),
+            project.max_pending_requests,
         )
         .await?;
         let limits =
             QueryLimits { depth: project.graphql.max_depth, complexity: project.graphql.max_complexity };
         let ready = readiness(&registry, &bus, &store);
-        let backend = graphql::Backend { store: Arc::clone(&store), responses, bus: Arc::clone(&bus) };
+        let backend = graphql::Backend {
+            store: Arc::clone(&store),
+            responses: Arc::clone(&responses),
+            bus: Arc::clone(&bus),
+        };
         let graphql = Graphql::start(Arc::clone(&registry), backend, limits)?;
 
         let listener = tokio::net::TcpListener::bind(project.listen).await.with_context(|| {
@@ -205,12 +211,19 @@ impl Shell {
             registry,
             graphql,
             deployer,
+            responses,
             stop: Some(stop),
             server,
             consumers,
             following,
             _watcher: watcher,
         })
+    }
+
+    /// Requests waiting for their commands' responses now (also the
+    /// `lowshell_pending_requests` gauge).
+    pub fn pending_requests(&self) -> usize {
+        self.responses.pending_requests()
     }
 
     /// Stops accepting requests, lets those in flight finish, then stops.

@@ -1,12 +1,13 @@
 //! Misbehaving guests (`guest-functions/fixtures/`) fail their own command
-//! with a clear error — and only that command: the next one works, and an
-//! invalid plan stores nothing.
+//! — and only that command: the next one works, and an invalid plan stores
+//! nothing. The client gets `COMMAND_FAILED` and the correlation id; the
+//! clear reason is in the log under that id.
 
 mod support;
 
 use host::Project;
 use serde_json::Value;
-use support::{Client, basic_project, error, start};
+use support::{Client, basic_project, error, error_extensions, start};
 
 /// The misbehaving handler and resolver, beside the customer projector (so
 /// that another function's collection exists), with tight limits.
@@ -23,6 +24,7 @@ fn fixture_project() -> Project {
     project.watch = false;
     project.limits.deadline_ms = 200;
     project.limits.memory_mib = 16;
+    support::capture_logs();
     project
 }
 
@@ -34,12 +36,23 @@ async fn misbehave(client: &Client, action: &str, phase: &str) -> Value {
         .await
 }
 
-/// The command fails with an error containing every one of `expected`.
+/// The command fails with `COMMAND_FAILED`, and the log has a warning
+/// under its correlation id containing every one of `expected`, which the
+/// client does not see.
 async fn fails(client: &Client, action: &str, phase: &str, expected: &[&str]) {
     let body = misbehave(client, action, phase).await;
     let message = error(&body).unwrap_or_else(|| panic!("{action} in {phase} fails: {body}"));
+    assert_eq!(message, "the command failed", "{body}");
+    assert_eq!(error_extensions(&body)["code"], "COMMAND_FAILED", "{body}");
+    let id = error_extensions(&body)["correlationId"].as_str().unwrap_or_else(|| panic!("an id: {body}"));
+    let logged = support::logged(id);
+    let reason = logged
+        .iter()
+        .find(|(level, _)| level == "WARN" || level == "ERROR")
+        .map(|(_, message)| message.as_str())
+        .unwrap_or_else(|| panic!("{action} in {phase}: no warning logged under {id}: {logged:?}"));
     for part in expected {
-        assert!(message.contains(part), "{action} in {phase}: {message:?} should mention {part:?}");
+        assert!(reason.contains(part), "{action} in {phase}: {reason:?} should mention {part:?}");
     }
 }
 
@@ -111,7 +124,10 @@ async fn invalid_plans_are_refused_and_store_nothing() {
 #[tokio::test]
 async fn a_rejection_reaches_the_requester() {
     let (shell, client) = start(fixture_project()).await;
-    fails(&client, "reject", "operate", &["deliberately rejected"]).await;
+    let body = misbehave(&client, "reject", "operate").await;
+    assert!(error(&body).is_some_and(|m| m.contains("deliberately rejected")), "{body}");
+    assert_eq!(error_extensions(&body)["code"], "REJECTED", "{body}");
+    assert!(error_extensions(&body)["correlationId"].is_string(), "{body}");
     shell.stop().await.expect("clean stop");
 }
 

@@ -463,7 +463,7 @@ async fn a_step_committed_twice_is_applied_once() {
         version: None,
         at_ms: 0,
     };
-    bus.submit(submitted).await.expect("submit");
+    bus.submit(submitted, false).await.expect("submit");
     let mut sub = bus.subscribe("f", &[low_contract::COMMANDS_TOPIC.into()]).await.expect("subscribe");
     let delivery = next(&mut sub, Duration::from_secs(10)).await.expect("the command");
     let step = |n: u32| Commit {

@@ -1,10 +1,10 @@
 //! The in-process bus: unbounded channels per consumer. Nothing is retained:
 //! an event reaches the consumers subscribed when it is appended. It does
-//! remember the ids of the last [`REMEMBERED`] commands and the
-//! notifications they caused, so that a repeated command id is answered
-//! without running the command again.
+//! remember the last [`REMEMBERED`] idempotent commands — id, fingerprint,
+//! the notifications they caused and their first answer — so that a
+//! repeated command id is answered without running the command again.
 
-use super::{Bus, BusError, Delivery, Submitted, Subscription};
+use super::{Answer, Bus, BusError, Delivery, Submitted, Subscription, fingerprint};
 use crate::store::Event;
 use async_trait::async_trait;
 use low_contract::Message;
@@ -21,14 +21,22 @@ struct Subscriber {
     tx: mpsc::UnboundedSender<Delivery>,
 }
 
-/// Commands whose ids (and notifications) the memory bus remembers.
+/// Idempotent commands whose ids (with fingerprints, notifications and
+/// first answers) the memory bus remembers; older ones are forgotten.
 pub const REMEMBERED: usize = 10_000;
 
-/// Recent command ids, oldest first, with the notifications sent for each.
+/// What is remembered of one idempotent command.
+struct Remembered {
+    fingerprint: String,
+    notified: Vec<Message>,
+    answer: Option<Answer>,
+}
+
+/// Recent idempotent commands, oldest first.
 #[derive(Default)]
 struct Recent {
     order: VecDeque<String>,
-    notified: HashMap<String, Vec<Message>>,
+    commands: HashMap<String, Remembered>,
 }
 
 struct Inner {
@@ -86,8 +94,10 @@ impl MemoryBus {
         if !notify.is_empty() {
             let mut recent = lock(&self.inner.recent);
             for message in &notify {
-                if let Some(seen) = message.correlation_id.as_ref().and_then(|c| recent.notified.get_mut(c)) {
-                    seen.push(message.clone());
+                if let Some(command) =
+                    message.correlation_id.as_ref().and_then(|c| recent.commands.get_mut(c))
+                {
+                    command.notified.push(message.clone());
                 }
             }
         }
@@ -119,23 +129,35 @@ impl Subscription for MemorySubscription {
 
 #[async_trait]
 impl Bus for MemoryBus {
-    async fn submit(&self, command: Event) -> Result<Submitted, BusError> {
-        {
+    async fn submit(&self, command: Event, idempotent: bool) -> Result<Submitted, BusError> {
+        if idempotent {
             let mut recent = lock(&self.inner.recent);
-            let id = &command.message.id;
-            if recent.notified.contains_key(id) {
-                return Ok(Submitted::Duplicate);
+            let (id, message) = (&command.message.id, &command.message);
+            let print = fingerprint(&message.kind, &message.payload);
+            if let Some(known) = recent.commands.get(id) {
+                if known.fingerprint != print {
+                    return Ok(Submitted::KeyReused);
+                }
+                return Ok(Submitted::Duplicate { answer: known.answer.clone() });
             }
-            recent.notified.insert(id.clone(), vec![]);
+            let remembered = Remembered { fingerprint: print, notified: vec![], answer: None };
+            recent.commands.insert(id.clone(), remembered);
             recent.order.push_back(id.clone());
             while recent.order.len() > REMEMBERED {
                 if let Some(old) = recent.order.pop_front() {
-                    recent.notified.remove(&old);
+                    recent.commands.remove(&old);
                 }
             }
         }
         self.append(vec![command], vec![]);
         Ok(Submitted::Accepted)
+    }
+
+    async fn remember(&self, command: &Message, answer: Answer) -> Result<Answer, BusError> {
+        let mut recent = lock(&self.inner.recent);
+        // Forgotten already (older than the last REMEMBERED): nothing to keep it with.
+        let Some(known) = recent.commands.get_mut(&command.id) else { return Ok(answer) };
+        Ok(known.answer.get_or_insert(answer).clone())
     }
 
     async fn subscribe(&self, consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError> {
@@ -159,7 +181,8 @@ impl Bus for MemoryBus {
     }
 
     async fn notified(&self, correlation_id: &str) -> Result<Vec<Message>, BusError> {
-        Ok(lock(&self.inner.recent).notified.get(correlation_id).cloned().unwrap_or_default())
+        let recent = lock(&self.inner.recent);
+        Ok(recent.commands.get(correlation_id).map(|c| c.notified.clone()).unwrap_or_default())
     }
 }
 
@@ -182,12 +205,27 @@ mod tests {
     async fn a_repeated_command_is_not_appended_and_sees_earlier_notifications() {
         let bus = MemoryBus::new();
         let mut sub = bus.subscribe("f", &[COMMANDS_TOPIC.into()]).await.expect("subscribe");
-        assert_eq!(bus.submit(command("c1")).await.expect("submit"), Submitted::Accepted);
+        assert_eq!(bus.submit(command("c1"), true).await.expect("submit"), Submitted::Accepted);
         bus.append(vec![], vec![Message::new("n1", "Done", json!({})).correlated("c1")]);
-        assert_eq!(bus.submit(command("c1")).await.expect("submit"), Submitted::Duplicate);
+        assert_eq!(
+            bus.submit(command("c1"), true).await.expect("submit"),
+            Submitted::Duplicate { answer: None }
+        );
+        let mut other = command("c1");
+        other.message.payload = json!({ "x": 1 });
+        assert_eq!(bus.submit(other, true).await.expect("submit"), Submitted::KeyReused);
         assert_eq!(sub.next().await.map(|d| d.event.message.id), Some("c1".into()));
         assert!(tokio::time::timeout(std::time::Duration::from_millis(50), sub.next()).await.is_err());
         let seen = bus.notified("c1").await.expect("notified");
         assert_eq!(seen.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["n1"]);
+        // The first answer kept wins, and repeats get it.
+        let first = Answer::Ok(json!({ "n": 1 }));
+        let c1 = command("c1").message;
+        assert_eq!(bus.remember(&c1, first.clone()).await.expect("remember"), first);
+        assert_eq!(bus.remember(&c1, Answer::Ok(json!({ "n": 2 }))).await.expect("remember"), first);
+        assert_eq!(
+            bus.submit(command("c1"), true).await.expect("submit"),
+            Submitted::Duplicate { answer: Some(first) }
+        );
     }
 }

@@ -13,7 +13,8 @@ pub use postgres::PgBus;
 
 use crate::store::Event;
 use async_trait::async_trait;
-use low_contract::Message;
+use low_contract::{Message, Value};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -33,12 +34,73 @@ pub struct Delivery {
 }
 
 /// What became of a submitted command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Submitted {
     /// Appended to the log.
     Accepted,
-    /// A command with this id is already in the log; nothing was appended.
-    Duplicate,
+    /// The same command (same id, same [`fingerprint`]) is already in the
+    /// log; nothing was appended. `answer` is its first answer once one was
+    /// kept ([`Bus::remember`]); until then the repeat is answered from the
+    /// notifications the command causes.
+    Duplicate { answer: Option<Answer> },
+    /// A command with this id but another fingerprint (another kind or
+    /// payload) is in the log: the idempotency key was reused for a
+    /// different command. Nothing was appended.
+    KeyReused,
+}
+
+/// The first answer to an idempotent command, kept with its id so that a
+/// repeat gets the same answer rather than the state of things now.
+/// Failures are not kept: a repeat resolves them again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Answer {
+    /// The value (or document) the request was answered with.
+    Ok(Value),
+    /// The reason a function rejected the command with.
+    Rejected(String),
+}
+
+/// What an idempotency key is bound to: sha256 of the command's kind and
+/// its payload in canonical JSON (object keys sorted, no whitespace), hex.
+pub fn fingerprint(kind: &str, payload: &Value) -> String {
+    use sha2::Digest;
+    let mut canonical = String::new();
+    canonical_json(payload, &mut canonical);
+    let digest = sha2::Sha256::new().chain_update(kind).chain_update([0]).chain_update(canonical).finalize();
+    hex::encode(digest)
+}
+
+/// `value` as JSON with every object's keys in sorted order, whatever
+/// order the map keeps them in.
+fn canonical_json(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push('{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                canonical_json(value, out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
 }
 
 /// The deliveries of one consumer, in log order.
@@ -51,8 +113,19 @@ pub trait Subscription: Send {
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Appends a command to the log, for whichever consumer handles it.
-    /// A bus that dedupes command ids appends a repeated one only once.
-    async fn submit(&self, command: Event) -> Result<Submitted, BusError>;
+    /// An `idempotent` command's id names it for good: it is appended once,
+    /// and bound to its [`fingerprint`]; a repeat appends nothing (a
+    /// [`Submitted::Duplicate`], or [`Submitted::KeyReused`] when its
+    /// fingerprint differs). Other commands carry fresh ids and are only
+    /// appended.
+    async fn submit(&self, command: Event, idempotent: bool) -> Result<Submitted, BusError>;
+    /// Keeps `answer` as the first answer of the idempotent `command`, for
+    /// its repeats; returns the answer kept, which is an earlier one if
+    /// another request (in any shell) kept one first. Buses that keep none
+    /// return `answer`.
+    async fn remember(&self, _command: &Message, answer: Answer) -> Result<Answer, BusError> {
+        Ok(answer)
+    }
     /// Deliveries on `topics` for the consumer `consumer`.
     async fn subscribe(&self, consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError>;
     /// Notifications for requests waiting in this shell. Taken once.
@@ -71,5 +144,27 @@ pub trait Bus: Send + Sync + 'static {
     /// behind is told it lagged and skips ahead.
     fn watch_events(&self) -> Result<broadcast::Receiver<Event>, BusError> {
         Err(BusError::Invalid("watching events is not supported by this bus".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fingerprint;
+    use low_contract::json;
+
+    #[test]
+    fn a_fingerprint_is_the_kind_and_the_payload_whatever_the_key_order() {
+        let a = fingerprint("Invite", &json!({ "email": "a@b.c", "n": 1, "x": { "q": [1, 2], "p": null } }));
+        let b = fingerprint("Invite", &json!({ "x": { "p": null, "q": [1, 2] }, "n": 1, "email": "a@b.c" }));
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            fingerprint("Rename", &json!({ "email": "a@b.c", "n": 1, "x": { "q": [1, 2], "p": null } }))
+        );
+        assert_ne!(
+            a,
+            fingerprint("Invite", &json!({ "email": "b@b.c", "n": 1, "x": { "q": [1, 2], "p": null } }))
+        );
+        assert_ne!(fingerprint("Invite", &json!({ "n": 1 })), fingerprint("Invite", &json!({ "n": "1" })));
     }
 }

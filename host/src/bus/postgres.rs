@@ -1,7 +1,10 @@
 //! The Postgres bus: the `events` table is the log, so the bus reads it and
 //! the [`PgStore`](crate::store::PgStore) appends to it.
 //!
-//! - `submit` appends a command (once per command id: a repeat appends nothing).
+//! - `submit` appends a command (once per command id: a repeat appends
+//!   nothing); an idempotent one is bound to its fingerprint in
+//!   `command_results`, in the same statement, where its first answer is
+//!   kept too (`remember`).
 //! - A subscription is one consumer (one function). The shell that holds the
 //!   consumer's lease (a session advisory lock on a dedicated connection)
 //!   reads from the stored checkpoint; the other shells stand by and take
@@ -14,7 +17,7 @@
 //! - LISTEN/NOTIFY wakes consumers and carries notifications to the shells;
 //!   polling is the fallback.
 
-use super::{Bus, BusError, Delivery, Submitted, Subscription};
+use super::{Answer, Bus, BusError, Delivery, Submitted, Subscription, fingerprint};
 use crate::postgres::{
     Database, EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, describe, describe_pool, lease_id, try_lease,
 };
@@ -69,6 +72,12 @@ impl Inner {
 
 fn unavailable(e: &tokio_postgres::Error) -> BusError {
     BusError::Unavailable(describe(e))
+}
+
+/// A statement's error: unavailable when the database cannot be reached,
+/// else refused.
+fn refused(e: tokio_postgres::Error) -> BusError {
+    if crate::postgres::is_unavailable(&e) { unavailable(&e) } else { BusError::Invalid(describe(&e)) }
 }
 
 fn no_connection(e: deadpool_postgres::PoolError) -> BusError {
@@ -402,6 +411,32 @@ const SUBMIT: &str = "WITH e AS (
          RETURNING position)
      SELECT pg_notify($7, $2) FROM e";
 
+/// [`SUBMIT`] for an idempotent command: its fingerprint ($8) is kept in
+/// `command_results` when — and in the same statement as — the command is
+/// appended, so a duplicate (which waits for the first's transaction on the
+/// unique index) always finds it.
+const SUBMIT_IDEMPOTENT: &str = "WITH e AS (
+         INSERT INTO events (id, topic, kind, payload, correlation_id, causation_id, command_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $1)
+         ON CONFLICT (id) WHERE topic = 'commands' DO NOTHING
+         RETURNING id),
+     k AS (
+         INSERT INTO command_results (command_id, fingerprint) SELECT id, $8 FROM e
+         ON CONFLICT (command_id) DO NOTHING)
+     SELECT pg_notify($7, $2) FROM e";
+
+/// What a duplicate is compared with: the logged command, and its
+/// fingerprint and first answer when kept (not for commands logged before
+/// `command_results` existed, nor once its row is pruned).
+const LOGGED_COMMAND: &str = "SELECT e.kind, e.payload, r.fingerprint, r.result
+     FROM events e LEFT JOIN command_results r ON r.command_id = e.id
+     WHERE e.id = $1 AND e.topic = 'commands'";
+
+/// Keeps a first answer; an answer kept before wins.
+const REMEMBER: &str = "INSERT INTO command_results (command_id, fingerprint, result) VALUES ($1, $2, $3)
+     ON CONFLICT (command_id) DO UPDATE SET result = coalesce(command_results.result, EXCLUDED.result)
+     RETURNING result";
+
 struct PgSubscription {
     inner: Arc<Inner>,
     consumer: String,
@@ -511,37 +546,76 @@ impl Bus for PgBus {
             .map_err(|e| format!("the database does not answer: {e}"))
     }
 
-    async fn submit(&self, command: Event) -> Result<Submitted, BusError> {
+    async fn submit(&self, command: Event, idempotent: bool) -> Result<Submitted, BusError> {
         let client = self.inner.db.pool().get().await.map_err(no_connection)?;
         let m = &command.message;
-        let invalid = |e: tokio_postgres::Error| {
-            if crate::postgres::is_unavailable(&e) {
-                unavailable(&e)
-            } else {
-                BusError::Invalid(describe(&e))
-            }
-        };
-        let submit = client.prepare_cached(SUBMIT).await.map_err(invalid)?;
-        let rows = client
-            .query(
-                &submit,
-                &[
-                    &m.id,
-                    &command.topic,
-                    &m.kind,
-                    &m.payload,
-                    &m.correlation_id,
-                    &m.causation_id,
-                    &EVENTS_CHANNEL,
-                ],
-            )
-            .await
-            .map_err(invalid)?;
-        if rows.is_empty() {
-            return Ok(Submitted::Duplicate);
+        let print = fingerprint(&m.kind, &m.payload);
+        let rows = if idempotent {
+            let submit = client.prepare_cached(SUBMIT_IDEMPOTENT).await.map_err(refused)?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+                &m.id,
+                &command.topic,
+                &m.kind,
+                &m.payload,
+                &m.correlation_id,
+                &m.causation_id,
+                &EVENTS_CHANNEL,
+                &print,
+            ];
+            client.query(&submit, &params).await
+        } else {
+            let submit = client.prepare_cached(SUBMIT).await.map_err(refused)?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+                &m.id,
+                &command.topic,
+                &m.kind,
+                &m.payload,
+                &m.correlation_id,
+                &m.causation_id,
+                &EVENTS_CHANNEL,
+            ];
+            client.query(&submit, &params).await
         }
-        self.wake_local();
-        Ok(Submitted::Accepted)
+        .map_err(refused)?;
+        if !rows.is_empty() {
+            self.wake_local();
+            return Ok(Submitted::Accepted);
+        }
+        // A duplicate id: the same command again, or the key reused for another.
+        let logged = client.prepare_cached(LOGGED_COMMAND).await.map_err(refused)?;
+        let Some(row) = client.query_opt(&logged, &[&m.id]).await.map_err(refused)? else {
+            return Err(BusError::Invalid(format!("command {} is neither appended nor in the log", m.id)));
+        };
+        let bad =
+            |e: tokio_postgres::Error| BusError::Invalid(format!("unreadable command: {}", describe(&e)));
+        let kept: Option<String> = row.try_get(2).map_err(bad)?;
+        let first = match kept {
+            Some(kept) => kept,
+            None => fingerprint(&row.try_get::<_, String>(0).map_err(bad)?, &row.try_get(1).map_err(bad)?),
+        };
+        if first != print {
+            return Ok(Submitted::KeyReused);
+        }
+        let answer = row.try_get::<_, Option<serde_json::Value>>(3).map_err(bad)?.and_then(|answer| {
+            serde_json::from_value(answer)
+                .inspect_err(|e| tracing::warn!(command = %m.id, "unreadable kept answer, ignored: {e}"))
+                .ok()
+        });
+        Ok(Submitted::Duplicate { answer })
+    }
+
+    async fn remember(&self, command: &Message, answer: Answer) -> Result<Answer, BusError> {
+        let client = self.inner.db.pool().get().await.map_err(no_connection)?;
+        let value = serde_json::to_value(&answer).map_err(|e| BusError::Invalid(e.to_string()))?;
+        let remember = client.prepare_cached(REMEMBER).await.map_err(refused)?;
+        let print = fingerprint(&command.kind, &command.payload);
+        let row = client.query_one(&remember, &[&command.id, &print, &value]).await.map_err(refused)?;
+        let kept: Option<serde_json::Value> = row.try_get(0).map_err(refused)?;
+        match kept.map(serde_json::from_value::<Answer>) {
+            Some(Ok(kept)) => Ok(kept),
+            Some(Err(e)) => Err(BusError::Invalid(format!("unreadable kept answer: {e}"))),
+            None => Ok(answer),
+        }
     }
 
     fn watch_events(&self) -> Result<broadcast::Receiver<Event>, BusError> {

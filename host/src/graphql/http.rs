@@ -144,6 +144,14 @@ fn answer(media: Media, response: GqlResponse) -> Response {
     http
 }
 
+/// Whether the response refuses a reused idempotency key.
+fn reused_key(response: &GqlResponse) -> bool {
+    response.errors.iter().any(|e| {
+        e.extensions.as_ref().and_then(|x| x.get("code"))
+            == Some(&async_graphql::Value::from(super::schema::code::IDEMPOTENCY_KEY_REUSED))
+    })
+}
+
 /// The request's parameters, checked as the spec asks.
 fn request_from(params: &Map<String, Value>) -> Result<GqlRequest, String> {
     let query = match params.get("query") {
@@ -189,14 +197,112 @@ fn operation_type(request: &GqlRequest) -> Option<OperationType> {
     .map(|(_, op)| op.node.ty)
 }
 
+/// The `Idempotency-Key` header's key. The draft
+/// (draft-ietf-httpapi-idempotency-key-header) makes it a Structured Field
+/// string, `"…"`; a bare value is taken as it is. `Err` for a malformed one.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let value = value.to_str().map_err(|_| "the Idempotency-Key header must be ASCII".to_owned())?.trim();
+    let Some(quoted) = value.strip_prefix('"') else {
+        return Ok(Some(value.to_owned()).filter(|k| !k.is_empty()));
+    };
+    let malformed = || format!("the Idempotency-Key header is not a valid string: {value}");
+    let mut key = String::new();
+    let mut chars = quoted.chars();
+    loop {
+        match chars.next() {
+            Some('"') if chars.as_str().is_empty() => break,
+            Some('\\') => match chars.next() {
+                Some(c @ ('"' | '\\')) => key.push(c),
+                _ => return Err(malformed()),
+            },
+            Some(c) if c != '"' && (' '..='~').contains(&c) => key.push(c),
+            _ => return Err(malformed()),
+        }
+    }
+    if key.is_empty() {
+        return Err("the Idempotency-Key header is empty".into());
+    }
+    Ok(Some(key))
+}
+
+/// How many fields the request's mutation selects at its root (through
+/// fragments; `__typename` aside); `None` when the operation to run is not
+/// a mutation or does not parse (execution reports that).
+fn mutation_fields(request: &GqlRequest) -> Option<usize> {
+    use async_graphql::parser::types::{Selection, SelectionSet};
+    let document = async_graphql::parser::parse_query(&request.query).ok()?;
+    let mut operations = document.operations.iter();
+    let operation = match &request.operation_name {
+        Some(name) => operations.find(|(n, _)| n.is_some_and(|n| n.as_str() == name)),
+        None => operations.next(),
+    }?
+    .1;
+    if operation.node.ty != OperationType::Mutation {
+        return None;
+    }
+    // Fields under each fragment are counted once per spread; a fragment
+    // already being expanded is not entered again (a cycle, refused by validation).
+    fn count(
+        set: &SelectionSet,
+        document: &async_graphql::parser::types::ExecutableDocument,
+        open: &mut Vec<String>,
+    ) -> usize {
+        set.items
+            .iter()
+            .map(|item| match &item.node {
+                Selection::Field(f) => usize::from(!f.node.name.node.starts_with("__")),
+                Selection::InlineFragment(f) => count(&f.node.selection_set.node, document, open),
+                Selection::FragmentSpread(s) => {
+                    let name = s.node.fragment_name.node.as_str();
+                    match document.fragments.get(&s.node.fragment_name.node) {
+                        Some(fragment) if !open.iter().any(|o| o == name) => {
+                            open.push(name.to_owned());
+                            let n = count(&fragment.node.selection_set.node, document, open);
+                            open.pop();
+                            n
+                        }
+                        _ => 0,
+                    }
+                }
+            })
+            .sum()
+    }
+    Some(count(&operation.node.selection_set.node, &document, &mut vec![]))
+}
+
+/// A response to an `Idempotency-Key` request refused for its key: `status`
+/// with the GraphQL errors (codes included) and no `data`.
+fn refuse_key(status: StatusCode, media: Media, errors: Value) -> Response {
+    crate::metrics::request("bad_request");
+    let mut response = (status, json!({ "errors": errors }).to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(media.content_type()));
+    response
+}
+
 async fn execute(app: &App, headers: &HeaderMap, media: Media, mut request: GqlRequest) -> Response {
-    // `Idempotency-Key` names the command of every mutation in the request.
-    if let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).filter(|k| !k.is_empty())
-    {
-        request = request.data(IdempotencyKey(key.to_owned()));
+    // `Idempotency-Key` names the command of the request's one mutation
+    // (several would all be one command: refused before anything runs).
+    let key = match idempotency_key(headers) {
+        Ok(key) => key,
+        Err(message) => return refuse(StatusCode::BAD_REQUEST, media, message),
+    };
+    if let Some(key) = &key {
+        if mutation_fields(&request).is_some_and(|n| n > 1) {
+            let message = "an Idempotency-Key names one command: send one mutation per request with it \
+                           (or give each mutation its own `commandId`)";
+            let errors = json!([{ "message": message, "extensions": { "code": super::schema::code::IDEMPOTENCY_KEY_MULTIPLE_MUTATIONS } }]);
+            return refuse_key(StatusCode::BAD_REQUEST, media, errors);
+        }
+        request = request.data(IdempotencyKey(key.clone()));
     }
     let schema = app.graphql.schema();
     match tokio::time::timeout(app.options.request_timeout, schema.execute(request)).await {
+        // The key reused for another payload: 422, as the draft says.
+        Ok(response) if key.is_some() && reused_key(&response) => {
+            let errors = serde_json::to_value(&response.errors).unwrap_or(Value::Null);
+            refuse_key(StatusCode::UNPROCESSABLE_ENTITY, media, errors)
+        }
         Ok(response) => answer(media, response),
         Err(_) => refuse(
             StatusCode::REQUEST_TIMEOUT,

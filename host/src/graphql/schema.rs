@@ -6,7 +6,7 @@
 use crate::bus::Bus;
 use crate::registry::Functions;
 use crate::responses::{ResponseError, Responses};
-use crate::store::{Event, Store};
+use crate::store::{Event, Store, StoreError};
 use async_graphql::dynamic::{
     Field, FieldFuture, FieldValue, InputValue, Object, ResolverContext, Scalar, Schema, SchemaError,
     Subscription, SubscriptionField, SubscriptionFieldFuture, TypeRef,
@@ -30,6 +30,107 @@ pub const COMMAND_ID: &str = "commandId";
 /// The request's `Idempotency-Key` header, when it has one.
 #[derive(Debug, Clone)]
 pub struct IdempotencyKey(pub String);
+
+/// The stable codes GraphQL errors carry in `extensions.code` (with the
+/// request's `extensions.correlationId`): clients branch on these, and the
+/// detail behind them is in the shell's log under the correlation id.
+pub mod code {
+    /// A function refused the command; the message is its reason, for the user.
+    pub const REJECTED: &str = "REJECTED";
+    /// The command was taken but could not be carried out (a guest failed,
+    /// a step kept conflicting).
+    pub const COMMAND_FAILED: &str = "COMMAND_FAILED";
+    /// No response within the response timeout; the command may still be
+    /// carried out: repeat it with the same key to learn its result.
+    pub const TIMEOUT: &str = "TIMEOUT";
+    /// The bus or store cannot be reached now; try again.
+    pub const UNAVAILABLE: &str = "UNAVAILABLE";
+    /// Something went wrong in the shell.
+    pub const INTERNAL: &str = "INTERNAL";
+    /// The idempotency key (`commandId` or `Idempotency-Key`) was used
+    /// before for a different command (another payload); nothing was submitted.
+    pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+    /// An `Idempotency-Key` came with more than one mutation field (it
+    /// names one command); nothing was submitted.
+    pub const IDEMPOTENCY_KEY_MULTIPLE_MUTATIONS: &str = "IDEMPOTENCY_KEY_MULTIPLE_MUTATIONS";
+    /// Too many requests wait for their responses; nothing was submitted.
+    pub const OVERLOADED: &str = "OVERLOADED";
+}
+
+/// A GraphQL error with a stable `message`, its `code` and the
+/// correlation id the log has the details under.
+pub fn coded_error(
+    message: impl Into<String>,
+    code: &'static str,
+    correlation_id: &str,
+) -> async_graphql::Error {
+    use async_graphql::ErrorExtensions;
+    let correlation_id = correlation_id.to_owned();
+    async_graphql::Error::new(message).extend_with(move |_, e| {
+        e.set("code", code);
+        e.set("correlationId", correlation_id.as_str());
+    })
+}
+
+/// What a mutation's client sees of `e`: a rejection's reason verbatim;
+/// otherwise a stable message, the detail going to the log.
+fn command_error(e: ResponseError, correlation_id: &str) -> async_graphql::Error {
+    let detail = e.to_string();
+    let (message, code) = match e {
+        ResponseError::Rejected(reason) => return coded_error(reason, code::REJECTED, correlation_id),
+        ResponseError::Failed(_) => {
+            tracing::warn!(correlation_id, "command failed: {detail}");
+            ("the command failed".to_owned(), code::COMMAND_FAILED)
+        }
+        ResponseError::Timeout { .. } => {
+            tracing::warn!(correlation_id, "{detail}");
+            (detail, code::TIMEOUT)
+        }
+        ResponseError::Unavailable(_) => {
+            tracing::warn!(correlation_id, "{detail}");
+            (
+                "the service is unavailable; try again (with the same commandId to be safe)".to_owned(),
+                code::UNAVAILABLE,
+            )
+        }
+        ResponseError::Internal(_) => {
+            tracing::error!(correlation_id, "{detail}");
+            ("internal error".to_owned(), code::INTERNAL)
+        }
+        ResponseError::KeyReused { .. } => {
+            tracing::info!(correlation_id, "{detail}");
+            (
+                "this idempotency key was used before for a different command; use a new key for a new command"
+                    .to_owned(),
+                code::IDEMPOTENCY_KEY_REUSED,
+            )
+        }
+        ResponseError::Overloaded { .. } => {
+            tracing::warn!(correlation_id, "request refused: {detail}");
+            (
+                "too many requests are waiting for their responses; try again shortly".to_owned(),
+                code::OVERLOADED,
+            )
+        }
+    };
+    coded_error(message, code, correlation_id)
+}
+
+/// What a query's client sees of a store error: a stable message and code
+/// with a fresh correlation id, the detail going to the log.
+fn store_error(e: StoreError) -> async_graphql::Error {
+    let correlation_id = uuid::Uuid::now_v7().to_string();
+    match e {
+        StoreError::Unavailable(_) => {
+            tracing::warn!(%correlation_id, "query failed: {e}");
+            coded_error("the service is unavailable; try again", code::UNAVAILABLE, &correlation_id)
+        }
+        _ => {
+            tracing::error!(%correlation_id, "query failed: {e}");
+            coded_error("internal error", code::INTERNAL, &correlation_id)
+        }
+    }
+}
 
 /// The command id for an idempotency key: deterministic, and distinct per command kind.
 pub fn command_id(kind: &str, key: &str) -> String {
@@ -136,7 +237,7 @@ fn model_queries(model: &ModelSpec, backend: &Backend) -> Vec<Field> {
             let (backend, collection, key_arg) = (backend.clone(), collection.clone(), key_arg2.clone());
             FieldFuture::new(async move {
                 let key = ctx.args.try_get(&key_arg)?.string()?.to_owned();
-                let doc = backend.store.get(&collection, &key).await.map_err(gql_error)?;
+                let doc = backend.store.get(&collection, &key).await.map_err(store_error)?;
                 Ok(doc.map(|d| FieldValue::owned_any(d.body)))
             })
         })
@@ -154,7 +255,7 @@ fn model_queries(model: &ModelSpec, backend: &Backend) -> Vec<Field> {
                     .filter(|n| *n <= MAX_PAGE)
                     .ok_or_else(|| gql_error(format!("`first` must be between 0 and {MAX_PAGE}")))?;
                 let after = ctx.args.get("after").filter(|v| !v.is_null()).map(|v| v.string()).transpose()?;
-                let docs = backend.store.list(&collection, after, first).await.map_err(gql_error)?;
+                let docs = backend.store.list(&collection, after, first).await.map_err(store_error)?;
                 Ok(Some(FieldValue::list(docs.into_iter().map(|d| FieldValue::owned_any(d.body)))))
             })
         })
@@ -206,37 +307,38 @@ fn mutation(command: &CommandSpec, returns_model: bool, backend: &Backend) -> Fi
                 Some(v) => Some(v.string()?.to_owned()),
                 None => ctx.data_opt::<IdempotencyKey>().map(|k| k.0.clone()),
             };
+            let idempotent = key.is_some();
             let id = match key {
                 Some(key) => command_id(&spec.name, &key),
                 None => uuid::Uuid::now_v7().to_string(),
             };
             let span =
                 tracing::info_span!("command", command = %spec.name, command_id = %id, correlation_id = %id);
-            let command = Message::new(id.clone(), &spec.name, payload).correlated(id);
+            let command = Message::new(id.clone(), &spec.name, payload).correlated(id.clone());
             let started = Instant::now();
-            let answer = backend.responses.request(command).instrument(span.clone()).await;
+            let answer = backend.responses.request(command, idempotent).instrument(span.clone()).await;
             let outcome = match &answer {
                 Ok(_) => "ok",
                 Err(ResponseError::Rejected(_)) => "rejected",
-                Err(ResponseError::Failed(_)) => "failed",
                 Err(ResponseError::Timeout { .. }) => "timeout",
+                Err(ResponseError::KeyReused { .. } | ResponseError::Overloaded { .. }) => "refused",
+                Err(
+                    ResponseError::Failed(_) | ResponseError::Unavailable(_) | ResponseError::Internal(_),
+                ) => "failed",
             };
             crate::metrics::command(&spec.name, outcome, started.elapsed());
             span.in_scope(|| tracing::debug!(outcome, "answered"));
             match answer {
                 Ok(value) if returns_model => Ok(Some(FieldValue::owned_any(value))),
                 Ok(value) => Ok(Some(FieldValue::value(json_to_graphql(&value)))),
-                Err(
-                    e @ (ResponseError::Rejected(_)
-                    | ResponseError::Failed(_)
-                    | ResponseError::Timeout { .. }),
-                ) => Err(gql_error(e)),
+                Err(e) => Err(span.in_scope(|| command_error(e, &id))),
             }
         })
     });
     let field = field.argument(InputValue::new(COMMAND_ID, TypeRef::named(TypeRef::ID)).description(
-        "Idempotency key: a repeat with the same key returns the first result and changes nothing \
-         (also read from the `Idempotency-Key` header)",
+        "Idempotency key: a repeat with the same key and arguments returns the first result and \
+         changes nothing; the same key with other arguments is an error (IDEMPOTENCY_KEY_REUSED). \
+         Also read from the `Idempotency-Key` header",
     ));
     let field = command.fields.iter().fold(field, |f, spec| {
         let arg = InputValue::new(graphql_name(&spec.name), TypeRef::named(scalar(spec.kind)));

@@ -88,3 +88,55 @@ pub async fn running_version(client: &Client, name: &str) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// The `extensions` of the first GraphQL error (`code`, `correlationId`).
+pub fn error_extensions(body: &Value) -> &Value {
+    &body["errors"][0]["extensions"]
+}
+
+/// What this test process's shells log, one JSON object per event. Call
+/// [`capture_logs`] before starting a shell.
+static LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+
+struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends the process's logs (info and up) to a buffer that [`logged`] reads.
+pub fn capture_logs() {
+    LOGS.get_or_init(|| {
+        let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = std::sync::Arc::clone(&buffer);
+        let installed = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || LogWriter(std::sync::Arc::clone(&writer)))
+            .try_init();
+        assert!(installed.is_ok(), "no other log subscriber in this test process");
+        buffer
+    });
+}
+
+/// The level and message of every event logged with this correlation id.
+pub fn logged(correlation_id: &str) -> Vec<(String, String)> {
+    let Some(buffer) = LOGS.get() else { return vec![] };
+    let text = String::from_utf8_lossy(&buffer.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| event["fields"]["correlation_id"] == correlation_id)
+        .map(|event| {
+            (
+                event["level"].as_str().unwrap_or_default().to_owned(),
+                event["fields"]["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
