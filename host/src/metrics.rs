@@ -65,6 +65,11 @@ fn describe() {
     describe_gauge!("lowshell_consumer_lag", "Deliveries waiting for a consumer (function)");
     describe_counter!("lowshell_swaps_total", "Function swaps, by function and outcome (ok, failed)");
     describe_counter!("lowshell_events_total", "Events and commands appended, by topic");
+    describe_gauge!("lowshell_parked_events", "Events parked (set aside after failing), by function");
+    describe_gauge!(
+        "lowshell_consumer_stopped",
+        "1 while a function's consumer is stopped at an event that keeps failing"
+    );
 }
 
 /// How a GraphQL HTTP request ended: `ok`, `graphql_error` (answered with
@@ -129,4 +134,18 @@ pub fn swap(function: &str, ok: bool) {
 /// An event (or command) was appended to `topic`.
 pub fn event_appended(topic: &str) {
     counter!("lowshell_events_total", "topic" => topic.to_owned()).increment(1);
+}
+
+/// How many events `function`'s consumer has parked (all shells on the store).
+pub fn parked_events(function: &str, parked: u64) {
+    gauge!("lowshell_parked_events", "function" => function.to_owned()).set(parked as f64);
+}
+
+/// Whether `function`'s consumer is stopped at an event that keeps failing.
+pub fn consumer_stopped(function: &str, stopped: bool) {
+    gauge!("lowshell_consumer_stopped", "function" => function.to_owned()).set(if stopped {
+        1.0
+    } else {
+        0.0
+    });
 }

@@ -14,6 +14,8 @@
 //!   repeated command can be answered again); `pg_notify` wakes the shells.
 //! - `function_versions` and `deployments`: the versions of the functions
 //!   the cluster runs ([`crate::cluster`]).
+//! - `parked`: events a consumer could not process, set aside with their
+//!   error until a retry applies them.
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::Duration;
@@ -37,6 +39,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "event log, documents, checkpoints, notifications", MIGRATION_1),
     (2, "deployed versions of the functions", MIGRATION_2),
+    (5, "parked events", MIGRATION_5),
 ];
 
 const MIGRATION_1: &str = r#"
@@ -99,6 +102,21 @@ CREATE TABLE deployments (
     previous     text,
     deployed_at  timestamptz NOT NULL DEFAULT now(),
     FOREIGN KEY (name, version) REFERENCES function_versions (name, version)
+);
+"#;
+
+/// Events a consumer set aside (a dead letter each), with a copy of the
+/// event so that the record stands on its own.
+const MIGRATION_5: &str = r#"
+CREATE TABLE parked (
+    consumer      text NOT NULL,
+    position      bigint NOT NULL,
+    event         jsonb NOT NULL,
+    error         text NOT NULL,
+    attempts      integer NOT NULL,
+    parked_at     timestamptz NOT NULL DEFAULT now(),
+    attempted_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, position)
 );
 "#;
 
