@@ -364,7 +364,7 @@ async fn websocket(
         .on_upgrade(move |stream| GraphQLWebSocket::new(stream, (*schema).clone(), protocol).serve())
 }
 
-/// 200 `ready`, or 503 with every failing check.
+/// 200 `ready` (then any notes: parked events, stopped consumers), or 503 with every failing check.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     match app.readiness.run().await {
         Ok(()) => {
