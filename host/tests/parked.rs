@@ -83,6 +83,28 @@ async fn misbehave(client: &Client, action: &str, phase: &str) -> String {
         .to_owned()
 }
 
+/// A `Misbehave` command whose event the projector will fail on. Its
+/// request may be answered (by the handler's notification) or failed (by
+/// the projector's `Failed` notification, if that comes first): either way
+/// the event is in the log. The id of its thing comes from the record.
+async fn misbehave_projector(client: &Client, action: &str, phase: &str) {
+    let body = client
+        .graphql(&format!(r#"mutation {{ Misbehave(action: "{action}", phase: "{phase}") {{ id }} }}"#))
+        .await;
+    let answered = body["data"]["Misbehave"]["id"].is_string();
+    assert!(answered || error(&body).is_some_and(|e| e.contains("`misbehave-projector`")), "{body}");
+}
+
+/// The thing id, action and phase of a parked or stopped record's event.
+fn payload(record: &Value) -> (String, &Value, &Value) {
+    let payload = &record["event"]["message"]["payload"];
+    (
+        payload["id"].as_str().unwrap_or_else(|| panic!("{record}")).to_owned(),
+        &payload["action"],
+        &payload["phase"],
+    )
+}
+
 async fn view(client: &Client, id: &str) -> Value {
     let body = client.graphql(&format!(r#"{{ thingView(id: "{id}") {{ id action phase }} }}"#)).await;
     assert!(error(&body).is_none(), "{body}");
@@ -195,7 +217,7 @@ const GAUGE: &str = "lowshell_parked_events{function=\"misbehave-projector\"}";
 /// version is deployed, a retry applies it. `client` and `other` may be
 /// two shells on one database.
 async fn park_then_fix_and_retry(client: &Client, other: &Client) {
-    let failing = misbehave(client, "trap", "project-operate").await;
+    misbehave_projector(client, "trap", "project-operate").await;
     let after = misbehave(client, "ok", "").await;
     eventually("the event after it is projected", Duration::from_secs(20), || async {
         !view(client, &after).await.is_null()
@@ -209,7 +231,8 @@ async fn park_then_fix_and_retry(client: &Client, other: &Client) {
     .await;
     assert_eq!(record["consumer"], PROJECTOR, "{record}");
     assert_eq!(record["event"]["message"]["kind"], "Happened", "{record}");
-    assert_eq!(record["event"]["message"]["payload"]["id"], failing.as_str(), "{record}");
+    let (failing, action, phase) = payload(&record);
+    assert_eq!((action.as_str(), phase.as_str()), (Some("trap"), Some("project-operate")), "{record}");
     assert_eq!(record["attempts"], 2, "the first try and one retry: {record}");
     let error = record["error"].as_str().unwrap_or_default();
     assert!(error.contains("deliberate trap in project-operate"), "{record}");
@@ -289,14 +312,19 @@ async fn every_kind_of_failure_parks() {
         ("collide", "project-write", "kept conflicting"),
     ];
     for (n, (action, phase, reason)) in cases.iter().enumerate() {
-        let id = misbehave(&client, action, phase).await;
+        misbehave_projector(&client, action, phase).await;
         let records = until(&format!("{action} in {phase} is parked"), Duration::from_secs(20), || async {
             Some(parked(&client).await["parked"].clone())
                 .filter(|r| r.as_array().map(Vec::len) == Some(n + 1))
         })
         .await;
         let record = &records[n];
-        assert_eq!(record["event"]["message"]["payload"]["id"], id.as_str(), "{records}");
+        let (_, parked_action, parked_phase) = payload(record);
+        assert_eq!(
+            (parked_action.as_str(), parked_phase.as_str()),
+            (Some(*action), Some(*phase)),
+            "{records}"
+        );
         assert!(record["error"].as_str().unwrap_or_default().contains(reason), "{action}: {record}");
         assert_eq!(record["attempts"], 1, "{record}");
     }
@@ -323,7 +351,7 @@ async fn a_stopped_consumer_waits_at_the_event_until_a_retry_after_the_fix() {
     // A long backoff: only the retry makes it try again within the test.
     let policy = FailurePolicy { retries: 0, backoff_ms: 25_000, on_failure: OnFailure::Stop };
     let (shell, client) = start(project(policy)).await;
-    let failing = misbehave(&client, "trap", "project-operate").await;
+    misbehave_projector(&client, "trap", "project-operate").await;
     let after = misbehave(&client, "ok", "").await;
 
     let stopped = until("the consumer stops", Duration::from_secs(20), || async {
@@ -331,7 +359,8 @@ async fn a_stopped_consumer_waits_at_the_event_until_a_retry_after_the_fix() {
     })
     .await;
     assert_eq!(stopped["function"], PROJECTOR, "{stopped}");
-    assert_eq!(stopped["event"]["message"]["payload"]["id"], failing.as_str(), "{stopped}");
+    let (failing, action, _) = payload(&stopped);
+    assert_eq!(action, "trap", "{stopped}");
     assert!(stopped["error"].as_str().unwrap_or_default().contains("deliberate trap"), "{stopped}");
     assert_eq!(parked(&client).await["parked"], json!([]), "nothing is parked");
     let stopped_gauge = "lowshell_consumer_stopped{function=\"misbehave-projector\"}";
