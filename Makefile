@@ -2,7 +2,7 @@
 
 GUESTS   := invite-customer customer-projector invite-resolver
 # Misbehaving guests for the shell's own tests.
-FIXTURES := misbehave misbehave-resolver
+FIXTURES := misbehave misbehave-resolver misbehave-projector
 TARGET   := wasm32-wasip2
 MODULES  := modules
 CARGO    ?= cargo
@@ -28,6 +28,11 @@ guest: target
 	@mkdir -p $(MODULES)/v2 $(MODULES)/fixtures
 	@$(CARGO) build --quiet --profile guest --target $(TARGET) -p invite-customer --features v2
 	@cp $(TARGET_DIR)/$(TARGET)/guest/invite_customer.wasm $(MODULES)/v2/invite-customer.wasm
+	@# Versions of the misbehaving projector: fixed, and with other inputs.
+	@for f in fixed wide; do \
+		$(CARGO) build --quiet --profile guest --target $(TARGET) -p misbehave-projector --features $$f || exit 1; \
+		cp $(TARGET_DIR)/$(TARGET)/guest/misbehave_projector.wasm $(MODULES)/fixtures/misbehave-projector-$$f.wasm; \
+	done
 	@for g in $(FIXTURES); do \
 		$(CARGO) build --quiet --profile guest --target $(TARGET) -p $$g || exit 1; \
 		cp $(TARGET_DIR)/$(TARGET)/guest/$$(echo $$g | tr - _).wasm $(MODULES)/fixtures/$$g.wasm; \

@@ -1,9 +1,12 @@
-//! Admin endpoints: list, deploy and roll back functions over HTTP.
+//! Admin endpoints: list, deploy and roll back functions over HTTP; list
+//! the parked events and retry them.
 //! Every request needs `Authorization: Bearer <token>`; without a configured
 //! token the endpoints refuse everything. Tokens are compared in constant time.
 
 use crate::deploy::{DeployError, Deployer};
+use crate::executor::{Executor, Retried, RetryError, Stopped};
 use crate::runtime::Function;
+use crate::store::{Parked, StoreError};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -15,6 +18,7 @@ use axum::routing::{get, post, put};
 use low_contract::FunctionKind;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// Largest component accepted by `PUT /admin/functions/{name}`.
@@ -23,6 +27,7 @@ pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 #[derive(Clone)]
 struct Admin {
     deployer: Deployer,
+    executor: Arc<Executor>,
     /// sha256 of the token: compared in constant time whatever its length.
     token: Option<[u8; 32]>,
 }
@@ -65,12 +70,32 @@ pub struct Deployed {
     pub changed: bool,
 }
 
-pub fn router(deployer: Deployer, token: Option<&str>) -> Router {
-    let admin = Admin { deployer, token: token.map(|t| Sha256::digest(t.as_bytes()).into()) };
+/// `GET /admin/parked`: the events parked (from the store: every shell's)
+/// and the consumers of this shell stopped at a failing event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ParkedReport {
+    pub parked: Vec<Parked>,
+    pub stopped: Vec<Stopped>,
+}
+
+/// The outcome of `POST /admin/functions/{name}/retry`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RetryReport {
+    pub function: String,
+    /// Each event tried, oldest first.
+    pub retried: Vec<Retried>,
+}
+
+pub fn router(deployer: Deployer, executor: Arc<Executor>, token: Option<&str>) -> Router {
+    let admin = Admin { deployer, executor, token: token.map(|t| Sha256::digest(t.as_bytes()).into()) };
     Router::new()
         .route("/admin/functions", get(list))
         .route("/admin/functions/{name}", put(deploy).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)))
         .route("/admin/functions/{name}/rollback", post(rollback))
+        .route("/admin/functions/{name}/retry", post(retry))
+        .route("/admin/parked", get(parked))
         .route_layer(middleware::from_fn_with_state(admin.clone(), authorize))
         .with_state(admin)
 }
@@ -147,5 +172,50 @@ async fn rollback(State(admin): State<Admin>, Path(name): Path<String>) -> Respo
         Err(e @ DeployError::Registry(_)) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e @ DeployError::Record(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParkedQuery {
+    function: Option<String>,
+}
+
+fn store_error(e: &StoreError) -> Response {
+    match e {
+        StoreError::Unavailable(_) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        _ => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn parked(State(admin): State<Admin>, Query(query): Query<ParkedQuery>) -> Response {
+    let function = query.function.as_deref();
+    match admin.executor.store().parked(function).await {
+        Ok(parked) => {
+            let stopped =
+                admin.executor.stopped().into_iter().filter(|s| function.is_none_or(|f| s.function == f));
+            Json(ParkedReport { parked, stopped: stopped.collect() }).into_response()
+        }
+        Err(e) => store_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryQuery {
+    position: Option<u64>,
+}
+
+async fn retry(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    Query(query): Query<RetryQuery>,
+) -> Response {
+    match admin.executor.retry(&name, query.position).await {
+        Ok(retried) => Json(RetryReport { function: name, retried }).into_response(),
+        Err(e @ (RetryError::UnknownFunction(_) | RetryError::NotParked { .. })) => {
+            error(StatusCode::NOT_FOUND, e.to_string())
+        }
+        Err(RetryError::Store(e)) => store_error(&e),
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::runtime::Limits;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -76,6 +77,55 @@ pub struct Project {
     pub admin: AdminConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    /// What each function's consumer does with an event it cannot process
+    /// (`[consumers.NAME]`); [`FailurePolicy::default`] for the others.
+    #[serde(default)]
+    pub consumers: BTreeMap<String, FailurePolicy>,
+}
+
+/// How a handler or projector deals with an event whose step keeps failing
+/// (a trap, a deadline, conflicts exhausted, an invalid plan): retry with
+/// backoff, then park the event or stop. Commands are not retried: a failed
+/// command fails its request.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct FailurePolicy {
+    /// Retries after the first failure, before `on-failure` applies.
+    pub retries: u32,
+    /// Wait before the first retry, in milliseconds; doubled for each next one.
+    pub backoff_ms: u64,
+    pub on_failure: OnFailure,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        Self { retries: 3, backoff_ms: 100, on_failure: OnFailure::Park }
+    }
+}
+
+impl FailurePolicy {
+    /// The wait before retry number `retry` (1-based): `backoff-ms`, doubled
+    /// each time, at most [`MAX_BACKOFF`].
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let factor = 1u64 << retry.saturating_sub(1).min(20);
+        Duration::from_millis(self.backoff_ms.saturating_mul(factor)).min(MAX_BACKOFF)
+    }
+}
+
+/// The longest wait between two attempts at an event (also how often a
+/// stopped consumer tries again).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// What to do once an event's retries are exhausted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// Record the event as parked (a dead letter, with its error) and go on
+    /// with the next one; `retry` applies it later.
+    Park,
+    /// Stay at the event, retrying slowly, so that nothing after it is
+    /// processed out of order; visible as a stopped consumer.
+    Stop,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -385,6 +435,32 @@ mod tests {
         assert_eq!(p.graphql.max_depth, 3);
         assert_eq!(p.functions, Some(vec!["a".to_owned(), "b".to_owned()]));
         assert_eq!(p.name, "basic");
+    }
+
+    #[test]
+    fn failure_policies_per_function_with_defaults() {
+        let text = "[consumers.customer-projector]\nretries = 1\non-failure = \"stop\"\n";
+        let p = Project::parse_with_env(text, Path::new("."), []).expect("policies parse");
+        let policy = &p.consumers["customer-projector"];
+        assert_eq!(
+            *policy,
+            FailurePolicy { retries: 1, backoff_ms: 100, on_failure: OnFailure::Stop },
+            "unset keys take the defaults"
+        );
+        assert_eq!(policy.backoff(1), Duration::from_millis(100));
+        assert_eq!(policy.backoff(3), Duration::from_millis(400));
+        assert_eq!(policy.backoff(99), MAX_BACKOFF);
+
+        let e = Project::parse_with_env("[consumers.x]\nretry = 1\n", Path::new("."), [])
+            .expect_err("a typo is refused");
+        assert!(e.to_string().contains("unknown field `retry`"), "{e}");
+        let e = Project::parse_with_env("[consumers.x]\non-failure = \"drop\"\n", Path::new("."), [])
+            .expect_err("only park or stop");
+        assert!(e.to_string().contains("unknown variant `drop`"), "{e}");
+
+        let vars = [("LOWSHELL_CONSUMERS__CUSTOMER_PROJECTOR__ON_FAILURE".to_owned(), "stop".to_owned())];
+        let p = Project::parse_with_env(DEFAULT_PROJECT, Path::new("."), vars).expect("overridden");
+        assert_eq!(p.consumers["customer-projector"].on_failure, OnFailure::Stop);
     }
 
     #[test]

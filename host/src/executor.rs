@@ -3,20 +3,31 @@
 //! commit plans, events, notifications and checkpoint together. A conflict at
 //! commit retries the whole cycle with a fresh lookup (and a fresh instance).
 //!
+//! A command whose step fails fails its request (a `Failed` notification).
+//! An event whose step fails is retried with backoff, then — per the
+//! function's [`FailurePolicy`] — *parked* (a dead-letter record committed
+//! with the checkpoint advance past it; [`Executor::retry`] applies it later)
+//! or the consumer *stops* at it, retrying slowly, so that nothing after it
+//! is processed first. Nothing is skipped in silence.
+//!
 //! The executor knows the contract, the [`Store`] and the [`Bus`] traits, and
 //! nothing about the technology behind them.
 
 use crate::bus::{Bus, BusError, Delivery, Subscription};
+use crate::config::{FailurePolicy, MAX_BACKOFF, OnFailure};
 use crate::registry::{Functions, Registry};
 use crate::runtime::{Function, GuestError};
-use crate::store::{Checkpoint, Commit, Event, Store, StoreError};
+use crate::store::{Checkpoint, Commit, Event, Parked, Store, StoreError};
 use low_contract::{
-    COMMANDS_TOPIC, Data, FAILED, Found, Lookup, Message, Outcome, Query, REJECTED, WritePlan, json,
+    COMMANDS_TOPIC, Data, FAILED, Found, FunctionKind, Lookup, Message, Outcome, Query, REJECTED, WritePlan,
+    json,
 };
-use std::collections::HashMap;
-use std::sync::Arc;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tokio::sync::{Notify, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
 
 /// One step of one function, carrying the request's correlation id so a
@@ -46,11 +57,65 @@ pub enum StepError {
     Conflicts { function: String, attempts: u32, last: String },
 }
 
+/// A consumer stopped at an event whose step keeps failing (policy
+/// `on-failure = "stop"`): it retries it slowly and processes nothing after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Stopped {
+    pub function: String,
+    pub position: u64,
+    pub event: Event,
+    /// Why the last attempt failed.
+    pub error: String,
+    pub attempts: u32,
+    /// When it stopped, and when it last tried (ms since the epoch).
+    pub since_ms: u64,
+    pub attempted_at_ms: u64,
+}
+
+/// What one retry of a parked (or stopped-at) event did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Retried {
+    pub position: u64,
+    /// Applied with the current version of the function: no longer parked.
+    pub applied: bool,
+    /// Why it failed again, when it did.
+    pub error: Option<String>,
+    /// Attempts so far.
+    pub attempts: u32,
+}
+
+/// Why a retry could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    #[error("no handler or projector is named `{0}`")]
+    UnknownFunction(String),
+    #[error("`{function}` has no parked event at position {position}, and is not stopped there")]
+    NotParked { function: String, position: u64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A consumer was told to stop (a swap that changes its inputs, or the
+/// shell shutting down) while it waited.
+struct Interrupted;
+
+/// One running consumer.
+struct Consumer {
+    inputs: Vec<String>,
+    /// Set to stop it once its current step is done.
+    stop: watch::Sender<bool>,
+    /// Its subscription, once it has stopped: the next consumer of the
+    /// function takes over from there.
+    handover: oneshot::Receiver<Box<dyn Subscription>>,
+}
+
 /// The running consumers; dropping this stops them all.
 #[derive(Default)]
 struct Consumers {
     tasks: JoinSet<()>,
-    by_name: HashMap<String, (Vec<String>, AbortHandle)>,
+    by_name: HashMap<String, Consumer>,
 }
 
 pub struct Executor {
@@ -58,18 +123,91 @@ pub struct Executor {
     store: Arc<dyn Store>,
     /// Attempts per step when commits conflict.
     attempts: u32,
+    /// Failure policies by function; the default for the others.
+    policies: BTreeMap<String, FailurePolicy>,
+    /// The consumers stopped at a failing event, by function.
+    stopped: Mutex<BTreeMap<String, Stopped>>,
+    /// Wake a stopped consumer for an immediate retry, by function.
+    wakers: Mutex<HashMap<String, Arc<Notify>>>,
+    /// Functions given a `lowshell_parked_events` gauge so far.
+    gauges: Mutex<BTreeSet<String>>,
 }
 
 /// How long to wait before retrying when the store is unreachable.
 const UNAVAILABLE_BACKOFF: Duration = Duration::from_millis(500);
+/// How often the parked-events gauges are read from the store (other shells
+/// on the same database park and retry too).
+const PARKED_REFRESH: Duration = Duration::from_secs(5);
+/// The shortest wait between two tries of a stopped consumer.
+const STOPPED_MIN_WAIT: Duration = Duration::from_millis(100);
+/// How long a retry of a stopped consumer waits for its outcome.
+const STOPPED_RETRY_WAIT: Duration = Duration::from_secs(30);
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Waits `duration`, or until `wake` fires; `Err` as soon as the consumer is
+/// told to stop.
+async fn pause(
+    duration: Duration,
+    stop: &mut watch::Receiver<bool>,
+    wake: Option<&Notify>,
+) -> Result<(), Interrupted> {
+    let woken = async {
+        match wake {
+            Some(wake) => wake.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        // `Err`: the executor is gone, which stops the consumer too.
+        _ = stop.wait_for(|stop| *stop) => Err(Interrupted),
+        () = woken => Ok(()),
+        () = tokio::time::sleep(duration) => Ok(()),
+    }
+}
+
 impl Executor {
     pub fn new(registry: Arc<Registry>, store: Arc<dyn Store>, attempts: u32) -> Self {
-        Self { registry, store, attempts: attempts.max(1) }
+        Self {
+            registry,
+            store,
+            attempts: attempts.max(1),
+            policies: BTreeMap::new(),
+            stopped: Mutex::default(),
+            wakers: Mutex::default(),
+            gauges: Mutex::default(),
+        }
+    }
+
+    /// Sets the failure policies of the functions named (`[consumers.NAME]`).
+    pub fn with_policies(mut self, policies: BTreeMap<String, FailurePolicy>) -> Self {
+        self.policies = policies;
+        self
+    }
+
+    fn policy(&self, function: &str) -> FailurePolicy {
+        self.policies.get(function).cloned().unwrap_or_default()
+    }
+
+    fn waker(&self, function: &str) -> Arc<Notify> {
+        Arc::clone(lock(&self.wakers).entry(function.to_owned()).or_default())
+    }
+
+    /// The consumers of this shell stopped at a failing event.
+    pub fn stopped(&self) -> Vec<Stopped> {
+        lock(&self.stopped).values().cloned().collect()
+    }
+
+    /// The store, for the admin endpoints (parked events).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Subscribes every handler and projector to its inputs, then keeps the
@@ -79,94 +217,289 @@ impl Executor {
     /// order. Aborting the returned task stops every consumer.
     pub async fn start(self: &Arc<Self>, bus: Arc<dyn Bus>) -> Result<JoinHandle<()>, BusError> {
         let mut consumers = Consumers::default();
-        self.reconcile(&*bus, &mut consumers).await?;
+        self.reconcile(&bus, &mut consumers).await?;
+        self.refresh_parked().await;
         let this = Arc::clone(self);
         let mut changes = self.registry.watch();
         Ok(tokio::spawn(async move {
-            while changes.changed().await.is_ok() {
-                if let Err(e) = this.reconcile(&*bus, &mut consumers).await {
-                    tracing::error!("could not subscribe a deployed function: {e}");
+            let mut refresh = tokio::time::interval(PARKED_REFRESH);
+            refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        if let Err(e) = this.reconcile(&bus, &mut consumers).await {
+                            tracing::error!("could not subscribe a deployed function: {e}");
+                        }
+                    }
+                    _ = refresh.tick() => this.refresh_parked().await,
                 }
             }
         }))
     }
 
-    async fn reconcile(self: &Arc<Self>, bus: &dyn Bus, consumers: &mut Consumers) -> Result<(), BusError> {
+    async fn reconcile(
+        self: &Arc<Self>,
+        bus: &Arc<dyn Bus>,
+        consumers: &mut Consumers,
+    ) -> Result<(), BusError> {
+        while consumers.tasks.try_join_next().is_some() {}
         let functions = self.registry.current();
-        consumers.by_name.retain(|name, (_, task)| {
+        consumers.by_name.retain(|name, consumer| {
             let keep = functions.consumers().any(|f| f.name() == name);
             if !keep {
-                task.abort();
+                // It finishes the step it is in, then ends.
+                consumer.stop.send_replace(true);
             }
             keep
         });
         for function in functions.consumers() {
             let name = function.name().to_owned();
-            if consumers.by_name.get(&name).is_some_and(|(inputs, _)| *inputs == function.meta.inputs) {
-                continue;
-            }
-            let subscription = bus.subscribe(&name, &function.meta.inputs).await?;
-            tracing::info!(function = %name, version = %function.version, inputs = ?function.meta.inputs, "consuming");
-            let task = consumers.tasks.spawn(Arc::clone(self).consume(name.clone(), subscription));
-            if let Some((_, old)) = consumers.by_name.insert(name, (function.meta.inputs.clone(), task)) {
-                old.abort();
+            let inputs = function.meta.inputs.clone();
+            let (stop, stopping) = watch::channel(false);
+            let (handover, taken) = oneshot::channel();
+            match consumers.by_name.get_mut(&name) {
+                Some(consumer) if consumer.inputs == inputs => {}
+                Some(consumer) => {
+                    // Other inputs: the old consumer finishes its step (or
+                    // gives its delivery back), then a new subscription
+                    // takes over exactly where it stopped.
+                    consumer.stop.send_replace(true);
+                    let previous = std::mem::replace(&mut consumer.handover, taken);
+                    consumer.stop = stop;
+                    consumer.inputs = inputs.clone();
+                    tracing::info!(function = %name, version = %function.version, ?inputs, "resubscribing");
+                    let (this, bus) = (Arc::clone(self), Arc::clone(bus));
+                    consumers.tasks.spawn(this.take_over(bus, name, inputs, previous, stopping, handover));
+                }
+                None => {
+                    let subscription = bus.subscribe(&name, &inputs).await?;
+                    tracing::info!(function = %name, version = %function.version, ?inputs, "consuming");
+                    let this = Arc::clone(self);
+                    consumers.tasks.spawn(this.consume(name.clone(), subscription, stopping, handover));
+                    consumers.by_name.insert(name, Consumer { inputs, stop, handover: taken });
+                }
             }
         }
         Ok(())
     }
 
-    async fn consume(self: Arc<Self>, function: String, mut subscription: Box<dyn Subscription>) {
-        while let Some(delivery) = subscription.next().await {
-            let span = step_span(&function, &delivery);
-            self.handle(&function, &delivery).instrument(span).await;
-        }
-        tracing::debug!(%function, "consumer stopped");
-    }
-
-    /// Processes one delivery to completion: committed, or failed with a
-    /// `Failed` notification to the requester. Never gives up on a store that
-    /// is merely unavailable.
-    pub async fn handle(&self, function: &str, delivery: &Delivery) {
-        let checkpoint = Checkpoint { consumer: function.to_owned(), position: delivery.position };
-        loop {
-            let functions = self.registry.current();
-            let result = match functions.get(function) {
-                Some(f) if wants(f, delivery) => self.step(&functions, f, delivery, &checkpoint).await,
-                // Not ours (another handler's command, or the function is gone): only move on.
-                _ => self
-                    .store
-                    .commit(Commit { checkpoint: Some(checkpoint.clone()), ..Commit::default() })
-                    .await
-                    .map_err(Into::into),
-            };
-            match result {
-                Ok(()) => return,
-                Err(StepError::Store(StoreError::Unavailable(e))) => {
-                    tracing::warn!(%function, position = delivery.position, "store unavailable, retrying: {e}");
-                    tokio::time::sleep(UNAVAILABLE_BACKOFF).await;
-                }
+    /// A consumer with new inputs, once the previous one has stopped.
+    async fn take_over(
+        self: Arc<Self>,
+        bus: Arc<dyn Bus>,
+        function: String,
+        inputs: Vec<String>,
+        previous: oneshot::Receiver<Box<dyn Subscription>>,
+        mut stop: watch::Receiver<bool>,
+        handover: oneshot::Sender<Box<dyn Subscription>>,
+    ) {
+        // Gone (`Err`) only if the previous consumer panicked.
+        let previous = previous.await.ok();
+        let subscription = loop {
+            match bus.subscribe(&function, &inputs).await {
+                Ok(subscription) => break subscription,
                 Err(e) => {
-                    let message = &delivery.event.message;
-                    tracing::warn!(%function, kind = %message.kind, id = %message.id, "step failed: {e}");
-                    let failed = notification(
-                        message,
-                        FAILED,
-                        json!({ "reason": e.to_string(), "function": function }),
-                    );
-                    let commit = Commit {
-                        notify: failed.into_iter().collect(),
-                        checkpoint: Some(checkpoint.clone()),
-                        ..Commit::default()
-                    };
-                    match self.store.commit(commit).await {
-                        Ok(()) => return,
-                        Err(e) => {
-                            tracing::warn!(%function, "could not record the failure, retrying: {e}");
-                            tokio::time::sleep(UNAVAILABLE_BACKOFF).await;
+                    tracing::error!(%function, "could not subscribe with the new inputs, retrying: {e}");
+                    if pause(UNAVAILABLE_BACKOFF, &mut stop, None).await.is_err() {
+                        if let Some(previous) = previous {
+                            let _ = handover.send(previous);
                         }
+                        return;
                     }
                 }
             }
+        };
+        // Only now: the new subscription has taken over what it held.
+        drop(previous);
+        tracing::info!(%function, ?inputs, "consuming with the new inputs");
+        self.consume(function, subscription, stop, handover).await;
+    }
+
+    async fn consume(
+        self: Arc<Self>,
+        function: String,
+        mut subscription: Box<dyn Subscription>,
+        mut stop: watch::Receiver<bool>,
+        handover: oneshot::Sender<Box<dyn Subscription>>,
+    ) {
+        loop {
+            if *stop.borrow_and_update() {
+                break;
+            }
+            let next = tokio::select! {
+                biased;
+                changed = stop.changed() => match changed {
+                    Ok(()) => continue,
+                    Err(_) => break,
+                },
+                next = subscription.next() => next,
+            };
+            let Some(delivery) = next else { break };
+            let span = step_span(&function, &delivery);
+            if self.handle(&function, &delivery, &mut stop).instrument(span).await.is_err() {
+                // Stopped before the delivery was done: the next consumer gets it.
+                subscription.put_back(delivery).await;
+                break;
+            }
+        }
+        tracing::debug!(%function, "consumer stopped");
+        // Nobody takes it when the function is gone or the shell stops.
+        let _ = handover.send(subscription);
+    }
+
+    /// Processes one delivery to completion: committed; or, failing, a
+    /// command fails its request, an event is retried and then parked or
+    /// stopped at (see [`FailurePolicy`]). Never gives up on a store that is
+    /// merely unavailable. `Err` only when told to stop meanwhile, with
+    /// nothing committed.
+    async fn handle(
+        &self,
+        function: &str,
+        delivery: &Delivery,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Interrupted> {
+        let checkpoint = Checkpoint { consumer: function.to_owned(), position: delivery.position };
+        let advance = || Commit { checkpoint: Some(checkpoint.clone()), ..Commit::default() };
+        let message = &delivery.event.message;
+        let policy = self.policy(function);
+        let mut failures = 0;
+        loop {
+            let error = match self.attempt(function, delivery, advance()).await {
+                Ok(()) => {
+                    self.resume(function);
+                    return Ok(());
+                }
+                Err(StepError::Store(StoreError::Unavailable(e))) => {
+                    tracing::warn!(%function, position = delivery.position, "store unavailable, retrying: {e}");
+                    pause(UNAVAILABLE_BACKOFF, stop, None).await?;
+                    continue;
+                }
+                Err(e) => e,
+            };
+            let failed =
+                notification(message, FAILED, json!({ "reason": error.to_string(), "function": function }));
+            if delivery.event.topic == COMMANDS_TOPIC {
+                tracing::warn!(%function, kind = %message.kind, id = %message.id, "step failed: {error}");
+                let commit = Commit { notify: failed.into_iter().collect(), ..advance() };
+                return self.record_failure(function, commit, stop).await;
+            }
+            failures += 1;
+            if failures <= policy.retries {
+                let wait = policy.backoff(failures);
+                tracing::warn!(%function, kind = %message.kind, position = delivery.position, attempt = failures, "step failed, retrying in {wait:?}: {error}");
+                pause(wait, stop, None).await?;
+                continue;
+            }
+            match policy.on_failure {
+                OnFailure::Park => {
+                    tracing::error!(
+                        %function, kind = %message.kind, id = %message.id, position = delivery.position, attempts = failures,
+                        "step failed, event parked (retry it with `host retry {function} {}`): {error}",
+                        delivery.position
+                    );
+                    let at = now_ms();
+                    let record = Parked {
+                        consumer: function.to_owned(),
+                        position: delivery.position,
+                        event: delivery.event.clone(),
+                        error: error.to_string(),
+                        attempts: failures,
+                        parked_at_ms: at,
+                        attempted_at_ms: at,
+                    };
+                    let commit =
+                        Commit { notify: failed.into_iter().collect(), park: Some(record), ..advance() };
+                    self.record_failure(function, commit, stop).await?;
+                    self.refresh_parked().await;
+                    return Ok(());
+                }
+                OnFailure::Stop => {
+                    let first = self.stop_at(function, delivery, &error, failures);
+                    if first {
+                        tracing::error!(
+                            %function, kind = %message.kind, id = %message.id, position = delivery.position,
+                            "step failed, consumer stopped at this event until it succeeds (`host retry {function}` tries at once): {error}"
+                        );
+                        // The requester need not wait for it.
+                        let notify = Commit { notify: failed.into_iter().collect(), ..Commit::default() };
+                        if let Err(e) = self.store.commit(notify).await {
+                            tracing::warn!(%function, "could not tell the requester of the failure: {e}");
+                        }
+                    } else {
+                        tracing::warn!(%function, position = delivery.position, attempts = failures, "stopped consumer failed again: {error}");
+                    }
+                    // Slowly: the backoff goes on doubling (to its cap), never a busy loop.
+                    let wait = policy.backoff(failures).max(STOPPED_MIN_WAIT).min(MAX_BACKOFF);
+                    let waker = self.waker(function);
+                    if let Err(stopping) = pause(wait, stop, Some(&waker)).await {
+                        self.resume(function);
+                        return Err(stopping);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits what a failure leaves (the `Failed` notification, a parked
+    /// record, the checkpoint advance), retrying while the store fails.
+    async fn record_failure(
+        &self,
+        function: &str,
+        commit: Commit,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), Interrupted> {
+        loop {
+            match self.store.commit(commit.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(%function, "could not record the failure, retrying: {e}");
+                    pause(UNAVAILABLE_BACKOFF, stop, None).await?;
+                }
+            }
+        }
+    }
+
+    /// Marks `function` stopped at `delivery`; whether it just stopped.
+    fn stop_at(&self, function: &str, delivery: &Delivery, error: &StepError, attempts: u32) -> bool {
+        let at = now_ms();
+        let mut stopped = lock(&self.stopped);
+        let first = stopped.get(function).is_none_or(|s| s.position != delivery.position);
+        let since_ms = if first { at } else { stopped.get(function).map_or(at, |s| s.since_ms) };
+        stopped.insert(
+            function.to_owned(),
+            Stopped {
+                function: function.to_owned(),
+                position: delivery.position,
+                event: delivery.event.clone(),
+                error: error.to_string(),
+                attempts,
+                since_ms,
+                attempted_at_ms: at,
+            },
+        );
+        crate::metrics::consumer_stopped(function, true);
+        first
+    }
+
+    /// `function`'s consumer is no longer stopped.
+    fn resume(&self, function: &str) {
+        if lock(&self.stopped).remove(function).is_some() {
+            tracing::info!(%function, "stopped consumer resumed");
+            crate::metrics::consumer_stopped(function, false);
+        }
+    }
+
+    /// One try at a delivery (its conflicts retried), committed with `base`
+    /// (the checkpoint advance, or the removal of a parked record).
+    async fn attempt(&self, function: &str, delivery: &Delivery, base: Commit) -> Result<(), StepError> {
+        let functions = self.registry.current();
+        match functions.get(function) {
+            Some(f) if wants(f, delivery) => self.step(&functions, f, delivery, &base).await,
+            // Not ours (another handler's command, or the function is gone): only move on.
+            _ => self.store.commit(base).await.map_err(Into::into),
         }
     }
 
@@ -175,12 +508,13 @@ impl Executor {
         functions: &Functions,
         function: &Arc<Function>,
         delivery: &Delivery,
-        checkpoint: &Checkpoint,
+        base: &Commit,
     ) -> Result<(), StepError> {
         let mut last = String::new();
         for attempt in 1..=self.attempts {
             let cycle = run_cycle(functions, function, &self.store, &delivery.event.message).await?;
-            let commit = Commit { checkpoint: Some(checkpoint.clone()), ..cycle.commit };
+            let commit =
+                Commit { checkpoint: base.checkpoint.clone(), unpark: base.unpark.clone(), ..cycle.commit };
             match self.store.commit(commit).await {
                 Ok(()) => return Ok(()),
                 Err(StoreError::Conflict(conflict)) => {
@@ -197,6 +531,113 @@ impl Executor {
             }
         }
         Err(StepError::Conflicts { function: function.name().to_owned(), attempts: self.attempts, last })
+    }
+
+    /// Runs the parked events of `function` (all, or the one at `position`)
+    /// again with its current version, oldest first: each one applied is
+    /// removed, with its effects, in one commit; one that fails again stays
+    /// parked with the new error. A consumer stopped at an event (there, if
+    /// `position` is given) is woken to try it at once, and its outcome
+    /// awaited.
+    pub async fn retry(&self, function: &str, position: Option<u64>) -> Result<Vec<Retried>, RetryError> {
+        let functions = self.registry.current();
+        if functions.get(function).is_none_or(|f| f.meta.kind == FunctionKind::Resolver) {
+            return Err(RetryError::UnknownFunction(function.to_owned()));
+        }
+        let mut retried = vec![];
+        let stopped = lock(&self.stopped).get(function).cloned();
+        if let Some(stopped) = stopped.filter(|s| position.is_none_or(|p| p == s.position)) {
+            retried.push(self.retry_stopped(stopped).await);
+        }
+        let parked = self.store.parked(Some(function)).await?;
+        let parked: Vec<Parked> =
+            parked.into_iter().filter(|p| position.is_none_or(|at| p.position == at)).collect();
+        if let (Some(position), true, true) = (position, parked.is_empty(), retried.is_empty()) {
+            return Err(RetryError::NotParked { function: function.to_owned(), position });
+        }
+        for record in parked {
+            let delivery = Delivery { position: record.position, event: record.event.clone() };
+            let settled = Checkpoint { consumer: function.to_owned(), position: record.position };
+            let base = Commit { unpark: Some(settled), ..Commit::default() };
+            let outcome =
+                self.attempt(function, &delivery, base).instrument(step_span(function, &delivery)).await;
+            retried.push(match outcome {
+                Ok(()) => {
+                    tracing::info!(%function, position = record.position, "parked event applied");
+                    Retried {
+                        position: record.position,
+                        applied: true,
+                        error: None,
+                        attempts: record.attempts + 1,
+                    }
+                }
+                Err(StepError::Store(e @ StoreError::Unavailable(_))) => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(%function, position = record.position, "parked event failed again: {e}");
+                    self.store.parked_failed(function, record.position, &e.to_string()).await?;
+                    Retried {
+                        position: record.position,
+                        applied: false,
+                        error: Some(e.to_string()),
+                        attempts: record.attempts + 1,
+                    }
+                }
+            });
+        }
+        self.refresh_parked().await;
+        Ok(retried)
+    }
+
+    /// Wakes the stopped consumer and waits for the outcome of its next try.
+    async fn retry_stopped(&self, stopped: Stopped) -> Retried {
+        self.waker(&stopped.function).notify_one();
+        let deadline = tokio::time::Instant::now() + STOPPED_RETRY_WAIT;
+        loop {
+            let now = lock(&self.stopped).get(&stopped.function).cloned();
+            match now {
+                Some(s) if s.position == stopped.position && s.attempts == stopped.attempts => {}
+                Some(s) if s.position == stopped.position => {
+                    return Retried {
+                        position: s.position,
+                        applied: false,
+                        error: Some(s.error),
+                        attempts: s.attempts,
+                    };
+                }
+                // Resumed: it went past the event.
+                _ => {
+                    return Retried {
+                        position: stopped.position,
+                        applied: true,
+                        error: None,
+                        attempts: stopped.attempts + 1,
+                    };
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Retried {
+                    position: stopped.position,
+                    applied: false,
+                    error: Some(format!("still trying after {STOPPED_RETRY_WAIT:?}; see GET /admin/parked")),
+                    attempts: stopped.attempts,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sets the `lowshell_parked_events` gauge of every consumer from the store.
+    pub async fn refresh_parked(&self) {
+        let counts = match self.store.parked_counts().await {
+            Ok(counts) => counts,
+            Err(e) => return tracing::debug!("cannot count the parked events: {e}"),
+        };
+        let mut gauges = lock(&self.gauges);
+        gauges.extend(self.registry.current().consumers().map(|f| f.name().to_owned()));
+        gauges.extend(counts.keys().cloned());
+        for function in gauges.iter() {
+            crate::metrics::parked_events(function, counts.get(function).copied().unwrap_or(0));
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The `host` command line.
 
 use clap::{Parser, Subcommand};
-use host::admin::{Deployed, FunctionInfo};
+use host::admin::{Deployed, FunctionInfo, ParkedReport, RetryReport};
 use host::{Project, Shell};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,6 +65,22 @@ enum Command {
     },
     /// List the functions a running shell has loaded.
     Functions {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// List the events parked by a running shell's consumers (and the consumers stopped at one).
+    Parked {
+        /// Only this function's.
+        #[arg(long, short, value_name = "NAME")]
+        function: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Run a function's parked events again with its current version (e.g. after deploying a fix).
+    Retry {
+        name: String,
+        /// Only the event at this log position; every parked event of the function when absent.
+        position: Option<u64>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -166,6 +182,8 @@ fn main() -> ExitCode {
                 }
                 Ok(())
             }
+            Command::Parked { function, admin } => parked(function.as_deref(), &admin).await,
+            Command::Retry { name, position, admin } => retry(&name, position, &admin).await,
             Command::Test(args) => host::stub::scenario::run_cli(args).await,
         }
     });
@@ -290,6 +308,79 @@ async fn deploy(name: &str, file: &std::path::Path, force: bool, admin: &AdminAr
         (None, true) => println!("{}: deployed {}", done.name, short(&done.version)),
     }
     Ok(())
+}
+
+async fn parked(function: Option<&str>, admin: &AdminArgs) -> anyhow::Result<()> {
+    let mut url = reqwest::Url::parse(&format!("{}/admin/parked", admin.to.trim_end_matches('/')))
+        .map_err(|e| anyhow::anyhow!("invalid shell URL {}: {e}", admin.to))?;
+    if let Some(function) = function {
+        url.query_pairs_mut().append_pair("function", function);
+    }
+    let report: ParkedReport = send(admin.request(reqwest::Method::GET, url.as_str())).await?;
+    if report.parked.is_empty() && report.stopped.is_empty() {
+        println!("no parked events");
+        return Ok(());
+    }
+    if !report.parked.is_empty() {
+        println!(
+            "{:<24} {:>9} {:>8} {:<26} {:<24} ERROR",
+            "FUNCTION", "POSITION", "ATTEMPTS", "PARKED AT", "EVENT"
+        );
+    }
+    for p in &report.parked {
+        println!(
+            "{:<24} {:>9} {:>8} {:<26} {:<24} {}",
+            p.consumer,
+            p.position,
+            p.attempts,
+            at(p.parked_at_ms),
+            p.event.message.kind,
+            p.error
+        );
+    }
+    for s in &report.stopped {
+        println!(
+            "{}: stopped at position {} ({}, {} attempts since {}): {}",
+            s.function,
+            s.position,
+            s.event.message.kind,
+            s.attempts,
+            at(s.since_ms),
+            s.error
+        );
+    }
+    Ok(())
+}
+
+/// Exits with failure when an event is still not applied.
+async fn retry(name: &str, position: Option<u64>, admin: &AdminArgs) -> anyhow::Result<()> {
+    let mut url = format!("{}/admin/functions/{name}/retry", admin.to.trim_end_matches('/'));
+    if let Some(position) = position {
+        url = format!("{url}?position={position}");
+    }
+    let report: RetryReport = send(admin.request(reqwest::Method::POST, &url)).await?;
+    if report.retried.is_empty() {
+        println!("{name}: no parked events");
+    }
+    let mut failed = 0;
+    for r in &report.retried {
+        match &r.error {
+            None => println!("{name}: position {} applied", r.position),
+            Some(error) => {
+                failed += 1;
+                println!("{name}: position {} failed again ({} attempts): {error}", r.position, r.attempts);
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} events were not applied", report.retried.len());
+    }
+    Ok(())
+}
+
+/// Milliseconds since the epoch, as RFC 3339.
+fn at(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
 }
 
 /// Ctrl-C or SIGTERM.

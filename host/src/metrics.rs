@@ -66,6 +66,11 @@ fn describe() {
     describe_counter!("lowshell_swaps_total", "Function swaps, by function and outcome (ok, failed)");
     describe_counter!("lowshell_events_total", "Events and commands appended, by topic");
     describe_gauge!("lowshell_pending_requests", "Requests waiting for their commands' responses");
+    describe_gauge!("lowshell_parked_events", "Events parked (set aside after failing), by function");
+    describe_gauge!(
+        "lowshell_consumer_stopped",
+        "1 while a function's consumer is stopped at an event that keeps failing"
+    );
 }
 
 /// How a GraphQL HTTP request ended: `ok`, `graphql_error` (answered with
@@ -135,4 +140,18 @@ pub fn event_appended(topic: &str) {
 /// How many requests wait for their commands' responses now.
 pub fn pending_requests(waiting: usize) {
     gauge!("lowshell_pending_requests").set(waiting as f64);
+}
+
+/// How many events `function`'s consumer has parked (all shells on the store).
+pub fn parked_events(function: &str, parked: u64) {
+    gauge!("lowshell_parked_events", "function" => function.to_owned()).set(parked as f64);
+}
+
+/// Whether `function`'s consumer is stopped at an event that keeps failing.
+pub fn consumer_stopped(function: &str, stopped: bool) {
+    gauge!("lowshell_consumer_stopped", "function" => function.to_owned()).set(if stopped {
+        1.0
+    } else {
+        0.0
+    });
 }

@@ -17,6 +17,8 @@
 //! - `leases` gives each consumer name an id, the key of its lease.
 //! - `command_results`: per idempotent command, the fingerprint its id is
 //!   bound to and its first answer.
+//! - `parked`: events a consumer could not process, set aside with their
+//!   error until a retry applies them.
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::Duration;
@@ -51,6 +53,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "deployed versions of the functions", MIGRATION_2),
     (3, "collision-free keys of the consumers' leases", MIGRATION_3),
     (4, "idempotency: fingerprints and first answers of keyed commands", MIGRATION_4),
+    (5, "parked events", MIGRATION_5),
 ];
 
 const MIGRATION_1: &str = r#"
@@ -139,6 +142,21 @@ CREATE TABLE command_results (
     at           timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX command_results_at ON command_results (at);
+"#;
+
+/// Events a consumer set aside (a dead letter each), with a copy of the
+/// event so that the record stands on its own.
+const MIGRATION_5: &str = r#"
+CREATE TABLE parked (
+    consumer      text NOT NULL,
+    position      bigint NOT NULL,
+    event         jsonb NOT NULL,
+    error         text NOT NULL,
+    attempts      integer NOT NULL,
+    parked_at     timestamptz NOT NULL DEFAULT now(),
+    attempted_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, position)
+);
 "#;
 
 /// A database: its connection settings and a pool.

@@ -2,6 +2,10 @@
 //! loaded, bus reachable, store reachable, …). A backend plugs in through
 //! [`Bus::ready`](crate::bus::Bus::ready) and
 //! [`Store::ready`](crate::store::Store::ready), or the shell adds a check.
+//!
+//! *Notes* are details worth an operator's eye that do not make the shell
+//! unready (events parked, a consumer stopped at a failing event): `/readyz`
+//! stays 200 and names them after `ready`.
 
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -10,12 +14,16 @@ use std::time::Duration;
 /// One check: `Ok` when ready, else the reason.
 pub type Check = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
+/// One note: `Some(detail)` when there is something to say.
+pub type Note = Arc<dyn Fn() -> BoxFuture<'static, Option<String>> + Send + Sync>;
+
 /// How long one check may take before it counts as failed.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Default)]
 pub struct Readiness {
     checks: Vec<(String, Check)>,
+    notes: Vec<(String, Note)>,
 }
 
 impl Readiness {
@@ -31,6 +39,30 @@ impl Readiness {
     {
         self.checks.push((name.to_owned(), Arc::new(move || Box::pin(check()))));
         self
+    }
+
+    /// Adds a named note: a detail shown by `/readyz` that does not make
+    /// the shell unready.
+    pub fn note<F, Fut>(mut self, name: &str, note: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Option<String>> + Send + 'static,
+    {
+        self.notes.push((name.to_owned(), Arc::new(move || Box::pin(note()))));
+        self
+    }
+
+    /// Runs every note (concurrently); those that have something to say, as
+    /// `name: detail`. A note that does not answer in time says nothing.
+    pub async fn notes(&self) -> Vec<String> {
+        let results = futures::future::join_all(self.notes.iter().map(|(name, note)| async move {
+            match tokio::time::timeout(CHECK_TIMEOUT, note()).await {
+                Ok(Some(detail)) => Some(format!("{name}: {detail}")),
+                _ => None,
+            }
+        }))
+        .await;
+        results.into_iter().flatten().collect()
     }
 
     /// Runs every check (concurrently); the failures, as `name: reason`.
@@ -59,5 +91,15 @@ mod tests {
             .check("store", || async { Err("connection refused".to_owned()) });
         assert_eq!(ready.run().await, Err(vec!["store: connection refused".to_owned()]));
         assert_eq!(Readiness::new().run().await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn notes_are_named_and_do_not_fail_readiness() {
+        let ready = Readiness::new()
+            .check("store", || async { Ok(()) })
+            .note("parked", || async { Some("customer-projector 2".to_owned()) })
+            .note("stopped", || async { None });
+        assert_eq!(ready.run().await, Ok(()));
+        assert_eq!(ready.notes().await, vec!["parked: customer-projector 2".to_owned()]);
     }
 }

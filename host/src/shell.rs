@@ -73,10 +73,39 @@ async fn load_file_bytes(runtime: &Arc<Runtime>, path: &Path) -> anyhow::Result<
     Ok((function, bytes))
 }
 
-/// `/readyz`: functions loaded, bus and store reachable.
-fn readiness(registry: &Arc<Registry>, bus: &Arc<dyn Bus>, store: &Arc<dyn Store>) -> Readiness {
+/// `/readyz`: functions loaded, bus and store reachable; notes: events
+/// parked, consumers stopped at a failing event.
+fn readiness(
+    registry: &Arc<Registry>,
+    bus: &Arc<dyn Bus>,
+    store: &Arc<dyn Store>,
+    executor: &Arc<Executor>,
+) -> Readiness {
     let (registry, bus, store) = (Arc::clone(registry), Arc::clone(bus), Arc::clone(store));
+    let parked_in = Arc::clone(&store);
+    let executor = Arc::clone(executor);
     Readiness::new()
+        .note("parked events", move || {
+            let store = Arc::clone(&parked_in);
+            async move {
+                let counts = store.parked_counts().await.ok()?;
+                let counts: Vec<String> = counts.iter().map(|(f, n)| format!("{f} {n}")).collect();
+                (!counts.is_empty()).then(|| format!("{} (GET /admin/parked)", counts.join(", ")))
+            }
+        })
+        .note("stopped consumers", move || {
+            let stopped: Vec<String> = executor
+                .stopped()
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} at position {} ({} attempts): {}",
+                        s.function, s.position, s.attempts, s.error
+                    )
+                })
+                .collect();
+            async move { (!stopped.is_empty()).then(|| stopped.join(", ")) }
+        })
         .check("functions", move || {
             let loaded = registry.current().iter().next().is_some();
             async move { if loaded { Ok(()) } else { Err("no functions are loaded".to_owned()) } }
@@ -157,7 +186,15 @@ impl Shell {
         deployer.sync_all().await.context("cannot load the recorded versions of the functions")?;
         let following = deployer.follow();
 
-        let executor = Arc::new(Executor::new(Arc::clone(&registry), Arc::clone(&store), project.attempts));
+        for name in project.consumers.keys() {
+            if registry.current().consumers().all(|f| f.name() != name) {
+                tracing::warn!("[consumers.{name}] names no handler or projector of this project; ignored");
+            }
+        }
+        let executor = Arc::new(
+            Executor::new(Arc::clone(&registry), Arc::clone(&store), project.attempts)
+                .with_policies(project.consumers.clone()),
+        );
         let consumers = executor.start(Arc::clone(&bus)).await?;
         let responses = Responses::start(
             Arc::clone(&registry),
@@ -169,7 +206,7 @@ impl Shell {
         .await?;
         let limits =
             QueryLimits { depth: project.graphql.max_depth, complexity: project.graphql.max_complexity };
-        let ready = readiness(&registry, &bus, &store);
+        let ready = readiness(&registry, &bus, &store, &executor);
         let backend = graphql::Backend {
             store: Arc::clone(&store),
             responses: Arc::clone(&responses),
@@ -196,8 +233,11 @@ impl Shell {
             tracing::info!("admin endpoints refuse every request: no admin token (set LOWSHELL_ADMIN_TOKEN)");
         }
 
-        let app = graphql::router(Arc::clone(&graphql), ready, http)
-            .merge(admin::router(deployer.clone(), token.as_deref()));
+        let app = graphql::router(Arc::clone(&graphql), ready, http).merge(admin::router(
+            deployer.clone(),
+            Arc::clone(&executor),
+            token.as_deref(),
+        ));
         let server = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {

@@ -3,6 +3,13 @@
 //! remember the last [`REMEMBERED`] idempotent commands — id, fingerprint,
 //! the notifications they caused and their first answer — so that a
 //! repeated command id is answered without running the command again.
+//!
+//! A consumer subscribed again while its previous subscription is alive (a
+//! function deployed with other inputs) takes that subscription's queue
+//! over: from then on the queue receives the new topics, and what it holds
+//! already — less the topics no longer wanted — is delivered first, together
+//! with what the previous subscription [put back](Subscription::put_back).
+//! Nothing is dropped or delivered twice across the switch.
 
 use super::{Answer, Bus, BusError, Delivery, Submitted, Subscription, fingerprint};
 use crate::store::Event;
@@ -10,15 +17,26 @@ use async_trait::async_trait;
 use low_contract::Message;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::{broadcast, mpsc};
 
 /// Appended events kept for slow watchers of [`Bus::watch_events`].
 const WATCH_BUFFER: usize = 1024;
 
 struct Subscriber {
+    consumer: String,
     topics: Vec<String>,
     tx: mpsc::UnboundedSender<Delivery>,
+    /// The queue's receiving end, shared by the consumer's subscriptions;
+    /// gone when the last of them is dropped.
+    queue: Weak<tokio::sync::Mutex<Queue>>,
+}
+
+/// One consumer's deliveries, in log order.
+struct Queue {
+    rx: mpsc::UnboundedReceiver<Delivery>,
+    /// Taken but not processed by a subscription that stopped; delivered first.
+    put_back: VecDeque<Delivery>,
 }
 
 /// Idempotent commands whose ids (with fingerprints, notifications and
@@ -114,16 +132,32 @@ impl MemoryBus {
 
 struct MemorySubscription {
     consumer: String,
-    rx: mpsc::UnboundedReceiver<Delivery>,
+    topics: Vec<String>,
+    queue: Arc<tokio::sync::Mutex<Queue>>,
 }
 
 #[async_trait]
 impl Subscription for MemorySubscription {
     async fn next(&mut self) -> Option<Delivery> {
-        let delivery = self.rx.recv().await;
-        // What is still queued behind this delivery.
-        crate::metrics::consumer_lag(&self.consumer, self.rx.len() as u64);
-        delivery
+        let mut queue = self.queue.lock().await;
+        loop {
+            let delivery = match queue.put_back.pop_front() {
+                Some(d) => d,
+                None => queue.rx.recv().await?,
+            };
+            // Queued for an earlier subscription of this consumer, on a topic
+            // it reads no more.
+            if !self.topics.contains(&delivery.event.topic) {
+                continue;
+            }
+            // What is still queued behind this delivery.
+            crate::metrics::consumer_lag(&self.consumer, (queue.rx.len() + queue.put_back.len()) as u64);
+            return Some(delivery);
+        }
+    }
+
+    async fn put_back(&mut self, delivery: Delivery) {
+        self.queue.lock().await.put_back.push_front(delivery);
     }
 }
 
@@ -161,9 +195,33 @@ impl Bus for MemoryBus {
     }
 
     async fn subscribe(&self, consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        lock(&self.inner.subscribers).push(Subscriber { topics: topics.to_vec(), tx });
-        Ok(Box::new(MemorySubscription { consumer: consumer.to_owned(), rx }))
+        let mut subscribers = lock(&self.inner.subscribers);
+        subscribers.retain(|s| !s.tx.is_closed());
+        // Under the lock that appends take: no event falls between the old
+        // topics and the new ones.
+        let taken_over = subscribers
+            .iter_mut()
+            .find(|s| s.consumer == consumer)
+            .and_then(|s| Some((s.queue.upgrade()?, s)))
+            .map(|(queue, s)| {
+                s.topics = topics.to_vec();
+                queue
+            });
+        let queue = match taken_over {
+            Some(queue) => queue,
+            None => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let queue = Arc::new(tokio::sync::Mutex::new(Queue { rx, put_back: VecDeque::new() }));
+                subscribers.push(Subscriber {
+                    consumer: consumer.to_owned(),
+                    topics: topics.to_vec(),
+                    tx,
+                    queue: Arc::downgrade(&queue),
+                });
+                queue
+            }
+        };
+        Ok(Box::new(MemorySubscription { consumer: consumer.to_owned(), topics: topics.to_vec(), queue }))
     }
 
     fn watch_events(&self) -> Result<broadcast::Receiver<Event>, BusError> {
@@ -199,6 +257,41 @@ mod tests {
             version: None,
             at_ms: 0,
         }
+    }
+
+    fn event(topic: &str, id: &str) -> Event {
+        Event {
+            topic: topic.into(),
+            message: Message::new(id, "Happened", json!({})),
+            function: None,
+            version: None,
+            at_ms: 0,
+        }
+    }
+
+    async fn ids(sub: &mut Box<dyn Subscription>) -> Vec<String> {
+        let mut ids = vec![];
+        while let Ok(Some(d)) = tokio::time::timeout(std::time::Duration::from_millis(50), sub.next()).await {
+            ids.push(d.event.message.id);
+        }
+        ids
+    }
+
+    #[tokio::test]
+    async fn subscribing_again_with_other_topics_takes_the_queue_over() {
+        let bus = MemoryBus::new();
+        let mut old = bus.subscribe("f", &["a".into(), "b".into()]).await.expect("subscribe");
+        bus.append(vec![event("a", "a1"), event("b", "b1"), event("c", "c1"), event("a", "a2")], vec![]);
+        let taken = old.next().await.expect("a1");
+        old.put_back(taken).await;
+
+        let mut new = bus.subscribe("f", &["a".into(), "c".into()]).await.expect("subscribe again");
+        drop(old);
+        bus.append(vec![event("b", "b2"), event("c", "c2"), event("a", "a3")], vec![]);
+
+        // What was queued (less `b`), then only the new topics; c1 came before
+        // the switch, when the consumer did not read `c`.
+        assert_eq!(ids(&mut new).await, ["a1", "a2", "c2", "a3"]);
     }
 
     #[tokio::test]

@@ -108,6 +108,11 @@ fn canonical_json(value: &Value, out: &mut String) {
 pub trait Subscription: Send {
     /// The next delivery; `None` once the bus has shut down.
     async fn next(&mut self) -> Option<Delivery>;
+    /// Gives back a delivery taken by [`next`](Self::next) but not
+    /// processed (its consumer is stopping), for the consumer's next
+    /// subscription to deliver first. A bus that reads from the consumer's
+    /// stored checkpoint finds it again there and needs nothing.
+    async fn put_back(&mut self, _delivery: Delivery) {}
 }
 
 #[async_trait]
@@ -126,7 +131,10 @@ pub trait Bus: Send + Sync + 'static {
     async fn remember(&self, _command: &Message, answer: Answer) -> Result<Answer, BusError> {
         Ok(answer)
     }
-    /// Deliveries on `topics` for the consumer `consumer`.
+    /// Deliveries on `topics` for the consumer `consumer`, from just after
+    /// what it has processed: subscribing again (other topics) while the
+    /// previous subscription is still alive, and dropping that one after,
+    /// hands over without losing or repeating a delivery.
     async fn subscribe(&self, consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError>;
     /// Notifications for requests waiting in this shell. Taken once.
     async fn notifications(&self) -> Result<mpsc::UnboundedReceiver<Message>, BusError>;

@@ -470,10 +470,15 @@ async fn websocket(
         .on_upgrade(move |stream| GraphQLWebSocket::new(stream, (*schema).clone(), protocol).serve())
 }
 
-/// 200 `ready`, or 503 with every failing check.
+/// 200 `ready` (then any notes: parked events, stopped consumers), or 503 with every failing check.
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     match app.readiness.run().await {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(()) => {
+            // Worth an operator's eye, but no reason to stop sending traffic.
+            let notes = app.readiness.notes().await;
+            let body = notes.iter().fold(String::from("ready"), |body, note| body + "; " + note);
+            (StatusCode::OK, body + "\n").into_response()
+        }
         Err(failed) => {
             tracing::debug!(?failed, "not ready");
             (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", failed.join("; "))).into_response()

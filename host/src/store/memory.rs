@@ -1,8 +1,10 @@
 //! The in-memory store: collections of versioned JSON documents behind one
 //! lock. A commit appends its events to the [`MemoryBus`] while holding that
 //! lock, so consumers see events in the order their writes were applied.
+//! Parked events are kept here too (the memory bus keeps no log, so each
+//! record holds its event), changed under the same lock as the documents.
 
-use super::{Commit, Store, StoreError};
+use super::{Commit, Parked, Store, StoreError};
 use crate::bus::MemoryBus;
 use async_trait::async_trait;
 use low_contract::{Document, Value, WriteOp};
@@ -13,12 +15,20 @@ type Collection = BTreeMap<String, (u64, Value)>;
 
 pub struct MemoryStore {
     collections: Mutex<HashMap<String, Collection>>,
+    /// Parked events by (consumer, position). Locked after `collections`
+    /// when both are needed.
+    parked: Mutex<BTreeMap<(String, u64), Parked>>,
     bus: MemoryBus,
 }
 
 impl MemoryStore {
     pub fn new(bus: MemoryBus) -> Self {
-        Self { collections: Mutex::default(), bus }
+        Self { collections: Mutex::default(), parked: Mutex::default(), bus }
+    }
+
+    fn parked_lock(&self) -> MutexGuard<'_, BTreeMap<(String, u64), Parked>> {
+        // Changed only by whole-record inserts and removals: consistent even if poisoned.
+        self.parked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Collection>> {
@@ -62,6 +72,17 @@ impl Store for MemoryStore {
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let mut collections = self.lock();
+        let mut parked = self.parked_lock();
+        if let Some(settled) = &commit.unpark
+            && !parked.contains_key(&(settled.consumer.clone(), settled.position))
+        {
+            tracing::info!(
+                consumer = %settled.consumer,
+                position = settled.position,
+                "the parked event was applied already; discarding the duplicate retry"
+            );
+            return Ok(());
+        }
         // Stage every op against the current state (and earlier ops of this
         // commit) before touching anything: all or nothing.
         let mut staged: HashMap<(String, String), Option<(u64, Value)>> = HashMap::new();
@@ -111,7 +132,36 @@ impl Store for MemoryStore {
                 }
             }
         }
+        if let Some(settled) = &commit.unpark {
+            parked.remove(&(settled.consumer.clone(), settled.position));
+        }
+        if let Some(record) = commit.park {
+            parked.insert((record.consumer.clone(), record.position), record);
+        }
+        drop(parked);
         self.bus.append(commit.events, commit.notify);
+        Ok(())
+    }
+
+    async fn parked(&self, consumer: Option<&str>) -> Result<Vec<Parked>, StoreError> {
+        let parked = self.parked_lock();
+        Ok(parked.values().filter(|p| consumer.is_none_or(|c| p.consumer == c)).cloned().collect())
+    }
+
+    async fn parked_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut counts = BTreeMap::new();
+        for (consumer, _) in self.parked_lock().keys() {
+            *counts.entry(consumer.clone()).or_default() += 1;
+        }
+        Ok(counts)
+    }
+
+    async fn parked_failed(&self, consumer: &str, position: u64, error: &str) -> Result<(), StoreError> {
+        if let Some(record) = self.parked_lock().get_mut(&(consumer.to_owned(), position)) {
+            record.attempts += 1;
+            record.error = error.to_owned();
+            record.attempted_at_ms = crate::executor::now_ms();
+        }
         Ok(())
     }
 }

@@ -5,6 +5,10 @@
 //! all or nothing. Integrity conditions (`insert` of an existing key, a stale
 //! `update-if-version`) are checked by the store at commit, never by reading
 //! first, and fail the whole commit with [`StoreError::Conflict`].
+//!
+//! The store also keeps the *parked* events: events a consumer could not
+//! process, set aside (with the checkpoint advance past them, in one commit)
+//! until a retry applies them ([`Parked`]).
 
 pub mod memory;
 pub mod postgres;
@@ -14,7 +18,8 @@ pub use postgres::PgStore;
 
 use async_trait::async_trait;
 use low_contract::{Document, Message, Value, WriteOp};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -30,7 +35,7 @@ pub enum StoreError {
 }
 
 /// A message as the log holds it: where it went and who produced it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub topic: String,
     pub message: Message,
@@ -54,6 +59,32 @@ pub struct Commit {
     pub events: Vec<Event>,
     pub notify: Vec<Message>,
     pub checkpoint: Option<Checkpoint>,
+    /// An event set aside by its consumer (with `checkpoint` past it);
+    /// replaces a record at the same consumer and position.
+    pub park: Option<Parked>,
+    /// The parked event this commit applies (a retry): its record is
+    /// removed. When it is gone already (another retry applied it), the
+    /// whole commit is dropped, as a duplicate.
+    pub unpark: Option<Checkpoint>,
+}
+
+/// An event a consumer could not process: a dead letter, kept until a retry
+/// applies it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Parked {
+    /// The function whose consumer parked it.
+    pub consumer: String,
+    /// Its position in the log.
+    pub position: u64,
+    pub event: Event,
+    /// Why the last attempt failed.
+    pub error: String,
+    /// Attempts so far (the consumer's, then one per retry).
+    pub attempts: u32,
+    /// When it was parked, and when it was last attempted (ms since the epoch).
+    pub parked_at_ms: u64,
+    pub attempted_at_ms: u64,
 }
 
 #[async_trait]
@@ -69,6 +100,13 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Document>, StoreError>;
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+    /// The parked events (of `consumer`, or of all), by consumer and position.
+    async fn parked(&self, consumer: Option<&str>) -> Result<Vec<Parked>, StoreError>;
+    /// How many events each consumer has parked (consumers with none are absent).
+    async fn parked_counts(&self) -> Result<BTreeMap<String, u64>, StoreError>;
+    /// A retry of the parked event failed again: counts the attempt and
+    /// keeps `error`. Nothing when the record is gone (applied meanwhile).
+    async fn parked_failed(&self, consumer: &str, position: u64, error: &str) -> Result<(), StoreError>;
     /// Whether the store can be used now (for `/readyz`); the reason when not.
     async fn ready(&self) -> Result<(), String> {
         Ok(())

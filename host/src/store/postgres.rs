@@ -3,16 +3,17 @@
 //! the row and then finds it already advanced), the write ops (integrity by
 //! constraints and version conditions, never read-then-write), the events
 //! appended to the log, and the notifications (kept, and announced with
-//! `pg_notify`, which is transactional).
+//! `pg_notify`, which is transactional). Parking an event (the `parked`
+//! table) and applying a parked one are part of a commit as well.
 
-use super::{Commit, Store, StoreError};
+use super::{Commit, Parked, Store, StoreError};
 use crate::bus::PgBus;
 use crate::postgres::{
     Database, EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, describe, describe_pool, is_unavailable,
 };
 use async_trait::async_trait;
 use low_contract::{Document, Value, WriteOp};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -93,6 +94,13 @@ mod sql {
          FROM n";
     pub const GET: &str =
         "SELECT collection, key, version, body FROM documents WHERE collection = $1 AND key = $2";
+    /// Removes the record of the parked event a retry applies (first, so
+    /// that a concurrent retry of the same event waits, then finds none).
+    pub const UNPARK: &str = "DELETE FROM parked WHERE consumer = $1 AND position = $2";
+    pub const PARK: &str = "INSERT INTO parked (consumer, position, event, error, attempts)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (consumer, position) DO UPDATE
+         SET event = EXCLUDED.event, error = EXCLUDED.error, attempts = EXCLUDED.attempts, attempted_at = now()";
 }
 
 type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
@@ -101,6 +109,8 @@ type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 enum Expect {
     /// The checkpoint moved; else the step was done already.
     Advanced,
+    /// The parked record was removed; else another retry applied it.
+    Unparked,
     /// A row was written; else this conflict.
     Row(String),
     Any,
@@ -132,6 +142,11 @@ fn document(row: &Row) -> Result<Document, StoreError> {
         version: version(row.try_get(2).map_err(store_error)?),
         body: row.try_get(3).map_err(store_error)?,
     })
+}
+
+/// A count, position or time from the database (never negative there).
+fn unsigned(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
 }
 
 fn i64_of(n: u64, what: &str) -> Result<i64, StoreError> {
@@ -205,6 +220,21 @@ impl Store for PgStore {
                 _ => Ok(0),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let unpark = commit
+            .unpark
+            .as_ref()
+            .map(|u| i64_of(u.position, "log position").map(|p| (u.consumer.as_str(), p)))
+            .transpose()?;
+        let park = commit
+            .park
+            .as_ref()
+            .map(|p| {
+                let event = serde_json::to_value(&p.event)
+                    .map_err(|e| StoreError::Invalid(format!("parked event is not JSON: {e}")))?;
+                let attempts = i32::try_from(p.attempts).unwrap_or(i32::MAX);
+                Ok::<_, StoreError>((p, i64_of(p.position, "log position")?, event, attempts))
+            })
+            .transpose()?;
         let topics: BTreeSet<&str> = commit.events.iter().map(|e| e.topic.as_str()).collect();
         let notifications = commit
             .notify
@@ -223,6 +253,15 @@ impl Store for PgStore {
         if let (Some(checkpoint), Some(position)) = (&commit.checkpoint, &position) {
             let sql = tx.prepare_cached(sql::ADVANCE).await.map_err(store_error)?;
             statements.push((sql, vec![&checkpoint.consumer, position], Expect::Advanced));
+        }
+        if let Some((consumer, position)) = &unpark {
+            let sql = tx.prepare_cached(sql::UNPARK).await.map_err(store_error)?;
+            statements.push((sql, vec![consumer, position], Expect::Unparked));
+        }
+        if let Some((record, position, event, attempts)) = &park {
+            let sql = tx.prepare_cached(sql::PARK).await.map_err(store_error)?;
+            let params: Params = vec![&record.consumer, position, event, &record.error, attempts];
+            statements.push((sql, params, Expect::Any));
         }
         for (op, expected) in commit.ops.iter().zip(&expected) {
             let (text, params, expect): (_, Params, _) = match op {
@@ -301,6 +340,15 @@ impl Store for PgStore {
                     );
                     return Ok(());
                 }
+                (Ok(0), Expect::Unparked) => {
+                    let unpark = commit.unpark.as_ref();
+                    tracing::info!(
+                        consumer = unpark.map_or("", |u| u.consumer.as_str()),
+                        position = unpark.map_or(0, |u| u.position),
+                        "the parked event was applied already; discarding the duplicate retry"
+                    );
+                    return Ok(());
+                }
                 (Ok(0), Expect::Row(conflict)) => {
                     failure.get_or_insert_with(|| StoreError::Conflict(conflict.clone()));
                 }
@@ -322,4 +370,64 @@ impl Store for PgStore {
         }
         Ok(())
     }
+
+    async fn parked(&self, consumer: Option<&str>) -> Result<Vec<Parked>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT consumer, position, event, error, attempts,
+                        (extract(epoch FROM parked_at) * 1000)::bigint,
+                        (extract(epoch FROM attempted_at) * 1000)::bigint
+                 FROM parked WHERE $1::text IS NULL OR consumer = $1
+                 ORDER BY consumer, position",
+                &[&consumer],
+            )
+            .await
+            .map_err(store_error)?;
+        rows.iter().map(parked).collect()
+    }
+
+    async fn parked_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT consumer, count(*) FROM parked GROUP BY consumer", &[])
+            .await
+            .map_err(store_error)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0).map_err(store_error)?, unsigned(r.try_get(1).map_err(store_error)?))))
+            .collect()
+    }
+
+    async fn parked_failed(&self, consumer: &str, position: u64, error: &str) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let position = i64_of(position, "log position")?;
+        client
+            .execute(
+                "UPDATE parked SET attempts = attempts + 1, error = $3, attempted_at = now()
+                 WHERE consumer = $1 AND position = $2",
+                &[&consumer, &position, &error],
+            )
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+}
+
+/// A row of `parked`.
+fn parked(row: &Row) -> Result<Parked, StoreError> {
+    let event: Value = row.try_get(2).map_err(store_error)?;
+    let attempts: i32 = row.try_get(4).map_err(store_error)?;
+    let ms = |i: usize| -> Result<u64, StoreError> {
+        Ok(unsigned(row.try_get::<_, Option<i64>>(i).map_err(store_error)?.unwrap_or(0)))
+    };
+    Ok(Parked {
+        consumer: row.try_get(0).map_err(store_error)?,
+        position: unsigned(row.try_get(1).map_err(store_error)?),
+        event: serde_json::from_value(event)
+            .map_err(|e| StoreError::Invalid(format!("unreadable parked event: {e}")))?,
+        error: row.try_get(3).map_err(store_error)?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        parked_at_ms: ms(5)?,
+        attempted_at_ms: ms(6)?,
+    })
 }
