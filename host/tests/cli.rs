@@ -69,3 +69,18 @@ fn a_taken_port_says_to_pick_another() {
     let line = error_line(&host(&["run", "--listen", &addr], &[]));
     assert!(line.contains(&format!("cannot listen on {addr}")) && line.contains("--listen"), "{line}");
 }
+
+#[test]
+fn a_memory_limit_too_small_for_a_component_says_so() {
+    let line =
+        error_line(&host(&["run", "--listen", "127.0.0.1:0"], &[("LOWSHELL_LIMITS__MEMORY_MIB", "1")]));
+    assert!(line.contains("memory limit of 1 MiB") && line.contains("limits.memory-mib"), "{line}");
+    assert!(!line.contains("not a WebAssembly component"), "{line}");
+}
+
+#[test]
+fn a_project_listing_no_functions_says_so() {
+    let line = error_line(&host(&["run", "--listen", "127.0.0.1:0"], &[("LOWSHELL_FUNCTIONS", "[]")]));
+    assert!(line.contains("lists no functions"), "{line}");
+    assert!(!line.contains("make guest"), "{line}");
+}
