@@ -147,8 +147,9 @@ impl Registry {
         self.previous.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
 
-    /// Whether [`swap`](Self::swap) would take `new` now, without swapping.
-    pub fn check(&self, new: &Arc<Function>, force: bool) -> Result<(), RegistryError> {
+    /// Whether [`swap`](Self::swap) would take `new` now, without swapping;
+    /// the set it would make, for further checks.
+    pub fn check(&self, new: &Arc<Function>, force: bool) -> Result<Functions, RegistryError> {
         let current = self.current();
         if let Some(old) = current.get(new.name())
             && !force
@@ -156,7 +157,6 @@ impl Registry {
             compatible(old, new)?;
         }
         Functions::new(current.iter().filter(|f| f.name() != new.name()).cloned().chain([Arc::clone(new)]))
-            .map(|_| ())
     }
 
     /// Puts `new` in place of the function of the same name (or adds it).
