@@ -10,8 +10,10 @@
 //! running version differs: a version deployed over the API or the command
 //! line stays until the file itself changes. Each content is tried once: a
 //! refused file is refused (and logged, and counted) once, until it changes.
+//! Only a deploy that could not be recorded (the database is away) is tried
+//! again, with backoff, until it is recorded or the file changes.
 
-use crate::deploy::Deployer;
+use crate::deploy::{DeployError, Deployer};
 use crate::runtime::Version;
 use notify_debouncer_mini::notify::RecursiveMode;
 use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
@@ -23,6 +25,9 @@ use tokio::sync::mpsc;
 
 /// How long a file must stay unchanged before it is read.
 const SETTLE: Duration = Duration::from_millis(300);
+/// First and longest wait before trying again a deploy that could not be recorded.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Watching stops when this is dropped.
 pub struct ModulesWatcher {
@@ -40,6 +45,8 @@ pub fn watch(
     deployer: Deployer,
 ) -> anyhow::Result<ModulesWatcher> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Vec<PathBuf>>();
+    // Weak: watching (and this task) ends when the debouncer is dropped.
+    let retry = tx.downgrade();
     let mut debouncer = new_debouncer(SETTLE, move |result: DebounceEventResult| match result {
         Ok(events) => {
             let _ = tx.send(events.into_iter().map(|e| e.path).collect());
@@ -57,7 +64,7 @@ pub fn watch(
             Some((module_name(&path)?.to_owned(), Seen { fingerprint: None, version }))
         })
         .collect();
-    let mut files = Files { names, seen, deployer };
+    let mut files = Files { names, seen, deployer, retry, backoff: HashMap::new() };
     let dir = dir.to_path_buf();
     tokio::spawn(async move {
         // What changed between loading and watching.
@@ -111,6 +118,10 @@ struct Files {
     /// By function name (the file's name without `.wasm`).
     seen: HashMap<String, Seen>,
     deployer: Deployer,
+    /// Where a path is sent back to be considered again.
+    retry: mpsc::WeakUnboundedSender<Vec<PathBuf>>,
+    /// The next wait before retrying a function's unrecorded deploy.
+    backoff: HashMap<String, Duration>,
 }
 
 impl Files {
@@ -142,16 +153,42 @@ impl Files {
             }
         };
         let version = Version::of(&bytes);
-        let unchanged = seen.is_some_and(|s| s.version == version);
-        // Seen before deploying: a refused content is not tried again.
-        self.seen.insert(name.to_owned(), Seen { fingerprint: Some(fingerprint), version: version.clone() });
-        if unchanged {
+        if seen.is_some_and(|s| s.version == version) {
             tracing::debug!(file = %path.display(), "written with the same content; nothing to deploy");
+            if let Some(seen) = self.seen.get_mut(name) {
+                seen.fingerprint = Some(fingerprint);
+            }
             return;
         }
+        // Seen before deploying: a refused content is not tried again.
+        let before = self
+            .seen
+            .insert(name.to_owned(), Seen { fingerprint: Some(fingerprint), version: version.clone() });
         tracing::info!(file = %path.display(), %version, "the file changed; deploying it");
         // Refusals are logged and counted by the deployer.
-        let _ = self.deployer.deploy(name, &bytes, false).await;
+        match self.deployer.deploy(name, &bytes, false).await {
+            Err(DeployError::Record(_)) => {
+                // Not refused: not recorded. Forget this content so that the
+                // retry (or the next change) deploys the file again.
+                match before {
+                    Some(before) => self.seen.insert(name.to_owned(), before),
+                    None => self.seen.remove(name),
+                };
+                let wait = self.backoff.get(name).copied().unwrap_or(RETRY_FIRST);
+                self.backoff.insert(name.to_owned(), (wait * 2).min(RETRY_MAX));
+                tracing::info!(file = %path.display(), "trying the file again in {wait:?}");
+                let (retry, path) = (self.retry.clone(), path.to_path_buf());
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    if let Some(retry) = retry.upgrade() {
+                        let _ = retry.send(vec![path]);
+                    }
+                });
+            }
+            _ => {
+                self.backoff.remove(name);
+            }
+        }
     }
 }
 
