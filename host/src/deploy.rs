@@ -86,9 +86,15 @@ impl Deployments for LocalDeployments {
     }
 }
 
-/// Checks that a set of functions makes a valid GraphQL schema (the
-/// shell's [`Graphql::check`](crate::graphql::Graphql::check)).
-pub type SchemaCheck = Arc<dyn Fn(&Functions) -> Result<(), String> + Send + Sync>;
+/// The schema served for the functions (the shell's
+/// [`Graphql`](crate::graphql::Graphql)), as deploys see it.
+pub trait SchemaHook: Send + Sync {
+    /// Whether a valid schema can be built for `functions`.
+    fn check(&self, functions: &Functions) -> Result<(), String>;
+    /// Builds and serves the schema of the registry's current set now, so
+    /// that a deploy answers only once GraphQL serves what it swapped in.
+    fn refresh(&self);
+}
 
 #[derive(Clone)]
 pub struct Deployer {
@@ -98,7 +104,7 @@ pub struct Deployer {
     /// One change at a time in this shell: record-and-swap, or sync.
     serial: Arc<tokio::sync::Mutex<()>>,
     /// Set once the schema exists; shared by every clone.
-    schema_check: Arc<OnceLock<SchemaCheck>>,
+    schema: Arc<OnceLock<Arc<dyn SchemaHook>>>,
 }
 
 impl Deployer {
@@ -111,14 +117,21 @@ impl Deployer {
         registry: Arc<Registry>,
         deployments: Arc<dyn Deployments>,
     ) -> Self {
-        Self { runtime, registry, deployments, serial: Default::default(), schema_check: Default::default() }
+        Self { runtime, registry, deployments, serial: Default::default(), schema: Default::default() }
     }
 
-    /// From now on, a deploy or rollback is refused unless `check` accepts
-    /// the set of functions it would make. Set once; later calls are ignored.
-    pub fn check_schema_with(&self, check: SchemaCheck) {
-        if self.schema_check.set(check).is_err() {
-            tracing::warn!("a schema check is already set; keeping the first");
+    /// From now on, a deploy or rollback is refused unless `schema` can be
+    /// built for the set of functions it would make, and `schema` is
+    /// refreshed after each swap. Set once; later calls are ignored.
+    pub fn use_schema(&self, schema: Arc<dyn SchemaHook>) {
+        if self.schema.set(schema).is_err() {
+            tracing::warn!("a schema is already in use by deploys; keeping the first");
+        }
+    }
+
+    fn refresh_schema(&self) {
+        if let Some(schema) = self.schema.get() {
+            schema.refresh();
         }
     }
 
@@ -126,8 +139,8 @@ impl Deployer {
     /// set it would make, take it.
     fn validate(&self, function: &Arc<Function>, force: bool) -> Result<(), DeployError> {
         let candidate = self.registry.check(function, force)?;
-        match self.schema_check.get() {
-            Some(check) => check(&candidate).map_err(DeployError::Schema),
+        match self.schema.get() {
+            Some(schema) => schema.check(&candidate).map_err(DeployError::Schema),
             None => Ok(()),
         }
     }
@@ -180,6 +193,7 @@ impl Deployer {
             .map_err(|e| refused(e.into()))?;
         // Recorded as compatible (or forced): the swap itself is forced.
         let swapped = self.registry.swap(function, true).await.map_err(|e| refused(e.into()))?;
+        self.refresh_schema();
         crate::metrics::swap(name, true);
         log_swap("deployed", &swapped);
         Ok(swapped)
@@ -217,6 +231,7 @@ impl Deployer {
             .await?;
         // Forced: the previous version was compatible with what it replaced.
         let swapped = self.registry.swap(target, true).await?;
+        self.refresh_schema();
         crate::metrics::swap(name, true);
         log_swap("rolled back", &swapped);
         Ok(swapped)
@@ -240,6 +255,7 @@ impl Deployer {
             return Err(DeployError::WrongName { expected: name.into(), got: function.name().into() });
         }
         let swapped = self.registry.swap(function, true).await?;
+        self.refresh_schema();
         log_swap("switched to the recorded version", &swapped);
         Ok(())
     }

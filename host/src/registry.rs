@@ -142,6 +142,12 @@ impl Registry {
         self.changed.subscribe()
     }
 
+    /// How many times the set has changed. Read before [`current`](Self::current),
+    /// the snapshot is at least this new.
+    pub fn generation(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
     /// The version a function had before its last swap.
     pub fn previous(&self, name: &str) -> Option<Arc<Function>> {
         self.previous.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()

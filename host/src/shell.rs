@@ -182,8 +182,7 @@ impl Shell {
         let backend = graphql::Backend { store: Arc::clone(&store), responses, bus: Arc::clone(&bus) };
         let graphql = Graphql::start(Arc::clone(&registry), backend, limits)?;
         // Deploys are checked against the schema they would make, before the swap.
-        let checker = Arc::clone(&graphql);
-        deployer.check_schema_with(Arc::new(move |functions| checker.check(functions)));
+        deployer.use_schema(Arc::clone(&graphql) as Arc<dyn crate::deploy::SchemaHook>);
 
         let listener = tokio::net::TcpListener::bind(project.listen).await.with_context(|| {
             format!("cannot listen on {} (is another shell running there? try --listen)", project.listen)

@@ -2,7 +2,8 @@
 //! ([`schema::build`]) and rebuilt, then swapped in, whenever the registry
 //! changes; requests in flight keep the schema they started with. A deploy
 //! checks first that the schema can be built with the new version
-//! ([`Graphql::check`]), so the swap never leaves a stale schema serving.
+//! ([`Graphql::check`]), so the swap never leaves a stale schema serving,
+//! and refreshes it before it answers.
 
 mod http;
 pub mod schema;
@@ -10,15 +11,20 @@ pub mod schema;
 pub use http::{GRAPHIQL_VERSION, HttpOptions, WS_PATH, router};
 pub use schema::{Backend, QueryLimits};
 
+use crate::deploy::SchemaHook;
 use crate::registry::{Functions, Registry};
 use arc_swap::ArcSwap;
 use async_graphql::dynamic::Schema;
 use low_contract::ModelSpec;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub struct Graphql {
     schema: ArcSwap<Schema>,
+    /// The registry generation the served schema was built from: a slower
+    /// rebuild of an older set never replaces a newer one.
+    built: Mutex<u64>,
+    registry: Arc<Registry>,
     backend: Backend,
     limits: QueryLimits,
 }
@@ -30,25 +36,48 @@ impl Graphql {
         backend: Backend,
         limits: QueryLimits,
     ) -> anyhow::Result<Arc<Self>> {
+        // Subscribed first: a change while building is not missed.
+        let mut changes = registry.watch();
+        let generation = registry.generation();
         let schema = build(&registry.current(), &backend, limits).map_err(|e| {
             anyhow::anyhow!("cannot build the GraphQL schema from the functions' metadata: {e}")
         })?;
-        let graphql = Arc::new(Self { schema: ArcSwap::from_pointee(schema), backend, limits });
-        let mut changes = registry.watch();
+        let graphql = Arc::new(Self {
+            schema: ArcSwap::from_pointee(schema),
+            built: Mutex::new(generation),
+            registry,
+            backend,
+            limits,
+        });
         let weak = Arc::downgrade(&graphql);
+        // Changes made other than through the deployer, which refreshes itself.
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
                 let Some(graphql) = weak.upgrade() else { break };
-                match build(&registry.current(), &graphql.backend, graphql.limits) {
-                    Ok(schema) => {
-                        graphql.schema.store(Arc::new(schema));
-                        tracing::info!("GraphQL schema rebuilt");
-                    }
-                    Err(e) => tracing::error!("keeping the previous GraphQL schema: {e}"),
-                }
+                graphql.refresh();
             }
         });
         Ok(graphql)
+    }
+
+    /// Builds the schema of the registry's current set and serves it,
+    /// unless a newer one is served already.
+    pub fn refresh(&self) {
+        let generation = self.registry.generation();
+        if *self.built.lock().unwrap_or_else(|p| p.into_inner()) >= generation {
+            return;
+        }
+        match build(&self.registry.current(), &self.backend, self.limits) {
+            Ok(schema) => {
+                let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+                if *built < generation {
+                    self.schema.store(Arc::new(schema));
+                    *built = generation;
+                    tracing::info!("GraphQL schema rebuilt");
+                }
+            }
+            Err(e) => tracing::error!("keeping the previous GraphQL schema: {e}"),
+        }
     }
 
     pub fn schema(&self) -> Arc<Schema> {
@@ -64,6 +93,16 @@ impl Graphql {
     /// make), without serving it.
     pub fn check(&self, functions: &Functions) -> Result<(), String> {
         build(functions, &self.backend, self.limits).map(drop)
+    }
+}
+
+impl SchemaHook for Graphql {
+    fn check(&self, functions: &Functions) -> Result<(), String> {
+        Graphql::check(self, functions)
+    }
+
+    fn refresh(&self) {
+        Graphql::refresh(self)
     }
 }
 
