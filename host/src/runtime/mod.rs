@@ -295,7 +295,7 @@ fn compile_failure(e: &wasmtime::Error, memory_bytes: usize) -> LoadError {
 }
 
 fn mebibytes(bytes: usize) -> String {
-    if bytes % (1 << 20) == 0 { format!("{} MiB", bytes >> 20) } else { format!("{bytes} bytes") }
+    if bytes.is_multiple_of(1 << 20) { format!("{} MiB", bytes >> 20) } else { format!("{bytes} bytes") }
 }
 
 impl Runtime {
