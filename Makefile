@@ -39,6 +39,8 @@ guest: target
 	done
 	@$(CARGO) build --quiet --profile guest --target $(TARGET) -p misbehave --features meta-trap
 	@cp $(TARGET_DIR)/$(TARGET)/guest/misbehave.wasm $(MODULES)/fixtures/meta-trap.wasm
+	@$(CARGO) build --quiet --profile guest --target $(TARGET) -p misbehave --features schema-clash
+	@cp $(TARGET_DIR)/$(TARGET)/guest/misbehave.wasm $(MODULES)/fixtures/schema-clash.wasm
 	@# The plain build last, so the target folder holds the default versions.
 	@$(CARGO) build --quiet --profile guest --target $(TARGET) -p invite-customer
 	@echo "components in $(MODULES)/: $(GUESTS); version 2 of invite-customer in $(MODULES)/v2/; test fixtures in $(MODULES)/fixtures/"

@@ -169,6 +169,7 @@ async fn rollback(State(admin): State<Admin>, Path(name): Path<String>) -> Respo
             previous_version: swapped.old.map(|f| f.version.0.clone()),
         })
         .into_response(),
+        Err(e @ DeployError::NoSuchFunction(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
         Err(e @ DeployError::Registry(_)) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e @ DeployError::Record(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),

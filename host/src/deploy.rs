@@ -6,10 +6,10 @@
 //! [`Deployments`] (the source of truth), then swapped in locally; every
 //! other shell hears of it and switches too ([`Deployer::sync`]).
 
-use crate::registry::{Registry, RegistryError, Swapped};
+use crate::registry::{Functions, Registry, RegistryError, Swapped};
 use crate::runtime::{Function, LoadError, Runtime, Version};
 use async_trait::async_trait;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::mpsc;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,10 @@ pub enum DeployError {
     WrongName { expected: String, got: String },
     #[error("refused: {0}")]
     Registry(#[from] RegistryError),
+    #[error("refused: the GraphQL schema cannot be built with this version: {0}")]
+    Schema(String),
+    #[error("no function named `{0}` runs in this shell")]
+    NoSuchFunction(String),
     #[error("not deployed: cannot record the deployment ({0}); the running version keeps serving")]
     Record(#[from] DeploymentsError),
 }
@@ -82,6 +86,16 @@ impl Deployments for LocalDeployments {
     }
 }
 
+/// The schema served for the functions (the shell's
+/// [`Graphql`](crate::graphql::Graphql)), as deploys see it.
+pub trait SchemaHook: Send + Sync {
+    /// Whether a valid schema can be built for `functions`.
+    fn check(&self, functions: &Functions) -> Result<(), String>;
+    /// Builds and serves the schema of the registry's current set now, so
+    /// that a deploy answers only once GraphQL serves what it swapped in.
+    fn refresh(&self);
+}
+
 #[derive(Clone)]
 pub struct Deployer {
     runtime: Arc<Runtime>,
@@ -89,6 +103,8 @@ pub struct Deployer {
     deployments: Arc<dyn Deployments>,
     /// One change at a time in this shell: record-and-swap, or sync.
     serial: Arc<tokio::sync::Mutex<()>>,
+    /// Set once the schema exists; shared by every clone.
+    schema: Arc<OnceLock<Arc<dyn SchemaHook>>>,
 }
 
 impl Deployer {
@@ -101,7 +117,32 @@ impl Deployer {
         registry: Arc<Registry>,
         deployments: Arc<dyn Deployments>,
     ) -> Self {
-        Self { runtime, registry, deployments, serial: Default::default() }
+        Self { runtime, registry, deployments, serial: Default::default(), schema: Default::default() }
+    }
+
+    /// From now on, a deploy or rollback is refused unless `schema` can be
+    /// built for the set of functions it would make, and `schema` is
+    /// refreshed after each swap. Set once; later calls are ignored.
+    pub fn use_schema(&self, schema: Arc<dyn SchemaHook>) {
+        if self.schema.set(schema).is_err() {
+            tracing::warn!("a schema is already in use by deploys; keeping the first");
+        }
+    }
+
+    fn refresh_schema(&self) {
+        if let Some(schema) = self.schema.get() {
+            schema.refresh();
+        }
+    }
+
+    /// Refuses `function` unless the registry, and the schema built for the
+    /// set it would make, take it.
+    fn validate(&self, function: &Arc<Function>, force: bool) -> Result<(), DeployError> {
+        let candidate = self.registry.check(function, force)?;
+        match self.schema.get() {
+            Some(schema) => schema.check(&candidate).map_err(DeployError::Schema),
+            None => Ok(()),
+        }
     }
 
     pub fn registry(&self) -> &Arc<Registry> {
@@ -115,9 +156,16 @@ impl Deployer {
     /// Loads `bytes` as the next version of `name`, records it, and swaps it
     /// in. The same bytes as the running version change nothing.
     pub async fn deploy(&self, name: &str, bytes: &[u8], force: bool) -> Result<Swapped, DeployError> {
+        // A name this shell does not run gets no metric series of its own:
+        // anyone with the token could otherwise make series without end.
+        let known = self.registry.current().get(name).is_some();
         let refused = |e: DeployError| {
-            tracing::warn!(function = name, "deploy refused, the running version keeps serving: {e}");
-            crate::metrics::swap(name, false);
+            if known {
+                tracing::warn!(function = name, "deploy refused, the running version keeps serving: {e}");
+            } else {
+                tracing::warn!(function = name, "deploy of a new function refused: {e}");
+            }
+            crate::metrics::swap_refused(name, known);
             e
         };
         let function = self.runtime.load(bytes).await.map_err(|e| refused(e.into()))?;
@@ -137,14 +185,15 @@ impl Deployer {
                 new: Arc::clone(running),
             });
         }
-        // Refuse what the registry would refuse before recording anything.
-        self.registry.check(&function, force).map_err(|e| refused(e.into()))?;
+        // Refuse what the registry or the schema would refuse before recording anything.
+        self.validate(&function, force).map_err(refused)?;
         self.deployments
             .record(name, &function.version, bytes, running.as_ref().map(|f| &f.version))
             .await
             .map_err(|e| refused(e.into()))?;
         // Recorded as compatible (or forced): the swap itself is forced.
         let swapped = self.registry.swap(function, true).await.map_err(|e| refused(e.into()))?;
+        self.refresh_schema();
         crate::metrics::swap(name, true);
         log_swap("deployed", &swapped);
         Ok(swapped)
@@ -154,7 +203,9 @@ impl Deployer {
     /// recorded one where deploys are recorded), and records that.
     pub async fn rollback(&self, name: &str) -> Result<Swapped, DeployError> {
         let _serial = self.serial.lock().await;
-        let running = self.registry.current().get(name).cloned();
+        let Some(running) = self.registry.current().get(name).cloned() else {
+            return Err(DeployError::NoSuchFunction(name.into()));
+        };
         let recorded_previous = match self.deployments.current(name).await? {
             Some((_, Some(previous))) => match self.deployments.bytes(name, &previous).await? {
                 Some(bytes) => Some((self.runtime.load(&bytes).await?, bytes)),
@@ -171,17 +222,16 @@ impl Deployer {
                 (previous, None)
             }
         };
+        // The other functions may have changed since: check before recording.
+        // Forced: the previous version was compatible with what it replaced.
+        self.validate(&target, true)?;
         // The version kept when it was loaded or deployed: no bytes to send again.
         self.deployments
-            .record(
-                name,
-                &target.version,
-                bytes.as_deref().unwrap_or_default(),
-                running.as_ref().map(|f| &f.version),
-            )
+            .record(name, &target.version, bytes.as_deref().unwrap_or_default(), Some(&running.version))
             .await?;
         // Forced: the previous version was compatible with what it replaced.
         let swapped = self.registry.swap(target, true).await?;
+        self.refresh_schema();
         crate::metrics::swap(name, true);
         log_swap("rolled back", &swapped);
         Ok(swapped)
@@ -205,6 +255,7 @@ impl Deployer {
             return Err(DeployError::WrongName { expected: name.into(), got: function.name().into() });
         }
         let swapped = self.registry.swap(function, true).await?;
+        self.refresh_schema();
         log_swap("switched to the recorded version", &swapped);
         Ok(())
     }

@@ -132,6 +132,15 @@ pub fn swap(function: &str, ok: bool) {
     counter!("lowshell_swaps_total", "function" => function.to_owned(), "outcome" => outcome).increment(1);
 }
 
+/// The `function` label of a refused deploy of a function the shell does
+/// not run: names from requests make no series of their own.
+pub const NEW_FUNCTION: &str = "(new)";
+
+/// A deploy of `function` was refused; `known` when the shell runs it.
+pub fn swap_refused(function: &str, known: bool) {
+    swap(if known { function } else { NEW_FUNCTION }, false);
+}
+
 /// An event (or command) was appended to `topic`.
 pub fn event_appended(topic: &str) {
     counter!("lowshell_events_total", "topic" => topic.to_owned()).increment(1);

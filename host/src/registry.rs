@@ -142,13 +142,20 @@ impl Registry {
         self.changed.subscribe()
     }
 
+    /// How many times the set has changed. Read before [`current`](Self::current),
+    /// the snapshot is at least this new.
+    pub fn generation(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
     /// The version a function had before its last swap.
     pub fn previous(&self, name: &str) -> Option<Arc<Function>> {
         self.previous.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
     }
 
-    /// Whether [`swap`](Self::swap) would take `new` now, without swapping.
-    pub fn check(&self, new: &Arc<Function>, force: bool) -> Result<(), RegistryError> {
+    /// Whether [`swap`](Self::swap) would take `new` now, without swapping;
+    /// the set it would make, for further checks.
+    pub fn check(&self, new: &Arc<Function>, force: bool) -> Result<Functions, RegistryError> {
         let current = self.current();
         if let Some(old) = current.get(new.name())
             && !force
@@ -156,7 +163,6 @@ impl Registry {
             compatible(old, new)?;
         }
         Functions::new(current.iter().filter(|f| f.name() != new.name()).cloned().chain([Arc::clone(new)]))
-            .map(|_| ())
     }
 
     /// Puts `new` in place of the function of the same name (or adds it).

@@ -16,6 +16,7 @@ use crate::runtime::{Function, Runtime, SystemEnv};
 use crate::store::{MemoryStore, PgStore, Store};
 use crate::watch::{self, ModulesWatcher};
 use anyhow::Context;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -139,14 +140,24 @@ impl Shell {
     pub async fn start(project: Project) -> anyhow::Result<Self> {
         crate::metrics::install();
         let runtime = Runtime::with(project.limits(), Arc::new(SystemEnv), project.cache_dir())?;
+        if project.functions.as_ref().is_some_and(Vec::is_empty) {
+            anyhow::bail!(
+                "the project lists no functions (`functions = []`): name the functions to load, \
+                 or leave `functions` out to load every component in {}",
+                project.modules.display()
+            );
+        }
         let mut loaded = vec![];
         let mut files = vec![];
+        // The version read from each file, for the watcher.
+        let mut from_files = HashMap::new();
         if project.native {
             loaded = native_functions(&runtime, &project)?;
         } else {
             for path in module_files(&project)? {
                 let (function, bytes) = load_file_bytes(&runtime, &path).await?;
                 files.push((function.name().to_owned(), function.version.clone(), bytes));
+                from_files.insert(path, function.version.clone());
                 loaded.push(function);
             }
         }
@@ -213,6 +224,8 @@ impl Shell {
             bus: Arc::clone(&bus),
         };
         let graphql = Graphql::start(Arc::clone(&registry), backend, limits)?;
+        // Deploys are checked against the schema they would make, before the swap.
+        deployer.use_schema(Arc::clone(&graphql) as Arc<dyn crate::deploy::SchemaHook>);
 
         let listener = tokio::net::TcpListener::bind(project.listen).await.with_context(|| {
             format!("cannot listen on {} (is another shell running there? try --listen)", project.listen)
@@ -224,7 +237,7 @@ impl Shell {
             request_timeout: std::time::Duration::from_millis(project.http.request_timeout_ms),
         };
         let watcher = if project.watch {
-            Some(watch::watch(&project.modules, project.functions.clone(), deployer.clone())?)
+            Some(watch::watch(&project.modules, project.functions.clone(), from_files, deployer.clone())?)
         } else {
             None
         };

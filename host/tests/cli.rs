@@ -90,3 +90,18 @@ fn admin_commands_say_what_is_wrong_with_the_url_and_the_arguments() {
     let help = String::from_utf8_lossy(&host(&["rollback", "--help"], &[]).stdout).into_owned();
     assert!(help.contains("The function to roll back"), "{help}");
 }
+
+#[test]
+fn a_memory_limit_too_small_for_a_component_says_so() {
+    let line =
+        error_line(&host(&["run", "--listen", "127.0.0.1:0"], &[("LOWSHELL_LIMITS__MEMORY_MIB", "1")]));
+    assert!(line.contains("memory limit of 1 MiB") && line.contains("limits.memory-mib"), "{line}");
+    assert!(!line.contains("not a WebAssembly component"), "{line}");
+}
+
+#[test]
+fn a_project_listing_no_functions_says_so() {
+    let line = error_line(&host(&["run", "--listen", "127.0.0.1:0"], &[("LOWSHELL_FUNCTIONS", "[]")]));
+    assert!(line.contains("lists no functions"), "{line}");
+    assert!(!line.contains("make guest"), "{line}");
+}

@@ -123,12 +123,18 @@ async fn bad_uploads_are_refused_and_the_running_version_keeps_serving() {
             std::fs::read(module("invite-resolver")).expect("resolver"),
             "is `invite-resolver`, not `invite-customer`",
         ),
-        ("a trap in meta", std::fs::read(module("fixtures/meta-trap")).expect("fixture"), "`meta` failed"),
+        (
+            "a trap in meta",
+            std::fs::read(module("fixtures/meta-trap")).expect("fixture"),
+            "the component's `meta` call trapped",
+        ),
     ];
     for (what, bytes, reason) in refusals {
         let (status, body) = deploy(&client, bytes).await;
         assert_eq!(status, 422, "{what}: {body}");
         assert!(body["error"].as_str().is_some_and(|e| e.contains(reason)), "{what}: {body}");
+        // Nobody knows the name of a component whose `meta` did not answer.
+        assert!(body["error"].as_str().is_some_and(|e| !e.contains("``")), "{what}: {body}");
         assert_eq!(running_version(&client, "invite-customer").await, before, "{what}");
         let still = invited_email(&client, &format!("{}@example.com", what.replace(' ', "-"))).await;
         assert!(still.is_string(), "{what}: the running version still answers");
@@ -279,5 +285,55 @@ async fn deploying_a_new_function_extends_the_schema_without_a_restart() {
     }
     let things = client.graphql("{ things { action } }").await;
     assert_eq!(things["data"]["things"][0]["action"], "ok", "and its read model is queryable: {things}");
+    shell.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn a_version_whose_schema_cannot_be_built_is_refused_before_the_swap() {
+    let (shell, client) = start(project()).await;
+    // `misbehave` declaring a public model named `Customer`: the type
+    // `customer-projector` declares.
+    let bytes = std::fs::read(module("fixtures/schema-clash")).expect("fixture");
+    let (status, body) =
+        admin(&client, reqwest::Method::PUT, "/admin/functions/misbehave", Some(TOKEN), bytes).await;
+
+    assert_eq!(status, 422, "{body}");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("GraphQL schema")
+            && message.contains("`Customer`")
+            && message.contains("customer-projector"),
+        "{body}"
+    );
+    // Both views agree: nothing was swapped in.
+    let (_, listed) = admin(&client, reqwest::Method::GET, "/admin/functions", Some(TOKEN), vec![]).await;
+    let admin_names: Vec<&str> =
+        listed.as_array().into_iter().flatten().filter_map(|f| f["name"].as_str()).collect();
+    assert!(!admin_names.contains(&"misbehave"), "{listed}");
+    assert_eq!(running_version(&client, "misbehave").await, "", "the schema lists no misbehave either");
+    assert_eq!(invited_email(&client, "Still@Example.com").await, "Still@Example.com");
+    shell.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn an_unknown_function_is_not_found_and_makes_no_metric_series() {
+    let (shell, client) = start(project()).await;
+    let (status, body) =
+        admin(&client, reqwest::Method::POST, "/admin/functions/nosuch/rollback", Some(TOKEN), vec![]).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("no function named `nosuch`")), "{body}");
+
+    let (status, body) =
+        admin(&client, reqwest::Method::PUT, "/admin/functions/nosuch", Some(TOKEN), b"junk".to_vec()).await;
+    assert_eq!(status, 422, "{body}");
+    let metrics = client.http.get(format!("{}/metrics", client.base)).send().await.expect("metrics");
+    let metrics = metrics.text().await.expect("metrics text");
+    assert!(!metrics.contains("nosuch"), "no series for a name nobody runs:\n{metrics}");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("lowshell_swaps_total")
+            && l.contains(r#"function="(new)""#)
+            && l.contains(r#"outcome="failed""#)),
+        "counted under `(new)`:\n{metrics}"
+    );
     shell.stop().await.expect("clean stop");
 }

@@ -1,6 +1,9 @@
 //! GraphQL over HTTP. The schema is derived from the functions' metadata
 //! ([`schema::build`]) and rebuilt, then swapped in, whenever the registry
-//! changes; requests in flight keep the schema they started with.
+//! changes; requests in flight keep the schema they started with. A deploy
+//! checks first that the schema can be built with the new version
+//! ([`Graphql::check`]), so the swap never leaves a stale schema serving,
+//! and refreshes it before it answers.
 
 mod http;
 pub mod schema;
@@ -8,13 +11,22 @@ pub mod schema;
 pub use http::{GRAPHIQL_VERSION, HttpOptions, WS_PATH, router};
 pub use schema::{Backend, QueryLimits};
 
-use crate::registry::Registry;
+use crate::deploy::SchemaHook;
+use crate::registry::{Functions, Registry};
 use arc_swap::ArcSwap;
 use async_graphql::dynamic::Schema;
-use std::sync::Arc;
+use low_contract::ModelSpec;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 pub struct Graphql {
     schema: ArcSwap<Schema>,
+    /// The registry generation the served schema was built from: a slower
+    /// rebuild of an older set never replaces a newer one.
+    built: Mutex<u64>,
+    registry: Arc<Registry>,
+    backend: Backend,
+    limits: QueryLimits,
 }
 
 impl Graphql {
@@ -24,25 +36,48 @@ impl Graphql {
         backend: Backend,
         limits: QueryLimits,
     ) -> anyhow::Result<Arc<Self>> {
-        let schema = schema::build(&registry.current(), &backend, limits).map_err(|e| {
+        // Subscribed first: a change while building is not missed.
+        let mut changes = registry.watch();
+        let generation = registry.generation();
+        let schema = build(&registry.current(), &backend, limits).map_err(|e| {
             anyhow::anyhow!("cannot build the GraphQL schema from the functions' metadata: {e}")
         })?;
-        let graphql = Arc::new(Self { schema: ArcSwap::from_pointee(schema) });
-        let mut changes = registry.watch();
+        let graphql = Arc::new(Self {
+            schema: ArcSwap::from_pointee(schema),
+            built: Mutex::new(generation),
+            registry,
+            backend,
+            limits,
+        });
         let weak = Arc::downgrade(&graphql);
+        // Changes made other than through the deployer, which refreshes itself.
         tokio::spawn(async move {
             while changes.changed().await.is_ok() {
                 let Some(graphql) = weak.upgrade() else { break };
-                match schema::build(&registry.current(), &backend, limits) {
-                    Ok(schema) => {
-                        graphql.schema.store(Arc::new(schema));
-                        tracing::info!("GraphQL schema rebuilt");
-                    }
-                    Err(e) => tracing::error!("keeping the previous GraphQL schema: {e}"),
-                }
+                graphql.refresh();
             }
         });
         Ok(graphql)
+    }
+
+    /// Builds the schema of the registry's current set and serves it,
+    /// unless a newer one is served already.
+    pub fn refresh(&self) {
+        let generation = self.registry.generation();
+        if *self.built.lock().unwrap_or_else(|p| p.into_inner()) >= generation {
+            return;
+        }
+        match build(&self.registry.current(), &self.backend, self.limits) {
+            Ok(schema) => {
+                let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
+                if *built < generation {
+                    self.schema.store(Arc::new(schema));
+                    *built = generation;
+                    tracing::info!("GraphQL schema rebuilt");
+                }
+            }
+            Err(e) => tracing::error!("keeping the previous GraphQL schema: {e}"),
+        }
     }
 
     pub fn schema(&self) -> Arc<Schema> {
@@ -52,5 +87,143 @@ impl Graphql {
     /// The schema in SDL, for `host schema` and docs.
     pub fn sdl(&self) -> String {
         self.schema.load().sdl()
+    }
+
+    /// Whether a schema can be built for `functions` (a set a deploy would
+    /// make), without serving it.
+    pub fn check(&self, functions: &Functions) -> Result<(), String> {
+        build(functions, &self.backend, self.limits).map(drop)
+    }
+}
+
+impl SchemaHook for Graphql {
+    fn check(&self, functions: &Functions) -> Result<(), String> {
+        Graphql::check(self, functions)
+    }
+
+    fn refresh(&self) {
+        Graphql::refresh(self)
+    }
+}
+
+/// [`schema::build`], after checking what it cannot see: names GraphQL can
+/// hold, and no two types or root fields under one name (the builder would
+/// keep the last one silently).
+pub fn build(functions: &Functions, backend: &Backend, limits: QueryLimits) -> Result<Schema, String> {
+    check_names(functions)?;
+    schema::build(functions, backend, limits).map_err(|e| e.0)
+}
+
+/// Types and fields the shell itself puts in every schema.
+const BUILT_IN_TYPES: &[&str] = &[
+    "Query",
+    "Mutation",
+    "Subscription",
+    "Function",
+    "LogEvent",
+    "JSON",
+    "String",
+    "Int",
+    "Float",
+    "Boolean",
+    "ID",
+];
+const BUILT_IN_QUERIES: &[&str] = &["functions"];
+
+/// A GraphQL name: `[_A-Za-z][_0-9A-Za-z]*`, not starting with `__` (reserved).
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+        && !name.starts_with("__")
+}
+
+fn check_names(functions: &Functions) -> Result<(), String> {
+    let name = |what: String, name: &str, owner: &str| {
+        if valid_name(name) {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{owner}` declares {what} `{name}`, which is not a GraphQL name \
+                 (letters, digits and `_`, not starting with a digit or `__`)"
+            ))
+        }
+    };
+    let mut types: BTreeMap<String, String> =
+        BUILT_IN_TYPES.iter().map(|t| (t.to_string(), "the shell".to_owned())).collect();
+    let mut queries: BTreeMap<String, String> =
+        BUILT_IN_QUERIES.iter().map(|q| (q.to_string(), "the shell".to_owned())).collect();
+    for function in functions.iter() {
+        let owner = function.name();
+        let public = function.meta.models.iter().filter(|m| m.public);
+        for model in public {
+            name("model type".into(), &model.name, owner)?;
+            if let Some(other) = types.insert(model.name.clone(), owner.to_owned()) {
+                return Err(format!(
+                    "`{owner}` declares GraphQL type `{}`, which {} declares too",
+                    model.name,
+                    quoted(&other)
+                ));
+            }
+            for query in [schema::lower_first(&model.name), schema::graphql_name(&model.collection)] {
+                name(format!("model `{}` with the query", model.name), &query, owner)?;
+                if let Some(other) = queries.insert(query.clone(), owner.to_owned()) {
+                    return Err(format!(
+                        "`{owner}`'s model `{}` makes the query `{query}`, which {} makes too",
+                        model.name,
+                        quoted(&other)
+                    ));
+                }
+            }
+            unique_fields(owner, &format!("model `{}`", model.name), model_fields(model), &name)?;
+        }
+        for command in &function.meta.commands {
+            name("command".into(), &command.name, owner)?;
+            // `commandId` is the shell's own argument, added to every command.
+            let fields = command.fields.iter().map(|f| f.name.as_str()).chain([schema::COMMAND_ID]);
+            unique_fields(owner, &format!("command `{}`", command.name), fields, &name)?;
+        }
+    }
+    Ok(())
+}
+
+fn model_fields(model: &ModelSpec) -> impl Iterator<Item = &str> {
+    model.fields.iter().map(|f| f.name.as_str())
+}
+
+/// Each field's GraphQL name is a name, and only one field has it.
+fn unique_fields<'a>(
+    owner: &str,
+    of: &str,
+    fields: impl Iterator<Item = &'a str>,
+    name: &impl Fn(String, &str, &str) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for field in fields {
+        let graphql = schema::graphql_name(field);
+        name(format!("in {of} the field"), &graphql, owner)?;
+        if !seen.insert(graphql.clone()) {
+            return Err(format!("`{owner}` declares in {of} two fields named `{graphql}` in GraphQL"));
+        }
+    }
+    Ok(())
+}
+
+fn quoted(owner: &str) -> String {
+    if owner == "the shell" { "the shell".to_owned() } else { format!("`{owner}`") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_name;
+
+    #[test]
+    fn graphql_names() {
+        for ok in ["Customer", "customer", "_x", "a1", "InviteCustomer"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", "1a", "__x", "a-b", "a b", "é"] {
+            assert!(!valid_name(bad), "{bad}");
+        }
     }
 }

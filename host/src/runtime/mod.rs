@@ -7,6 +7,7 @@
 //! the contract's `env` import.
 
 mod bindings;
+mod cache;
 mod call;
 mod convert;
 pub mod native;
@@ -20,7 +21,7 @@ use bindings::{function::FunctionPre, resolver::ResolverPre};
 use low_contract::{Data, FunctionKind, Level, Lookup, Message, Meta, Outcome, Resolution, WritePlan};
 use sha2::{Digest, Sha256};
 use state::CallState;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Semaphore;
@@ -51,8 +52,12 @@ pub enum LoadError {
     NotAComponent(String),
     #[error("the component does not fit the contract's `function` or `resolver` world: {0}")]
     WrongWorld(String),
-    #[error("`meta` failed: {0}")]
+    /// `meta` (or instantiating the component to call it) failed.
+    #[error("{0}")]
     Meta(String),
+    /// The component needs more than the shell's limits allow.
+    #[error("{0}")]
+    Limits(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -109,7 +114,7 @@ pub struct Runtime {
     slots: Arc<Semaphore>,
     env: Arc<dyn HostEnv>,
     /// Compiled components by content hash, so a restart does not recompile.
-    cache: Option<PathBuf>,
+    cache: Option<Arc<cache::Cache>>,
 }
 
 /// Bytes of a linear memory (and of a table) kept mapped when its slot is
@@ -171,6 +176,13 @@ impl Runtime {
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
 
         let slots = Arc::new(Semaphore::new(n as usize));
+        let cache = cache.and_then(|dir| match cache::Cache::open(&dir) {
+            Ok(cache) => Some(Arc::new(cache)),
+            Err(e) => {
+                tracing::warn!("compiled components are not cached: {e}");
+                None
+            }
+        });
         Ok(Arc::new(Self { engine, function_linker, resolver_linker, limits, slots, env, cache }))
     }
 
@@ -185,9 +197,12 @@ impl Runtime {
         // Compiling is CPU-bound: keep it off the async workers.
         let (engine, cache, key) = (self.engine.clone(), self.cache.clone(), version.clone());
         let owned = bytes.to_vec();
-        let component = tokio::task::spawn_blocking(move || compile(&engine, &owned, &key, cache.as_deref()))
-            .await
-            .map_err(|e| LoadError::NotAComponent(format!("compilation stopped: {e}")))??;
+        let memory_bytes = self.limits.memory_bytes;
+        let component = tokio::task::spawn_blocking(move || {
+            compile(&engine, &owned, &key, cache.as_deref(), memory_bytes)
+        })
+        .await
+        .map_err(|e| LoadError::NotAComponent(format!("compilation stopped: {e}")))??;
         let exports_resolve =
             component.component_type().exports(&self.engine).any(|(name, _)| name == "resolve");
         let pre = if exports_resolve {
@@ -210,8 +225,8 @@ impl Runtime {
             pre: Pre::Wasm(pre),
             runtime: Arc::clone(self),
         };
-        let mut call = function.start(None).await.map_err(|e| LoadError::Meta(e.to_string()))?;
-        let meta = call.meta().await.map_err(|e| LoadError::Meta(e.to_string()))?;
+        let mut call = function.start(None).await.map_err(meta_failure)?;
+        let meta = call.meta().await.map_err(meta_failure)?;
         drop(call);
         check_meta(&meta, matches!(function.pre, Pre::Wasm(WasmPre::Resolver(_))))?;
         function.meta = meta;
@@ -219,42 +234,68 @@ impl Runtime {
     }
 }
 
+/// Why `meta` could not be read, without the function's name: nobody knows
+/// it before `meta` answers.
+fn meta_failure(e: GuestError) -> LoadError {
+    LoadError::Meta(match e {
+        GuestError::Deadline { phase, deadline, .. } => {
+            format!("the component's `{phase}` call exceeded its deadline of {deadline:?}")
+        }
+        GuestError::Trap { phase: "instantiate", message, .. } => {
+            format!("the component cannot be instantiated: {message}")
+        }
+        GuestError::Trap { phase, message, .. } => {
+            format!("the component's `{phase}` call trapped: {message}")
+        }
+        GuestError::Invalid { phase, message, .. } => {
+            format!("the component's `{phase}` returned an invalid value: {message}")
+        }
+        GuestError::WrongKind { phase, .. } => format!("the component has no `{phase}` export"),
+    })
+}
+
 /// Compiles `bytes`, or reads the artifact cached for `version`.
 fn compile(
     engine: &Engine,
     bytes: &[u8],
     version: &Version,
-    cache: Option<&Path>,
+    cache: Option<&cache::Cache>,
+    memory_bytes: usize,
 ) -> Result<Component, LoadError> {
-    let cached = cache.map(|dir| dir.join(format!("{}.cwasm", version.0)));
-    if let Some(path) = cached.as_deref().filter(|p| p.exists()) {
-        // SAFETY: the cache folder is the shell's own, and wasmtime refuses
-        // an artifact built by another wasmtime version or configuration.
-        match unsafe { Component::deserialize_file(engine, path) } {
-            Ok(component) => return Ok(component),
-            Err(e) => {
-                tracing::debug!(file = %path.display(), "recompiling, the cached artifact is unusable: {e}")
-            }
-        }
+    if let Some(component) = cache.and_then(|cache| cache.load(engine, version)) {
+        return Ok(component);
     }
-    let component = Component::new(engine, bytes).map_err(|e| LoadError::NotAComponent(format!("{e:#}")))?;
-    if let Some(path) = cached
-        && let Err(e) = store_artifact(&component, &path)
+    let component = Component::new(engine, bytes).map_err(|e| compile_failure(&e, memory_bytes))?;
+    if let Some(cache) = cache
+        && let Err(e) = cache.store(&component, version)
     {
-        tracing::warn!(file = %path.display(), "could not cache the compiled component: {e}");
+        tracing::warn!(%version, "could not cache the compiled component: {e}");
     }
     Ok(component)
 }
 
-/// Writes the artifact next to its final name, then renames: readers never see half a file.
-fn store_artifact(component: &Component, path: &Path) -> std::io::Result<()> {
-    let artifact = component.serialize().map_err(|e| std::io::Error::other(format!("{e}")))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+/// Tells a component that needs more than the limits allow (the pooling
+/// allocator checks its memories and tables when it is compiled) from bytes
+/// that are not a component at all.
+fn compile_failure(e: &wasmtime::Error, memory_bytes: usize) -> LoadError {
+    let detail = format!("{e:#}");
+    if detail.contains("pooling allocator") {
+        let what = if detail.contains("memory") {
+            format!(
+                "the component needs more memory than the memory limit of {} (`limits.memory-mib`) allows",
+                mebibytes(memory_bytes)
+            )
+        } else {
+            "the component needs more than the shell's instance limits allow".to_owned()
+        };
+        LoadError::Limits(format!("{what}: {detail}"))
+    } else {
+        LoadError::NotAComponent(detail)
     }
-    let partial = path.with_extension(format!("{}.partial", std::process::id()));
-    std::fs::write(&partial, artifact)?;
-    std::fs::rename(&partial, path)
+}
+
+fn mebibytes(bytes: usize) -> String {
+    if bytes.is_multiple_of(1 << 20) { format!("{} MiB", bytes >> 20) } else { format!("{bytes} bytes") }
 }
 
 impl Runtime {
