@@ -1,7 +1,7 @@
 //! A project: which functions, which bus and store, where to listen.
 //! Read from TOML; relative paths are relative to the project file.
 
-use crate::runtime::Limits;
+use crate::runtime::{Limits, StepLimits};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -143,11 +143,31 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Longest a request may take; then 408.
     pub request_timeout_ms: u64,
+    /// Origins whose browser pages may use the GraphQL endpoints (`POST`,
+    /// `GET`, the `/ws` WebSocket), besides the shell's own: `scheme://host`,
+    /// `scheme://host:port`, `scheme://host:*` (any port), or `*` (any origin).
+    /// A request with another `Origin` is refused with 403; requests without
+    /// one (curl, servers) are not browsers' and always pass.
+    pub allowed_origins: Vec<String>,
 }
+
+/// The default `http.allowed-origins`: pages served from this machine.
+pub const LOOPBACK_ORIGINS: &[&str] = &[
+    "http://localhost:*",
+    "https://localhost:*",
+    "http://127.0.0.1:*",
+    "https://127.0.0.1:*",
+    "http://[::1]:*",
+    "https://[::1]:*",
+];
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { max_body_bytes: 1 << 20, request_timeout_ms: 15_000 }
+        Self {
+            max_body_bytes: 1 << 20,
+            request_timeout_ms: 15_000,
+            allowed_origins: LOOPBACK_ORIGINS.iter().map(|&o| o.to_owned()).collect(),
+        }
     }
 }
 
@@ -160,6 +180,18 @@ pub struct LimitsConfig {
     pub memory_mib: usize,
     /// Guest instances alive at once.
     pub instances: u32,
+    /// Wall-clock budget of one step: its guest calls and its lookup plan, in milliseconds.
+    pub step_deadline_ms: u64,
+    /// Lookups in one lookup plan.
+    pub lookups: usize,
+    /// Documents one `find` may return.
+    pub find_documents: usize,
+    /// Messages one `operate` may emit.
+    pub events: usize,
+    /// Write ops of one step (all its write plans).
+    pub ops: usize,
+    /// Notifications of one step (all its write plans).
+    pub notifications: usize,
 }
 
 impl Default for LimitsConfig {
@@ -169,6 +201,12 @@ impl Default for LimitsConfig {
             deadline_ms: d.deadline.as_millis() as u64,
             memory_mib: d.memory_bytes >> 20,
             instances: d.instances,
+            step_deadline_ms: d.step.deadline.as_millis() as u64,
+            lookups: d.step.lookups,
+            find_documents: d.step.find_documents,
+            events: d.step.events,
+            ops: d.step.ops,
+            notifications: d.step.notifications,
         }
     }
 }
@@ -332,6 +370,17 @@ impl Project {
                 "limits.instances, limits.memory-mib and limits.deadline-ms must be greater than 0"
             );
         }
+        let l = &project.limits;
+        if l.step_deadline_ms == 0
+            || [l.lookups, l.find_documents, l.events, l.ops, l.notifications].contains(&0)
+        {
+            anyhow::bail!(
+                "limits.step-deadline-ms, limits.lookups, limits.find-documents, limits.events, limits.ops \
+                 and limits.notifications must be greater than 0"
+            );
+        }
+        crate::graphql::AllowedOrigins::new(&project.http.allowed_origins)
+            .map_err(|e| anyhow::anyhow!("http.allowed-origins: {e}"))?;
         Ok(project)
     }
 
@@ -359,6 +408,14 @@ impl Project {
             deadline: Duration::from_millis(self.limits.deadline_ms),
             memory_bytes: self.limits.memory_mib << 20,
             instances: self.limits.instances,
+            step: StepLimits {
+                deadline: Duration::from_millis(self.limits.step_deadline_ms),
+                lookups: self.limits.lookups,
+                find_documents: self.limits.find_documents,
+                events: self.limits.events,
+                ops: self.limits.ops,
+                notifications: self.limits.notifications,
+            },
         }
     }
 
@@ -461,6 +518,35 @@ mod tests {
         let vars = [("LOWSHELL_CONSUMERS__CUSTOMER_PROJECTOR__ON_FAILURE".to_owned(), "stop".to_owned())];
         let p = Project::parse_with_env(DEFAULT_PROJECT, Path::new("."), vars).expect("overridden");
         assert_eq!(p.consumers["customer-projector"].on_failure, OnFailure::Stop);
+    }
+
+    #[test]
+    fn step_caps_and_allowed_origins_are_read_and_checked() {
+        let p = Project::parse_with_env(DEFAULT_PROJECT, Path::new("projects"), []).expect("defaults");
+        assert_eq!(p.limits().step, StepLimits::default());
+        assert!(p.http.allowed_origins.iter().any(|o| o == "http://localhost:*"));
+
+        let text = "[limits]\nlookups = 4\nfind-documents = 10\nstep-deadline-ms = 250\n\
+                    [http]\nallowed-origins = [\"https://app.example.com\", \"http://localhost:*\"]\n";
+        let vars = [("LOWSHELL_LIMITS__OPS".to_owned(), "7".to_owned())];
+        let p = Project::parse_with_env(text, Path::new("."), vars).expect("caps");
+        let step = p.limits().step;
+        assert_eq!((step.lookups, step.find_documents, step.ops), (4, 10, 7));
+        assert_eq!(step.deadline, Duration::from_millis(250));
+        assert_eq!(p.http.allowed_origins.len(), 2);
+
+        let e = Project::parse_with_env("[limits]\nlookups = 0\n", Path::new("."), []).expect_err("zero");
+        assert!(e.to_string().contains("limits.lookups"), "{e}");
+        let e = Project::parse_with_env(
+            "[http]\nallowed-origins = [\"https://app.example.com/\"]\n",
+            Path::new("."),
+            [],
+        )
+        .expect_err("a path is not an origin");
+        assert!(
+            e.to_string().contains("http.allowed-origins: `https://app.example.com/` is not an origin"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@
 use crate::bus::{Bus, BusError, Delivery, Subscription};
 use crate::config::{FailurePolicy, MAX_BACKOFF, OnFailure};
 use crate::registry::{Functions, Registry};
-use crate::runtime::{Function, GuestError};
+use crate::runtime::{Function, GuestError, StepLimits};
 use crate::store::{Checkpoint, Commit, Event, Parked, Store, StoreError};
 use low_contract::{
     COMMANDS_TOPIC, Data, FAILED, Found, FunctionKind, Lookup, Message, Outcome, Query, REJECTED, WritePlan,
@@ -55,6 +55,11 @@ pub enum StepError {
     Store(#[from] StoreError),
     #[error("function `{function}` kept conflicting after {attempts} attempts: {last}")]
     Conflicts { function: String, attempts: u32, last: String },
+    /// The step (its guest calls and its lookup plan together) ran past `limits.step-deadline-ms`.
+    #[error(
+        "function `{function}` ran past its step deadline of {deadline:?} (limits.step-deadline-ms) at {during}"
+    )]
+    Deadline { function: String, deadline: Duration, during: &'static str },
 }
 
 /// A consumer stopped at an event whose step keeps failing (policy
@@ -656,8 +661,13 @@ pub struct Cycle {
 }
 
 /// Runs lookup → lookup plan → operate → write on a fresh instance of
-/// `function`, checking the plans against what `functions` declare. Commits
-/// nothing.
+/// `function`, checking the plans against what `functions` declare and
+/// against the function's [`StepLimits`]. Commits nothing.
+///
+/// The whole cycle is bounded by the step deadline: it is checked before
+/// each guest call and at the end, and the lookup plan (and whatever the
+/// cycle waits on) is cut off when it runs out. A guest call in progress is
+/// bounded by its own per-call deadline.
 pub async fn run_cycle(
     functions: &Functions,
     function: &Arc<Function>,
@@ -665,9 +675,13 @@ pub async fn run_cycle(
     input: &Message,
 ) -> Result<Cycle, StepError> {
     let mut call = function.start(Some(Arc::clone(store))).await?;
-    let lookups = call.lookup(input).await?;
-    let data = run_lookups(functions, function, store, &lookups).await?;
-    let outcome = call.operate(input, &data).await?;
+    // The clock starts once the step has its instance: waiting for a free
+    // slot is the shell's load, not the step's doing.
+    let budget = Budget::start(function);
+    let limits = budget.limits;
+    let lookups = budget.within("`lookup`", async { Ok(call.lookup(input).await?) }).await?;
+    let data = budget.within("its lookup plan", run_lookups(functions, function, store, &lookups)).await?;
+    let outcome = budget.within("`operate`", async { Ok(call.operate(input, &data).await?) }).await?;
     let mut commit = Commit::default();
     let mut plans = vec![];
     match &outcome {
@@ -676,9 +690,36 @@ pub async fn run_cycle(
             commit.notify.extend(notification(input, REJECTED, json!({ "reason": reason })));
         }
         Outcome::Emit(messages) => {
+            if messages.len() > limits.events {
+                return Err(invalid(
+                    function,
+                    format!(
+                        "`operate` emits {} messages, more than limits.events ({})",
+                        messages.len(),
+                        limits.events
+                    ),
+                ));
+            }
+            let mut notifications = 0usize;
             for message in messages {
                 let message = stamp(message.clone(), input);
-                let plan = call.write(&message).await?;
+                let plan = budget.within("`write`", async { Ok(call.write(&message).await?) }).await?;
+                if commit.ops.len().saturating_add(plan.ops.len()) > limits.ops {
+                    return Err(invalid(
+                        function,
+                        format!("its write plans hold more than limits.ops ({}) write ops", limits.ops),
+                    ));
+                }
+                notifications = notifications.saturating_add(plan.notify.len());
+                if notifications > limits.notifications {
+                    return Err(invalid(
+                        function,
+                        format!(
+                            "its write plans hold more than limits.notifications ({}) notifications",
+                            limits.notifications
+                        ),
+                    ));
+                }
                 for op in &plan.ops {
                     check_write(functions, function, op.collection(), op.key())?;
                 }
@@ -697,16 +738,49 @@ pub async fn run_cycle(
             }
         }
     }
+    budget.within("the end of the step", async { Ok(()) }).await?;
     Ok(Cycle { lookups, data, outcome, plans, commit })
 }
 
+/// A step's deadline, and the caps it runs under.
+struct Budget<'a> {
+    function: &'a Function,
+    limits: StepLimits,
+    deadline: tokio::time::Instant,
+}
+
+impl<'a> Budget<'a> {
+    fn start(function: &'a Function) -> Self {
+        let limits = function.limits().step;
+        Self { function, limits, deadline: tokio::time::Instant::now() + limits.deadline }
+    }
+
+    /// Runs `work` if the step has time left, and cuts it off when it runs out.
+    async fn within<T>(
+        &self,
+        during: &'static str,
+        work: impl Future<Output = Result<T, StepError>>,
+    ) -> Result<T, StepError> {
+        let late = || StepError::Deadline {
+            function: self.function.name().to_owned(),
+            deadline: self.limits.deadline,
+            during,
+        };
+        if tokio::time::Instant::now() >= self.deadline {
+            return Err(late());
+        }
+        tokio::time::timeout_at(self.deadline, work).await.unwrap_or_else(|_| Err(late()))
+    }
+}
+
+/// Checks a lookup plan against the collections `functions` declare, then runs it.
 async fn run_lookups(
     functions: &Functions,
     function: &Function,
     store: &Arc<dyn Store>,
     plan: &[Lookup],
 ) -> Result<Data, StepError> {
-    let mut data = Data::default();
+    check_lookup_count(function, plan)?;
     for lookup in plan {
         let collection = lookup.query.collection();
         if functions.model(collection).is_none() {
@@ -715,9 +789,44 @@ async fn run_lookups(
                 format!("lookup `{}` reads unknown collection `{collection}`", lookup.name),
             ));
         }
+    }
+    read_lookups(function, store, plan).await
+}
+
+fn check_lookup_count(function: &Function, plan: &[Lookup]) -> Result<(), StepError> {
+    let most = function.limits().step.lookups;
+    if plan.len() > most {
+        return Err(invalid(
+            function,
+            format!("its lookup plan has {} lookups, more than limits.lookups ({most})", plan.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs a lookup plan against `store` within the function's caps (the
+/// number of lookups, the documents one `find` may return); the collections
+/// are not checked. The stub host runs plans with this too.
+pub async fn read_lookups(
+    function: &Function,
+    store: &Arc<dyn Store>,
+    plan: &[Lookup],
+) -> Result<Data, StepError> {
+    check_lookup_count(function, plan)?;
+    let most = function.limits().step.find_documents;
+    let mut data = Data::default();
+    for lookup in plan {
         let documents = match &lookup.query {
             Query::Key { collection, key } => store.get(collection, key).await?.into_iter().collect(),
-            Query::Field { collection, field, value } => store.find(collection, field, value).await?,
+            Query::Field { collection, field, value } => {
+                // One more than allowed tells "exactly the limit" from "too many".
+                let found = store.find(collection, field, value, most.saturating_add(1)).await?;
+                if found.len() > most {
+                    let why = crate::runtime::too_many_found(collection, field, value, most);
+                    return Err(invalid(function, format!("lookup `{}`: {why}", lookup.name)));
+                }
+                found
+            }
         };
         data.0.push(Found { name: lookup.name.clone(), documents });
     }

@@ -235,6 +235,8 @@ impl Shell {
         let http = graphql::HttpOptions {
             max_body_bytes: project.http.max_body_bytes,
             request_timeout: std::time::Duration::from_millis(project.http.request_timeout_ms),
+            allowed_origins: graphql::AllowedOrigins::new(&project.http.allowed_origins)
+                .map_err(|e| anyhow::anyhow!("http.allowed-origins: {e}"))?,
         };
         let watcher = if project.watch {
             Some(watch::watch(&project.modules, project.functions.clone(), from_files, deployer.clone())?)

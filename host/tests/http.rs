@@ -190,8 +190,176 @@ async fn depth_and_complexity_are_limited() {
     assert!(first_error(&deep).contains("nested too deep"), "{deep}");
     let complex = client.graphql("{ customers { id email invited } }").await;
     assert!(first_error(&complex).contains("complex"), "{complex}");
-    let fine = client.graphql("{ customers { id } }").await;
+    let fine = client.graphql("{ customers(first: 2) { id } }").await;
     assert_eq!(fine["data"]["customers"], json!([]), "{fine}");
+    shell.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn page_sizes_count_toward_complexity() {
+    // The default limit: 1000.
+    let (shell, client) = start(basic_project()).await;
+    let aliases = |n: usize, first: &str| -> String {
+        (0..n).map(|i| format!("a{i}: customers(first: {first}) {{ id }} ")).collect()
+    };
+    let expensive = [
+        // 300 pages of up to 100: up to 30 000 documents.
+        json!({ "query": format!("{{ {} }}", aliases(300, "100")) }),
+        // The same size through a variable, and through a fragment.
+        json!({ "query": format!("query ($n: Int) {{ {} }}", aliases(20, "$n")), "variables": { "n": 100 } }),
+        json!({ "query": format!("{{ ...Pages }} fragment Pages on Query {{ {} }}", aliases(20, "100")) }),
+        // `first` left out: 20 each.
+        json!({ "query": format!("{{ {} }}", (0..60).map(|i| format!("a{i}: customers {{ id }} ")).collect::<String>()) }),
+    ];
+    for request in expensive {
+        let (status, _, body) = post_json(&client, Some(GRAPHQL_RESPONSE), request.clone()).await;
+        assert_eq!(status, 400, "refused before it runs: {body}");
+        let message = first_error(&body);
+        assert!(message.contains("too complex") && message.contains("`first`"), "{message}");
+        assert!(body.get("data").is_none(), "{body}");
+    }
+    // A full page of everything, or a few small pages, pass.
+    let full = client.graphql("{ customers(first: 100) { id email invited } }").await;
+    assert_eq!(full["data"]["customers"], json!([]), "{full}");
+    let (status, _, small) = post_json(
+        &client,
+        None,
+        json!({ "query": format!("query ($n: Int) {{ {} }}", aliases(20, "$n")), "variables": { "n": 5 } }),
+    )
+    .await;
+    assert_eq!(status, 200, "{small}");
+    assert!(small.get("errors").is_none(), "{small}");
+    shell.stop().await.expect("clean stop");
+}
+
+/// A POST carrying `origin`, if any; the response.
+async fn post_from(client: &Client, origin: Option<&str>, query: &str) -> reqwest::Response {
+    let mut request = client.http.post(format!("{}/graphql", client.base)).json(&json!({ "query": query }));
+    if let Some(origin) = origin {
+        request = request.header("origin", origin);
+    }
+    request.send().await.expect("HTTP request")
+}
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+#[tokio::test]
+async fn browsers_of_other_origins_are_refused_and_allowed_ones_get_cors() {
+    let mut project = basic_project();
+    project.http.allowed_origins = vec!["https://app.example.com".into()];
+    let (shell, client) = start(project).await;
+    let invite = r#"mutation { InviteCustomer(email: "cross@site.example") { id } }"#;
+
+    // A page of another site cannot run a mutation through its visitor's browser.
+    let refused = post_from(&client, Some("http://evil.example"), invite).await;
+    assert_eq!(refused.status().as_u16(), 403);
+    assert!(header(&refused, "access-control-allow-origin").is_empty());
+    let body: Value = refused.json().await.expect("a JSON body");
+    assert!(first_error(&body).contains("http.allowed-origins"), "{body}");
+    // Nor can a page of this machine once the list no longer names it, nor a
+    // GET, nor a preflight.
+    let refused = post_from(&client, Some("http://localhost:3000"), "{ functions { name } }").await;
+    assert_eq!(refused.status().as_u16(), 403);
+    let get = client
+        .http
+        .get(format!("{}/graphql?query=%7B%20functions%20%7B%20name%20%7D%20%7D", client.base))
+        .header("origin", "http://evil.example")
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(get.status().as_u16(), 403);
+    let preflight = |origin: &'static str| {
+        client
+            .http
+            .request(reqwest::Method::OPTIONS, format!("{}/graphql", client.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type, idempotency-key")
+            .send()
+    };
+    assert_eq!(preflight("http://evil.example").await.expect("OPTIONS").status().as_u16(), 403);
+    let customers = client.graphql("{ customers { email } }").await;
+    assert_eq!(customers["data"]["customers"], json!([]), "nothing ran: {customers}");
+
+    // The configured origin: a preflight says what it may send, then its POST runs.
+    let allowed = preflight("https://app.example.com").await.expect("OPTIONS");
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    assert_eq!(header(&allowed, "access-control-allow-origin"), "https://app.example.com");
+    assert!(header(&allowed, "access-control-allow-methods").contains("POST"));
+    let headers = header(&allowed, "access-control-allow-headers").to_ascii_lowercase();
+    assert!(headers.contains("content-type") && headers.contains("idempotency-key"), "{headers}");
+    let posted = post_from(&client, Some("https://app.example.com"), invite).await;
+    assert_eq!(posted.status().as_u16(), 200);
+    assert_eq!(header(&posted, "access-control-allow-origin"), "https://app.example.com");
+    let body: Value = posted.json().await.expect("a JSON body");
+    assert!(body["data"]["InviteCustomer"]["id"].is_string(), "{body}");
+
+    // The shell's own origin (the page GraphiQL is served from), and clients
+    // that are not browsers (no `Origin`), always pass.
+    let own = format!("http://{}", shell.addr);
+    let response = post_from(&client, Some(&own), "{ functions { name } }").await;
+    assert_eq!(response.status().as_u16(), 200);
+    let response = post_from(&client, None, "{ functions { name } }").await;
+    assert_eq!(response.status().as_u16(), 200);
+    shell.stop().await.expect("clean stop");
+}
+
+/// A `graphql-transport-ws` connection with `origin`, if any.
+async fn ws_from(
+    addr: std::net::SocketAddr,
+    origin: Option<&str>,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let mut request = format!("ws://{addr}/ws").into_client_request().expect("ws request");
+    request.headers_mut().insert("sec-websocket-protocol", HeaderValue::from_static("graphql-transport-ws"));
+    if let Some(origin) = origin {
+        request.headers_mut().insert("origin", HeaderValue::from_str(origin).expect("an origin"));
+    }
+    tokio_tungstenite::connect_async(request).await.map(|(ws, _)| ws)
+}
+
+#[tokio::test]
+async fn cross_site_websockets_are_refused() {
+    let (shell, client) = start(basic_project()).await;
+
+    // The upgrade is refused before any GraphQL runs.
+    match ws_from(shell.addr, Some("http://evil.example")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 403)
+        }
+        Err(e) => panic!("expected a 403, got {e}"),
+        Ok(_) => panic!("a page of http://evil.example opened a WebSocket"),
+    }
+
+    // Pages of this machine (the default list) and clients without an
+    // `Origin` run operations, mutations included.
+    for (n, origin) in
+        [Some("http://localhost:5173"), Some("http://[::1]:8080"), None].into_iter().enumerate()
+    {
+        let mut ws = ws_from(shell.addr, origin).await.unwrap_or_else(|e| panic!("{origin:?} connects: {e}"));
+        ws.send(Ws::text(json!({ "type": "connection_init" }).to_string())).await.expect("init");
+        let ack = next_json(&mut ws).await;
+        assert_eq!(ack["type"], "connection_ack", "{ack}");
+        let mutation = format!(r#"mutation {{ InviteCustomer(email: "ws{n}@example.com") {{ email }} }}"#);
+        let subscribe = json!({ "id": "1", "type": "subscribe", "payload": { "query": mutation } });
+        ws.send(Ws::text(subscribe.to_string())).await.expect("subscribe");
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), next_json(&mut ws))
+            .await
+            .expect("an answer");
+        assert_eq!(
+            next["payload"]["data"]["InviteCustomer"]["email"],
+            format!("ws{n}@example.com"),
+            "{next}"
+        );
+        ws.close(None).await.ok();
+    }
+    let customers = client.graphql("{ customers { email } }").await;
+    assert_eq!(customers["data"]["customers"].as_array().map(Vec::len), Some(3), "{customers}");
     shell.stop().await.expect("clean stop");
 }
 

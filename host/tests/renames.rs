@@ -72,7 +72,7 @@ async fn renames_leave_one_invite(store: Arc<dyn Store>) {
         done.expect("rename task");
     }
 
-    let held = store.find("invites", "customer-id", &json!(id)).await.expect("find");
+    let held = store.find("invites", "customer-id", &json!(id), 100).await.expect("find");
     assert_eq!(
         held.len(),
         1,

@@ -8,7 +8,7 @@
 mod http;
 pub mod schema;
 
-pub use http::{GRAPHIQL_VERSION, HttpOptions, WS_PATH, router};
+pub use http::{AllowedOrigins, GRAPHIQL_VERSION, HttpOptions, WS_PATH, router};
 pub use schema::{Backend, QueryLimits};
 
 use crate::deploy::SchemaHook;

@@ -11,8 +11,13 @@ use async_graphql::dynamic::{
     Field, FieldFuture, FieldValue, InputValue, Object, ResolverContext, Scalar, Schema, SchemaError,
     Subscription, SubscriptionField, SubscriptionFieldFuture, TypeRef,
 };
+use async_graphql::parser::Positioned;
+use async_graphql::parser::types::{
+    ExecutableDocument, OperationType, Selection, SelectionSet, VariableDefinition,
+};
 use futures::Stream;
 use low_contract::{CommandSpec, FieldKind, FieldSpec, FunctionKind, Message, ModelSpec, Value};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::broadcast;
@@ -533,6 +538,194 @@ impl async_graphql::extensions::Extension for ExecutedMarker {
     }
 }
 
+/// The query complexity limit, counting what lists can return: a page
+/// (`customers(first: n)`) costs `n` times its selected fields (20 when
+/// `first` is absent, at most [`MAX_PAGE`]), `functions` once per loaded
+/// function, every other field 1 plus its selection. The built-in
+/// complexity check counts every field once, so 300 aliased pages of 100
+/// would pass it; this one refuses them before they run.
+struct PageCost {
+    /// The paged list queries (fields of `Query`).
+    pages: Arc<HashSet<String>>,
+    functions: usize,
+    limit: usize,
+}
+
+impl PageCost {
+    fn new(models: &[&ModelSpec], functions: usize, limit: usize) -> Self {
+        let pages = models.iter().map(|m| graphql_name(&m.collection)).collect();
+        Self { pages: Arc::new(pages), functions, limit }
+    }
+}
+
+impl async_graphql::extensions::ExtensionFactory for PageCost {
+    fn create(&self) -> Arc<dyn async_graphql::extensions::Extension> {
+        Arc::new(PageCostCheck {
+            pages: Arc::clone(&self.pages),
+            functions: self.functions,
+            limit: self.limit,
+            operation: std::sync::Mutex::new(None),
+        })
+    }
+}
+
+/// [`PageCost`] for one request (it learns the operation name first).
+struct PageCostCheck {
+    pages: Arc<HashSet<String>>,
+    functions: usize,
+    limit: usize,
+    operation: std::sync::Mutex<Option<String>>,
+}
+
+/// What a document's cost is computed against.
+struct CostInputs<'a> {
+    document: &'a ExecutableDocument,
+    variables: &'a async_graphql::Variables,
+    definitions: &'a [Positioned<VariableDefinition>],
+    /// Fragments' costs, by name and whether spread at the root; a fragment
+    /// being costed is `None` (a cycle, which validation refuses, costs 0).
+    fragments: HashMap<(String, bool), Option<usize>>,
+}
+
+impl PageCostCheck {
+    /// The cost of the operation the request runs (the costliest one when
+    /// that is unclear: validation refuses such a request anyway).
+    fn cost(&self, document: &ExecutableDocument, variables: &async_graphql::Variables) -> usize {
+        let wanted = self.operation.lock().map(|name| name.clone()).unwrap_or(None);
+        document
+            .operations
+            .iter()
+            .filter(|(name, _)| wanted.as_deref().is_none_or(|w| name.is_some_and(|n| n.as_str() == w)))
+            .map(|(_, operation)| {
+                let operation = &operation.node;
+                let mut inputs = CostInputs {
+                    document,
+                    variables,
+                    definitions: &operation.variable_definitions,
+                    fragments: HashMap::new(),
+                };
+                let root = operation.ty == OperationType::Query;
+                self.selection_cost(&operation.selection_set.node, root, &mut inputs)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    fn selection_cost(&self, set: &SelectionSet, root: bool, inputs: &mut CostInputs<'_>) -> usize {
+        set.items.iter().fold(0usize, |total, item| {
+            let cost = match &item.node {
+                Selection::Field(field) => {
+                    let field = &field.node;
+                    let children = self.selection_cost(&field.selection_set.node, false, inputs);
+                    let count = if root { self.list_size(field, inputs) } else { None };
+                    match count {
+                        Some(n) => n.saturating_mul(children).saturating_add(1),
+                        None => children.saturating_add(1),
+                    }
+                }
+                Selection::InlineFragment(fragment) => {
+                    self.selection_cost(&fragment.node.selection_set.node, root, inputs)
+                }
+                Selection::FragmentSpread(spread) => {
+                    let name = spread.node.fragment_name.node.to_string();
+                    let key = (name.clone(), root);
+                    match inputs.fragments.get(&key) {
+                        Some(known) => known.unwrap_or(0),
+                        None => {
+                            match inputs.document.fragments.get(spread.node.fragment_name.node.as_str()) {
+                                Some(definition) => {
+                                    inputs.fragments.insert(key.clone(), None);
+                                    let cost = self.selection_cost(
+                                        &definition.node.selection_set.node,
+                                        root,
+                                        inputs,
+                                    );
+                                    inputs.fragments.insert(key, Some(cost));
+                                    cost
+                                }
+                                None => 0,
+                            }
+                        }
+                    }
+                }
+            };
+            total.saturating_add(cost)
+        })
+    }
+
+    /// How many items a root field's list can hold, if it is a list.
+    fn list_size(
+        &self,
+        field: &async_graphql::parser::types::Field,
+        inputs: &CostInputs<'_>,
+    ) -> Option<usize> {
+        let name = field.name.node.as_str();
+        if name == "functions" {
+            return Some(self.functions);
+        }
+        if !self.pages.contains(name) {
+            return None;
+        }
+        let Some(first) = field.get_argument("first") else { return Some(DEFAULT_PAGE as usize) };
+        let value = first.node.clone().into_const_with(|variable| {
+            let defined = inputs.definitions.iter().find(|d| d.node.name.node == variable);
+            Ok::<_, ()>(
+                inputs
+                    .variables
+                    .get(&variable)
+                    .cloned()
+                    .or_else(|| defined.and_then(|d| d.node.default_value.as_ref()).map(|v| v.node.clone()))
+                    .unwrap_or(async_graphql::Value::Null),
+            )
+        });
+        Some(match value {
+            Ok(async_graphql::Value::Null) => DEFAULT_PAGE as usize,
+            // Out of range is refused when the field runs; count it at its most.
+            Ok(async_graphql::Value::Number(n)) => {
+                n.as_i64().map_or(MAX_PAGE, |n| usize::try_from(n).unwrap_or(0).min(MAX_PAGE))
+            }
+            _ => MAX_PAGE,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl async_graphql::extensions::Extension for PageCostCheck {
+    async fn prepare_request(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        request: async_graphql::Request,
+        next: async_graphql::extensions::NextPrepareRequest<'_>,
+    ) -> async_graphql::ServerResult<async_graphql::Request> {
+        if let Ok(mut operation) = self.operation.lock() {
+            operation.clone_from(&request.operation_name);
+        }
+        next.run(ctx, request).await
+    }
+
+    async fn parse_query(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        query: &str,
+        variables: &async_graphql::Variables,
+        next: async_graphql::extensions::NextParseQuery<'_>,
+    ) -> async_graphql::ServerResult<ExecutableDocument> {
+        let document = next.run(ctx, query, variables).await?;
+        let cost = self.cost(&document, variables);
+        if cost > self.limit {
+            return Err(async_graphql::ServerError::new(
+                format!(
+                    "the query is too complex: {cost}, over the limit of {} (graphql.max-complexity); \
+                     a page counts `first` times its fields: ask for smaller pages or fewer of them",
+                    self.limit
+                ),
+                None,
+            ));
+        }
+        Ok(document)
+    }
+}
+
 pub fn build(functions: &Functions, backend: &Backend, limits: QueryLimits) -> Result<Schema, SchemaError> {
     let public: Vec<&ModelSpec> = functions.models().filter(|m| m.public).collect();
     let commands: Vec<&CommandSpec> = functions.commands().map(|(_, c)| c).collect();
@@ -559,6 +752,7 @@ pub fn build(functions: &Functions, backend: &Backend, limits: QueryLimits) -> R
         .register(Scalar::new(JSON).description("Any JSON value"))
         .limit_depth(limits.depth)
         .limit_complexity(limits.complexity)
+        .extension(PageCost::new(&public, functions.iter().count(), limits.complexity))
         .extension(ExecutedMarker)
         .finish()
 }

@@ -46,6 +46,7 @@ impl WasmCall {
             name.as_str().into(),
             runtime.limits.memory_bytes,
             store,
+            runtime.limits.step.find_documents,
             Arc::clone(&runtime.env),
         );
         let mut wasm = wasmtime::Store::new(&runtime.engine, state);

@@ -15,6 +15,7 @@ mod state;
 
 pub use call::WasmCall;
 pub use native::{NativeCall, NativeGuest};
+pub(crate) use state::too_many_found;
 
 use crate::store::Store;
 use bindings::{function::FunctionPre, resolver::ResolverPre};
@@ -37,11 +38,52 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Instances alive at once; further calls wait for a free slot.
     pub instances: u32,
+    /// What one step of a function may ask the shell to do.
+    pub step: StepLimits,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { deadline: Duration::from_secs(1), memory_bytes: 64 << 20, instances: 256 }
+        Self {
+            deadline: Duration::from_secs(1),
+            memory_bytes: 64 << 20,
+            instances: 256,
+            step: StepLimits::default(),
+        }
+    }
+}
+
+/// Caps on what one step (one LOW cycle) may make the shell do, so that a
+/// guest cannot turn one command into unbounded host work. Exceeding one
+/// fails the step with an error naming the function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepLimits {
+    /// Wall-clock budget of the whole step: its guest calls and running its
+    /// lookup plan (the per-call `deadline` still bounds each call).
+    pub deadline: Duration,
+    /// Entries in a lookup plan.
+    pub lookups: usize,
+    /// Documents one `find` may return (a lookup plan's, or the guest's own
+    /// store reads during `lookup`).
+    pub find_documents: usize,
+    /// Messages `operate` may emit.
+    pub events: usize,
+    /// Write ops of all the step's write plans together.
+    pub ops: usize,
+    /// Notifications of all the step's write plans together.
+    pub notifications: usize,
+}
+
+impl Default for StepLimits {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(3),
+            lookups: 32,
+            find_documents: 1000,
+            events: 256,
+            ops: 256,
+            notifications: 256,
+        }
     }
 }
 
@@ -391,6 +433,11 @@ impl std::fmt::Debug for Function {
 impl Function {
     pub fn name(&self) -> &str {
         &self.meta.name
+    }
+
+    /// The limits the function runs with (its runtime's).
+    pub fn limits(&self) -> &Limits {
+        &self.runtime.limits
     }
 
     /// A fresh instance for one execution. `store` is readable by the guest

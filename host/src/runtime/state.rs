@@ -25,6 +25,8 @@ pub struct CallState {
     /// Readable by the guest only while `lookup` runs.
     pub(super) store: Option<Arc<dyn Store>>,
     pub(super) in_lookup: bool,
+    /// Most documents one `find` may return (`limits.find-documents`).
+    pub(super) find_documents: usize,
     pub(super) stderr: MemoryOutputPipe,
     env: Arc<dyn HostEnv>,
     /// The last error the guest logged: a panic's message, typically.
@@ -38,6 +40,7 @@ impl CallState {
         function: Arc<str>,
         memory_bytes: usize,
         store: Option<Arc<dyn Store>>,
+        find_documents: usize,
         env: Arc<dyn HostEnv>,
     ) -> Self {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
@@ -54,6 +57,7 @@ impl CallState {
             function,
             store,
             in_lookup: false,
+            find_documents,
             stderr,
             env,
             last_error: None,
@@ -161,7 +165,28 @@ impl store::Host for CallState {
         let store = self.readable_store()?;
         let value: serde_json::Value =
             serde_json::from_str(&value).map_err(|e| format!("`value` is not JSON: {e}"))?;
-        let found = store.find(&collection, &field, &value).await.map_err(|e| e.to_string())?;
+        let limit = self.find_documents;
+        // One more than allowed tells "exactly the limit" from "too many".
+        let found = store
+            .find(&collection, &field, &value, limit.saturating_add(1))
+            .await
+            .map_err(|e| e.to_string())?;
+        if found.len() > limit {
+            return Err(too_many_found(&collection, &field, &value, limit));
+        }
         Ok(found.into_iter().map(convert::document_to_wit).collect())
     }
+}
+
+/// Why a `find` matching more than `limit` documents is refused.
+pub(crate) fn too_many_found(
+    collection: &str,
+    field: &str,
+    value: &serde_json::Value,
+    limit: usize,
+) -> String {
+    format!(
+        "more than {limit} documents of `{collection}` have `{field}` = {value} \
+         (limits.find-documents); narrow the query or look documents up by key"
+    )
 }

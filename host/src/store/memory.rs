@@ -48,11 +48,18 @@ impl Store for MemoryStore {
         Ok(self.lock().get(collection).and_then(|c| c.get(key)).map(|d| document(collection, key, d)))
     }
 
-    async fn find(&self, collection: &str, field: &str, value: &Value) -> Result<Vec<Document>, StoreError> {
+    async fn find(
+        &self,
+        collection: &str,
+        field: &str,
+        value: &Value,
+        limit: usize,
+    ) -> Result<Vec<Document>, StoreError> {
         let collections = self.lock();
         let Some(c) = collections.get(collection) else { return Ok(vec![]) };
         Ok(c.iter()
             .filter(|(_, (_, body))| body.get(field) == Some(value))
+            .take(limit)
             .map(|(k, d)| document(collection, k, d))
             .collect())
     }

@@ -90,8 +90,16 @@ pub struct Parked {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     async fn get(&self, collection: &str, key: &str) -> Result<Option<Document>, StoreError>;
-    /// Documents whose top-level `field` equals `value`.
-    async fn find(&self, collection: &str, field: &str, value: &Value) -> Result<Vec<Document>, StoreError>;
+    /// Up to `limit` documents whose top-level `field` equals `value`, in key
+    /// order. Callers that must not act on a partial answer ask for one more
+    /// than they accept and refuse when they get it.
+    async fn find(
+        &self,
+        collection: &str,
+        field: &str,
+        value: &Value,
+        limit: usize,
+    ) -> Result<Vec<Document>, StoreError>;
     /// Up to `limit` documents in key order, after the key `after`.
     async fn list(
         &self,

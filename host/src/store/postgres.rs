@@ -153,6 +153,52 @@ fn i64_of(n: u64, what: &str) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(|_| StoreError::Invalid(format!("{what} {n} is out of range")))
 }
 
+/// A pooled connection lent for a read that its caller may give up on (a
+/// step out of time drops the read). Dropped while its query is in flight,
+/// it cancels the query and leaves the pool: the next user of the
+/// connection would otherwise queue behind a query no one waits for.
+struct Read {
+    client: Option<deadpool_postgres::Object>,
+    in_flight: bool,
+}
+
+impl Read {
+    fn new(client: deadpool_postgres::Object) -> Self {
+        Self { client: Some(client), in_flight: false }
+    }
+
+    async fn run<'a, T, F>(
+        &'a mut self,
+        query: impl FnOnce(&'a deadpool_postgres::Object) -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, tokio_postgres::Error>>,
+    {
+        let Some(client) = &self.client else {
+            return Err(StoreError::Unavailable("the connection was given up".into()));
+        };
+        self.in_flight = true;
+        let result = query(client).await.map_err(store_error);
+        self.in_flight = false;
+        result
+    }
+}
+
+impl Drop for Read {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take().filter(|_| self.in_flight) else { return };
+        let token = client.cancel_token();
+        let client = deadpool_postgres::Object::take(client);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            if let Err(e) = token.cancel_query(tokio_postgres::NoTls).await {
+                tracing::debug!("could not cancel an abandoned read: {e}");
+            }
+            drop(client);
+        });
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn ready(&self) -> Result<(), String> {
@@ -165,22 +211,39 @@ impl Store for PgStore {
     }
 
     async fn get(&self, collection: &str, key: &str) -> Result<Option<Document>, StoreError> {
-        let client = self.client().await?;
-        let get = client.prepare_cached(sql::GET).await.map_err(store_error)?;
-        let row = client.query_opt(&get, &[&collection, &key]).await.map_err(store_error)?;
+        let mut read = Read::new(self.client().await?);
+        let row = read
+            .run(|client| async move {
+                let get = client.prepare_cached(sql::GET).await?;
+                client.query_opt(&get, &[&collection, &key]).await
+            })
+            .await?;
         row.as_ref().map(document).transpose()
     }
 
-    async fn find(&self, collection: &str, field: &str, value: &Value) -> Result<Vec<Document>, StoreError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT collection, key, version, body FROM documents
-                 WHERE collection = $1 AND body -> $2::text = $3::jsonb ORDER BY key",
-                &[&collection, &field, value],
-            )
-            .await
-            .map_err(store_error)?;
+    async fn find(
+        &self,
+        collection: &str,
+        field: &str,
+        value: &Value,
+        limit: usize,
+    ) -> Result<Vec<Document>, StoreError> {
+        let mut read = Read::new(self.client().await?);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // `COLLATE "C"`: the same key order as the memory store's, so a
+        // capped answer holds the same documents in both.
+        let rows = read
+            .run(|client| async move {
+                client
+                    .query(
+                        r#"SELECT collection, key, version, body FROM documents
+                           WHERE collection = $1 AND body -> $2::text = $3::jsonb
+                           ORDER BY key COLLATE "C" LIMIT $4"#,
+                        &[&collection, &field, value, &limit],
+                    )
+                    .await
+            })
+            .await?;
         rows.iter().map(document).collect()
     }
 

@@ -56,11 +56,9 @@ pub use scenario::{Report, ScenarioError};
 use crate::bus::MemoryBus;
 use crate::executor::{self, StepError};
 use crate::registry::{Functions, RegistryError};
-use crate::runtime::{Function, GuestError, HostEnv, Limits, LoadError, Runtime};
+use crate::runtime::{Function, GuestError, HostEnv, Limits, LoadError, Runtime, StepLimits};
 use crate::store::{Commit, MemoryStore, Store, StoreError};
-use low_contract::{
-    Data, Document, Found, Lookup, Message, Meta, Outcome, Query, Resolution, Value, WriteOp, WritePlan,
-};
+use low_contract::{Data, Document, Lookup, Message, Meta, Outcome, Resolution, Value, WriteOp, WritePlan};
 use matching::Bindings;
 use std::cell::RefCell;
 use std::future::Future;
@@ -106,10 +104,17 @@ impl std::fmt::Debug for Stub {
     }
 }
 
-/// The limits the stub runs guests with: a generous deadline (tests share
-/// busy machines), the shell's memory limit, few instances.
+/// The limits the stub runs guests with: generous deadlines (tests share
+/// busy machines), the shell's memory limit and step caps (lookups,
+/// documents per `find`, events, write ops, notifications), few instances.
 pub fn limits() -> Limits {
-    Limits { deadline: Duration::from_secs(10), memory_bytes: 64 << 20, instances: 4 }
+    let shell = Limits::default();
+    Limits {
+        deadline: Duration::from_secs(10),
+        memory_bytes: shell.memory_bytes,
+        instances: 4,
+        step: StepLimits { deadline: Duration::from_secs(30), ..shell.step },
+    }
 }
 
 impl Stub {
@@ -279,23 +284,10 @@ impl Stub {
         })
     }
 
-    /// Runs a lookup plan against the store, as the shell would before `operate`.
+    /// Runs a lookup plan against the store, as the shell would before
+    /// `operate`, within the same caps (lookups per plan, documents per `find`).
     pub fn run_lookups(&self, plan: &[Lookup]) -> Result<Data, StubError> {
-        self.block_on(async {
-            let mut data = Data::default();
-            for lookup in plan {
-                let documents = match &lookup.query {
-                    Query::Key { collection, key } => {
-                        self.store.get(collection, key).await?.into_iter().collect()
-                    }
-                    Query::Field { collection, field, value } => {
-                        self.store.find(collection, field, value).await?
-                    }
-                };
-                data.0.push(Found { name: lookup.name.clone(), documents });
-            }
-            Ok(data)
-        })
+        Ok(self.block_on(executor::read_lookups(&self.function, &self.store, plan))?)
     }
 
     /// Calls `operate` with `data`, which need not come from the store.
