@@ -24,6 +24,7 @@ use support::{Client, basic_project, error, start};
 
 /// The misbehaving handler and its resolver, beside the customer projector.
 fn fixture_project() -> Project {
+    support::capture_logs();
     let mut project = basic_project();
     project.functions = Some(vec![
         "customer-projector".into(),
@@ -60,8 +61,21 @@ async fn misbehave(client: &Client, action: &str, phase: &str) -> Value {
 async fn fails(client: &Client, action: &str, phase: &str, expected: &[&str]) {
     let body = misbehave(client, action, phase).await;
     let message = error(&body).unwrap_or_else(|| panic!("{action} in {phase} fails: {body}"));
+    assert_eq!(message, "the command failed", "{body}");
+    assert_eq!(support::error_extensions(&body)["code"], "COMMAND_FAILED", "{body}");
+    // The detail is for the operator: in the log, under the correlation id.
+    let id = support::error_extensions(&body)["correlationId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("an id: {body}"))
+        .to_owned();
+    let logged = support::logged(&id);
+    let reason = logged
+        .iter()
+        .find(|(level, _)| level == "WARN" || level == "ERROR")
+        .map(|(_, message)| message.clone())
+        .unwrap_or_else(|| panic!("{action} in {phase}: no warning logged under {id}: {logged:?}"));
     for part in expected {
-        assert!(message.contains(part), "{action} in {phase}: {message:?} should mention {part:?}");
+        assert!(reason.contains(part), "{action} in {phase}: {reason:?} should mention {part:?}");
     }
 }
 
