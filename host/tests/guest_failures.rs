@@ -7,7 +7,7 @@ mod support;
 
 use host::Project;
 use serde_json::Value;
-use support::{Client, basic_project, error, error_extensions, start};
+use support::{Client, basic_project, error, error_extensions, fails, misbehave, start};
 
 /// The misbehaving handler and resolver, beside the customer projector (so
 /// that another function's collection exists), with tight limits.
@@ -26,34 +26,6 @@ fn fixture_project() -> Project {
     project.limits.memory_mib = 16;
     support::capture_logs();
     project
-}
-
-async fn misbehave(client: &Client, action: &str, phase: &str) -> Value {
-    client
-        .graphql(&format!(
-            r#"mutation {{ Misbehave(action: "{action}", phase: "{phase}") {{ id action detail }} }}"#
-        ))
-        .await
-}
-
-/// The command fails with `COMMAND_FAILED`, and the log has a warning
-/// under its correlation id containing every one of `expected`, which the
-/// client does not see.
-async fn fails(client: &Client, action: &str, phase: &str, expected: &[&str]) {
-    let body = misbehave(client, action, phase).await;
-    let message = error(&body).unwrap_or_else(|| panic!("{action} in {phase} fails: {body}"));
-    assert_eq!(message, "the command failed", "{body}");
-    assert_eq!(error_extensions(&body)["code"], "COMMAND_FAILED", "{body}");
-    let id = error_extensions(&body)["correlationId"].as_str().unwrap_or_else(|| panic!("an id: {body}"));
-    let logged = support::logged(id);
-    let reason = logged
-        .iter()
-        .find(|(level, _)| level == "WARN" || level == "ERROR")
-        .map(|(_, message)| message.as_str())
-        .unwrap_or_else(|| panic!("{action} in {phase}: no warning logged under {id}: {logged:?}"));
-    for part in expected {
-        assert!(reason.contains(part), "{action} in {phase}: {reason:?} should mention {part:?}");
-    }
 }
 
 /// …and the shell still serves the next command.

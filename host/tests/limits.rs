@@ -17,10 +17,10 @@ use host::registry::Functions;
 use host::runtime::{Limits, Runtime, StepLimits};
 use host::store::{Commit, PgStore, Store};
 use low_contract::{Message, WriteOp, json};
-use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{Client, basic_project, error, start};
+use support::{Client, basic_project, start};
+use support::{fails, misbehave};
 
 /// The misbehaving handler and its resolver, beside the customer projector.
 fn fixture_project() -> Project {
@@ -47,36 +47,6 @@ async fn pg_fixture_project() -> Project {
     // Generous: the test binaries share a busy machine.
     project.response_timeout_ms = 60_000;
     project
-}
-
-async fn misbehave(client: &Client, action: &str, phase: &str) -> Value {
-    client
-        .graphql(&format!(
-            r#"mutation {{ Misbehave(action: "{action}", phase: "{phase}") {{ id action detail }} }}"#
-        ))
-        .await
-}
-
-/// The command fails with an error containing every one of `expected`.
-async fn fails(client: &Client, action: &str, phase: &str, expected: &[&str]) {
-    let body = misbehave(client, action, phase).await;
-    let message = error(&body).unwrap_or_else(|| panic!("{action} in {phase} fails: {body}"));
-    assert_eq!(message, "the command failed", "{body}");
-    assert_eq!(support::error_extensions(&body)["code"], "COMMAND_FAILED", "{body}");
-    // The detail is for the operator: in the log, under the correlation id.
-    let id = support::error_extensions(&body)["correlationId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("an id: {body}"))
-        .to_owned();
-    let logged = support::logged(&id);
-    let reason = logged
-        .iter()
-        .find(|(level, _)| level == "WARN" || level == "ERROR")
-        .map(|(_, message)| message.clone())
-        .unwrap_or_else(|| panic!("{action} in {phase}: no warning logged under {id}: {logged:?}"));
-    for part in expected {
-        assert!(reason.contains(part), "{action} in {phase}: {reason:?} should mention {part:?}");
-    }
 }
 
 /// An `ok` command works (and stores one `Thing` with `action: "ok"`).

@@ -140,3 +140,32 @@ pub fn logged(correlation_id: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// `Misbehave(action, phase)` from the misbehaving fixture (`guest-functions/fixtures/misbehave`).
+pub async fn misbehave(client: &Client, action: &str, phase: &str) -> Value {
+    client
+        .graphql(&format!(
+            r#"mutation {{ Misbehave(action: "{action}", phase: "{phase}") {{ id action detail }} }}"#
+        ))
+        .await
+}
+
+/// The command fails with the stable `COMMAND_FAILED` answer, and the reason
+/// logged under its correlation id (needs [`capture_logs`]) contains every
+/// one of `expected`.
+pub async fn fails(client: &Client, action: &str, phase: &str, expected: &[&str]) {
+    let body = misbehave(client, action, phase).await;
+    let message = error(&body).unwrap_or_else(|| panic!("{action} in {phase} fails: {body}"));
+    assert_eq!(message, "the command failed", "{body}");
+    assert_eq!(error_extensions(&body)["code"], "COMMAND_FAILED", "{body}");
+    let id = error_extensions(&body)["correlationId"].as_str().unwrap_or_else(|| panic!("an id: {body}"));
+    let logged = logged(id);
+    let reason = logged
+        .iter()
+        .find(|(level, _)| level == "WARN" || level == "ERROR")
+        .map(|(_, message)| message.as_str())
+        .unwrap_or_else(|| panic!("{action} in {phase}: no warning logged under {id}: {logged:?}"));
+    for part in expected {
+        assert!(reason.contains(part), "{action} in {phase}: {reason:?} should mention {part:?}");
+    }
+}
