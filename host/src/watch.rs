@@ -8,7 +8,8 @@
 //! changed since it was last seen, and deployed only when its content hash
 //! differs from the last one seen *from that file* — never because the
 //! running version differs: a version deployed over the API or the command
-//! line stays until the file itself changes. Each content is tried once: a
+//! line stays until the file itself changes. An empty file is one being
+//! written and waits for its content. Each content is tried once: a
 //! refused file is refused (and logged, and counted) once, until it changes.
 //! Only a deploy that could not be recorded (the database is away) is tried
 //! again, with backoff, until it is recorded or the file changes.
@@ -140,6 +141,12 @@ impl Files {
                 return;
             }
         };
+        if meta.len() == 0 {
+            // Truncated and not yet written (how `cp` and most writers
+            // start): never a component, so wait for the next event.
+            tracing::debug!(file = %path.display(), "empty; waiting for its content");
+            return;
+        }
         let fingerprint = Fingerprint::of(&meta);
         let seen = self.seen.get(name);
         if seen.is_some_and(|s| s.fingerprint == Some(fingerprint)) {
