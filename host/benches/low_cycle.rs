@@ -6,12 +6,13 @@
 //! `cargo bench -p host --features native-baseline --bench low_cycle`
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use host::bus::MemoryBus;
+use host::backend::Store;
+use host::backend::memory::MemoryBus;
+use host::backend::memory::MemoryStore;
 use host::executor::run_cycle;
 use host::registry::Functions;
 use host::runtime::native::catalogue;
 use host::runtime::{Function, Limits, Runtime};
-use host::store::{MemoryStore, Store};
 use low_contract::{Message, json};
 use std::path::Path;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! A project: which functions, which bus and store, where to listen.
+//! A project: which functions, which backend, where to listen.
 //! Read from TOML; relative paths are relative to the project file.
 
 use crate::runtime::{Limits, StepLimits};
@@ -13,9 +13,12 @@ pub const DEFAULT_PROJECT: &str = include_str!("../../projects/basic.toml");
 /// Where the default project is looked for first, relative to the working directory.
 pub const DEFAULT_PROJECT_PATH: &str = "projects/basic.toml";
 
+/// Where the event log, documents and deployments live: the bus and the
+/// store are one backend (the store appends the events the bus delivers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Backend {
+pub enum BackendKind {
+    /// In the process: nothing durable, one shell.
     Memory,
     /// The durable event log and documents in Postgres (`database-url` / `DATABASE_URL`).
     Postgres,
@@ -40,10 +43,8 @@ pub struct Project {
     #[serde(default)]
     pub functions: Option<Vec<String>>,
     #[serde(default = "default_backend")]
-    pub bus: Backend,
-    #[serde(default = "default_backend")]
-    pub store: Backend,
-    /// Postgres connection URL when `bus`/`store` is `postgres`; when
+    pub backend: BackendKind,
+    /// Postgres connection URL when `backend` is `postgres`; when
     /// absent, the `DATABASE_URL` environment variable.
     #[serde(default)]
     pub database_url: Option<String>,
@@ -236,8 +237,8 @@ fn default_listen() -> SocketAddr {
 fn default_modules() -> PathBuf {
     "modules".into()
 }
-fn default_backend() -> Backend {
-    Backend::Memory
+fn default_backend() -> BackendKind {
+    BackendKind::Memory
 }
 fn default_response_timeout_ms() -> u64 {
     5000
@@ -345,6 +346,12 @@ impl Project {
     /// The file on its own, checked, so that its errors point at a line.
     fn file_table(text: &str) -> anyhow::Result<toml::Table> {
         let table: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!(one_line(text, &e)))?;
+        if table.contains_key("bus") || table.contains_key("store") {
+            // Projects written before the two keys became one.
+            let value =
+                table.get("store").or_else(|| table.get("bus")).and_then(|v| v.as_str()).unwrap_or("memory");
+            anyhow::bail!("`bus` and `store` are one key now: replace them with `backend = \"{value}\"`");
+        }
         toml::from_str::<Project>(text).map_err(|e| anyhow::anyhow!(one_line(text, &e)))?;
         Ok(table)
     }
@@ -379,7 +386,7 @@ impl Project {
                  and limits.notifications must be greater than 0"
             );
         }
-        crate::graphql::AllowedOrigins::new(&project.http.allowed_origins)
+        crate::http::AllowedOrigins::new(&project.http.allowed_origins)
             .map_err(|e| anyhow::anyhow!("http.allowed-origins: {e}"))?;
         Ok(project)
     }
@@ -463,7 +470,7 @@ mod tests {
     #[test]
     fn the_default_project_parses() {
         let p = Project::parse(DEFAULT_PROJECT, Path::new("projects")).expect("default project");
-        assert_eq!(p.bus, Backend::Memory);
+        assert_eq!(p.backend, BackendKind::Memory);
         assert_eq!(p.modules, Path::new("projects/../modules"));
     }
 
@@ -471,6 +478,15 @@ mod tests {
     fn unknown_keys_are_refused() {
         let e = Project::parse_with_env("bsu = \"memory\"", Path::new("."), []).expect_err("typo refused");
         assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn one_key_chooses_the_backend() {
+        let p = Project::parse_with_env("backend = \"postgres\"", Path::new("."), []).expect("parses");
+        assert_eq!(p.backend, BackendKind::Postgres);
+        let e = Project::parse_with_env("bus = \"postgres\"\nstore = \"postgres\"", Path::new("."), [])
+            .expect_err("the old keys are refused");
+        assert!(e.to_string().contains("backend = \"postgres\""), "{e}");
     }
 
     #[test]

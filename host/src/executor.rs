@@ -13,11 +13,11 @@
 //! The executor knows the contract, the [`Store`] and the [`Bus`] traits, and
 //! nothing about the technology behind them.
 
-use crate::bus::{Bus, BusError, Delivery, Subscription};
+use crate::backend::{Bus, BusError, Delivery, Subscription};
+use crate::backend::{Checkpoint, Commit, Event, Parked, Store, StoreError};
 use crate::config::{FailurePolicy, MAX_BACKOFF, OnFailure};
 use crate::registry::{Functions, Registry};
 use crate::runtime::{Function, GuestError, StepLimits};
-use crate::store::{Checkpoint, Commit, Event, Parked, Store, StoreError};
 use low_contract::{
     COMMANDS_TOPIC, Data, FAILED, Found, FunctionKind, Lookup, Message, Outcome, Query, REJECTED, WritePlan,
     json,

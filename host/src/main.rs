@@ -1,7 +1,7 @@
 //! The `host` command line.
 
 use clap::{Parser, Subcommand};
-use host::admin::{Deployed, FunctionInfo, ParkedReport, RetryReport};
+use host::deploy::admin::{Deployed, FunctionInfo, ParkedReport, RetryReport};
 use host::{Project, Shell};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -215,10 +215,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    use host::replay::{Start, Stopped, VersionSource};
+    use host::backend::postgres::replay::{Start, Stopped, VersionSource};
     let project = Project::load(&args.project)?;
     let start = if args.resume { Start::Checkpoint } else { Start::Scratch };
-    let print = |done: &host::replay::Replayed| {
+    let print = |done: &host::backend::postgres::replay::Replayed| {
         let source = match done.source {
             VersionSource::Recorded => "the recorded deployment",
             VersionSource::File => "the module file; no deployment recorded",
@@ -234,7 +234,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             short(&done.version.0)
         );
     };
-    match host::replay::replay(&project, args.function.as_deref(), start).await {
+    match host::backend::postgres::replay::replay(&project, args.function.as_deref(), start).await {
         Ok(done) => {
             done.iter().for_each(print);
             Ok(())

@@ -3,10 +3,10 @@
 //! seen before it, to the command's resolver, which answers pending, a
 //! document, a value, or a failure.
 
-use crate::bus::{Answer, Bus, BusError, Submitted};
+use crate::backend::{Answer, Bus, BusError, Submitted};
+use crate::backend::{Event, Store, StoreError};
 use crate::executor::now_ms;
 use crate::registry::Registry;
-use crate::store::{Event, Store, StoreError};
 use low_contract::{COMMANDS_TOPIC, FAILED, Message, PROJECTION_COMPLETE, REJECTED, Resolution, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -116,7 +116,7 @@ impl Responses {
         bus: Arc<dyn Bus>,
         timeout: Duration,
         max_pending: usize,
-    ) -> Result<Arc<Self>, crate::bus::BusError> {
+    ) -> Result<Arc<Self>, crate::backend::BusError> {
         let notifications = bus.notifications().await?;
         let responses =
             Arc::new(Self { pending: Mutex::default(), registry, store, bus, timeout, max_pending });

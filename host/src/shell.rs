@@ -1,20 +1,17 @@
-//! Wires a project together: runtime, functions, store, bus, executor,
+//! Wires a project together: runtime, functions, backend, executor,
 //! responses and GraphQL, served over HTTP.
 
-use crate::admin;
-use crate::bus::{Bus, MemoryBus, PgBus};
-use crate::cluster::PgDeployments;
-use crate::config::{Backend, Project};
-use crate::deploy::{Deployer, Deployments, LocalDeployments};
+use crate::backend::{Backend, Bus, Store};
+use crate::config::Project;
+use crate::deploy::Deployer;
+use crate::deploy::admin;
+use crate::deploy::watch::{self, ModulesWatcher};
 use crate::executor::Executor;
 use crate::graphql::{self, Graphql, QueryLimits};
-use crate::postgres::Database;
-use crate::readiness::Readiness;
+use crate::http::{self, Readiness};
 use crate::registry::{Functions, Registry};
 use crate::responses::Responses;
 use crate::runtime::{Function, Runtime, SystemEnv};
-use crate::store::{MemoryStore, PgStore, Store};
-use crate::watch::{self, ModulesWatcher};
 use anyhow::Context;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -166,26 +163,7 @@ impl Shell {
         }
         let registry = Arc::new(Registry::new(Functions::new(loaded)?));
 
-        type Backends = (Arc<dyn Bus>, Arc<dyn Store>, Arc<dyn Deployments>);
-        let (bus, store, deployments): Backends = match (project.bus, project.store) {
-            (Backend::Memory, Backend::Memory) => {
-                let bus = MemoryBus::new();
-                (Arc::new(bus.clone()), Arc::new(MemoryStore::new(bus)), Arc::new(LocalDeployments))
-            }
-            (Backend::Postgres, Backend::Postgres) => {
-                let db = Arc::new(Database::connect(&project.database_url()?).await?);
-                let bus = PgBus::start(Arc::clone(&db));
-                (
-                    Arc::new(bus.clone()),
-                    Arc::new(PgStore::with_bus(Arc::clone(&db), bus)),
-                    Arc::new(PgDeployments::start(db)),
-                )
-            }
-            (bus, store) => anyhow::bail!(
-                "bus `{bus:?}` with store `{store:?}` is not supported: the store appends the events \
-                 the bus delivers, so both must be `memory` or both `postgres`"
-            ),
-        };
+        let Backend { bus, store, deployments } = Backend::open(&project).await?;
 
         // Every version loaded from a file is kept (any shell may roll back
         // to it); then the versions the cluster records replace the files'.
@@ -218,12 +196,12 @@ impl Shell {
         let limits =
             QueryLimits { depth: project.graphql.max_depth, complexity: project.graphql.max_complexity };
         let ready = readiness(&registry, &bus, &store, &executor);
-        let backend = graphql::Backend {
+        let services = graphql::Services {
             store: Arc::clone(&store),
             responses: Arc::clone(&responses),
             bus: Arc::clone(&bus),
         };
-        let graphql = Graphql::start(Arc::clone(&registry), backend, limits)?;
+        let graphql = Graphql::start(Arc::clone(&registry), services, limits)?;
         // Deploys are checked against the schema they would make, before the swap.
         deployer.use_schema(Arc::clone(&graphql) as Arc<dyn crate::deploy::SchemaHook>);
 
@@ -232,10 +210,10 @@ impl Shell {
         })?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let http = graphql::HttpOptions {
+        let http = http::HttpOptions {
             max_body_bytes: project.http.max_body_bytes,
             request_timeout: std::time::Duration::from_millis(project.http.request_timeout_ms),
-            allowed_origins: graphql::AllowedOrigins::new(&project.http.allowed_origins)
+            allowed_origins: http::AllowedOrigins::new(&project.http.allowed_origins)
                 .map_err(|e| anyhow::anyhow!("http.allowed-origins: {e}"))?,
         };
         let watcher = if project.watch {
@@ -248,7 +226,7 @@ impl Shell {
             tracing::info!("admin endpoints refuse every request: no admin token (set LOWSHELL_ADMIN_TOKEN)");
         }
 
-        let app = graphql::router(Arc::clone(&graphql), ready, http).merge(admin::router(
+        let app = http::router(Arc::clone(&graphql), ready, http).merge(admin::router(
             deployer.clone(),
             Arc::clone(&executor),
             token.as_deref(),

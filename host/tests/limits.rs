@@ -10,12 +10,13 @@ mod pg;
 mod support;
 
 use host::Project;
-use host::config::Backend;
+use host::backend::postgres::PgStore;
+use host::backend::postgres::database::Database;
+use host::backend::{Commit, Store};
+use host::config::BackendKind;
 use host::executor::run_cycle;
-use host::postgres::Database;
 use host::registry::Functions;
 use host::runtime::{Limits, Runtime, StepLimits};
-use host::store::{Commit, PgStore, Store};
 use low_contract::{Message, WriteOp, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,8 +42,7 @@ fn fixture_project() -> Project {
 /// The same on a fresh Postgres database.
 async fn pg_fixture_project() -> Project {
     let mut project = fixture_project();
-    project.bus = Backend::Postgres;
-    project.store = Backend::Postgres;
+    project.backend = BackendKind::Postgres;
     project.database_url = Some(pg::database().await);
     // Generous: the test binaries share a busy machine.
     project.response_timeout_ms = 60_000;

@@ -10,7 +10,7 @@
 mod pg;
 mod support;
 
-use host::config::{Backend, FailurePolicy, OnFailure};
+use host::config::{BackendKind, FailurePolicy, OnFailure};
 use host::runtime::Version;
 use host::{Project, Shell};
 use serde_json::{Value, json};
@@ -43,8 +43,7 @@ fn project(policy: FailurePolicy) -> Project {
 }
 
 fn on_postgres(mut project: Project, url: &str) -> Project {
-    project.bus = Backend::Postgres;
-    project.store = Backend::Postgres;
+    project.backend = BackendKind::Postgres;
     project.database_url = Some(url.to_owned());
     project
 }

@@ -6,9 +6,10 @@ mod pg;
 mod support;
 
 use futures::StreamExt;
-use host::bus::{Bus, PgBus};
-use host::postgres::{Database, lease_id, try_lease};
-use host::replay::{Replayed, Start, Stopped, VersionSource};
+use host::backend::Bus;
+use host::backend::postgres::PgBus;
+use host::backend::postgres::database::{Database, lease_id, try_lease};
+use host::backend::postgres::replay::{Replayed, Start, Stopped, VersionSource};
 use host::runtime::Version;
 use host::{Project, Shell};
 use serde_json::{Value, json};
@@ -76,7 +77,8 @@ async fn checkpoint(db: &tokio_postgres::Client) -> i64 {
 }
 
 async fn replay(url: &str, start: Start) -> anyhow::Result<Replayed> {
-    let mut done = host::replay::replay(&project(url), Some("customer-projector"), start).await?;
+    let mut done =
+        host::backend::postgres::replay::replay(&project(url), Some("customer-projector"), start).await?;
     assert_eq!(done.len(), 1);
     Ok(done.remove(0))
 }

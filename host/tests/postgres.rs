@@ -4,9 +4,11 @@
 #[path = "support/pg.rs"]
 mod pg;
 
-use host::bus::{Bus, PgBus, Subscription};
-use host::postgres::Database;
-use host::store::{Checkpoint, Commit, PgStore, Store};
+use host::backend::postgres::PgBus;
+use host::backend::postgres::PgStore;
+use host::backend::postgres::database::Database;
+use host::backend::{Bus, Subscription};
+use host::backend::{Checkpoint, Commit, Store};
 use host::{Project, Shell};
 use low_contract::{WriteOp, json};
 use serde_json::Value;
@@ -78,7 +80,7 @@ async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
     db.query_one(sql, &[]).await.expect(sql).get(0)
 }
 
-async fn next(sub: &mut Box<dyn Subscription>, within: Duration) -> Option<host::bus::Delivery> {
+async fn next(sub: &mut Box<dyn Subscription>, within: Duration) -> Option<host::backend::Delivery> {
     tokio::time::timeout(within, sub.next()).await.ok().flatten()
 }
 
@@ -174,7 +176,7 @@ async fn integrity_is_enforced_by_postgres_not_by_reading_first() {
         results
             .iter()
             .filter_map(|r| r.as_ref().err())
-            .all(|e| matches!(e, host::store::StoreError::Conflict(_))),
+            .all(|e| matches!(e, host::backend::StoreError::Conflict(_))),
         "{results:?}"
     );
     let update = |expected_version: u64| Commit {
@@ -188,7 +190,7 @@ async fn integrity_is_enforced_by_postgres_not_by_reading_first() {
     };
     store.commit(update(1)).await.expect("update at the current version");
     let stale = store.commit(update(1)).await;
-    assert!(matches!(stale, Err(host::store::StoreError::Conflict(_))), "{stale:?}");
+    assert!(matches!(stale, Err(host::backend::StoreError::Conflict(_))), "{stale:?}");
     // All or nothing: a conflicting op undoes the ops before it in the commit.
     let mixed = Commit {
         ops: vec![
@@ -456,7 +458,7 @@ async fn a_step_committed_twice_is_applied_once() {
     let bus = PgBus::start(Arc::clone(&db));
     let store = PgStore::with_bus(Arc::clone(&db), bus.clone());
     let command = low_contract::Message::new("c-1", "InviteCustomer", json!({})).correlated("c-1");
-    let submitted = host::store::Event {
+    let submitted = host::backend::Event {
         topic: low_contract::COMMANDS_TOPIC.into(),
         message: command,
         function: None,

@@ -7,10 +7,12 @@
 mod pg;
 mod support;
 
+use host::backend::memory::MemoryStore;
+use host::backend::postgres::PgStore;
+use host::backend::{Store, StoreError};
 use host::executor::{StepError, run_cycle};
 use host::registry::Functions;
 use host::runtime::{Function, Limits, Runtime};
-use host::store::{MemoryStore, PgStore, Store, StoreError};
 use low_contract::{Message, Outcome, json};
 use std::sync::Arc;
 
@@ -109,12 +111,12 @@ async fn renames_leave_one_invite(store: Arc<dyn Store>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_renames_of_one_customer_leave_one_invite_in_memory() {
-    renames_leave_one_invite(Arc::new(MemoryStore::new(host::bus::MemoryBus::new()))).await;
+    renames_leave_one_invite(Arc::new(MemoryStore::new(host::backend::memory::MemoryBus::new()))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_renames_of_one_customer_leave_one_invite_in_postgres() {
     let url = pg::database().await;
-    let db = Arc::new(host::postgres::Database::connect(&url).await.expect("database"));
+    let db = Arc::new(host::backend::postgres::database::Database::connect(&url).await.expect("database"));
     renames_leave_one_invite(Arc::new(PgStore::new(db))).await;
 }

@@ -1,15 +1,13 @@
-//! GraphQL over HTTP. The schema is derived from the functions' metadata
+//! The GraphQL API (served by [`crate::http`]). The schema is derived from the functions' metadata
 //! ([`schema::build`]) and rebuilt, then swapped in, whenever the registry
 //! changes; requests in flight keep the schema they started with. A deploy
 //! checks first that the schema can be built with the new version
 //! ([`Graphql::check`]), so the swap never leaves a stale schema serving,
 //! and refreshes it before it answers.
 
-mod http;
 pub mod schema;
 
-pub use http::{AllowedOrigins, GRAPHIQL_VERSION, HttpOptions, WS_PATH, router};
-pub use schema::{Backend, QueryLimits};
+pub use schema::{QueryLimits, Services};
 
 use crate::deploy::SchemaHook;
 use crate::registry::{Functions, Registry};
@@ -25,7 +23,7 @@ pub struct Graphql {
     /// rebuild of an older set never replaces a newer one.
     built: Mutex<u64>,
     registry: Arc<Registry>,
-    backend: Backend,
+    services: Services,
     limits: QueryLimits,
 }
 
@@ -33,20 +31,20 @@ impl Graphql {
     /// Builds the schema for the current functions and keeps it current.
     pub fn start(
         registry: Arc<Registry>,
-        backend: Backend,
+        services: Services,
         limits: QueryLimits,
     ) -> anyhow::Result<Arc<Self>> {
         // Subscribed first: a change while building is not missed.
         let mut changes = registry.watch();
         let generation = registry.generation();
-        let schema = build(&registry.current(), &backend, limits).map_err(|e| {
+        let schema = build(&registry.current(), &services, limits).map_err(|e| {
             anyhow::anyhow!("cannot build the GraphQL schema from the functions' metadata: {e}")
         })?;
         let graphql = Arc::new(Self {
             schema: ArcSwap::from_pointee(schema),
             built: Mutex::new(generation),
             registry,
-            backend,
+            services,
             limits,
         });
         let weak = Arc::downgrade(&graphql);
@@ -67,7 +65,7 @@ impl Graphql {
         if *self.built.lock().unwrap_or_else(|p| p.into_inner()) >= generation {
             return;
         }
-        match build(&self.registry.current(), &self.backend, self.limits) {
+        match build(&self.registry.current(), &self.services, self.limits) {
             Ok(schema) => {
                 let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
                 if *built < generation {
@@ -92,7 +90,7 @@ impl Graphql {
     /// Whether a schema can be built for `functions` (a set a deploy would
     /// make), without serving it.
     pub fn check(&self, functions: &Functions) -> Result<(), String> {
-        build(functions, &self.backend, self.limits).map(drop)
+        build(functions, &self.services, self.limits).map(drop)
     }
 }
 
@@ -109,9 +107,9 @@ impl SchemaHook for Graphql {
 /// [`schema::build`], after checking what it cannot see: names GraphQL can
 /// hold, and no two types or root fields under one name (the builder would
 /// keep the last one silently).
-pub fn build(functions: &Functions, backend: &Backend, limits: QueryLimits) -> Result<Schema, String> {
+pub fn build(functions: &Functions, services: &Services, limits: QueryLimits) -> Result<Schema, String> {
     check_names(functions)?;
-    schema::build(functions, backend, limits).map_err(|e| e.0)
+    schema::build(functions, services, limits).map_err(|e| e.0)
 }
 
 /// Types and fields the shell itself puts in every schema.

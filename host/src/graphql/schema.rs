@@ -3,10 +3,10 @@
 //! command's fields; each public model is an object type with a query by key
 //! and a paged list query. Rebuilt whenever the set of functions changes.
 
-use crate::bus::Bus;
+use crate::backend::Bus;
+use crate::backend::{Event, Store, StoreError};
 use crate::registry::Functions;
 use crate::responses::{ResponseError, Responses};
-use crate::store::{Event, Store, StoreError};
 use async_graphql::dynamic::{
     Field, FieldFuture, FieldValue, InputValue, Object, ResolverContext, Scalar, Schema, SchemaError,
     Subscription, SubscriptionField, SubscriptionFieldFuture, TypeRef,
@@ -146,7 +146,7 @@ pub fn command_id(kind: &str, key: &str) -> String {
 
 /// What resolvers need from the shell.
 #[derive(Clone)]
-pub struct Backend {
+pub struct Services {
     pub store: Arc<dyn Store>,
     pub responses: Arc<Responses>,
     /// The source of the `events` subscription.
@@ -234,15 +234,15 @@ fn gql_error(e: impl std::fmt::Display) -> async_graphql::Error {
 }
 
 /// `customer(id: ID!)` and `customers(first: Int = 20, after: String)`.
-fn model_queries(model: &ModelSpec, backend: &Backend) -> Vec<Field> {
+fn model_queries(model: &ModelSpec, services: &Services) -> Vec<Field> {
     let key_arg = graphql_name(&model.key);
     let one = {
-        let (backend, collection, key_arg2) = (backend.clone(), model.collection.clone(), key_arg.clone());
+        let (services, collection, key_arg2) = (services.clone(), model.collection.clone(), key_arg.clone());
         Field::new(lower_first(&model.name), TypeRef::named(&model.name), move |ctx| {
-            let (backend, collection, key_arg) = (backend.clone(), collection.clone(), key_arg2.clone());
+            let (services, collection, key_arg) = (services.clone(), collection.clone(), key_arg2.clone());
             FieldFuture::new(async move {
                 let key = ctx.args.try_get(&key_arg)?.string()?.to_owned();
-                let doc = backend.store.get(&collection, &key).await.map_err(store_error)?;
+                let doc = services.store.get(&collection, &key).await.map_err(store_error)?;
                 Ok(doc.map(|d| FieldValue::owned_any(d.body)))
             })
         })
@@ -250,9 +250,9 @@ fn model_queries(model: &ModelSpec, backend: &Backend) -> Vec<Field> {
         .description(format!("The {} with this {}", model.name, model.key))
     };
     let page = {
-        let (backend, collection) = (backend.clone(), model.collection.clone());
+        let (services, collection) = (services.clone(), model.collection.clone());
         Field::new(graphql_name(&model.collection), TypeRef::named_nn_list_nn(&model.name), move |ctx| {
-            let (backend, collection) = (backend.clone(), collection.clone());
+            let (services, collection) = (services.clone(), collection.clone());
             FieldFuture::new(async move {
                 let first = ctx.args.get("first").map(|v| v.i64()).transpose()?.unwrap_or(DEFAULT_PAGE);
                 let first = usize::try_from(first)
@@ -260,7 +260,7 @@ fn model_queries(model: &ModelSpec, backend: &Backend) -> Vec<Field> {
                     .filter(|n| *n <= MAX_PAGE)
                     .ok_or_else(|| gql_error(format!("`first` must be between 0 and {MAX_PAGE}")))?;
                 let after = ctx.args.get("after").filter(|v| !v.is_null()).map(|v| v.string()).transpose()?;
-                let docs = backend.store.list(&collection, after, first).await.map_err(store_error)?;
+                let docs = services.store.list(&collection, after, first).await.map_err(store_error)?;
                 Ok(Some(FieldValue::list(docs.into_iter().map(|d| FieldValue::owned_any(d.body)))))
             })
         })
@@ -282,7 +282,7 @@ fn payload(ctx: &ResolverContext<'_>, command: &CommandSpec) -> Result<Value, as
 
 /// Maps a mutation's arguments (by GraphQL name) to the command's payload
 /// (by field name). Absent and null arguments are left out; a required one
-/// is an error "<Field> is required".
+/// is an error `"<Field> is required"`.
 pub fn command_payload(
     fields: &[FieldSpec],
     argument: impl Fn(&str) -> Option<async_graphql::Value>,
@@ -301,11 +301,11 @@ pub fn command_payload(
     Ok(Value::Object(payload))
 }
 
-fn mutation(command: &CommandSpec, returns_model: bool, backend: &Backend) -> Field {
+fn mutation(command: &CommandSpec, returns_model: bool, services: &Services) -> Field {
     let ty = if returns_model { TypeRef::named(&command.returns) } else { TypeRef::named(JSON) };
-    let (backend, spec) = (backend.clone(), command.clone());
+    let (services, spec) = (services.clone(), command.clone());
     let field = Field::new(&command.name, ty, move |ctx| {
-        let (backend, spec) = (backend.clone(), spec.clone());
+        let (services, spec) = (services.clone(), spec.clone());
         FieldFuture::new(async move {
             let payload = payload(&ctx, &spec)?;
             let key = match ctx.args.get(COMMAND_ID).filter(|v| !v.is_null()) {
@@ -321,7 +321,7 @@ fn mutation(command: &CommandSpec, returns_model: bool, backend: &Backend) -> Fi
                 tracing::info_span!("command", command = %spec.name, command_id = %id, correlation_id = %id);
             let command = Message::new(id.clone(), &spec.name, payload).correlated(id.clone());
             let started = Instant::now();
-            let answer = backend.responses.request(command, idempotent).instrument(span.clone()).await;
+            let answer = services.responses.request(command, idempotent).instrument(span.clone()).await;
             let outcome = match &answer {
                 Ok(_) => "ok",
                 Err(ResponseError::Rejected(_)) => "rejected",
@@ -486,8 +486,8 @@ fn watch<'a>(
 }
 
 /// `events(topic: String, type: String): LogEvent!`
-fn events_subscription(backend: &Backend) -> Subscription {
-    let bus = Arc::clone(&backend.bus);
+fn events_subscription(services: &Services) -> Subscription {
+    let bus = Arc::clone(&services.bus);
     let field = SubscriptionField::new("events", TypeRef::named_nn(EVENT_TYPE), move |ctx| {
         let bus = Arc::clone(&bus);
         SubscriptionFieldFuture::new(async move {
@@ -726,23 +726,23 @@ impl async_graphql::extensions::Extension for PageCostCheck {
     }
 }
 
-pub fn build(functions: &Functions, backend: &Backend, limits: QueryLimits) -> Result<Schema, SchemaError> {
+pub fn build(functions: &Functions, services: &Services, limits: QueryLimits) -> Result<Schema, SchemaError> {
     let public: Vec<&ModelSpec> = functions.models().filter(|m| m.public).collect();
     let commands: Vec<&CommandSpec> = functions.commands().map(|(_, c)| c).collect();
     let mut builder =
         Schema::build("Query", (!commands.is_empty()).then_some("Mutation"), Some("Subscription"))
-            .register(events_subscription(backend))
+            .register(events_subscription(services))
             .register(event_type());
     let (function_type, functions_field) = functions_query(functions);
     let mut query = Object::new("Query").field(functions_field);
     for model in &public {
         builder = builder.register(model_type(model));
-        query = model_queries(model, backend).into_iter().fold(query, Object::field);
+        query = model_queries(model, services).into_iter().fold(query, Object::field);
     }
     if !commands.is_empty() {
         let mutations = commands.iter().fold(Object::new("Mutation"), |m, command| {
             let returns_model = public.iter().any(|model| model.name == command.returns);
-            m.field(mutation(command, returns_model, backend))
+            m.field(mutation(command, returns_model, services))
         });
         builder = builder.register(mutations);
     }

@@ -6,7 +6,7 @@ use super::bindings::{function, resolver};
 use super::convert;
 use super::state::CallState;
 use super::{Function, GuestError, WasmPre};
-use crate::store::Store;
+use crate::backend::Store;
 use low_contract::{Data, FunctionKind, Lookup, Message, Meta, Outcome, Resolution, WritePlan};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -17,7 +17,7 @@ pub use call::WasmCall;
 pub use native::{NativeCall, NativeGuest};
 pub(crate) use state::too_many_found;
 
-use crate::store::Store;
+use crate::backend::Store;
 use bindings::{function::FunctionPre, resolver::ResolverPre};
 use low_contract::{Data, FunctionKind, Level, Lookup, Message, Meta, Outcome, Resolution, WritePlan};
 use sha2::{Digest, Sha256};

@@ -3,7 +3,7 @@
 
 use super::bindings::function::low::functions::{env, store, types};
 use super::{HostEnv, convert};
-use crate::store::Store;
+use crate::backend::Store;
 use low_contract::Level;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

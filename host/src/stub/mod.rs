@@ -53,11 +53,12 @@ pub mod scenario;
 pub use env::{DEFAULT_NOW_MS, Ids, LogLine, StubEnv};
 pub use scenario::{Report, ScenarioError};
 
-use crate::bus::MemoryBus;
+use crate::backend::memory::MemoryBus;
+use crate::backend::memory::MemoryStore;
+use crate::backend::{Commit, Store, StoreError};
 use crate::executor::{self, StepError};
 use crate::registry::{Functions, RegistryError};
 use crate::runtime::{Function, GuestError, HostEnv, Limits, LoadError, Runtime, StepLimits};
-use crate::store::{Commit, MemoryStore, Store, StoreError};
 use low_contract::{Data, Document, Lookup, Message, Meta, Outcome, Resolution, Value, WriteOp, WritePlan};
 use matching::Bindings;
 use std::cell::RefCell;

@@ -260,7 +260,9 @@ pub fn scenario_files(path: &Path) -> Result<Vec<PathBuf>, ScenarioError> {
 impl Stub {
     /// Forgets the store and starts the env over, for the next scenario.
     pub fn reset(&mut self) {
-        self.store = std::sync::Arc::new(crate::store::MemoryStore::new(crate::bus::MemoryBus::new()));
+        self.store = std::sync::Arc::new(crate::backend::memory::MemoryStore::new(
+            crate::backend::memory::MemoryBus::new(),
+        ));
         self.env.reset(Ids::default(), super::DEFAULT_NOW_MS);
     }
 }

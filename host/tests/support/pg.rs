@@ -222,8 +222,7 @@ pub fn project_text(url: &str, listen: &str, response_timeout_ms: u128) -> Strin
 listen = "{listen}"
 modules = "{}"
 functions = ["invite-customer", "customer-projector", "invite-resolver"]
-bus = "postgres"
-store = "postgres"
+backend = "postgres"
 database-url = "{url}"
 response-timeout-ms = {response_timeout_ms}
 attempts = 5

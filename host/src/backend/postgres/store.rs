@@ -6,11 +6,11 @@
 //! `pg_notify`, which is transactional). Parking an event (the `parked`
 //! table) and applying a parked one are part of a commit as well.
 
-use super::{Commit, Parked, Store, StoreError};
-use crate::bus::PgBus;
-use crate::postgres::{
+use crate::backend::postgres::PgBus;
+use crate::backend::postgres::database::{
     Database, EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, describe, describe_pool, is_unavailable,
 };
+use crate::backend::{Commit, Parked, Store, StoreError};
 use async_trait::async_trait;
 use low_contract::{Document, Value, WriteOp};
 use std::collections::{BTreeMap, BTreeSet};

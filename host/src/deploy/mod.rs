@@ -6,6 +6,9 @@
 //! [`Deployments`] (the source of truth), then swapped in locally; every
 //! other shell hears of it and switches too ([`Deployer::sync`]).
 
+pub mod admin;
+pub mod watch;
+
 use crate::registry::{Functions, Registry, RegistryError, Swapped};
 use crate::runtime::{Function, LoadError, Runtime, Version};
 use async_trait::async_trait;

@@ -19,16 +19,18 @@
 //!   and the cause, the checkpoint left at the last event applied, so that
 //!   `--resume` can continue.
 
-use crate::bus::{BusError, Delivery, PgBus};
-use crate::cluster::PgDeployments;
-use crate::config::{Backend, Project};
+use crate::backend::postgres::PgBus;
+use crate::backend::postgres::PgStore;
+use crate::backend::postgres::database::{Database, describe, lease_id, try_lease};
+use crate::backend::postgres::deployments::PgDeployments;
+use crate::backend::{BusError, Delivery};
+use crate::backend::{Checkpoint, Commit, Store, StoreError};
+use crate::config::{BackendKind, Project};
 use crate::deploy::{Deployer, Deployments};
 use crate::executor::{StepError, run_cycle};
-use crate::postgres::{Database, describe, lease_id, try_lease};
 use crate::registry::{Functions, Registry};
 use crate::runtime::{Function, Runtime, Version};
 use crate::shell::{load_file, module_files};
-use crate::store::{Checkpoint, Commit, PgStore, Store, StoreError};
 use anyhow::Context;
 use low_contract::FunctionKind;
 use std::sync::Arc;
@@ -103,8 +105,8 @@ const BACKOFF: Duration = Duration::from_millis(250);
 /// from `start`. A [`Stopped`] error (inside the `anyhow::Error`) says where
 /// a replay stopped and what it had done.
 pub async fn replay(project: &Project, only: Option<&str>, start: Start) -> anyhow::Result<Vec<Replayed>> {
-    if project.store != Backend::Postgres || project.bus != Backend::Postgres {
-        anyhow::bail!("replay reads the durable event log: the project must use the postgres bus and store");
+    if project.backend != BackendKind::Postgres {
+        anyhow::bail!("replay reads the durable event log: the project must use `backend = \"postgres\"`");
     }
     let db = Arc::new(Database::connect(&project.database_url()?).await?);
     let (functions, deployments) = load(project, &db).await?;
@@ -212,7 +214,7 @@ impl From<StepError> for Failure {
 }
 
 fn database(e: &tokio_postgres::Error) -> Failure {
-    if crate::postgres::is_unavailable(e) {
+    if crate::backend::postgres::database::is_unavailable(e) {
         Failure::Outage(format!("the database is unreachable: {}", describe(e)))
     } else {
         Failure::Fatal(describe(e))
@@ -311,7 +313,7 @@ impl Run {
         &mut self,
         bus: &PgBus,
         inputs: &[String],
-        horizon: &crate::bus::postgres::Horizon,
+        horizon: &crate::backend::postgres::bus::Horizon,
     ) -> Result<Vec<Delivery>, String> {
         let mut outages = 0;
         loop {

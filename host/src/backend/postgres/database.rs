@@ -1,5 +1,5 @@
-//! Postgres plumbing shared by the Postgres [bus](crate::bus::PgBus) and
-//! [store](crate::store::PgStore): the connection pool, dedicated
+//! Postgres plumbing shared by the Postgres [bus](crate::backend::postgres::PgBus) and
+//! [store](crate::backend::postgres::PgStore): the connection pool, dedicated
 //! connections (LISTEN, consumer leases) and the versioned schema migrations.
 //!
 //! The schema, in short:
@@ -13,7 +13,7 @@
 //! - `notifications` keeps what a step tells the requester (durably, so a
 //!   repeated command can be answered again); `pg_notify` wakes the shells.
 //! - `function_versions` and `deployments`: the versions of the functions
-//!   the cluster runs ([`crate::cluster`]).
+//!   the cluster runs ([`crate::backend::postgres::deployments`]).
 //! - `leases` gives each consumer name an id, the key of its lease.
 //! - `command_results`: per idempotent command, the fingerprint its id is
 //!   bound to and its first answer.
@@ -100,7 +100,7 @@ CREATE TABLE notifications (
 CREATE INDEX notifications_correlation ON notifications (correlation_id, id);
 "#;
 
-/// Cluster-wide deploys (see [`crate::cluster`]).
+/// Cluster-wide deploys (see [`crate::backend::postgres::deployments`]).
 const MIGRATION_2: &str = r#"
 CREATE TABLE function_versions (
     name        text NOT NULL,

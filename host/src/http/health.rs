@@ -1,12 +1,18 @@
-//! `/readyz`: named asynchronous checks the shell registers (functions
-//! loaded, bus reachable, store reachable, …). A backend plugs in through
-//! [`Bus::ready`](crate::bus::Bus::ready) and
-//! [`Store::ready`](crate::store::Store::ready), or the shell adds a check.
+//! `/healthz` (the process is up) and `/readyz` (ready to serve): named
+//! asynchronous checks the shell registers (functions loaded, bus reachable,
+//! store reachable, …). A backend plugs in through
+//! [`Bus::ready`](crate::backend::Bus::ready) and
+//! [`Store::ready`](crate::backend::Store::ready), or the shell adds a check.
 //!
 //! *Notes* are details worth an operator's eye that do not make the shell
 //! unready (events parked, a consumer stopped at a failing event): `/readyz`
 //! stays 200 and names them after `ready`.
 
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,6 +83,30 @@ impl Readiness {
         .await;
         let failed: Vec<String> = results.into_iter().flatten().collect();
         if failed.is_empty() { Ok(()) } else { Err(failed) }
+    }
+}
+
+/// `GET /healthz` and `GET /readyz`.
+pub fn routes(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(readiness)
+}
+
+/// 200 `ready` (then any notes: parked events, stopped consumers), or 503 with every failing check.
+async fn readyz(State(readiness): State<Readiness>) -> Response {
+    match readiness.run().await {
+        Ok(()) => {
+            // Worth an operator's eye, but no reason to stop sending traffic.
+            let notes = readiness.notes().await;
+            let body = notes.iter().fold(String::from("ready"), |body, note| body + "; " + note);
+            (StatusCode::OK, body + "\n").into_response()
+        }
+        Err(failed) => {
+            tracing::debug!(?failed, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", failed.join("; "))).into_response()
+        }
     }
 }
 

@@ -10,12 +10,6 @@
 //! process, set aside (with the checkpoint advance past them, in one commit)
 //! until a retry applies them ([`Parked`]).
 
-pub mod memory;
-pub mod postgres;
-
-pub use memory::MemoryStore;
-pub use postgres::PgStore;
-
 use async_trait::async_trait;
 use low_contract::{Document, Message, Value, WriteOp};
 use serde::{Deserialize, Serialize};

@@ -1,17 +1,11 @@
 //! How commands, events and notifications travel between functions.
 //!
-//! Appending events is part of a store [`Commit`](crate::store::Commit), so
+//! Appending events is part of a store [`Commit`](crate::backend::Commit), so
 //! that an event exists exactly when its writes do; the bus delivers what was
 //! appended to each consumer, in order, and carries notifications back to the
 //! shell holding the request.
 
-pub mod memory;
-pub mod postgres;
-
-pub use memory::MemoryBus;
-pub use postgres::PgBus;
-
-use crate::store::Event;
+use super::Event;
 use async_trait::async_trait;
 use low_contract::{Message, Value};
 use serde::{Deserialize, Serialize};

@@ -3,10 +3,10 @@
 //! Every request needs `Authorization: Bearer <token>`; without a configured
 //! token the endpoints refuse everything. Tokens are compared in constant time.
 
+use crate::backend::{Parked, StoreError};
 use crate::deploy::{DeployError, Deployer};
 use crate::executor::{Executor, Retried, RetryError, Stopped};
 use crate::runtime::Function;
-use crate::store::{Parked, StoreError};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;

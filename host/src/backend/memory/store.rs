@@ -4,8 +4,8 @@
 //! Parked events are kept here too (the memory bus keeps no log, so each
 //! record holds its event), changed under the same lock as the documents.
 
-use super::{Commit, Parked, Store, StoreError};
-use crate::bus::MemoryBus;
+use crate::backend::memory::MemoryBus;
+use crate::backend::{Commit, Parked, Store, StoreError};
 use async_trait::async_trait;
 use low_contract::{Document, Value, WriteOp};
 use std::collections::{BTreeMap, HashMap};

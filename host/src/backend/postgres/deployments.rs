@@ -11,8 +11,8 @@
 //!   reconnected on its own) and, after a reconnect, looks at every function
 //!   again, since it may have missed a notification.
 
+use crate::backend::postgres::database::{DEPLOYMENTS_CHANNEL, Database, describe, describe_pool};
 use crate::deploy::{Deployments, DeploymentsError};
-use crate::postgres::{DEPLOYMENTS_CHANNEL, Database, describe, describe_pool};
 use crate::runtime::Version;
 use async_trait::async_trait;
 use std::sync::{Arc, Mutex};

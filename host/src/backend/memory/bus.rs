@@ -11,8 +11,8 @@
 //! with what the previous subscription [put back](Subscription::put_back).
 //! Nothing is dropped or delivered twice across the switch.
 
-use super::{Answer, Bus, BusError, Delivery, Submitted, Subscription, fingerprint};
-use crate::store::Event;
+use crate::backend::Event;
+use crate::backend::{Answer, Bus, BusError, Delivery, Submitted, Subscription, fingerprint};
 use async_trait::async_trait;
 use low_contract::Message;
 use std::collections::{HashMap, VecDeque};

@@ -1,12 +1,10 @@
-//! Routes, following the GraphQL-over-HTTP specification:
+//! GraphQL over HTTP, following the GraphQL-over-HTTP specification:
 //!
 //! - `POST /` and `POST /graphql`: GraphQL (`application/json` bodies).
 //! - `GET /` and `GET /graphql`: a query (not a mutation) in the `query`
 //!   parameter, or GraphiQL for a browser.
 //! - `GET /ws`: subscriptions over WebSocket (`graphql-transport-ws`, the
 //!   graphql-ws protocol, and the legacy `graphql-ws`).
-//! - `GET /healthz` (process up), `GET /readyz` (ready to serve),
-//!   `GET /metrics` (Prometheus).
 //!
 //! A request's answer depends on its `Accept`: with
 //! `application/graphql-response+json`, a request that cannot be executed
@@ -15,33 +13,26 @@
 //! Malformed requests (bad JSON, no `query`, wrong parameter types) are 400,
 //! too-large bodies 413, wrong media types 415, slow requests 408 — always
 //! with a JSON `errors` body, never a 500.
-//!
-//! Browsers: a GraphQL request (or WebSocket upgrade) carrying an `Origin`
-//! that is neither the shell's own nor in `http.allowed-origins` is refused
-//! with 403 before it runs, so a page of another site cannot use the shell
-//! through its visitors' browsers; allowed cross origins get CORS headers.
-//! Requests without an `Origin` (curl, servers) are not a browser's and pass.
 
-use super::Graphql;
-use super::schema::IdempotencyKey;
-use crate::readiness::Readiness;
+use super::HttpOptions;
+use super::origins::{check_origin, cors};
+use crate::graphql::Graphql;
+use crate::graphql::schema::IdempotencyKey;
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
 use async_graphql::parser::types::OperationType;
 use async_graphql::{Request as GqlRequest, Response as GqlResponse, Variables};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, Request, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
-use axum::middleware::{self, Next};
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The WebSocket endpoint for subscriptions.
 pub const WS_PATH: &str = "/ws";
@@ -51,225 +42,28 @@ pub const GRAPHIQL_VERSION: &str = "3.9.0";
 const JSON: &str = "application/json";
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
 
-/// HTTP limits.
-#[derive(Debug, Clone)]
-pub struct HttpOptions {
-    /// Largest request body; larger ones get 413.
-    pub max_body_bytes: usize,
-    /// Longest a GraphQL request may take; then 408.
-    pub request_timeout: Duration,
-    /// Browser origins allowed besides the shell's own.
-    pub allowed_origins: AllowedOrigins,
-}
-
-impl Default for HttpOptions {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 1 << 20,
-            request_timeout: Duration::from_secs(15),
-            allowed_origins: AllowedOrigins::loopback(),
-        }
-    }
-}
-
-/// The browser origins that may use the GraphQL endpoints, besides the
-/// shell's own (an `Origin` naming the request's `Host`).
-#[derive(Debug, Clone, Default)]
-pub struct AllowedOrigins {
-    any: bool,
-    patterns: Vec<OriginPattern>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct OriginPattern {
-    scheme: String,
-    host: String,
-    port: PortPattern,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PortPattern {
-    /// No port given: the scheme's default port.
-    Default,
-    Exact(u16),
-    /// `:*`: any port, the default one included.
-    Any,
-}
-
-/// `host[:port]` of an origin or a `Host` header: the host lower-cased,
-/// the port as written (`*` allowed when `wildcard`).
-fn authority(text: &str, wildcard: bool) -> Option<(String, PortPattern)> {
-    let (host, port) = match text.strip_prefix('[') {
-        // An IPv6 literal: `[::1]` or `[::1]:8080`.
-        Some(rest) => {
-            let (inside, after) = rest.split_once(']')?;
-            let port = if after.is_empty() { None } else { Some(after.strip_prefix(':')?) };
-            if inside.is_empty() || !inside.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
-                return None;
-            }
-            (format!("[{inside}]"), port)
-        }
-        None => {
-            let (host, port) = match text.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (text, None),
-            };
-            if host.is_empty() || host.chars().any(|c| c.is_whitespace() || "/?#@[]:".contains(c)) {
-                return None;
-            }
-            (host.to_owned(), port)
-        }
-    };
-    let port = match port {
-        None => PortPattern::Default,
-        Some("*") if wildcard => PortPattern::Any,
-        Some(port) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
-            PortPattern::Exact(port.parse().ok()?)
-        }
-        Some(_) => return None,
-    };
-    Some((host.to_ascii_lowercase(), port))
-}
-
-/// `scheme://host[:port]` (with `:*` when `wildcard`), nothing after it.
-fn parse_origin(text: &str, wildcard: bool) -> Option<OriginPattern> {
-    let (scheme, rest) = text.trim().split_once("://")?;
-    if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) {
-        return None;
-    }
-    let (host, port) = authority(rest, wildcard)?;
-    Some(OriginPattern { scheme: scheme.to_ascii_lowercase(), host, port })
-}
-
-fn default_port(scheme: &str) -> Option<u16> {
-    match scheme {
-        "http" | "ws" => Some(80),
-        "https" | "wss" => Some(443),
-        _ => None,
-    }
-}
-
-/// The port a request goes to: the one given, else the scheme's default.
-fn effective_port(scheme: &str, port: PortPattern) -> Option<u16> {
-    match port {
-        PortPattern::Exact(port) => Some(port),
-        _ => default_port(scheme),
-    }
-}
-
-impl AllowedOrigins {
-    /// From `http.allowed-origins` entries: `scheme://host`,
-    /// `scheme://host:port`, `scheme://host:*` (any port) or `*` (any origin).
-    pub fn new(entries: &[String]) -> Result<Self, String> {
-        let mut allowed = Self::default();
-        for entry in entries {
-            if entry.trim() == "*" {
-                allowed.any = true;
-                continue;
-            }
-            let pattern = parse_origin(entry, true).ok_or_else(|| {
-                format!(
-                    "`{entry}` is not an origin: write `scheme://host`, `scheme://host:port`, \
-                     `scheme://host:*` (any port) or `*`, without a path"
-                )
-            })?;
-            allowed.patterns.push(pattern);
-        }
-        Ok(allowed)
-    }
-
-    /// The default: pages served from this machine (localhost, 127.0.0.1,
-    /// [::1], any port, http or https).
-    pub fn loopback() -> Self {
-        let entries: Vec<String> = crate::config::LOOPBACK_ORIGINS.iter().map(|&o| o.to_owned()).collect();
-        Self::new(&entries).unwrap_or_default()
-    }
-
-    /// Whether a browser request from `origin` may proceed; `host` is the
-    /// request's `Host` (a page of the shell's own origin always may).
-    pub fn allows(&self, origin: &str, host: Option<&str>) -> bool {
-        if self.any {
-            return true;
-        }
-        let Some(origin) = parse_origin(origin, false) else { return false };
-        let port = effective_port(&origin.scheme, origin.port);
-        let own = host.and_then(|h| authority(h.trim(), false)).is_some_and(|(host, host_port)| {
-            host == origin.host && effective_port(&origin.scheme, host_port) == port
-        });
-        own || self.patterns.iter().any(|p| {
-            p.scheme == origin.scheme
-                && p.host == origin.host
-                && (p.port == PortPattern::Any || effective_port(&p.scheme, p.port) == port)
-        })
-    }
-}
-
-/// The host a request was sent to: `Host`, or the URI's authority (HTTP/2).
-fn request_host<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
-    headers.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| uri.authority().map(|a| a.as_str()))
-}
-
-/// Refuses, with 403, a browser request from an origin that is not allowed,
-/// before anything else sees it (WebSocket upgrades and CORS preflights included).
-async fn check_origin(State(origins): State<Arc<AllowedOrigins>>, request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let text = origin.to_str().unwrap_or("");
-        if !origins.allows(text, request_host(headers, request.uri())) {
-            tracing::info!(
-                origin = text,
-                path = request.uri().path(),
-                "refused a browser request from an origin not in http.allowed-origins"
-            );
-            return refuse(
-                StatusCode::FORBIDDEN,
-                Media::Json,
-                format!("pages of origin `{text}` may not use this shell (see `http.allowed-origins`)"),
-            );
-        }
-    }
-    next.run(request).await
-}
-
-/// CORS for the allowed cross origins: what they may send, for how long a
-/// preflight holds. (Disallowed origins never get here.)
-fn cors(origins: Arc<AllowedOrigins>) -> CorsLayer {
-    CorsLayer::new()
-        .allow_origin(AllowOrigin::predicate(move |origin, parts| {
-            origin.to_str().is_ok_and(|o| origins.allows(o, request_host(&parts.headers, &parts.uri)))
-        }))
-        .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::CONTENT_TYPE, header::ACCEPT, HeaderName::from_static("idempotency-key")])
-        .max_age(Duration::from_secs(600))
-}
-
 struct App {
     graphql: Arc<Graphql>,
-    readiness: Readiness,
     options: HttpOptions,
 }
 
-pub fn router(graphql: Arc<Graphql>, readiness: Readiness, options: HttpOptions) -> Router {
+/// The GraphQL routes. What browsers can reach: checked for the origin
+/// (outermost), then CORS.
+pub fn routes(graphql: Arc<Graphql>, options: HttpOptions) -> Router {
     let origins = Arc::new(options.allowed_origins.clone());
-    let app = Arc::new(App { graphql, readiness, options });
-    // What browsers can reach: checked for the origin (outermost), then CORS.
-    let graphql_routes = Router::new()
+    let app = Arc::new(App { graphql, options });
+    Router::new()
         .route("/", get(get_graphql).post(post_graphql))
         .route("/graphql", get(get_graphql).post(post_graphql))
         .route(WS_PATH, get(websocket))
-        .layer(cors(Arc::clone(&origins)))
-        .layer(middleware::from_fn_with_state(origins, check_origin));
-    Router::new()
-        .merge(graphql_routes)
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .with_state(app)
+        .layer(cors(Arc::clone(&origins)))
+        .layer(middleware::from_fn_with_state(origins, check_origin))
 }
 
 /// Which media type the answer uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Media {
+pub(super) enum Media {
     Json,
     GraphqlResponse,
 }
@@ -303,7 +97,7 @@ fn negotiate(headers: &HeaderMap) -> Option<Media> {
 }
 
 /// A response whose request was refused before execution.
-fn refuse(status: StatusCode, media: Media, message: impl Into<String>) -> Response {
+pub(super) fn refuse(status: StatusCode, media: Media, message: impl Into<String>) -> Response {
     crate::metrics::request(if status == StatusCode::REQUEST_TIMEOUT { "timeout" } else { "bad_request" });
     let body = json!({ "errors": [{ "message": message.into() }] });
     let mut response = (status, body.to_string()).into_response();
@@ -316,7 +110,7 @@ fn refuse(status: StatusCode, media: Media, message: impl Into<String>) -> Respo
 /// without `data`.
 fn answer(media: Media, response: GqlResponse) -> Response {
     let request_error =
-        !response.errors.is_empty() && !response.http_headers.contains_key(super::schema::EXECUTED);
+        !response.errors.is_empty() && !response.http_headers.contains_key(crate::graphql::schema::EXECUTED);
     crate::metrics::request(if response.errors.is_empty() { "ok" } else { "graphql_error" });
     let status = if request_error && media == Media::GraphqlResponse {
         StatusCode::BAD_REQUEST
@@ -339,7 +133,7 @@ fn answer(media: Media, response: GqlResponse) -> Response {
 fn reused_key(response: &GqlResponse) -> bool {
     response.errors.iter().any(|e| {
         e.extensions.as_ref().and_then(|x| x.get("code"))
-            == Some(&async_graphql::Value::from(super::schema::code::IDEMPOTENCY_KEY_REUSED))
+            == Some(&async_graphql::Value::from(crate::graphql::schema::code::IDEMPOTENCY_KEY_REUSED))
     })
 }
 
@@ -482,7 +276,7 @@ async fn execute(app: &App, headers: &HeaderMap, media: Media, mut request: GqlR
         if mutation_fields(&request).is_some_and(|n| n > 1) {
             let message = "an Idempotency-Key names one command: send one mutation per request with it \
                            (or give each mutation its own `commandId`)";
-            let errors = json!([{ "message": message, "extensions": { "code": super::schema::code::IDEMPOTENCY_KEY_MULTIPLE_MUTATIONS } }]);
+            let errors = json!([{ "message": message, "extensions": { "code": crate::graphql::schema::code::IDEMPOTENCY_KEY_MULTIPLE_MUTATIONS } }]);
             return refuse_key(StatusCode::BAD_REQUEST, media, errors);
         }
         request = request.data(IdempotencyKey(key.clone()));
@@ -661,36 +455,6 @@ async fn websocket(
         .on_upgrade(move |stream| GraphQLWebSocket::new(stream, (*schema).clone(), protocol).serve())
 }
 
-/// 200 `ready` (then any notes: parked events, stopped consumers), or 503 with every failing check.
-async fn readyz(State(app): State<Arc<App>>) -> Response {
-    match app.readiness.run().await {
-        Ok(()) => {
-            // Worth an operator's eye, but no reason to stop sending traffic.
-            let notes = app.readiness.notes().await;
-            let body = notes.iter().fold(String::from("ready"), |body, note| body + "; " + note);
-            (StatusCode::OK, body + "\n").into_response()
-        }
-        Err(failed) => {
-            tracing::debug!(?failed, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", failed.join("; "))).into_response()
-        }
-    }
-}
-
-async fn metrics() -> Response {
-    match crate::metrics::render() {
-        Some(text) => {
-            let mut response = text.into_response();
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            response
-        }
-        None => (StatusCode::SERVICE_UNAVAILABLE, "metrics are disabled in this process\n").into_response(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,44 +491,6 @@ mod tests {
         assert!(request_from(&params(json!({ "query": "{ a }", "variables": [] }))).is_err());
         assert!(request_from(&params(json!({ "query": "{ a }", "operationName": 2 }))).is_err());
         assert!(request_from(&params(json!({ "query": "{ a }", "extensions": "x" }))).is_err());
-    }
-
-    #[test]
-    fn origins_are_matched_by_scheme_host_and_port() {
-        let allowed = |entries: &[&str]| {
-            AllowedOrigins::new(&entries.iter().map(|&e| e.to_owned()).collect::<Vec<_>>()).expect("valid")
-        };
-        let loopback = AllowedOrigins::loopback();
-        for origin in
-            ["http://localhost:3000", "http://LOCALHOST", "https://127.0.0.1:8443", "http://[::1]:80"]
-        {
-            assert!(loopback.allows(origin, None), "{origin}");
-        }
-        for origin in ["http://evil.example", "http://localhost.evil.example", "null", "", "http://127.0.0.2"]
-        {
-            assert!(!loopback.allows(origin, None), "{origin}");
-        }
-        // The shell's own origin: the one its `Host` names (default ports included).
-        let none = allowed(&[]);
-        assert!(none.allows("http://shell.example:8080", Some("shell.example:8080")));
-        assert!(none.allows("https://shell.example", Some("shell.example")));
-        assert!(none.allows("http://shell.example", Some("shell.example:80")));
-        assert!(!none.allows("http://shell.example:8081", Some("shell.example:8080")));
-        assert!(!none.allows("http://evil.example", Some("shell.example")));
-        assert!(!none.allows("http://localhost:3000", Some("shell.example")));
-
-        let app = allowed(&["https://app.example.com", "http://dev.example:*"]);
-        assert!(app.allows("https://app.example.com", None));
-        assert!(app.allows("https://app.example.com:443", None));
-        assert!(!app.allows("https://app.example.com:8443", None));
-        assert!(!app.allows("http://app.example.com", None));
-        assert!(app.allows("http://dev.example:1234", None));
-        assert!(allowed(&["*"]).allows("http://anything.example", None));
-
-        for bad in ["app.example.com", "https://app.example.com/", "https://", "https://a:b", "https://[::1"]
-        {
-            assert!(AllowedOrigins::new(&[bad.to_owned()]).is_err(), "{bad}");
-        }
     }
 
     #[test]

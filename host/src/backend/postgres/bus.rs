@@ -1,5 +1,5 @@
 //! The Postgres bus: the `events` table is the log, so the bus reads it and
-//! the [`PgStore`](crate::store::PgStore) appends to it.
+//! the [`PgStore`](crate::backend::postgres::PgStore) appends to it.
 //!
 //! - `submit` appends a command (once per command id: a repeat appends
 //!   nothing); an idempotent one is bound to its fingerprint in
@@ -17,11 +17,11 @@
 //! - LISTEN/NOTIFY wakes consumers and carries notifications to the shells;
 //!   polling is the fallback.
 
-use super::{Answer, Bus, BusError, Delivery, Submitted, Subscription, fingerprint};
-use crate::postgres::{
+use crate::backend::Event;
+use crate::backend::postgres::database::{
     Database, EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, describe, describe_pool, lease_id, try_lease,
 };
-use crate::store::Event;
+use crate::backend::{Answer, Bus, BusError, Delivery, Submitted, Subscription, fingerprint};
 use async_trait::async_trait;
 use low_contract::Message;
 use std::collections::VecDeque;
@@ -77,7 +77,11 @@ fn unavailable(e: &tokio_postgres::Error) -> BusError {
 /// A statement's error: unavailable when the database cannot be reached,
 /// else refused.
 fn refused(e: tokio_postgres::Error) -> BusError {
-    if crate::postgres::is_unavailable(&e) { unavailable(&e) } else { BusError::Invalid(describe(&e)) }
+    if crate::backend::postgres::database::is_unavailable(&e) {
+        unavailable(&e)
+    } else {
+        BusError::Invalid(describe(&e))
+    }
 }
 
 fn no_connection(e: deadpool_postgres::PoolError) -> BusError {
@@ -266,7 +270,11 @@ pub struct Horizon(String);
 
 /// A failed read of the log: unavailable, or refused (not worth retrying).
 fn read_error(e: &tokio_postgres::Error) -> BusError {
-    if crate::postgres::is_unavailable(e) { unavailable(e) } else { BusError::Invalid(describe(e)) }
+    if crate::backend::postgres::database::is_unavailable(e) {
+        unavailable(e)
+    } else {
+        BusError::Invalid(describe(e))
+    }
 }
 
 /// The listener: one dedicated connection with LISTEN on both channels.

@@ -1,0 +1,22 @@
+//! The in-process backend: a bus of channels and a store of maps. Nothing
+//! is durable; deploys reach this shell only.
+
+mod bus;
+mod store;
+
+pub use bus::MemoryBus;
+pub use store::MemoryStore;
+
+use super::Backend;
+use crate::deploy::LocalDeployments;
+use std::sync::Arc;
+
+/// A fresh, empty memory backend.
+pub fn open() -> Backend {
+    let bus = MemoryBus::new();
+    Backend {
+        bus: Arc::new(bus.clone()),
+        store: Arc::new(MemoryStore::new(bus)),
+        deployments: Arc::new(LocalDeployments),
+    }
+}

@@ -1,0 +1,35 @@
+//! The Postgres backend: the event log is the bus, documents and
+//! checkpoints the store, and deploys are recorded for every shell on the
+//! database.
+//!
+//! - [`database`]: the pool, dedicated connections, leases and migrations;
+//! - [`bus`] / [`store`]: the [`Bus`](super::Bus) and
+//!   [`Store`](super::Store) over them;
+//! - [`deployments`]: deploys reaching every shell;
+//! - [`replay`]: `host replay`, rebuilding read models from the log.
+
+pub mod bus;
+pub mod database;
+pub mod deployments;
+pub mod replay;
+pub mod store;
+
+pub use bus::PgBus;
+pub use database::Database;
+pub use deployments::PgDeployments;
+pub use store::PgStore;
+
+use super::Backend;
+use std::sync::Arc;
+
+/// Connects to `url`, migrates the schema, and starts the bus (its
+/// listener and lag reporter) and the deployments' listener.
+pub async fn open(url: &str) -> anyhow::Result<Backend> {
+    let db = Arc::new(Database::connect(url).await?);
+    let bus = PgBus::start(Arc::clone(&db));
+    Ok(Backend {
+        bus: Arc::new(bus.clone()),
+        store: Arc::new(PgStore::with_bus(Arc::clone(&db), bus)),
+        deployments: Arc::new(PgDeployments::start(db)),
+    })
+}
