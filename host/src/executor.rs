@@ -17,7 +17,7 @@ use crate::backend::{Bus, BusError, Delivery, Subscription};
 use crate::backend::{Checkpoint, Commit, Event, Parked, Store, StoreError};
 use crate::config::{FailurePolicy, MAX_BACKOFF, OnFailure};
 use crate::registry::{Functions, Registry};
-use crate::runtime::{Function, GuestError, StepLimits};
+use crate::runtime::{Function, GuestError, HostEnv, StepLimits};
 use low_contract::{
     COMMANDS_TOPIC, Data, FAILED, Found, FunctionKind, Lookup, Message, Outcome, Query, REJECTED, WritePlan,
     json,
@@ -126,6 +126,9 @@ struct Consumers {
 pub struct Executor {
     registry: Arc<Registry>,
     store: Arc<dyn Store>,
+    /// Ids and time for what the executor itself says (failure notices,
+    /// parked records): the guests' source.
+    env: Arc<dyn HostEnv>,
     /// Attempts per step when commits conflict.
     attempts: u32,
     /// Failure policies by function; the default for the others.
@@ -179,10 +182,11 @@ async fn pause(
 }
 
 impl Executor {
-    pub fn new(registry: Arc<Registry>, store: Arc<dyn Store>, attempts: u32) -> Self {
+    pub fn new(registry: Arc<Registry>, store: Arc<dyn Store>, env: Arc<dyn HostEnv>, attempts: u32) -> Self {
         Self {
             registry,
             store,
+            env,
             attempts: attempts.max(1),
             policies: BTreeMap::new(),
             stopped: Mutex::default(),
@@ -384,8 +388,12 @@ impl Executor {
                 }
                 Err(e) => e,
             };
-            let failed =
-                notification(message, FAILED, json!({ "reason": error.to_string(), "function": function }));
+            let failed = notification(
+                &*self.env,
+                message,
+                FAILED,
+                json!({ "reason": error.to_string(), "function": function }),
+            );
             if delivery.event.topic == COMMANDS_TOPIC {
                 tracing::warn!(%function, kind = %message.kind, id = %message.id, "step failed: {error}");
                 let commit = Commit { notify: failed.into_iter().collect(), ..advance() };
@@ -405,7 +413,7 @@ impl Executor {
                         "step failed, event parked (retry it with `host retry {function} {}`): {error}",
                         delivery.position
                     );
-                    let at = now_ms();
+                    let at = self.env.now_ms();
                     let record = Parked {
                         consumer: function.to_owned(),
                         position: delivery.position,
@@ -469,7 +477,7 @@ impl Executor {
 
     /// Marks `function` stopped at `delivery`; whether it just stopped.
     fn stop_at(&self, function: &str, delivery: &Delivery, error: &StepError, attempts: u32) -> bool {
-        let at = now_ms();
+        let at = self.env.now_ms();
         let mut stopped = lock(&self.stopped);
         let first = stopped.get(function).is_none_or(|s| s.position != delivery.position);
         let since_ms = if first { at } else { stopped.get(function).map_or(at, |s| s.since_ms) };
@@ -678,68 +686,98 @@ pub async fn run_cycle(
     // The clock starts once the step has its instance: waiting for a free
     // slot is the shell's load, not the step's doing.
     let budget = Budget::start(function);
-    let limits = budget.limits;
     let lookups = budget.within("`lookup`", async { Ok(call.lookup(input).await?) }).await?;
     let data = budget.within("its lookup plan", run_lookups(functions, function, store, &lookups)).await?;
     let outcome = budget.within("`operate`", async { Ok(call.operate(input, &data).await?) }).await?;
-    let mut commit = Commit::default();
-    let mut plans = vec![];
-    match &outcome {
-        Outcome::Ignore => {}
-        Outcome::Reject(reason) => {
-            commit.notify.extend(notification(input, REJECTED, json!({ "reason": reason })));
-        }
-        Outcome::Emit(messages) => {
-            if messages.len() > limits.events {
-                return Err(invalid(
-                    function,
-                    format!(
-                        "`operate` emits {} messages, more than limits.events ({})",
-                        messages.len(),
-                        limits.events
-                    ),
-                ));
-            }
-            let mut notifications = 0usize;
-            for message in messages {
-                let message = stamp(message.clone(), input);
-                let plan = budget.within("`write`", async { Ok(call.write(&message).await?) }).await?;
-                if commit.ops.len().saturating_add(plan.ops.len()) > limits.ops {
-                    return Err(invalid(
-                        function,
-                        format!("its write plans hold more than limits.ops ({}) write ops", limits.ops),
-                    ));
-                }
-                notifications = notifications.saturating_add(plan.notify.len());
-                if notifications > limits.notifications {
-                    return Err(invalid(
-                        function,
-                        format!(
-                            "its write plans hold more than limits.notifications ({}) notifications",
-                            limits.notifications
-                        ),
-                    ));
-                }
-                for op in &plan.ops {
-                    check_write(functions, function, op.collection(), op.key())?;
-                }
-                commit.ops.extend(plan.ops.iter().cloned());
-                commit.notify.extend(plan.notify.iter().cloned().filter_map(|n| correlate(n, input)));
-                plans.push(plan);
-                if let Some(topic) = &function.meta.output {
-                    commit.events.push(Event {
-                        topic: topic.clone(),
-                        message,
-                        function: Some(function.name().to_owned()),
-                        version: Some(function.version.0.clone()),
-                        at_ms: now_ms(),
-                    });
-                }
-            }
-        }
+    let emitted = emitted(function, &outcome, input)?;
+    let mut plans = Vec::with_capacity(emitted.len());
+    let mut tally = Tally::default();
+    for message in &emitted {
+        let plan = budget.within("`write`", async { Ok(call.write(message).await?) }).await?;
+        tally.add(functions, function, &plan)?;
+        plans.push(plan);
     }
     budget.within("the end of the step", async { Ok(()) }).await?;
+    let commit = assemble(function, input, &outcome, emitted, &plans);
     Ok(Cycle { lookups, data, outcome, plans, commit })
+}
+
+/// The messages `operate` emitted, within `limits.events`, each stamped
+/// with the request it serves and the input that caused it.
+fn emitted(function: &Function, outcome: &Outcome, input: &Message) -> Result<Vec<Message>, StepError> {
+    let Outcome::Emit(messages) = outcome else { return Ok(vec![]) };
+    let most = function.limits().step.events;
+    if messages.len() > most {
+        return Err(invalid(
+            function,
+            format!("`operate` emits {} messages, more than limits.events ({most})", messages.len()),
+        ));
+    }
+    Ok(messages.iter().map(|m| stamp(function.env(), m.clone(), input)).collect())
+}
+
+/// The write plans of a step so far, checked against the collections
+/// `functions` declare and the step's caps as each one arrives, so that a
+/// runaway step stops at the first plan too many.
+#[derive(Default)]
+struct Tally {
+    ops: usize,
+    notifications: usize,
+}
+
+impl Tally {
+    fn add(&mut self, functions: &Functions, function: &Function, plan: &WritePlan) -> Result<(), StepError> {
+        let limits = function.limits().step;
+        self.ops = self.ops.saturating_add(plan.ops.len());
+        if self.ops > limits.ops {
+            return Err(invalid(
+                function,
+                format!("its write plans hold more than limits.ops ({}) write ops", limits.ops),
+            ));
+        }
+        self.notifications = self.notifications.saturating_add(plan.notify.len());
+        if self.notifications > limits.notifications {
+            return Err(invalid(
+                function,
+                format!(
+                    "its write plans hold more than limits.notifications ({}) notifications",
+                    limits.notifications
+                ),
+            ));
+        }
+        plan.ops.iter().try_for_each(|op| check_write(functions, function, op.collection(), op.key()))
+    }
+}
+
+/// What one step commits: a rejection's notice; or each emitted message's
+/// write ops and notifications (correlated), and the message itself as an
+/// event on the function's output topic.
+fn assemble(
+    function: &Function,
+    input: &Message,
+    outcome: &Outcome,
+    emitted: Vec<Message>,
+    plans: &[WritePlan],
+) -> Commit {
+    let env = function.env();
+    let mut commit = Commit::default();
+    if let Outcome::Reject(reason) = outcome {
+        commit.notify.extend(notification(env, input, REJECTED, json!({ "reason": reason })));
+    }
+    for (message, plan) in emitted.into_iter().zip(plans) {
+        commit.ops.extend(plan.ops.iter().cloned());
+        commit.notify.extend(plan.notify.iter().cloned().filter_map(|n| correlate(env, n, input)));
+        if let Some(topic) = &function.meta.output {
+            commit.events.push(Event {
+                topic: topic.clone(),
+                message,
+                function: Some(function.name().to_owned()),
+                version: Some(function.version.0.clone()),
+                at_ms: env.now_ms(),
+            });
+        }
+    }
+    commit
 }
 
 /// A step's deadline, and the caps it runs under.
@@ -863,9 +901,9 @@ fn wants(function: &Function, delivery: &Delivery) -> bool {
 }
 
 /// An emitted message carries the request it serves and the message that caused it.
-fn stamp(mut message: Message, input: &Message) -> Message {
+fn stamp(env: &dyn HostEnv, mut message: Message, input: &Message) -> Message {
     if message.id.is_empty() {
-        message.id = uuid::Uuid::new_v4().to_string();
+        message.id = env.new_id();
     }
     message.correlation_id = input.correlation_id.clone();
     message.causation_id = Some(input.id.clone());
@@ -873,15 +911,21 @@ fn stamp(mut message: Message, input: &Message) -> Message {
 }
 
 /// A notification for whoever waits on the input's request, if anyone does.
-fn correlate(mut notification: Message, input: &Message) -> Option<Message> {
+fn correlate(env: &dyn HostEnv, mut notification: Message, input: &Message) -> Option<Message> {
     notification.correlation_id = Some(input.correlation_id.clone()?);
     notification.causation_id = Some(input.id.clone());
     if notification.id.is_empty() {
-        notification.id = uuid::Uuid::new_v4().to_string();
+        notification.id = env.new_id();
     }
     Some(notification)
 }
 
-fn notification(input: &Message, kind: &str, payload: low_contract::Value) -> Option<Message> {
-    correlate(Message::new(uuid::Uuid::new_v4().to_string(), kind, payload), input)
+fn notification(
+    env: &dyn HostEnv,
+    input: &Message,
+    kind: &str,
+    payload: low_contract::Value,
+) -> Option<Message> {
+    input.correlation_id.as_ref()?;
+    correlate(env, Message::new(env.new_id(), kind, payload), input)
 }

@@ -181,7 +181,7 @@ impl Shell {
             }
         }
         let executor = Arc::new(
-            Executor::new(Arc::clone(&registry), Arc::clone(&store), project.attempts)
+            Executor::new(Arc::clone(&registry), Arc::clone(&store), runtime.env(), project.attempts)
                 .with_policies(project.consumers.clone()),
         );
         let consumers = executor.start(Arc::clone(&bus)).await?;

@@ -4,9 +4,11 @@
 
 use super::bindings::{function, resolver};
 use super::convert;
+use super::guest::{Guest, Instantiate};
 use super::state::CallState;
 use super::{Function, GuestError, WasmPre};
 use crate::backend::Store;
+use async_trait::async_trait;
 use low_contract::{Data, FunctionKind, Lookup, Message, Meta, Outcome, Resolution, WritePlan};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,8 +95,22 @@ impl WasmCall {
     fn wrong_kind(&self, phase: &'static str) -> GuestError {
         GuestError::WrongKind { function: self.function.clone(), phase, kind: self.kind }
     }
+}
 
-    pub async fn meta(&mut self) -> Result<Meta, GuestError> {
+#[async_trait]
+impl Instantiate for WasmPre {
+    async fn start(
+        &self,
+        function: &Function,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Box<dyn Guest>, GuestError> {
+        Ok(Box::new(WasmCall::start(function, self, store).await?))
+    }
+}
+
+#[async_trait]
+impl Guest for WasmCall {
+    async fn meta(&mut self) -> Result<Meta, GuestError> {
         self.arm();
         let _timer = crate::metrics::GuestTimer::start(&self.function, "meta");
         let meta = match &self.instance {
@@ -104,7 +120,7 @@ impl WasmCall {
         meta.map(convert::meta_from_wit).map_err(|e| self.fail("meta", &e))
     }
 
-    pub async fn lookup(&mut self, input: &Message) -> Result<Vec<Lookup>, GuestError> {
+    async fn lookup(&mut self, input: &Message) -> Result<Vec<Lookup>, GuestError> {
         self.arm();
         let _timer = crate::metrics::GuestTimer::start(&self.function, "lookup");
         let Instance::Function(instance) = &self.instance else { return Err(self.wrong_kind("lookup")) };
@@ -118,7 +134,7 @@ impl WasmCall {
             .map_err(|m| self.invalid("lookup", m))
     }
 
-    pub async fn operate(&mut self, input: &Message, data: &Data) -> Result<Outcome, GuestError> {
+    async fn operate(&mut self, input: &Message, data: &Data) -> Result<Outcome, GuestError> {
         self.arm();
         let _timer = crate::metrics::GuestTimer::start(&self.function, "operate");
         let Instance::Function(instance) = &self.instance else { return Err(self.wrong_kind("operate")) };
@@ -129,7 +145,7 @@ impl WasmCall {
         convert::outcome_from_wit(outcome).map_err(|m| self.invalid("operate", m))
     }
 
-    pub async fn write(&mut self, output: &Message) -> Result<WritePlan, GuestError> {
+    async fn write(&mut self, output: &Message) -> Result<WritePlan, GuestError> {
         self.arm();
         let _timer = crate::metrics::GuestTimer::start(&self.function, "write");
         let Instance::Function(instance) = &self.instance else { return Err(self.wrong_kind("write")) };
@@ -140,7 +156,7 @@ impl WasmCall {
         convert::plan_from_wit(plan).map_err(|m| self.invalid("write", m))
     }
 
-    pub async fn resolve(&mut self, command: &Message, seen: &[Message]) -> Result<Resolution, GuestError> {
+    async fn resolve(&mut self, command: &Message, seen: &[Message]) -> Result<Resolution, GuestError> {
         self.arm();
         let _timer = crate::metrics::GuestTimer::start(&self.function, "resolve");
         let Instance::Resolver(instance) = &self.instance else { return Err(self.wrong_kind("resolve")) };

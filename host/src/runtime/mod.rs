@@ -1,6 +1,6 @@
 //! The WebAssembly runtime: one wasmtime [`Engine`] for the process, a
 //! [`Function`] per loaded component (its `InstancePre` built once), and a
-//! fresh, limited [`Call`] (a wasmtime `Store` plus instance) per execution.
+//! fresh, limited [`Guest`] (a wasmtime `Store` plus instance) per execution.
 //!
 //! Guests get no files, network, environment or clock: WASI is linked with an
 //! empty context whose clocks stand still; ids, time and logging come from
@@ -10,16 +10,19 @@ mod bindings;
 mod cache;
 mod call;
 mod convert;
+mod guest;
 pub mod native;
 mod state;
 
 pub use call::WasmCall;
+pub use guest::Guest;
 pub use native::{NativeCall, NativeGuest};
 pub(crate) use state::too_many_found;
 
 use crate::backend::Store;
 use bindings::{function::FunctionPre, resolver::ResolverPre};
-use low_contract::{Data, FunctionKind, Level, Lookup, Message, Meta, Outcome, Resolution, WritePlan};
+use guest::Instantiate;
+use low_contract::{FunctionKind, Level, Meta};
 use sha2::{Digest, Sha256};
 use state::CallState;
 use std::path::PathBuf;
@@ -232,6 +235,11 @@ impl Runtime {
         &self.limits
     }
 
+    /// The guests' `env`: ids, time and logging.
+    pub fn env(&self) -> Arc<dyn HostEnv> {
+        Arc::clone(&self.env)
+    }
+
     /// Compiles (on a blocking thread), links and checks a component, and
     /// reads its `meta`.
     pub async fn load(self: &Arc<Self>, bytes: &[u8]) -> Result<Arc<Function>, LoadError> {
@@ -247,7 +255,7 @@ impl Runtime {
         .map_err(|e| LoadError::NotAComponent(format!("compilation stopped: {e}")))??;
         let exports_resolve =
             component.component_type().exports(&self.engine).any(|(name, _)| name == "resolve");
-        let pre = if exports_resolve {
+        let pre: Box<dyn Instantiate> = Box::new(if exports_resolve {
             let pre = self
                 .resolver_linker
                 .instantiate_pre(&component)
@@ -259,18 +267,18 @@ impl Runtime {
                 .instantiate_pre(&component)
                 .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
             WasmPre::Function(FunctionPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?)
-        };
+        });
         let mut function = Function {
             meta: Meta::resolver("", Vec::<String>::new()),
             version,
             loaded_at: SystemTime::now(),
-            pre: Pre::Wasm(pre),
+            pre,
             runtime: Arc::clone(self),
         };
         let mut call = function.start(None).await.map_err(meta_failure)?;
         let meta = call.meta().await.map_err(meta_failure)?;
         drop(call);
-        check_meta(&meta, matches!(function.pre, Pre::Wasm(WasmPre::Resolver(_))))?;
+        check_meta(&meta, exports_resolve)?;
         function.meta = meta;
         Ok(Arc::new(function))
     }
@@ -351,7 +359,7 @@ impl Runtime {
             version: Version(format!("native-{}", meta.name)),
             meta,
             loaded_at: SystemTime::now(),
-            pre: Pre::Native(guest),
+            pre: Box::new(native::NativePre(guest)),
             runtime: Arc::clone(self),
         }))
     }
@@ -405,14 +413,10 @@ impl std::fmt::Display for Version {
     }
 }
 
+/// A component ready to instantiate, by the world it exports.
 enum WasmPre {
     Function(FunctionPre<CallState>),
     Resolver(ResolverPre<CallState>),
-}
-
-enum Pre {
-    Wasm(WasmPre),
-    Native(Arc<dyn NativeGuest>),
 }
 
 /// A loaded, validated component: ready to be instantiated cheaply.
@@ -420,7 +424,8 @@ pub struct Function {
     pub meta: Meta,
     pub version: Version,
     pub loaded_at: SystemTime,
-    pre: Pre,
+    /// A component's `InstancePre`, or native code.
+    pre: Box<dyn Instantiate>,
     runtime: Arc<Runtime>,
 }
 
@@ -440,61 +445,15 @@ impl Function {
         &self.runtime.limits
     }
 
+    /// Where the function's ids and time come from (its guests' `env`):
+    /// the shell stamps what the function emits from the same source.
+    pub fn env(&self) -> &dyn HostEnv {
+        &*self.runtime.env
+    }
+
     /// A fresh instance for one execution. `store` is readable by the guest
     /// during `lookup` only. Waits while every instance slot is taken.
-    pub async fn start(&self, store: Option<Arc<dyn Store>>) -> Result<Call, GuestError> {
-        match &self.pre {
-            Pre::Wasm(pre) => Ok(Call::Wasm(WasmCall::start(self, pre, store).await?)),
-            Pre::Native(guest) => Ok(Call::Native(NativeCall::new(
-                Arc::clone(guest),
-                self.meta.name.clone(),
-                self.meta.kind,
-                Arc::clone(&self.runtime.env),
-            ))),
-        }
-    }
-}
-
-/// One execution of a function: a fresh component instance, or a native
-/// function (the benchmarks' baseline) called directly.
-pub enum Call {
-    Wasm(WasmCall),
-    Native(NativeCall),
-}
-
-impl Call {
-    pub async fn meta(&mut self) -> Result<Meta, GuestError> {
-        match self {
-            Call::Wasm(c) => c.meta().await,
-            Call::Native(c) => Ok(c.meta()),
-        }
-    }
-
-    pub async fn lookup(&mut self, input: &Message) -> Result<Vec<Lookup>, GuestError> {
-        match self {
-            Call::Wasm(c) => c.lookup(input).await,
-            Call::Native(c) => c.lookup(input),
-        }
-    }
-
-    pub async fn operate(&mut self, input: &Message, data: &Data) -> Result<Outcome, GuestError> {
-        match self {
-            Call::Wasm(c) => c.operate(input, data).await,
-            Call::Native(c) => c.operate(input, data),
-        }
-    }
-
-    pub async fn write(&mut self, output: &Message) -> Result<WritePlan, GuestError> {
-        match self {
-            Call::Wasm(c) => c.write(output).await,
-            Call::Native(c) => c.write(output),
-        }
-    }
-
-    pub async fn resolve(&mut self, command: &Message, seen: &[Message]) -> Result<Resolution, GuestError> {
-        match self {
-            Call::Wasm(c) => c.resolve(command, seen).await,
-            Call::Native(c) => c.resolve(command, seen),
-        }
+    pub async fn start(&self, store: Option<Arc<dyn Store>>) -> Result<Box<dyn Guest>, GuestError> {
+        self.pre.start(self, store).await
     }
 }

@@ -3,7 +3,10 @@
 //! benchmarks can compare WebAssembly against native through the very same
 //! executor, store and bus; production functions are components.
 
-use super::{GuestError, HostEnv};
+use super::guest::{Guest, Instantiate};
+use super::{Function, GuestError, HostEnv};
+use crate::backend::Store;
+use async_trait::async_trait;
 use low_contract::{
     Data, Document, Env, Function as LowFunction, FunctionKind, Level, Lookup, Message, Meta, Outcome,
     Resolution, Resolver as LowResolver, StoreRead, Value, WritePlan,
@@ -142,21 +145,43 @@ impl NativeCall {
             }
         }
     }
+}
 
-    pub fn meta(&self) -> Meta {
-        self.guest.meta()
+#[async_trait]
+impl Guest for NativeCall {
+    async fn meta(&mut self) -> Result<Meta, GuestError> {
+        self.run("meta", |g, _| Some(g.meta()))
     }
-    pub fn lookup(&self, input: &Message) -> Result<Vec<Lookup>, GuestError> {
+    async fn lookup(&mut self, input: &Message) -> Result<Vec<Lookup>, GuestError> {
         self.run("lookup", |g, env| g.lookup(input, env))
     }
-    pub fn operate(&self, input: &Message, data: &Data) -> Result<Outcome, GuestError> {
+    async fn operate(&mut self, input: &Message, data: &Data) -> Result<Outcome, GuestError> {
         self.run("operate", |g, env| g.operate(input, data, env))
     }
-    pub fn write(&self, output: &Message) -> Result<WritePlan, GuestError> {
+    async fn write(&mut self, output: &Message) -> Result<WritePlan, GuestError> {
         self.run("write", |g, env| g.write(output, env))
     }
-    pub fn resolve(&self, command: &Message, seen: &[Message]) -> Result<Resolution, GuestError> {
+    async fn resolve(&mut self, command: &Message, seen: &[Message]) -> Result<Resolution, GuestError> {
         self.run("resolve", |g, env| g.resolve(command, seen, env))
+    }
+}
+
+/// A native function, loaded: each execution calls it directly.
+pub(super) struct NativePre(pub(super) Arc<dyn NativeGuest>);
+
+#[async_trait]
+impl Instantiate for NativePre {
+    async fn start(
+        &self,
+        function: &Function,
+        _store: Option<Arc<dyn Store>>,
+    ) -> Result<Box<dyn Guest>, GuestError> {
+        Ok(Box::new(NativeCall::new(
+            Arc::clone(&self.0),
+            function.meta.name.clone(),
+            function.meta.kind,
+            Arc::clone(&function.runtime.env),
+        )))
     }
 }
 

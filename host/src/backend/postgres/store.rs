@@ -116,6 +116,195 @@ enum Expect {
     Any,
 }
 
+/// What a commit asks of a step already applied.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Every statement did what it must: commit.
+    Apply,
+    /// The step (or the parked event's retry) was applied already, by
+    /// another shell or by an attempt whose answer was lost: applying it
+    /// again would process the event twice, so the transaction is dropped.
+    Duplicate,
+}
+
+/// A commit's values converted for Postgres, checked before any statement
+/// runs; the statements' parameters borrow from here.
+struct Bound<'c> {
+    commit: &'c Commit,
+    position: Option<i64>,
+    /// Per write op, its expected version (0 for ops without one).
+    expected: Vec<i64>,
+    unpark: Option<(&'c str, i64)>,
+    park: Option<(&'c Parked, i64, Value, i32)>,
+    topics: BTreeSet<&'c str>,
+    notifications: Vec<(&'c String, Value)>,
+}
+
+impl<'c> Bound<'c> {
+    fn new(commit: &'c Commit) -> Result<Self, StoreError> {
+        let position = commit.checkpoint.as_ref().map(|c| i64_of(c.position, "log position")).transpose()?;
+        let expected = commit
+            .ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::UpdateIfVersion { expected_version, .. }
+                | WriteOp::DeleteIfVersion { expected_version, .. } => {
+                    i64_of(*expected_version, "expected version")
+                }
+                _ => Ok(0),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let unpark = commit
+            .unpark
+            .as_ref()
+            .map(|u| i64_of(u.position, "log position").map(|p| (u.consumer.as_str(), p)))
+            .transpose()?;
+        let park = commit
+            .park
+            .as_ref()
+            .map(|p| {
+                let event = serde_json::to_value(&p.event)
+                    .map_err(|e| StoreError::Invalid(format!("parked event is not JSON: {e}")))?;
+                let attempts = i32::try_from(p.attempts).unwrap_or(i32::MAX);
+                Ok::<_, StoreError>((p, i64_of(p.position, "log position")?, event, attempts))
+            })
+            .transpose()?;
+        let topics = commit.events.iter().map(|e| e.topic.as_str()).collect();
+        let notifications = commit
+            .notify
+            .iter()
+            .filter_map(|n| Some((n.correlation_id.as_ref()?, n)))
+            .map(|(correlation, n)| {
+                serde_json::to_value(n)
+                    .map(|message| (correlation, message))
+                    .map_err(|e| StoreError::Invalid(format!("notification is not JSON: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self { commit, position, expected, unpark, park, topics, notifications })
+    }
+
+    /// The statements, in order, each with what its row count must be: the
+    /// checkpoint advance first, then the parked record, the write ops, the
+    /// events and their wake-ups, the notifications.
+    async fn statements(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+    ) -> Result<Vec<(Statement, Params<'_>, Expect)>, StoreError> {
+        let commit = self.commit;
+        let mut statements: Vec<(Statement, Params, Expect)> = vec![];
+        if let (Some(checkpoint), Some(position)) = (&commit.checkpoint, &self.position) {
+            let sql = tx.prepare_cached(sql::ADVANCE).await.map_err(store_error)?;
+            statements.push((sql, vec![&checkpoint.consumer, position], Expect::Advanced));
+        }
+        if let Some((consumer, position)) = &self.unpark {
+            let sql = tx.prepare_cached(sql::UNPARK).await.map_err(store_error)?;
+            statements.push((sql, vec![consumer, position], Expect::Unparked));
+        }
+        if let Some((record, position, event, attempts)) = &self.park {
+            let sql = tx.prepare_cached(sql::PARK).await.map_err(store_error)?;
+            let params: Params = vec![&record.consumer, position, event, &record.error, attempts];
+            statements.push((sql, params, Expect::Any));
+        }
+        for (op, expected) in commit.ops.iter().zip(&self.expected) {
+            let (text, params, expect) = write_op(op, expected);
+            let sql = tx.prepare_cached(text).await.map_err(store_error)?;
+            statements.push((sql, params, expect));
+        }
+        for event in &commit.events {
+            let m = &event.message;
+            let sql = tx.prepare_cached(sql::APPEND).await.map_err(store_error)?;
+            let params: Params = vec![
+                &m.id,
+                &event.topic,
+                &m.kind,
+                &m.payload,
+                &m.correlation_id,
+                &m.causation_id,
+                &event.function,
+                &event.version,
+            ];
+            statements.push((sql, params, Expect::Any));
+        }
+        for topic in &self.topics {
+            let sql = tx.prepare_cached(sql::WAKE).await.map_err(store_error)?;
+            statements.push((sql, vec![&EVENTS_CHANNEL, topic], Expect::Any));
+        }
+        for (correlation, message) in &self.notifications {
+            let sql = tx.prepare_cached(sql::NOTIFY).await.map_err(store_error)?;
+            statements.push((sql, vec![correlation, message, &NOTIFICATIONS_CHANNEL], Expect::Any));
+        }
+        Ok(statements)
+    }
+}
+
+/// One write op's statement, parameters and required row count. Integrity
+/// is the statement's condition, never a read before it.
+fn write_op<'a>(op: &'a WriteOp, expected: &'a i64) -> (&'static str, Params<'a>, Expect) {
+    match op {
+        WriteOp::Insert { collection, key, body } => (
+            sql::INSERT,
+            vec![collection, key, body],
+            Expect::Row(format!("`{collection}/{key}` already exists")),
+        ),
+        WriteOp::Put { collection, key, body } => (sql::PUT, vec![collection, key, body], Expect::Any),
+        WriteOp::UpdateIfVersion { collection, key, body, expected_version: 0 } => (
+            sql::INSERT,
+            vec![collection, key, body],
+            Expect::Row(format!("`{collection}/{key}` is not at version 0")),
+        ),
+        WriteOp::UpdateIfVersion { collection, key, body, expected_version } => (
+            sql::UPDATE_IF_VERSION,
+            vec![collection, key, body, expected],
+            Expect::Row(format!("`{collection}/{key}` is not at version {expected_version}")),
+        ),
+        WriteOp::Delete { collection, key } => (sql::DELETE, vec![collection, key], Expect::Any),
+        WriteOp::DeleteIfVersion { collection, key, expected_version } => (
+            sql::DELETE_IF_VERSION,
+            vec![collection, key, expected],
+            Expect::Row(format!("`{collection}/{key}` is not at version {expected_version}")),
+        ),
+    }
+}
+
+/// Reads the statements' row counts against what each must be: the first
+/// failure (a conflict, or the database's error), or whether to apply.
+fn settle<'e>(
+    commit: &Commit,
+    results: impl IntoIterator<Item = (Result<u64, tokio_postgres::Error>, &'e Expect)>,
+) -> Result<Verdict, StoreError> {
+    let mut failure = None;
+    for (result, expect) in results {
+        match (result, expect) {
+            (Ok(0), Expect::Advanced) => {
+                let checkpoint = commit.checkpoint.as_ref();
+                tracing::info!(
+                    consumer = checkpoint.map_or("", |c| c.consumer.as_str()),
+                    position = checkpoint.map_or(0, |c| c.position),
+                    "already processed; discarding the duplicate step"
+                );
+                return Ok(Verdict::Duplicate);
+            }
+            (Ok(0), Expect::Unparked) => {
+                let unpark = commit.unpark.as_ref();
+                tracing::info!(
+                    consumer = unpark.map_or("", |u| u.consumer.as_str()),
+                    position = unpark.map_or(0, |u| u.position),
+                    "the parked event was applied already; discarding the duplicate retry"
+                );
+                return Ok(Verdict::Duplicate);
+            }
+            (Ok(0), Expect::Row(conflict)) => {
+                failure.get_or_insert_with(|| StoreError::Conflict(conflict.clone()));
+            }
+            (Ok(_), _) => {}
+            (Err(e), _) => {
+                failure.get_or_insert_with(|| store_error(e));
+            }
+        }
+    }
+    failure.map_or(Ok(Verdict::Apply), Err)
+}
+
 /// Maps a database error to what the executor can act on.
 pub fn store_error(e: tokio_postgres::Error) -> StoreError {
     match e.code() {
@@ -270,116 +459,9 @@ impl Store for PgStore {
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let mut client = self.client().await?;
-        // Parameters that are not in the commit as such.
-        let position = commit.checkpoint.as_ref().map(|c| i64_of(c.position, "log position")).transpose()?;
-        let expected = commit
-            .ops
-            .iter()
-            .map(|op| match op {
-                WriteOp::UpdateIfVersion { expected_version, .. }
-                | WriteOp::DeleteIfVersion { expected_version, .. } => {
-                    i64_of(*expected_version, "expected version")
-                }
-                _ => Ok(0),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let unpark = commit
-            .unpark
-            .as_ref()
-            .map(|u| i64_of(u.position, "log position").map(|p| (u.consumer.as_str(), p)))
-            .transpose()?;
-        let park = commit
-            .park
-            .as_ref()
-            .map(|p| {
-                let event = serde_json::to_value(&p.event)
-                    .map_err(|e| StoreError::Invalid(format!("parked event is not JSON: {e}")))?;
-                let attempts = i32::try_from(p.attempts).unwrap_or(i32::MAX);
-                Ok::<_, StoreError>((p, i64_of(p.position, "log position")?, event, attempts))
-            })
-            .transpose()?;
-        let topics: BTreeSet<&str> = commit.events.iter().map(|e| e.topic.as_str()).collect();
-        let notifications = commit
-            .notify
-            .iter()
-            .filter_map(|n| Some((n.correlation_id.as_ref()?, n)))
-            .map(|(correlation, n)| {
-                serde_json::to_value(n)
-                    .map(|message| (correlation, message))
-                    .map_err(|e| StoreError::Invalid(format!("notification is not JSON: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-
+        let bound = Bound::new(&commit)?;
         let tx = client.transaction().await.map_err(store_error)?;
-        // The statements, in order, each with what its row count must be.
-        let mut statements: Vec<(Statement, Params, Expect)> = vec![];
-        if let (Some(checkpoint), Some(position)) = (&commit.checkpoint, &position) {
-            let sql = tx.prepare_cached(sql::ADVANCE).await.map_err(store_error)?;
-            statements.push((sql, vec![&checkpoint.consumer, position], Expect::Advanced));
-        }
-        if let Some((consumer, position)) = &unpark {
-            let sql = tx.prepare_cached(sql::UNPARK).await.map_err(store_error)?;
-            statements.push((sql, vec![consumer, position], Expect::Unparked));
-        }
-        if let Some((record, position, event, attempts)) = &park {
-            let sql = tx.prepare_cached(sql::PARK).await.map_err(store_error)?;
-            let params: Params = vec![&record.consumer, position, event, &record.error, attempts];
-            statements.push((sql, params, Expect::Any));
-        }
-        for (op, expected) in commit.ops.iter().zip(&expected) {
-            let (text, params, expect): (_, Params, _) = match op {
-                WriteOp::Insert { collection, key, body } => (
-                    sql::INSERT,
-                    vec![collection, key, body],
-                    Expect::Row(format!("`{collection}/{key}` already exists")),
-                ),
-                WriteOp::Put { collection, key, body } => {
-                    (sql::PUT, vec![collection, key, body], Expect::Any)
-                }
-                WriteOp::UpdateIfVersion { collection, key, body, expected_version: 0 } => (
-                    sql::INSERT,
-                    vec![collection, key, body],
-                    Expect::Row(format!("`{collection}/{key}` is not at version 0")),
-                ),
-                WriteOp::UpdateIfVersion { collection, key, body, expected_version } => (
-                    sql::UPDATE_IF_VERSION,
-                    vec![collection, key, body, expected],
-                    Expect::Row(format!("`{collection}/{key}` is not at version {expected_version}")),
-                ),
-                WriteOp::Delete { collection, key } => (sql::DELETE, vec![collection, key], Expect::Any),
-                WriteOp::DeleteIfVersion { collection, key, expected_version } => (
-                    sql::DELETE_IF_VERSION,
-                    vec![collection, key, expected],
-                    Expect::Row(format!("`{collection}/{key}` is not at version {expected_version}")),
-                ),
-            };
-            let sql = tx.prepare_cached(text).await.map_err(store_error)?;
-            statements.push((sql, params, expect));
-        }
-        for event in &commit.events {
-            let m = &event.message;
-            let sql = tx.prepare_cached(sql::APPEND).await.map_err(store_error)?;
-            let params: Params = vec![
-                &m.id,
-                &event.topic,
-                &m.kind,
-                &m.payload,
-                &m.correlation_id,
-                &m.causation_id,
-                &event.function,
-                &event.version,
-            ];
-            statements.push((sql, params, Expect::Any));
-        }
-        for topic in &topics {
-            let sql = tx.prepare_cached(sql::WAKE).await.map_err(store_error)?;
-            statements.push((sql, vec![&EVENTS_CHANNEL, topic], Expect::Any));
-        }
-        for (correlation, message) in &notifications {
-            let sql = tx.prepare_cached(sql::NOTIFY).await.map_err(store_error)?;
-            statements.push((sql, vec![correlation, message, &NOTIFICATIONS_CHANNEL], Expect::Any));
-        }
-
+        let statements = bound.statements(&tx).await?;
         // One flight: tokio-postgres pipelines requests polled together, and
         // the server runs them in order, so the checkpoint row is still
         // taken first. A failed statement fails the ones after it.
@@ -387,42 +469,10 @@ impl Store for PgStore {
             statements.iter().map(|(sql, params, _)| tx.execute(sql, params.as_slice())),
         )
         .await;
-        let mut failure = None;
-        for (result, (_, _, expect)) in results.into_iter().zip(&statements) {
-            match (result, expect) {
-                (Ok(0), Expect::Advanced) => {
-                    // Someone already committed this step (another shell, or
-                    // an earlier attempt whose commit outcome was lost):
-                    // applying it again would process the event twice. Drop
-                    // this one (dropping the transaction rolls it back).
-                    let checkpoint = commit.checkpoint.as_ref();
-                    tracing::info!(
-                        consumer = checkpoint.map_or("", |c| c.consumer.as_str()),
-                        position = checkpoint.map_or(0, |c| c.position),
-                        "already processed; discarding the duplicate step"
-                    );
-                    return Ok(());
-                }
-                (Ok(0), Expect::Unparked) => {
-                    let unpark = commit.unpark.as_ref();
-                    tracing::info!(
-                        consumer = unpark.map_or("", |u| u.consumer.as_str()),
-                        position = unpark.map_or(0, |u| u.position),
-                        "the parked event was applied already; discarding the duplicate retry"
-                    );
-                    return Ok(());
-                }
-                (Ok(0), Expect::Row(conflict)) => {
-                    failure.get_or_insert_with(|| StoreError::Conflict(conflict.clone()));
-                }
-                (Ok(_), _) => {}
-                (Err(e), _) => {
-                    failure.get_or_insert_with(|| store_error(e));
-                }
-            }
-        }
-        if let Some(e) = failure {
-            return Err(e);
+        let expected = statements.iter().map(|(_, _, expect)| expect);
+        if settle(&commit, results.into_iter().zip(expected))? == Verdict::Duplicate {
+            // Dropping the transaction rolls it back.
+            return Ok(());
         }
         tx.commit().await.map_err(store_error)?;
         if let Some(bus) = &self.bus {

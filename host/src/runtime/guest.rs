@@ -1,0 +1,32 @@
+//! One execution of a function, whatever runs it: the executor, the
+//! responses and the stub host call a [`Guest`], and never ask whether it
+//! is a component instance ([`WasmCall`](super::WasmCall)) or native code
+//! ([`NativeCall`](super::NativeCall)).
+
+use super::{Function, GuestError};
+use crate::backend::Store;
+use async_trait::async_trait;
+use low_contract::{Data, Lookup, Message, Meta, Outcome, Resolution, WritePlan};
+use std::sync::Arc;
+
+/// One execution: the contract's exports, called in LOW order on one
+/// fresh instance. A phase the function's kind lacks is a
+/// [`GuestError::WrongKind`].
+#[async_trait]
+pub trait Guest: Send {
+    async fn meta(&mut self) -> Result<Meta, GuestError>;
+    async fn lookup(&mut self, input: &Message) -> Result<Vec<Lookup>, GuestError>;
+    async fn operate(&mut self, input: &Message, data: &Data) -> Result<Outcome, GuestError>;
+    async fn write(&mut self, output: &Message) -> Result<WritePlan, GuestError>;
+    async fn resolve(&mut self, command: &Message, seen: &[Message]) -> Result<Resolution, GuestError>;
+}
+
+/// What a loaded [`Function`] keeps to start executions cheaply.
+#[async_trait]
+pub(super) trait Instantiate: Send + Sync {
+    async fn start(
+        &self,
+        function: &Function,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Box<dyn Guest>, GuestError>;
+}
