@@ -40,13 +40,31 @@
 //! let outcome = Greeter::operate(&command, &Data::default(), &env);
 //! assert_eq!(outcome, Outcome::emit(Message::new("id-1", "Greeted", json!({ "name": "Ada" }))));
 //! ```
+//!
+//! # Changing the contract
+//!
+//! Each type exists in three places, and only three: the WIT
+//! (`wit/functions.wit`), its plain mirror here (`types.rs`), and the one
+//! mapping between them, [`wit_conversions!`], which both the guest SDK and
+//! the shell's runtime expand over their generated bindings. Adding a field
+//! (or a case) means adding it to all three; the mapping destructures and
+//! builds every record exhaustively, so forgetting one is a compile error
+//! there, not a value silently dropped at the boundary. Then `make guest`
+//! rebuilds the components against the new WIT.
 
 // Lets the generated guest bindings name this crate the same way from inside
 // and outside it.
 extern crate self as low_contract;
 
 mod function;
+mod mapping;
 mod types;
+
+/// Support for [`wit_conversions!`]; not part of the API.
+#[doc(hidden)]
+pub mod __mapping {
+    pub use crate::mapping::parse_json;
+}
 
 pub mod guest;
 pub mod testing;
