@@ -5,7 +5,8 @@
 //! documents as [`serde_json::Value`]) so that:
 //!
 //! - a function's logic is plain Rust, unit-tested natively with
-//!   [`testing::TestEnv`] — no WebAssembly involved;
+//!   [`testing::Given`] (given documents, when a message, then the outcome,
+//!   writes, notifications) — no WebAssembly involved;
 //! - the same logic becomes a component with one line,
 //!   [`export_function!`] or [`export_resolver!`], when built for
 //!   `wasm32-wasip2`;
@@ -35,10 +36,12 @@
 //!     }
 //! }
 //!
-//! let env = testing::TestEnv::default();
-//! let command = Message::new("c-1", "Greet", json!({ "name": "Ada" }));
-//! let outcome = Greeter::operate(&command, &Data::default(), &env);
-//! assert_eq!(outcome, Outcome::emit(Message::new("id-1", "Greeted", json!({ "name": "Ada" }))));
+//! testing::Given::<Greeter>::nothing()
+//!     .when(Message::new("c-1", "Greet", json!({ "name": "Ada" })))
+//!     .then_emits([Message::new("id-1", "Greeted", json!({ "name": "Ada" }))]);
+//! testing::Given::<Greeter>::nothing()
+//!     .when(Message::new("c-2", "Greet", json!({})))
+//!     .then_rejects("Name is required");
 //! ```
 //!
 //! # Changing the contract

@@ -1,8 +1,85 @@
-//! Deterministic stand-ins for the shell's capabilities, for native unit
-//! tests of a function's logic.
+//! Native unit tests of a function's logic: given / when / then, and the
+//! deterministic stand-ins for the shell's capabilities underneath.
+//!
+//! [`Given`] runs one LOW cycle the way the shell does — `lookup` (with the
+//! given documents readable), the lookup plan against them, `operate`, and
+//! `write` for each emitted message — with a [`TestEnv`]: ids `id-1`,
+//! `id-2`, … in the order the function draws them, a fixed clock, the log
+//! kept. [`Then`] holds what each phase returned and asserts on it: exactly
+//! (`then_emits`, `then_rejects`, `then_ignores`, `then_writes`, …) or, opt
+//! in, partially (`then_emits_matching(json!([…]))`: the expected JSON is a
+//! subset of the actual). A failure panics with expected against actual.
+//! Resolvers get [`Given::notifications`] and [`Resolved`].
+//!
+//! ```
+//! use low_contract::testing::Given;
+//! use low_contract::*;
+//!
+//! /// Greets a name once.
+//! struct Greeter;
+//!
+//! impl Function for Greeter {
+//!     fn meta() -> Meta {
+//!         Meta::handler("greeter", [COMMANDS_TOPIC], "greetings").model(ModelSpec {
+//!             name: "Greeted".into(),
+//!             collection: "greeted".into(),
+//!             key: "name".into(),
+//!             fields: vec![FieldSpec::new("name", FieldKind::Text, true)],
+//!             public: false,
+//!             description: None,
+//!         })
+//!     }
+//!     fn lookup(input: &Message, _store: &dyn StoreRead, _env: &dyn Env) -> Vec<Lookup> {
+//!         input.text("name").map(|name| Lookup::by_key("greeted", "greeted", name)).into_iter().collect()
+//!     }
+//!     fn operate(input: &Message, data: &Data, env: &dyn Env) -> Outcome {
+//!         match (input.text("name"), data.first("greeted")) {
+//!             (None, _) => Outcome::Reject("Name is required".into()),
+//!             (Some(name), Some(_)) => Outcome::Reject(format!("{name} was already greeted")),
+//!             (Some(name), None) => Outcome::emit(env.message("Greeted", json!({ "name": name }))),
+//!         }
+//!     }
+//!     fn write(output: &Message, _env: &dyn Env) -> WritePlan {
+//!         let name = output.text("name").unwrap_or_default();
+//!         let body = output.payload.clone();
+//!         let claim = WriteOp::Insert { collection: "greeted".into(), key: name.into(), body };
+//!         WritePlan { ops: vec![claim], notify: vec![] }
+//!     }
+//! }
+//!
+//! let greet = |name: &str| Message::new("c-1", "Greet", json!({ "name": name }));
+//!
+//! // A new name is greeted, and claimed.
+//! Given::<Greeter>::nothing()
+//!     .when(greet("Ada"))
+//!     .then_looks_up([Lookup::by_key("greeted", "greeted", "Ada")])
+//!     .then_emits([Message::new("id-1", "Greeted", json!({ "name": "Ada" }))])
+//!     .then_writes([WriteOp::Insert {
+//!         collection: "greeted".into(),
+//!         key: "Ada".into(),
+//!         body: json!({ "name": "Ada" }),
+//!     }]);
+//!
+//! // Partially: only what the test is about.
+//! Given::<Greeter>::nothing()
+//!     .when(greet("Ada"))
+//!     .then_emits_matching(json!([{ "kind": "Greeted" }]))
+//!     .then_writes_matching(json!([{ "op": "insert", "key": "Ada" }]));
+//!
+//! // A name greeted before is refused; nothing is stored.
+//! Given::<Greeter>::documents([Document::new("greeted", "Ada", json!({ "name": "Ada" }))])
+//!     .when(greet("Ada"))
+//!     .then_rejects("Ada was already greeted")
+//!     .then_writes([]);
+//! ```
+
+mod given;
+mod matching;
+
+pub use given::{Given, GivenNotifications, Resolved, Then};
 
 use crate::function::{Env, Level, StoreRead};
-use crate::types::Document;
+use crate::types::{Data, Document, Found, Lookup, Query};
 use serde_json::Value;
 use std::cell::{Cell, RefCell};
 
@@ -51,23 +128,42 @@ pub struct TestStore {
 }
 
 impl TestStore {
+    /// Adds a document at version 1.
     pub fn with(mut self, collection: &str, key: &str, body: Value) -> Self {
-        self.documents.push(Document { collection: collection.into(), key: key.into(), version: 1, body });
+        self.documents.push(Document::new(collection, key, body));
         self
+    }
+
+    /// What the shell would hand to `operate` for this lookup plan: for each
+    /// lookup, under its name, the document with the key (zero or one) or
+    /// every document whose top-level field equals the value.
+    pub fn data(&self, plan: &[Lookup]) -> Data {
+        let documents = |query: &Query| match query {
+            Query::Key { collection, key } => self.document(collection, key).into_iter().collect(),
+            Query::Field { collection, field, value } => self.matching(collection, field, value),
+        };
+        Data(plan.iter().map(|l| Found { name: l.name.clone(), documents: documents(&l.query) }).collect())
+    }
+
+    fn document(&self, collection: &str, key: &str) -> Option<Document> {
+        self.documents.iter().find(|d| d.collection == collection && d.key == key).cloned()
+    }
+
+    fn matching(&self, collection: &str, field: &str, value: &Value) -> Vec<Document> {
+        self.documents
+            .iter()
+            .filter(|d| d.collection == collection && d.body.get(field) == Some(value))
+            .cloned()
+            .collect()
     }
 }
 
 impl StoreRead for TestStore {
     fn get(&self, collection: &str, key: &str) -> Result<Option<Document>, String> {
-        Ok(self.documents.iter().find(|d| d.collection == collection && d.key == key).cloned())
+        Ok(self.document(collection, key))
     }
 
     fn find(&self, collection: &str, field: &str, value: &Value) -> Result<Vec<Document>, String> {
-        Ok(self
-            .documents
-            .iter()
-            .filter(|d| d.collection == collection && d.body.get(field) == Some(value))
-            .cloned()
-            .collect())
+        Ok(self.matching(collection, field, value))
     }
 }
