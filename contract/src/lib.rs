@@ -5,7 +5,8 @@
 //! documents as [`serde_json::Value`]) so that:
 //!
 //! - a function's logic is plain Rust, unit-tested natively with
-//!   [`testing::TestEnv`] — no WebAssembly involved;
+//!   [`testing::Given`] (given documents, when a message, then the outcome,
+//!   writes, notifications) — no WebAssembly involved;
 //! - the same logic becomes a component with one line,
 //!   [`export_function!`] or [`export_resolver!`], when built for
 //!   `wasm32-wasip2`;
@@ -35,18 +36,38 @@
 //!     }
 //! }
 //!
-//! let env = testing::TestEnv::default();
-//! let command = Message::new("c-1", "Greet", json!({ "name": "Ada" }));
-//! let outcome = Greeter::operate(&command, &Data::default(), &env);
-//! assert_eq!(outcome, Outcome::emit(Message::new("id-1", "Greeted", json!({ "name": "Ada" }))));
+//! testing::Given::<Greeter>::nothing()
+//!     .when(Message::new("c-1", "Greet", json!({ "name": "Ada" })))
+//!     .then_emits([Message::new("id-1", "Greeted", json!({ "name": "Ada" }))]);
+//! testing::Given::<Greeter>::nothing()
+//!     .when(Message::new("c-2", "Greet", json!({})))
+//!     .then_rejects("Name is required");
 //! ```
+//!
+//! # Changing the contract
+//!
+//! Each type exists in three places, and only three: the WIT
+//! (`wit/functions.wit`), its plain mirror here (`types.rs`), and the one
+//! mapping between them, [`wit_conversions!`], which both the guest SDK and
+//! the shell's runtime expand over their generated bindings. Adding a field
+//! (or a case) means adding it to all three; the mapping destructures and
+//! builds every record exhaustively, so forgetting one is a compile error
+//! there, not a value silently dropped at the boundary. Then `make guest`
+//! rebuilds the components against the new WIT.
 
 // Lets the generated guest bindings name this crate the same way from inside
 // and outside it.
 extern crate self as low_contract;
 
 mod function;
+mod mapping;
 mod types;
+
+/// Support for [`wit_conversions!`]; not part of the API.
+#[doc(hidden)]
+pub mod __mapping {
+    pub use crate::mapping::parse_json;
+}
 
 pub mod guest;
 pub mod testing;

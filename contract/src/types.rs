@@ -168,6 +168,13 @@ pub struct Document {
     pub body: Value,
 }
 
+impl Document {
+    /// A document as first stored: at version 1.
+    pub fn new(collection: &str, key: &str, body: Value) -> Self {
+        Self { collection: collection.into(), key: key.into(), version: 1, body }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "by")]
 pub enum Query {

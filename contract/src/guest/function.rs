@@ -1,5 +1,8 @@
 //! The `function` world: bindings and the adapter from [`Function`].
 
+// wit-bindgen's generated glue passes a flattened record as many arguments.
+#![allow(clippy::too_many_arguments)]
+
 use crate::Function;
 use std::marker::PhantomData;
 
@@ -19,12 +22,13 @@ use self::low::functions::store as wit_store;
 /// Implements the world's exports for a [`Function`]; see [`crate::export_function!`].
 pub struct Export<F>(PhantomData<F>);
 
-/// The shell's `store` import.
+/// The shell's `store` import. A document that is not JSON is the store's
+/// error to the function, like any other failed read.
 struct WitStore;
 
 impl crate::StoreRead for WitStore {
     fn get(&self, collection: &str, key: &str) -> Result<Option<plain::Document>, String> {
-        wit_store::get(collection, key).map(|d| d.map(Into::into))
+        wit_store::get(collection, key)?.map(document_from_wit).transpose()
     }
 
     fn find(
@@ -33,84 +37,31 @@ impl crate::StoreRead for WitStore {
         field: &str,
         value: &serde_json::Value,
     ) -> Result<Vec<plain::Document>, String> {
-        wit_store::find(collection, field, &text(value)).map(|ds| ds.into_iter().map(Into::into).collect())
+        wit_store::find(collection, field, &value.to_string())?.into_iter().map(document_from_wit).collect()
     }
 }
 
 impl<F: Function> Guest for Export<F> {
     fn meta() -> wit::Meta {
         report_panics();
-        F::meta().into()
+        meta_to_wit(&F::meta())
     }
 
     fn lookup(input: wit::Message) -> Vec<wit::Lookup> {
         report_panics();
-        F::lookup(&input.into(), &WitStore, &WitEnv)
-            .into_iter()
-            .map(|l| wit::Lookup {
-                name: l.name,
-                query: match l.query {
-                    plain::Query::Key { collection, key } => {
-                        wit::Query::ByKey(wit::KeyQuery { collection, key })
-                    }
-                    plain::Query::Field { collection, field, value } => {
-                        wit::Query::ByField(wit::FieldQuery { collection, field, value: text(&value) })
-                    }
-                },
-            })
-            .collect()
+        let input = from_shell(message_from_wit(input));
+        F::lookup(&input, &WitStore, &WitEnv).iter().map(lookup_to_wit).collect()
     }
 
     fn operate(input: wit::Message, data: Vec<wit::Found>) -> wit::Outcome {
         report_panics();
-        let data = plain::Data(
-            data.into_iter()
-                .map(|f| plain::Found {
-                    name: f.name,
-                    documents: f.documents.into_iter().map(Into::into).collect(),
-                })
-                .collect(),
-        );
-        match F::operate(&input.into(), &data, &WitEnv) {
-            plain::Outcome::Emit(messages) => {
-                wit::Outcome::Emit(messages.into_iter().map(Into::into).collect())
-            }
-            plain::Outcome::Reject(reason) => wit::Outcome::Reject(reason),
-            plain::Outcome::Ignore => wit::Outcome::Ignore,
-        }
+        let (input, data) = (from_shell(message_from_wit(input)), from_shell(data_from_wit(data)));
+        outcome_to_wit(&F::operate(&input, &data, &WitEnv))
     }
 
     fn write(output: wit::Message) -> wit::WritePlan {
         report_panics();
-        let plan = F::write(&output.into(), &WitEnv);
-        wit::WritePlan {
-            ops: plan
-                .ops
-                .into_iter()
-                .map(|op| match op {
-                    plain::WriteOp::Insert { collection, key, body } => {
-                        wit::WriteOp::Insert(wit::DocWrite { collection, key, body: text(&body) })
-                    }
-                    plain::WriteOp::Put { collection, key, body } => {
-                        wit::WriteOp::Put(wit::DocWrite { collection, key, body: text(&body) })
-                    }
-                    plain::WriteOp::UpdateIfVersion { collection, key, body, expected_version } => {
-                        wit::WriteOp::UpdateIfVersion(wit::VersionedWrite {
-                            collection,
-                            key,
-                            body: text(&body),
-                            expected_version,
-                        })
-                    }
-                    plain::WriteOp::Delete { collection, key } => {
-                        wit::WriteOp::Delete(wit::DocRef { collection, key })
-                    }
-                    plain::WriteOp::DeleteIfVersion { collection, key, expected_version } => {
-                        wit::WriteOp::DeleteIfVersion(wit::VersionedRef { collection, key, expected_version })
-                    }
-                })
-                .collect(),
-            notify: plan.notify.into_iter().map(Into::into).collect(),
-        }
+        let output = from_shell(message_from_wit(output));
+        plan_to_wit(&F::write(&output, &WitEnv))
     }
 }

@@ -52,109 +52,23 @@ macro_rules! export_resolver {
     };
 }
 
-/// Conversions between the generated WIT types of one world (`self::plain::…`)
-/// and this crate's plain types, plus the `env` import as an [`Env`](crate::Env).
-/// Both worlds generate their own copy of the shared types, hence a macro.
+/// The conversions between the generated WIT types of one world and this
+/// crate's plain types (the one mapping, [`wit_conversions!`](crate::wit_conversions)),
+/// plus the `env` import as an [`Env`](crate::Env) and the panic hook. Both
+/// worlds generate their own copy of the shared types, hence a macro.
 #[cfg(target_arch = "wasm32")]
 macro_rules! boundary {
     () => {
         use self::low::functions::{env as wit_env, types as wit};
         use crate::types as plain;
 
-        fn parse(json: &str) -> serde_json::Value {
-            // The shell only ever hands over JSON it produced itself.
-            serde_json::from_str(json).unwrap_or_else(|e| panic!("the shell sent invalid JSON: {e}"))
-        }
+        $crate::wit_conversions!(self::low::functions::types);
 
-        fn text(value: &serde_json::Value) -> String {
-            value.to_string()
-        }
-
-        impl From<wit::Message> for plain::Message {
-            fn from(m: wit::Message) -> Self {
-                plain::Message {
-                    payload: parse(&m.payload),
-                    id: m.id,
-                    kind: m.kind,
-                    correlation_id: m.correlation_id,
-                    causation_id: m.causation_id,
-                }
-            }
-        }
-
-        impl From<plain::Message> for wit::Message {
-            fn from(m: plain::Message) -> Self {
-                wit::Message {
-                    payload: text(&m.payload),
-                    id: m.id,
-                    kind: m.kind,
-                    correlation_id: m.correlation_id,
-                    causation_id: m.causation_id,
-                }
-            }
-        }
-
-        impl From<wit::Document> for plain::Document {
-            fn from(d: wit::Document) -> Self {
-                plain::Document {
-                    body: parse(&d.body),
-                    collection: d.collection,
-                    key: d.key,
-                    version: d.version,
-                }
-            }
-        }
-
-        fn field_spec(f: plain::FieldSpec) -> wit::FieldSpec {
-            wit::FieldSpec {
-                name: f.name,
-                kind: match f.kind {
-                    plain::FieldKind::Id => wit::FieldKind::Id,
-                    plain::FieldKind::Text => wit::FieldKind::Text,
-                    plain::FieldKind::Integer => wit::FieldKind::Integer,
-                    plain::FieldKind::Number => wit::FieldKind::Number,
-                    plain::FieldKind::Boolean => wit::FieldKind::Boolean,
-                },
-                required: f.required,
-                description: f.description,
-            }
-        }
-
-        impl From<plain::Meta> for wit::Meta {
-            fn from(m: plain::Meta) -> Self {
-                wit::Meta {
-                    name: m.name,
-                    kind: match m.kind {
-                        plain::FunctionKind::Handler => wit::FunctionKind::Handler,
-                        plain::FunctionKind::Projector => wit::FunctionKind::Projector,
-                        plain::FunctionKind::Resolver => wit::FunctionKind::Resolver,
-                    },
-                    inputs: m.inputs,
-                    output: m.output,
-                    commands: m
-                        .commands
-                        .into_iter()
-                        .map(|c| wit::CommandSpec {
-                            name: c.name,
-                            fields: c.fields.into_iter().map(field_spec).collect(),
-                            returns: c.returns,
-                            description: c.description,
-                        })
-                        .collect(),
-                    models: m
-                        .models
-                        .into_iter()
-                        .map(|s| wit::ModelSpec {
-                            name: s.name,
-                            collection: s.collection,
-                            key: s.key,
-                            fields: s.fields.into_iter().map(field_spec).collect(),
-                            public: s.public,
-                            description: s.description,
-                        })
-                        .collect(),
-                }
-            }
+        /// A value the shell handed over (an export's argument). The shell
+        /// only hands over values it checked or produced itself, so an
+        /// invalid one is a bug in the shell: trap, saying what it was.
+        fn from_shell<T>(value: Result<T, String>) -> T {
+            value.unwrap_or_else(|e| panic!("the shell sent an invalid value: {e}"))
         }
 
         /// Reports a panic's message through `env.log` before the instance

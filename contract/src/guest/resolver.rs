@@ -1,5 +1,8 @@
 //! The `resolver` world: bindings and the adapter from [`Resolver`].
 
+// wit-bindgen's generated glue passes a flattened record as many arguments.
+#![allow(clippy::too_many_arguments)]
+
 use crate::Resolver;
 use std::marker::PhantomData;
 
@@ -20,19 +23,13 @@ pub struct Export<R>(PhantomData<R>);
 impl<R: Resolver> Guest for Export<R> {
     fn meta() -> wit::Meta {
         report_panics();
-        R::meta().into()
+        meta_to_wit(&R::meta())
     }
 
     fn resolve(command: wit::Message, seen: Vec<wit::Message>) -> wit::Resolution {
         report_panics();
-        let seen: Vec<plain::Message> = seen.into_iter().map(Into::into).collect();
-        match R::resolve(&command.into(), &seen, &WitEnv) {
-            plain::Resolution::Pending => wit::Resolution::Pending,
-            plain::Resolution::RespondDocument { collection, key } => {
-                wit::Resolution::RespondDocument(wit::DocRef { collection, key })
-            }
-            plain::Resolution::Respond(value) => wit::Resolution::Respond(text(&value)),
-            plain::Resolution::Fail(reason) => wit::Resolution::Fail(reason),
-        }
+        let command = from_shell(message_from_wit(command));
+        let seen: Vec<plain::Message> = seen.into_iter().map(|m| from_shell(message_from_wit(m))).collect();
+        resolution_to_wit(&R::resolve(&command, &seen, &WitEnv))
     }
 }

@@ -84,96 +84,60 @@ export_function!(CustomerProjector);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use low_contract::testing::{TestEnv, TestStore};
+    use low_contract::testing::Given;
 
     fn customer(id: &str, email: &str) -> Document {
-        Document {
-            collection: CUSTOMERS.into(),
-            key: id.into(),
-            version: 1,
-            body: json!({ "id": id, "email": email, "invited": true }),
-        }
+        Document::new(CUSTOMERS, id, json!({ "id": id, "email": email, "invited": true }))
+    }
+
+    fn invited(id: &str, email: &str) -> Message {
+        Message::new("e-1", "CustomerInvited", json!({ "customer-id": id, "email": email }))
     }
 
     #[test]
-    fn looks_up_the_customer_of_the_event() {
-        let event =
-            Message::new("e-1", "CustomerInvited", json!({ "customer-id": "cust-1", "email": "a@b.c" }));
-        let plan = CustomerProjector::lookup(&event, &TestStore::default(), &TestEnv::default());
-        assert_eq!(plan, vec![Lookup::by_key("customer", CUSTOMERS, "cust-1")]);
-    }
-
-    #[test]
-    fn an_invitation_projects_an_invited_customer() {
-        let event =
-            Message::new("e-1", "CustomerInvited", json!({ "customer-id": "cust-1", "email": "a@b.c" }));
-        let outcome = CustomerProjector::operate(&event, &Data::default(), &TestEnv::default());
-        assert_eq!(
-            outcome,
-            Outcome::emit(Message::new(
-                "id-1",
-                "Customer",
-                json!({ "id": "cust-1", "email": "a@b.c", "invited": true })
-            ))
-        );
+    fn an_invitation_projects_an_invited_customer_stores_it_and_notifies_the_requester() {
+        let state = json!({ "id": "cust-1", "email": "a@b.c", "invited": true });
+        Given::<CustomerProjector>::nothing()
+            .when(invited("cust-1", "a@b.c"))
+            .then_looks_up([Lookup::by_key("customer", CUSTOMERS, "cust-1")])
+            .then_emits([Message::new("id-1", "Customer", state.clone())])
+            .then_writes([WriteOp::Put { collection: CUSTOMERS.into(), key: "cust-1".into(), body: state }])
+            .then_notifies([Message::new(
+                "id-1-projected",
+                PROJECTION_COMPLETE,
+                json!({ "collection": "customers", "key": "cust-1" }),
+            )]);
     }
 
     #[test]
     fn a_failed_invitation_confirms_the_existing_customer() {
-        let event =
+        let failed =
             Message::new("e-2", "CustomerInviteFailed", json!({ "customer-id": "cust-1", "email": "a@b.c" }));
-        let data = Data::default().with("customer", vec![customer("cust-1", "a@b.c")]);
-        let outcome = CustomerProjector::operate(&event, &data, &TestEnv::default());
-        assert_eq!(
-            outcome,
-            Outcome::emit(Message::new("id-1", "Customer", customer("cust-1", "a@b.c").body))
-        );
-        let unknown = CustomerProjector::operate(&event, &Data::default(), &TestEnv::default());
-        assert_eq!(unknown, Outcome::Ignore);
-    }
-
-    #[test]
-    fn writing_a_customer_stores_it_and_notifies_the_requester() {
-        let state =
-            Message::new("m-1", "Customer", json!({ "id": "cust-1", "email": "a@b.c", "invited": true }));
-        let plan = CustomerProjector::write(&state, &TestEnv::default());
-        assert_eq!(
-            plan.ops,
-            vec![WriteOp::Put {
-                collection: CUSTOMERS.into(),
-                key: "cust-1".into(),
-                body: state.payload.clone()
-            }]
-        );
-        assert_eq!(plan.notify.len(), 1);
-        assert_eq!(plan.notify[0].kind, PROJECTION_COMPLETE);
-        assert_eq!(plan.notify[0].payload, json!({ "collection": "customers", "key": "cust-1" }));
+        Given::<CustomerProjector>::documents([customer("cust-1", "a@b.c")])
+            .when(failed.clone())
+            .then_emits([Message::new("id-1", "Customer", customer("cust-1", "a@b.c").body)])
+            .then_writes_matching(json!([{ "op": "put", "key": "cust-1" }]))
+            .then_notifies_matching(json!([{ "kind": PROJECTION_COMPLETE }]));
+        Given::<CustomerProjector>::nothing().when(failed).then_ignores().then_writes([]).then_notifies([]);
     }
 
     #[test]
     fn a_rename_changes_only_the_email() {
-        let event = Message::new(
+        let renamed = Message::new(
             "e-3",
             "CustomerRenamed",
             json!({ "customer-id": "cust-1", "email": "new@b.c", "previous-email": "a@b.c" }),
         );
-        let data = Data::default().with("customer", vec![customer("cust-1", "a@b.c")]);
-        assert_eq!(
-            CustomerProjector::operate(&event, &data, &TestEnv::default()),
-            Outcome::emit(Message::new(
-                "id-1",
-                "Customer",
-                json!({ "id": "cust-1", "email": "new@b.c", "invited": true })
-            ))
-        );
+        Given::<CustomerProjector>::documents([customer("cust-1", "a@b.c")]).when(renamed).then_emits([
+            Message::new("id-1", "Customer", json!({ "id": "cust-1", "email": "new@b.c", "invited": true })),
+        ]);
     }
 
     #[test]
     fn other_events_are_ignored() {
-        let event = Message::new("e-1", "CustomerArchived", json!({ "customer-id": "cust-1" }));
-        assert_eq!(
-            CustomerProjector::operate(&event, &Data::default(), &TestEnv::default()),
-            Outcome::Ignore
-        );
+        Given::<CustomerProjector>::documents([customer("cust-1", "a@b.c")])
+            .when(Message::new("e-1", "CustomerArchived", json!({ "customer-id": "cust-1" })))
+            .then_ignores()
+            .then_writes([]);
     }
 }

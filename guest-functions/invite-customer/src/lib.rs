@@ -201,227 +201,165 @@ export_function!(InviteCustomer);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use low_contract::testing::{TestEnv, TestStore};
+    use low_contract::testing::Given;
 
     fn invite(email: Value) -> Message {
         Message::new("c-1", "InviteCustomer", json!({ "email": email }))
-    }
-
-    fn invited(customer_id: &str, email: &str) -> Document {
-        Document {
-            collection: INVITES.into(),
-            key: email.into(),
-            version: 1,
-            body: json!({ "email": email, "customer-id": customer_id }),
-        }
-    }
-
-    #[test]
-    fn looks_up_the_invite_by_email() {
-        let plan =
-            InviteCustomer::lookup(&invite(json!("a@b.c")), &TestStore::default(), &TestEnv::default());
-        assert_eq!(plan, vec![Lookup::by_key("invite", INVITES, "a@b.c")]);
-    }
-
-    #[test]
-    fn a_new_email_is_invited_with_a_fresh_customer_id() {
-        let env = TestEnv::default();
-        let outcome = InviteCustomer::operate(&invite(json!("a@b.c")), &Data::default(), &env);
-        // id-1 is the customer's id, id-2 the event's.
-        assert_eq!(
-            outcome,
-            Outcome::emit(Message::new(
-                "id-2",
-                "CustomerInvited",
-                json!({ "customer-id": "id-1", "email": "a@b.c" })
-            ))
-        );
-    }
-
-    #[test]
-    fn an_invited_email_fails_with_the_existing_customer() {
-        let data = Data::default().with("invite", vec![invited("cust-7", "a@b.c")]);
-        let env = TestEnv::default();
-        let outcome = InviteCustomer::operate(&invite(json!("a@b.c")), &data, &env);
-        assert_eq!(
-            outcome,
-            Outcome::emit(Message::new(
-                "id-1",
-                "CustomerInviteFailed",
-                json!({ "customer-id": "cust-7", "email": "a@b.c", "reason": "already invited" })
-            ))
-        );
-        assert_eq!(env.logs(), vec![(Level::Info, "a@b.c was already invited".to_owned())]);
-    }
-
-    #[test]
-    fn an_empty_or_missing_email_is_rejected() {
-        for email in [json!(""), json!("   "), Value::Null] {
-            let outcome = InviteCustomer::operate(&invite(email), &Data::default(), &TestEnv::default());
-            assert_eq!(outcome, Outcome::Reject("Email is required".into()));
-        }
-        let no_field = Message::new("c-1", "InviteCustomer", json!({}));
-        assert_eq!(
-            InviteCustomer::operate(&no_field, &Data::default(), &TestEnv::default()),
-            Outcome::Reject("Email is required".into())
-        );
-    }
-
-    #[test]
-    fn other_commands_are_ignored() {
-        let other = Message::new("c-1", "RemoveCustomer", json!({ "email": "a@b.c" }));
-        assert_eq!(InviteCustomer::operate(&other, &Data::default(), &TestEnv::default()), Outcome::Ignore);
-    }
-
-    #[test]
-    fn an_invitation_claims_the_email() {
-        let event =
-            Message::new("e-1", "CustomerInvited", json!({ "customer-id": "cust-1", "email": "a@b.c" }));
-        let plan = InviteCustomer::write(&event, &TestEnv::default());
-        assert_eq!(
-            plan.ops,
-            vec![WriteOp::Insert {
-                collection: INVITES.into(),
-                key: "a@b.c".into(),
-                body: json!({ "email": "a@b.c", "customer-id": "cust-1" }),
-            }]
-        );
-        assert!(plan.notify.is_empty());
-    }
-
-    #[cfg(feature = "v2")]
-    #[test]
-    fn v2_normalises_the_email() {
-        let plan = InviteCustomer::lookup(
-            &invite(json!(" Dean@P14N.com ")),
-            &TestStore::default(),
-            &TestEnv::default(),
-        );
-        assert_eq!(plan, vec![Lookup::by_key("invite", INVITES, "dean@p14n.com")]);
-        let outcome =
-            InviteCustomer::operate(&invite(json!("Dean@P14N.com")), &Data::default(), &TestEnv::default());
-        let Outcome::Emit(events) = outcome else { panic!("emits: {outcome:?}") };
-        assert_eq!(events[0].payload["email"], "dean@p14n.com");
-    }
-
-    #[cfg(feature = "v2")]
-    #[test]
-    fn v2_rejects_an_address_without_at() {
-        let outcome = InviteCustomer::operate(&invite(json!("dean")), &Data::default(), &TestEnv::default());
-        assert_eq!(
-            outcome,
-            Outcome::Reject("Email must be an address such as name@example.com, not `dean`".into())
-        );
-    }
-
-    #[cfg(not(feature = "v2"))]
-    #[test]
-    fn v1_keeps_the_email_as_given() {
-        let outcome =
-            InviteCustomer::operate(&invite(json!("Dean@P14N.com")), &Data::default(), &TestEnv::default());
-        let Outcome::Emit(events) = outcome else { panic!("emits: {outcome:?}") };
-        assert_eq!(events[0].payload["email"], "Dean@P14N.com");
     }
 
     fn rename_to(id: &str, email: &str) -> Message {
         Message::new("c-2", "RenameCustomer", json!({ "id": id, "email": email }))
     }
 
+    /// The invite that reserves `email` for a customer.
+    fn invited(customer_id: &str, email: &str) -> Document {
+        Document::new(INVITES, email, json!({ "email": email, "customer-id": customer_id }))
+    }
+
+    fn claim(customer_id: &str, email: &str) -> WriteOp {
+        WriteOp::Insert {
+            collection: INVITES.into(),
+            key: email.into(),
+            body: json!({ "email": email, "customer-id": customer_id }),
+        }
+    }
+
+    // ---- InviteCustomer ----------------------------------------------------
+
     #[test]
-    fn a_rename_looks_up_the_customer_and_the_new_email() {
-        let plan = InviteCustomer::lookup(
-            &rename_to("cust-1", "new@b.c"),
-            &TestStore::default(),
-            &TestEnv::default(),
-        );
-        assert_eq!(
-            plan,
-            vec![
-                Lookup::by_field("current", INVITES, "customer-id", json!("cust-1")),
-                Lookup::by_key("taken", INVITES, "new@b.c"),
-            ]
-        );
+    fn a_new_email_is_invited_with_a_fresh_customer_id_and_claimed() {
+        Given::<InviteCustomer>::nothing()
+            .when(invite(json!("a@b.c")))
+            .then_looks_up([Lookup::by_key("invite", INVITES, "a@b.c")])
+            // id-1 is the customer's id, id-2 the event's.
+            .then_emits([Message::new(
+                "id-2",
+                "CustomerInvited",
+                json!({ "customer-id": "id-1", "email": "a@b.c" }),
+            )])
+            .then_writes([claim("id-1", "a@b.c")])
+            .then_notifies([]);
     }
 
     #[test]
-    fn a_customer_is_renamed_to_a_free_email() {
-        let data = Data::default().with("current", vec![invited("cust-1", "old@b.c")]).with("taken", vec![]);
-        let outcome = InviteCustomer::operate(&rename_to("cust-1", "new@b.c"), &data, &TestEnv::default());
-        assert_eq!(
-            outcome,
-            Outcome::emit(Message::new(
+    fn an_invited_email_fails_with_the_existing_customer_and_stores_nothing() {
+        Given::<InviteCustomer>::documents([invited("cust-7", "a@b.c")])
+            .when(invite(json!("a@b.c")))
+            .then_emits([Message::new(
+                "id-1",
+                "CustomerInviteFailed",
+                json!({ "customer-id": "cust-7", "email": "a@b.c", "reason": "already invited" }),
+            )])
+            .then_writes([])
+            .then_logs([(Level::Info, "a@b.c was already invited")]);
+    }
+
+    #[test]
+    fn an_empty_or_missing_email_is_rejected() {
+        for email in [json!(""), json!("   "), Value::Null] {
+            Given::<InviteCustomer>::nothing()
+                .when(invite(email))
+                .then_looks_up([])
+                .then_rejects("Email is required");
+        }
+        Given::<InviteCustomer>::nothing()
+            .when(Message::new("c-1", "InviteCustomer", json!({})))
+            .then_rejects("Email is required");
+    }
+
+    #[test]
+    fn other_commands_are_ignored() {
+        Given::<InviteCustomer>::documents([invited("cust-1", "a@b.c")])
+            .when(Message::new("c-1", "RemoveCustomer", json!({ "email": "a@b.c" })))
+            .then_looks_up([])
+            .then_ignores()
+            .then_writes([]);
+    }
+
+    #[cfg(feature = "v2")]
+    #[test]
+    fn v2_normalises_the_email() {
+        Given::<InviteCustomer>::nothing()
+            .when(invite(json!(" Dean@P14N.com ")))
+            .then_looks_up([Lookup::by_key("invite", INVITES, "dean@p14n.com")])
+            .then_emits_matching(json!([{ "payload": { "email": "dean@p14n.com" } }]));
+        Given::<InviteCustomer>::nothing()
+            .when(invite(json!("Dean@P14N.com")))
+            .then_emits_matching(json!([{ "payload": { "email": "dean@p14n.com" } }]))
+            .then_writes([claim("id-1", "dean@p14n.com")]);
+    }
+
+    #[cfg(feature = "v2")]
+    #[test]
+    fn v2_rejects_an_address_without_at() {
+        Given::<InviteCustomer>::nothing()
+            .when(invite(json!("dean")))
+            .then_rejects("Email must be an address such as name@example.com, not `dean`");
+    }
+
+    #[cfg(not(feature = "v2"))]
+    #[test]
+    fn v1_keeps_the_email_as_given() {
+        Given::<InviteCustomer>::nothing()
+            .when(invite(json!("Dean@P14N.com")))
+            .then_emits_matching(json!([{ "payload": { "email": "Dean@P14N.com" } }]));
+    }
+
+    // ---- RenameCustomer ----------------------------------------------------
+
+    #[test]
+    fn a_rename_looks_up_the_customer_and_the_new_email() {
+        Given::<InviteCustomer>::nothing().when(rename_to("cust-1", "new@b.c")).then_looks_up([
+            Lookup::by_field("current", INVITES, "customer-id", json!("cust-1")),
+            Lookup::by_key("taken", INVITES, "new@b.c"),
+        ]);
+    }
+
+    #[test]
+    fn a_customer_is_renamed_to_a_free_email_claiming_it_and_releasing_the_old_one() {
+        // The old invite as read (version 3) is what the write releases.
+        let current = Document { version: 3, ..invited("cust-1", "old@b.c") };
+        Given::<InviteCustomer>::documents([current, invited("cust-2", "other@b.c")])
+            .when(rename_to("cust-1", "new@b.c"))
+            .then_emits([Message::new(
                 "id-1",
                 "CustomerRenamed",
                 json!({
                     "customer-id": "cust-1",
                     "email": "new@b.c",
                     "previous-email": "old@b.c",
-                    "previous-version": 1,
-                })
-            ))
-        );
-    }
-
-    #[test]
-    fn a_rename_is_rejected_for_an_unknown_customer_a_taken_or_same_email_or_missing_fields() {
-        let env = TestEnv::default();
-        let unknown = InviteCustomer::operate(&rename_to("cust-9", "new@b.c"), &Data::default(), &env);
-        assert_eq!(unknown, Outcome::Reject("No customer has the id cust-9".into()));
-        let current = Data::default().with("current", vec![invited("cust-1", "old@b.c")]);
-        let taken = current.clone().with("taken", vec![invited("cust-2", "new@b.c")]);
-        assert_eq!(
-            InviteCustomer::operate(&rename_to("cust-1", "new@b.c"), &taken, &env),
-            Outcome::Reject("new@b.c is already taken".into())
-        );
-        let same = current.with("taken", vec![invited("cust-1", "old@b.c")]);
-        assert_eq!(
-            InviteCustomer::operate(&rename_to("cust-1", "old@b.c"), &same, &env),
-            Outcome::Reject("old@b.c is already this customer's email".into())
-        );
-        assert_eq!(
-            InviteCustomer::operate(&rename_to("cust-1", " "), &Data::default(), &env),
-            Outcome::Reject("Email is required".into())
-        );
-        assert_eq!(
-            InviteCustomer::operate(&rename_to("", "a@b.c"), &Data::default(), &env),
-            Outcome::Reject("Id is required".into())
-        );
-    }
-
-    #[test]
-    fn a_rename_claims_the_new_email_and_releases_the_old_one() {
-        let event = Message::new(
-            "e-2",
-            "CustomerRenamed",
-            json!({
-                "customer-id": "cust-1",
-                "email": "new@b.c",
-                "previous-email": "old@b.c",
-                "previous-version": 3,
-            }),
-        );
-        let plan = InviteCustomer::write(&event, &TestEnv::default());
-        assert_eq!(
-            plan.ops,
-            vec![
-                WriteOp::Insert {
-                    collection: INVITES.into(),
-                    key: "new@b.c".into(),
-                    body: json!({ "email": "new@b.c", "customer-id": "cust-1" }),
-                },
+                    "previous-version": 3,
+                }),
+            )])
+            .then_writes([
+                claim("cust-1", "new@b.c"),
                 WriteOp::DeleteIfVersion {
                     collection: INVITES.into(),
                     key: "old@b.c".into(),
                     expected_version: 3,
                 },
-            ]
-        );
+            ])
+            .then_logs([(Level::Debug, "customer cust-1: old@b.c → new@b.c")]);
     }
 
     #[test]
-    fn a_failed_invitation_stores_nothing() {
-        let event =
-            Message::new("e-1", "CustomerInviteFailed", json!({ "customer-id": "cust-1", "email": "a@b.c" }));
-        assert_eq!(InviteCustomer::write(&event, &TestEnv::default()), WritePlan::default());
+    fn a_rename_is_rejected_for_an_unknown_customer_a_taken_or_same_email_or_missing_fields() {
+        Given::<InviteCustomer>::nothing()
+            .when(rename_to("cust-9", "new@b.c"))
+            .then_rejects("No customer has the id cust-9");
+        let store = || [invited("cust-1", "old@b.c"), invited("cust-2", "new@b.c")];
+        Given::<InviteCustomer>::documents(store())
+            .when(rename_to("cust-1", "new@b.c"))
+            .then_rejects("new@b.c is already taken")
+            .then_writes([]);
+        Given::<InviteCustomer>::documents(store())
+            .when(rename_to("cust-1", "old@b.c"))
+            .then_rejects("old@b.c is already this customer's email");
+        Given::<InviteCustomer>::documents(store())
+            .when(rename_to("cust-1", " "))
+            .then_rejects("Email is required");
+        Given::<InviteCustomer>::documents(store())
+            .when(rename_to("", "a@b.c"))
+            .then_rejects("Id is required");
     }
 }

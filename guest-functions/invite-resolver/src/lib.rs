@@ -40,7 +40,7 @@ export_resolver!(InviteResolver);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use low_contract::testing::TestEnv;
+    use low_contract::testing::Given;
 
     fn command() -> Message {
         Message::new("c-1", "InviteCustomer", json!({ "email": "a@b.c" })).correlated("c-1")
@@ -48,25 +48,21 @@ mod tests {
 
     #[test]
     fn waits_until_something_is_known() {
-        assert_eq!(InviteResolver::resolve(&command(), &[], &TestEnv::default()), Resolution::Pending);
+        Given::<InviteResolver>::notifications([]).when(command()).then_waits();
     }
 
     #[test]
     fn answers_with_the_projected_document() {
         let done =
             Message::new("n-1", PROJECTION_COMPLETE, json!({ "collection": "customers", "key": "cust-1" }));
-        assert_eq!(
-            InviteResolver::resolve(&command(), &[done], &TestEnv::default()),
-            Resolution::RespondDocument { collection: "customers".into(), key: "cust-1".into() }
-        );
+        Given::<InviteResolver>::notifications([done])
+            .when(command())
+            .then_responds_with_document("customers", "cust-1");
     }
 
     #[test]
     fn fails_with_the_rejection_reason() {
         let rejected = Message::new("n-1", REJECTED, json!({ "reason": "Email is required" }));
-        assert_eq!(
-            InviteResolver::resolve(&command(), &[rejected], &TestEnv::default()),
-            Resolution::Fail("Email is required".into())
-        );
+        Given::<InviteResolver>::notifications([rejected]).when(command()).then_fails("Email is required");
     }
 }

@@ -153,7 +153,7 @@ impl store::Host for CallState {
     async fn get(&mut self, collection: String, key: String) -> Result<Option<types::Document>, String> {
         let store = self.readable_store()?;
         let found = store.get(&collection, &key).await.map_err(|e| e.to_string())?;
-        Ok(found.map(convert::document_to_wit))
+        Ok(found.as_ref().map(convert::document_to_wit))
     }
 
     async fn find(
@@ -174,7 +174,7 @@ impl store::Host for CallState {
         if found.len() > limit {
             return Err(too_many_found(&collection, &field, &value, limit));
         }
-        Ok(found.into_iter().map(convert::document_to_wit).collect())
+        Ok(found.iter().map(convert::document_to_wit).collect())
     }
 }
 
