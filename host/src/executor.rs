@@ -3,6 +3,10 @@
 //! commit plans, events, notifications and checkpoint together. A conflict at
 //! commit retries the whole cycle with a fresh lookup (and a fresh instance).
 //!
+//! Deliveries the bus has at hand together are committed together (group
+//! commit): each step's lookups see the writes of the steps before it, and
+//! when anything in the group fails, its steps are committed one by one.
+//!
 //! A command whose step fails fails its request (a `Failed` notification).
 //! An event whose step fails is retried with backoff, then — per the
 //! function's [`FailurePolicy`] — *parked* (a dead-letter record committed
@@ -13,6 +17,7 @@
 //! The executor knows the contract, the [`Store`] and the [`Bus`] traits, and
 //! nothing about the technology behind them.
 
+use crate::backend::overlay::Overlay;
 use crate::backend::{Bus, BusError, Delivery, Subscription};
 use crate::backend::{Checkpoint, Commit, Event, Parked, Store, StoreError};
 use crate::config::{FailurePolicy, MAX_BACKOFF, OnFailure};
@@ -141,6 +146,9 @@ pub struct Executor {
     gauges: Mutex<BTreeSet<String>>,
 }
 
+/// Most deliveries committed together (group commit), when the bus has
+/// that many at hand.
+const GROUP: usize = 32;
 /// How long to wait before retrying when the store is unreachable.
 const UNAVAILABLE_BACKOFF: Duration = Duration::from_millis(500);
 /// How often the parked-events gauges are read from the store (other shells
@@ -347,16 +355,79 @@ impl Executor {
                 next = subscription.next() => next,
             };
             let Some(delivery) = next else { break };
-            let span = step_span(&function, &delivery);
-            if self.handle(&function, &delivery, &mut stop).instrument(span).await.is_err() {
-                // Stopped before the delivery was done: the next consumer gets it.
-                subscription.put_back(delivery).await;
+            // What else is at hand joins it in one commit.
+            let mut group = vec![delivery];
+            while group.len() < GROUP
+                && let Some(more) = subscription.try_next()
+            {
+                group.push(more);
+            }
+            if let Err(done) = self.handle_group(&function, &group, &mut stop).await {
+                // Stopped before these were done: the next consumer gets them.
+                for delivery in group.into_iter().skip(done).rev() {
+                    subscription.put_back(delivery).await;
+                }
                 break;
             }
         }
         tracing::debug!(%function, "consumer stopped");
         // Nobody takes it when the function is gone or the shell stops.
         let _ = handover.send(subscription);
+    }
+
+    /// Processes deliveries to completion: a group in one commit (each
+    /// step's lookups seeing the writes of the steps before it); when that
+    /// fails for any reason, each one by one. `Err(done)` when told to stop
+    /// meanwhile: the first `done` deliveries are committed, the rest not.
+    async fn handle_group(
+        &self,
+        function: &str,
+        group: &[Delivery],
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), usize> {
+        if group.len() > 1 {
+            match self.commit_group(function, group).await {
+                Ok(()) => {
+                    self.resume(function);
+                    return Ok(());
+                }
+                Err(e) => tracing::debug!(%function, deliveries = group.len(), "committing one by one: {e}"),
+            }
+        }
+        for (done, delivery) in group.iter().enumerate() {
+            let span = step_span(function, delivery);
+            if self.handle(function, delivery, stop).instrument(span).await.is_err() {
+                return Err(done);
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the steps of `group` and commits them together, with the
+    /// checkpoint advanced past the group only if none of it was processed
+    /// yet. Nothing is committed when any step fails or the commit is
+    /// refused.
+    async fn commit_group(&self, function: &str, group: &[Delivery]) -> Result<(), StepError> {
+        let (Some(first), Some(last)) = (group.first(), group.last()) else { return Ok(()) };
+        let functions = self.registry.current();
+        let overlay = Arc::new(Overlay::new(Arc::clone(&self.store)));
+        let view: Arc<dyn Store> = overlay.clone();
+        let mut commit = Commit {
+            checkpoint: Some(Checkpoint { consumer: function.to_owned(), position: last.position }),
+            batch_from: Some(first.position),
+            ..Commit::default()
+        };
+        for delivery in group {
+            // Not ours (another handler's command, or the function is gone): only passed.
+            let Some(f) = functions.get(function).filter(|f| wants(f, delivery)) else { continue };
+            let span = step_span(function, delivery);
+            let cycle = run_cycle(&functions, f, &view, &delivery.event.message).instrument(span).await?;
+            overlay.apply(&cycle.commit.ops);
+            commit.ops.extend(cycle.commit.ops);
+            commit.events.extend(cycle.commit.events);
+            commit.notify.extend(cycle.commit.notify);
+        }
+        Ok(self.store.commit(commit).await?)
     }
 
     /// Processes one delivery to completion: committed; or, failing, a

@@ -107,6 +107,12 @@ pub trait Subscription: Send {
     /// subscription to deliver first. A bus that reads from the consumer's
     /// stored checkpoint finds it again there and needs nothing.
     async fn put_back(&mut self, _delivery: Delivery) {}
+    /// The next delivery if it is at hand now, without waiting: what a
+    /// consumer adds to a group commit. Buses that do not group commits
+    /// have none.
+    fn try_next(&mut self) -> Option<Delivery> {
+        None
+    }
 }
 
 #[async_trait]

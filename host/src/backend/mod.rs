@@ -11,6 +11,7 @@
 
 pub mod bus;
 pub mod memory;
+pub mod overlay;
 pub mod postgres;
 pub mod store;
 

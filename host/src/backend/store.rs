@@ -53,6 +53,13 @@ pub struct Commit {
     pub events: Vec<Event>,
     pub notify: Vec<Message>,
     pub checkpoint: Option<Checkpoint>,
+    /// Group commit: the position of the first of the deliveries this
+    /// commit covers (`checkpoint` is at the last). The commit applies only
+    /// if the consumer's stored checkpoint is before it; otherwise some of
+    /// them were processed already and the store refuses the whole commit
+    /// with a [`StoreError::Conflict`], for the steps to be committed one by
+    /// one. `None`: one delivery, `checkpoint`'s own.
+    pub batch_from: Option<u64>,
     /// An event set aside by its consumer (with `checkpoint` past it);
     /// replaces a record at the same consumer and position.
     pub park: Option<Parked>,

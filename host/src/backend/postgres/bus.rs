@@ -520,6 +520,10 @@ impl PgSubscription {
 
 #[async_trait]
 impl Subscription for PgSubscription {
+    fn try_next(&mut self) -> Option<Delivery> {
+        self.buffer.pop_front()
+    }
+
     async fn next(&mut self) -> Option<Delivery> {
         loop {
             if let Some(d) = self.buffer.pop_front() {

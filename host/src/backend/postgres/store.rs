@@ -72,6 +72,13 @@ mod sql {
          ON CONFLICT (consumer) DO UPDATE
          SET tx = EXCLUDED.tx, position = EXCLUDED.position, updated_at = now()
          WHERE (checkpoints.tx, checkpoints.position) < (EXCLUDED.tx, EXCLUDED.position)";
+    /// [`ADVANCE`] for a group commit: to the event at `$2` only if the
+    /// checkpoint is before the group's first event, at `$3`.
+    pub const ADVANCE_FROM: &str = "INSERT INTO checkpoints (consumer, tx, position)
+         SELECT $1, e.tx, e.position FROM events e WHERE e.position = $2
+         ON CONFLICT (consumer) DO UPDATE
+         SET tx = EXCLUDED.tx, position = EXCLUDED.position, updated_at = now()
+         WHERE (checkpoints.tx, checkpoints.position) < (SELECT f.tx, f.position FROM events f WHERE f.position = $3)";
     pub const INSERT: &str = "INSERT INTO documents (collection, key, version, body) VALUES ($1, $2, 1, $3)
          ON CONFLICT (collection, key) DO NOTHING";
     pub const PUT: &str = "INSERT INTO documents (collection, key, version, body) VALUES ($1, $2, 1, $3)
@@ -109,6 +116,8 @@ type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 enum Expect {
     /// The checkpoint moved; else the step was done already.
     Advanced,
+    /// The checkpoint moved past a group; else some of it was done already.
+    AdvancedGroup,
     /// The parked record was removed; else another retry applied it.
     Unparked,
     /// A row was written; else this conflict.
@@ -132,6 +141,7 @@ enum Verdict {
 struct Bound<'c> {
     commit: &'c Commit,
     position: Option<i64>,
+    batch_from: Option<i64>,
     /// Per write op, its expected version (0 for ops without one).
     expected: Vec<i64>,
     unpark: Option<(&'c str, i64)>,
@@ -143,6 +153,7 @@ struct Bound<'c> {
 impl<'c> Bound<'c> {
     fn new(commit: &'c Commit) -> Result<Self, StoreError> {
         let position = commit.checkpoint.as_ref().map(|c| i64_of(c.position, "log position")).transpose()?;
+        let batch_from = commit.batch_from.map(|p| i64_of(p, "log position")).transpose()?;
         let expected = commit
             .ops
             .iter()
@@ -180,7 +191,7 @@ impl<'c> Bound<'c> {
                     .map_err(|e| StoreError::Invalid(format!("notification is not JSON: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { commit, position, expected, unpark, park, topics, notifications })
+        Ok(Self { commit, position, batch_from, expected, unpark, park, topics, notifications })
     }
 
     /// The statements, in order, each with what its row count must be: the
@@ -192,9 +203,16 @@ impl<'c> Bound<'c> {
     ) -> Result<Vec<(Statement, Params<'_>, Expect)>, StoreError> {
         let commit = self.commit;
         let mut statements: Vec<(Statement, Params, Expect)> = vec![];
-        if let (Some(checkpoint), Some(position)) = (&commit.checkpoint, &self.position) {
-            let sql = tx.prepare_cached(sql::ADVANCE).await.map_err(store_error)?;
-            statements.push((sql, vec![&checkpoint.consumer, position], Expect::Advanced));
+        match (&commit.checkpoint, &self.position, &self.batch_from) {
+            (Some(checkpoint), Some(position), None) => {
+                let sql = tx.prepare_cached(sql::ADVANCE).await.map_err(store_error)?;
+                statements.push((sql, vec![&checkpoint.consumer, position], Expect::Advanced));
+            }
+            (Some(checkpoint), Some(position), Some(from)) => {
+                let sql = tx.prepare_cached(sql::ADVANCE_FROM).await.map_err(store_error)?;
+                statements.push((sql, vec![&checkpoint.consumer, position, from], Expect::AdvancedGroup));
+            }
+            _ => {}
         }
         if let Some((consumer, position)) = &self.unpark {
             let sql = tx.prepare_cached(sql::UNPARK).await.map_err(store_error)?;
@@ -283,6 +301,12 @@ fn settle<'e>(
                     "already processed; discarding the duplicate step"
                 );
                 return Ok(Verdict::Duplicate);
+            }
+            (Ok(0), Expect::AdvancedGroup) => {
+                return Err(StoreError::Conflict(
+                    "the checkpoint is not before the group's first event: some of it was processed already"
+                        .into(),
+                ));
             }
             (Ok(0), Expect::Unparked) => {
                 let unpark = commit.unpark.as_ref();

@@ -1,0 +1,103 @@
+//! Group commit on Postgres: the deliveries a consumer has at hand are
+//! committed in one transaction, each step's lookups seeing the writes of
+//! the steps before it; a group whose commit cannot apply is committed one
+//! step at a time. Needs `make guest`; see `support/pg.rs` for the database.
+
+#[path = "support/pg.rs"]
+mod pg;
+mod support;
+
+use host::{Project, Shell};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn project(url: &str) -> Project {
+    let text = pg::project_text(url, "127.0.0.1:0", 60_000);
+    let mut project = Project::parse(&text, Path::new(".")).expect("test project");
+    project.watch = false;
+    project
+}
+
+/// Commands appended to the log by hand, in one transaction, while no
+/// shell runs: the handler finds them all at hand when it starts.
+async fn backlog(db: &tokio_postgres::Client, emails: &[&str]) {
+    let mut values = vec![];
+    for (n, email) in emails.iter().enumerate() {
+        values.push(format!(
+            "('cmd-{n}', 'commands', 'InviteCustomer', '{{\"email\": \"{email}\"}}', 'request-{n}')"
+        ));
+    }
+    db.batch_execute(&format!(
+        "INSERT INTO events (id, topic, kind, payload, correlation_id) VALUES {}",
+        values.join(", ")
+    ))
+    .await
+    .expect("append the commands");
+}
+
+/// The handler's events once there are `count`: transaction (xid8, as
+/// text), kind, email and customer id, in log order.
+async fn decided(db: &tokio_postgres::Client, count: usize) -> Vec<[String; 4]> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows = db
+            .query(
+                "SELECT tx::text, kind, payload->>'email', payload->>'customer-id' FROM events
+                 WHERE function = 'invite-customer' ORDER BY position",
+                &[],
+            )
+            .await
+            .expect("read the log");
+        if rows.len() >= count {
+            return rows.iter().map(|r| [r.get(0), r.get(1), r.get(2), r.get(3)]).collect();
+        }
+        assert!(Instant::now() < deadline, "only {} of {count} decided", rows.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn customers(db: &tokio_postgres::Client) -> i64 {
+    db.query_one("SELECT count(*) FROM documents WHERE collection = 'customers'", &[])
+        .await
+        .expect("count the customers")
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_backlog_is_committed_in_one_transaction_and_later_steps_see_earlier_writes() {
+    let url = pg::database().await;
+    let db = pg::client(&url).await;
+    // Starting once creates the schema; stopped, it leaves the backlog be.
+    Shell::start(project(&url)).await.expect("start (run `make guest` first)").stop().await.expect("stop");
+    // The third repeats the first's email: only the first step's write,
+    // not yet committed, tells it so.
+    backlog(&db, &["a@example.com", "b@example.com", "a@example.com", "c@example.com"]).await;
+
+    let shell = Shell::start(project(&url)).await.expect("start again");
+    let decided = decided(&db, 4).await;
+    let what: Vec<(&str, &str)> =
+        decided.iter().map(|[_, kind, email, _]| (kind.as_str(), email.as_str())).collect();
+    assert_eq!(
+        what,
+        [
+            ("CustomerInvited", "a@example.com"),
+            ("CustomerInvited", "b@example.com"),
+            ("CustomerInviteFailed", "a@example.com"),
+            ("CustomerInvited", "c@example.com"),
+        ]
+    );
+    assert!(
+        decided.iter().all(|[tx, ..]| *tx == decided[0][0]),
+        "one transaction for the group: {decided:?}"
+    );
+    assert_eq!(decided[2][3], decided[0][3], "the repeat names the customer the first step invited");
+    // The projector's group: three customers, nothing doubled.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while customers(&db).await < 3 {
+        assert!(Instant::now() < deadline, "the projector wrote {} customers", customers(&db).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(customers(&db).await, 3);
+    shell.stop().await.expect("clean stop");
+}
