@@ -79,9 +79,9 @@ pub struct Project {
     #[serde(default)]
     pub http: HttpConfig,
     /// What each function's consumer does with an event it cannot process
-    /// (`[consumers.NAME]`); [`FailurePolicy::default`] for the others.
+    /// (`[consumers.NAME]`); [`ConsumerPolicy::default`] for the others.
     #[serde(default)]
-    pub consumers: BTreeMap<String, FailurePolicy>,
+    pub consumers: BTreeMap<String, ConsumerPolicy>,
 }
 
 /// How a handler or projector deals with an event whose step keeps failing
@@ -90,21 +90,28 @@ pub struct Project {
 /// command fails its request.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
-pub struct FailurePolicy {
+pub struct ConsumerPolicy {
     /// Retries after the first failure, before `on-failure` applies.
     pub retries: u32,
     /// Wait before the first retry, in milliseconds; doubled for each next one.
     pub backoff_ms: u64,
     pub on_failure: OnFailure,
+    /// Shares of the function's inputs processed apart, so that several
+    /// shells on one database work on one function at once (Postgres; the
+    /// memory backend runs one consumer). Order is kept per key.
+    pub partitions: u32,
+    /// The payload field whose value keeps events in one partition (and in
+    /// order), e.g. `customer-id`; the correlation id when absent.
+    pub partition_key: Option<String>,
 }
 
-impl Default for FailurePolicy {
+impl Default for ConsumerPolicy {
     fn default() -> Self {
-        Self { retries: 3, backoff_ms: 100, on_failure: OnFailure::Park }
+        Self { retries: 3, backoff_ms: 100, on_failure: OnFailure::Park, partitions: 1, partition_key: None }
     }
 }
 
-impl FailurePolicy {
+impl ConsumerPolicy {
     /// The wait before retry number `retry` (1-based): `backoff-ms`, doubled
     /// each time, at most [`MAX_BACKOFF`].
     pub fn backoff(&self, retry: u32) -> Duration {
@@ -386,6 +393,9 @@ impl Project {
                  and limits.notifications must be greater than 0"
             );
         }
+        if let Some(name) = project.consumers.iter().find_map(|(n, c)| (c.partitions == 0).then_some(n)) {
+            anyhow::bail!("consumers.{name}.partitions must be at least 1");
+        }
         crate::http::AllowedOrigins::new(&project.http.allowed_origins)
             .map_err(|e| anyhow::anyhow!("http.allowed-origins: {e}"))?;
         Ok(project)
@@ -517,7 +527,12 @@ mod tests {
         let policy = &p.consumers["customer-projector"];
         assert_eq!(
             *policy,
-            FailurePolicy { retries: 1, backoff_ms: 100, on_failure: OnFailure::Stop },
+            ConsumerPolicy {
+                retries: 1,
+                backoff_ms: 100,
+                on_failure: OnFailure::Stop,
+                ..ConsumerPolicy::default()
+            },
             "unset keys take the defaults"
         );
         assert_eq!(policy.backoff(1), Duration::from_millis(100));

@@ -9,7 +9,7 @@
 //!
 //! A command whose step fails fails its request (a `Failed` notification).
 //! An event whose step fails is retried with backoff, then — per the
-//! function's [`FailurePolicy`] — *parked* (a dead-letter record committed
+//! function's [`ConsumerPolicy`] — *parked* (a dead-letter record committed
 //! with the checkpoint advance past it; [`Executor::retry`] applies it later)
 //! or the consumer *stops* at it, retrying slowly, so that nothing after it
 //! is processed first. Nothing is skipped in silence.
@@ -18,9 +18,9 @@
 //! nothing about the technology behind them.
 
 use crate::backend::overlay::Overlay;
-use crate::backend::{Bus, BusError, Delivery, Subscription};
+use crate::backend::{Bus, BusError, Delivery, Partition, Subscription};
 use crate::backend::{Checkpoint, Commit, Event, Parked, Store, StoreError};
-use crate::config::{FailurePolicy, MAX_BACKOFF, OnFailure};
+use crate::config::{ConsumerPolicy, MAX_BACKOFF, OnFailure};
 use crate::registry::{Functions, Registry};
 use crate::runtime::{Function, GuestError, HostEnv, StepLimits};
 use low_contract::{
@@ -73,6 +73,8 @@ pub enum StepError {
 #[serde(rename_all = "kebab-case")]
 pub struct Stopped {
     pub function: String,
+    /// The consumer stopped: the function's, or one partition's.
+    pub consumer: String,
     pub position: u64,
     pub event: Event,
     /// Why the last attempt failed.
@@ -111,6 +113,28 @@ pub enum RetryError {
 /// shell shutting down) while it waited.
 struct Interrupted;
 
+/// One consumer of a function's inputs: all of them, or one partition.
+#[derive(Debug, Clone)]
+struct Lane {
+    function: String,
+    /// Its checkpoint's (and lease's) name: the function's, or the partition's.
+    consumer: String,
+    partition: Option<Partition>,
+}
+
+impl Lane {
+    async fn subscribe(
+        &self,
+        bus: &Arc<dyn Bus>,
+        inputs: &[String],
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        match &self.partition {
+            Some(partition) => bus.subscribe_partition(&self.function, inputs, partition.clone()).await,
+            None => bus.subscribe(&self.function, inputs).await,
+        }
+    }
+}
+
 /// One running consumer.
 struct Consumer {
     inputs: Vec<String>,
@@ -137,10 +161,10 @@ pub struct Executor {
     /// Attempts per step when commits conflict.
     attempts: u32,
     /// Failure policies by function; the default for the others.
-    policies: BTreeMap<String, FailurePolicy>,
-    /// The consumers stopped at a failing event, by function.
+    policies: BTreeMap<String, ConsumerPolicy>,
+    /// The consumers stopped at a failing event, by consumer name.
     stopped: Mutex<BTreeMap<String, Stopped>>,
-    /// Wake a stopped consumer for an immediate retry, by function.
+    /// Wake a stopped consumer for an immediate retry, by consumer name.
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
     /// Functions given a `lowshell_parked_events` gauge so far.
     gauges: Mutex<BTreeSet<String>>,
@@ -204,12 +228,12 @@ impl Executor {
     }
 
     /// Sets the failure policies of the functions named (`[consumers.NAME]`).
-    pub fn with_policies(mut self, policies: BTreeMap<String, FailurePolicy>) -> Self {
+    pub fn with_policies(mut self, policies: BTreeMap<String, ConsumerPolicy>) -> Self {
         self.policies = policies;
         self
     }
 
-    fn policy(&self, function: &str) -> FailurePolicy {
+    fn policy(&self, function: &str) -> ConsumerPolicy {
         self.policies.get(function).cloned().unwrap_or_default()
     }
 
@@ -257,6 +281,27 @@ impl Executor {
         }))
     }
 
+    /// The consumers of `function`: one, or one per partition when the bus
+    /// shares work between shells and the project asks for partitions.
+    fn lanes(&self, function: &str, bus: &Arc<dyn Bus>) -> Vec<Lane> {
+        let policy = self.policy(function);
+        if policy.partitions <= 1 || !bus.shares_work() {
+            let consumer = function.to_owned();
+            return vec![Lane { function: function.to_owned(), consumer, partition: None }];
+        }
+        (0..policy.partitions)
+            .map(|index| {
+                let partition =
+                    Partition { index, count: policy.partitions, key: policy.partition_key.clone() };
+                Lane {
+                    function: function.to_owned(),
+                    consumer: partition.consumer(function),
+                    partition: Some(partition),
+                }
+            })
+            .collect()
+    }
+
     async fn reconcile(
         self: &Arc<Self>,
         bus: &Arc<dyn Bus>,
@@ -264,20 +309,24 @@ impl Executor {
     ) -> Result<(), BusError> {
         while consumers.tasks.try_join_next().is_some() {}
         let functions = self.registry.current();
+        let lanes: Vec<(Lane, &Arc<Function>)> = functions
+            .consumers()
+            .flat_map(|f| self.lanes(f.name(), bus).into_iter().map(move |l| (l, f)))
+            .collect();
         consumers.by_name.retain(|name, consumer| {
-            let keep = functions.consumers().any(|f| f.name() == name);
+            let keep = lanes.iter().any(|(lane, _)| lane.consumer == *name);
             if !keep {
                 // It finishes the step it is in, then ends.
                 consumer.stop.send_replace(true);
             }
             keep
         });
-        for function in functions.consumers() {
-            let name = function.name().to_owned();
+        for (lane, function) in lanes {
             let inputs = function.meta.inputs.clone();
             let (stop, stopping) = watch::channel(false);
             let (handover, taken) = oneshot::channel();
-            match consumers.by_name.get_mut(&name) {
+            let version = &function.version;
+            match consumers.by_name.get_mut(&lane.consumer) {
                 Some(consumer) if consumer.inputs == inputs => {}
                 Some(consumer) => {
                     // Other inputs: the old consumer finishes its step (or
@@ -287,15 +336,16 @@ impl Executor {
                     let previous = std::mem::replace(&mut consumer.handover, taken);
                     consumer.stop = stop;
                     consumer.inputs = inputs.clone();
-                    tracing::info!(function = %name, version = %function.version, ?inputs, "resubscribing");
+                    tracing::info!(consumer = %lane.consumer, %version, ?inputs, "resubscribing");
                     let (this, bus) = (Arc::clone(self), Arc::clone(bus));
-                    consumers.tasks.spawn(this.take_over(bus, name, inputs, previous, stopping, handover));
+                    consumers.tasks.spawn(this.take_over(bus, lane, inputs, previous, stopping, handover));
                 }
                 None => {
-                    let subscription = bus.subscribe(&name, &inputs).await?;
-                    tracing::info!(function = %name, version = %function.version, ?inputs, "consuming");
+                    let subscription = lane.subscribe(bus, &inputs).await?;
+                    tracing::info!(consumer = %lane.consumer, %version, ?inputs, "consuming");
                     let this = Arc::clone(self);
-                    consumers.tasks.spawn(this.consume(name.clone(), subscription, stopping, handover));
+                    let name = lane.consumer.clone();
+                    consumers.tasks.spawn(this.consume(lane, subscription, stopping, handover));
                     consumers.by_name.insert(name, Consumer { inputs, stop, handover: taken });
                 }
             }
@@ -307,7 +357,7 @@ impl Executor {
     async fn take_over(
         self: Arc<Self>,
         bus: Arc<dyn Bus>,
-        function: String,
+        lane: Lane,
         inputs: Vec<String>,
         previous: oneshot::Receiver<Box<dyn Subscription>>,
         mut stop: watch::Receiver<bool>,
@@ -316,10 +366,10 @@ impl Executor {
         // Gone (`Err`) only if the previous consumer panicked.
         let previous = previous.await.ok();
         let subscription = loop {
-            match bus.subscribe(&function, &inputs).await {
+            match lane.subscribe(&bus, &inputs).await {
                 Ok(subscription) => break subscription,
                 Err(e) => {
-                    tracing::error!(%function, "could not subscribe with the new inputs, retrying: {e}");
+                    tracing::error!(consumer = %lane.consumer, "could not subscribe with the new inputs, retrying: {e}");
                     if pause(UNAVAILABLE_BACKOFF, &mut stop, None).await.is_err() {
                         if let Some(previous) = previous {
                             let _ = handover.send(previous);
@@ -331,13 +381,13 @@ impl Executor {
         };
         // Only now: the new subscription has taken over what it held.
         drop(previous);
-        tracing::info!(%function, ?inputs, "consuming with the new inputs");
-        self.consume(function, subscription, stop, handover).await;
+        tracing::info!(consumer = %lane.consumer, ?inputs, "consuming with the new inputs");
+        self.consume(lane, subscription, stop, handover).await;
     }
 
     async fn consume(
         self: Arc<Self>,
-        function: String,
+        lane: Lane,
         mut subscription: Box<dyn Subscription>,
         mut stop: watch::Receiver<bool>,
         handover: oneshot::Sender<Box<dyn Subscription>>,
@@ -362,7 +412,7 @@ impl Executor {
             {
                 group.push(more);
             }
-            if let Err(done) = self.handle_group(&function, &group, &mut stop).await {
+            if let Err(done) = self.handle_group(&lane, &group, &mut stop).await {
                 // Stopped before these were done: the next consumer gets them.
                 for delivery in group.into_iter().skip(done).rev() {
                     subscription.put_back(delivery).await;
@@ -370,7 +420,7 @@ impl Executor {
                 break;
             }
         }
-        tracing::debug!(%function, "consumer stopped");
+        tracing::debug!(consumer = %lane.consumer, "consumer stopped");
         // Nobody takes it when the function is gone or the shell stops.
         let _ = handover.send(subscription);
     }
@@ -381,22 +431,25 @@ impl Executor {
     /// meanwhile: the first `done` deliveries are committed, the rest not.
     async fn handle_group(
         &self,
-        function: &str,
+        lane: &Lane,
         group: &[Delivery],
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), usize> {
         if group.len() > 1 {
-            match self.commit_group(function, group).await {
+            match self.commit_group(lane, group).await {
                 Ok(()) => {
-                    self.resume(function);
+                    self.resume(&lane.consumer);
+                    crate::metrics::steps(&lane.function, group.len() as u64);
                     return Ok(());
                 }
-                Err(e) => tracing::debug!(%function, deliveries = group.len(), "committing one by one: {e}"),
+                Err(e) => {
+                    tracing::debug!(consumer = %lane.consumer, deliveries = group.len(), "committing one by one: {e}")
+                }
             }
         }
         for (done, delivery) in group.iter().enumerate() {
-            let span = step_span(function, delivery);
-            if self.handle(function, delivery, stop).instrument(span).await.is_err() {
+            let span = step_span(&lane.function, delivery);
+            if self.handle(lane, delivery, stop).instrument(span).await.is_err() {
                 return Err(done);
             }
         }
@@ -407,13 +460,14 @@ impl Executor {
     /// checkpoint advanced past the group only if none of it was processed
     /// yet. Nothing is committed when any step fails or the commit is
     /// refused.
-    async fn commit_group(&self, function: &str, group: &[Delivery]) -> Result<(), StepError> {
+    async fn commit_group(&self, lane: &Lane, group: &[Delivery]) -> Result<(), StepError> {
         let (Some(first), Some(last)) = (group.first(), group.last()) else { return Ok(()) };
+        let function = lane.function.as_str();
         let functions = self.registry.current();
         let overlay = Arc::new(Overlay::new(Arc::clone(&self.store)));
         let view: Arc<dyn Store> = overlay.clone();
         let mut commit = Commit {
-            checkpoint: Some(Checkpoint { consumer: function.to_owned(), position: last.position }),
+            checkpoint: Some(Checkpoint { consumer: lane.consumer.clone(), position: last.position }),
             batch_from: Some(first.position),
             ..Commit::default()
         };
@@ -432,16 +486,17 @@ impl Executor {
 
     /// Processes one delivery to completion: committed; or, failing, a
     /// command fails its request, an event is retried and then parked or
-    /// stopped at (see [`FailurePolicy`]). Never gives up on a store that is
+    /// stopped at (see [`ConsumerPolicy`]). Never gives up on a store that is
     /// merely unavailable. `Err` only when told to stop meanwhile, with
     /// nothing committed.
     async fn handle(
         &self,
-        function: &str,
+        lane: &Lane,
         delivery: &Delivery,
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), Interrupted> {
-        let checkpoint = Checkpoint { consumer: function.to_owned(), position: delivery.position };
+        let function = lane.function.as_str();
+        let checkpoint = Checkpoint { consumer: lane.consumer.clone(), position: delivery.position };
         let advance = || Commit { checkpoint: Some(checkpoint.clone()), ..Commit::default() };
         let message = &delivery.event.message;
         let policy = self.policy(function);
@@ -449,7 +504,8 @@ impl Executor {
         loop {
             let error = match self.attempt(function, delivery, advance()).await {
                 Ok(()) => {
-                    self.resume(function);
+                    self.resume(&lane.consumer);
+                    crate::metrics::steps(function, 1);
                     return Ok(());
                 }
                 Err(StepError::Store(StoreError::Unavailable(e))) => {
@@ -501,7 +557,7 @@ impl Executor {
                     return Ok(());
                 }
                 OnFailure::Stop => {
-                    let first = self.stop_at(function, delivery, &error, failures);
+                    let first = self.stop_at(lane, delivery, &error, failures);
                     if first {
                         tracing::error!(
                             %function, kind = %message.kind, id = %message.id, position = delivery.position,
@@ -517,9 +573,9 @@ impl Executor {
                     }
                     // Slowly: the backoff goes on doubling (to its cap), never a busy loop.
                     let wait = policy.backoff(failures).max(STOPPED_MIN_WAIT).min(MAX_BACKOFF);
-                    let waker = self.waker(function);
+                    let waker = self.waker(&lane.consumer);
                     if let Err(stopping) = pause(wait, stop, Some(&waker)).await {
-                        self.resume(function);
+                        self.resume(&lane.consumer);
                         return Err(stopping);
                     }
                 }
@@ -546,16 +602,17 @@ impl Executor {
         }
     }
 
-    /// Marks `function` stopped at `delivery`; whether it just stopped.
-    fn stop_at(&self, function: &str, delivery: &Delivery, error: &StepError, attempts: u32) -> bool {
+    /// Marks the lane's consumer stopped at `delivery`; whether it just stopped.
+    fn stop_at(&self, lane: &Lane, delivery: &Delivery, error: &StepError, attempts: u32) -> bool {
         let at = self.env.now_ms();
         let mut stopped = lock(&self.stopped);
-        let first = stopped.get(function).is_none_or(|s| s.position != delivery.position);
-        let since_ms = if first { at } else { stopped.get(function).map_or(at, |s| s.since_ms) };
+        let first = stopped.get(&lane.consumer).is_none_or(|s| s.position != delivery.position);
+        let since_ms = if first { at } else { stopped.get(&lane.consumer).map_or(at, |s| s.since_ms) };
         stopped.insert(
-            function.to_owned(),
+            lane.consumer.clone(),
             Stopped {
-                function: function.to_owned(),
+                function: lane.function.clone(),
+                consumer: lane.consumer.clone(),
                 position: delivery.position,
                 event: delivery.event.clone(),
                 error: error.to_string(),
@@ -564,15 +621,15 @@ impl Executor {
                 attempted_at_ms: at,
             },
         );
-        crate::metrics::consumer_stopped(function, true);
+        crate::metrics::consumer_stopped(&lane.consumer, true);
         first
     }
 
-    /// `function`'s consumer is no longer stopped.
-    fn resume(&self, function: &str) {
-        if lock(&self.stopped).remove(function).is_some() {
-            tracing::info!(%function, "stopped consumer resumed");
-            crate::metrics::consumer_stopped(function, false);
+    /// The consumer is no longer stopped.
+    fn resume(&self, consumer: &str) {
+        if lock(&self.stopped).remove(consumer).is_some() {
+            tracing::info!(%consumer, "stopped consumer resumed");
+            crate::metrics::consumer_stopped(consumer, false);
         }
     }
 
@@ -629,8 +686,12 @@ impl Executor {
             return Err(RetryError::UnknownFunction(function.to_owned()));
         }
         let mut retried = vec![];
-        let stopped = lock(&self.stopped).get(function).cloned();
-        if let Some(stopped) = stopped.filter(|s| position.is_none_or(|p| p == s.position)) {
+        let stopped: Vec<Stopped> = lock(&self.stopped)
+            .values()
+            .filter(|s| s.function == function && position.is_none_or(|p| p == s.position))
+            .cloned()
+            .collect();
+        for stopped in stopped {
             retried.push(self.retry_stopped(stopped).await);
         }
         let parked = self.store.parked(Some(function)).await?;
@@ -674,10 +735,10 @@ impl Executor {
 
     /// Wakes the stopped consumer and waits for the outcome of its next try.
     async fn retry_stopped(&self, stopped: Stopped) -> Retried {
-        self.waker(&stopped.function).notify_one();
+        self.waker(&stopped.consumer).notify_one();
         let deadline = tokio::time::Instant::now() + STOPPED_RETRY_WAIT;
         loop {
-            let now = lock(&self.stopped).get(&stopped.function).cloned();
+            let now = lock(&self.stopped).get(&stopped.consumer).cloned();
             match now {
                 Some(s) if s.position == stopped.position && s.attempts == stopped.attempts => {}
                 Some(s) if s.position == stopped.position => {

@@ -68,6 +68,11 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Show which shell processes each consumer (a function, or one partition of it).
+    Status {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// List the events parked by a running shell's consumers (and the consumers stopped at one).
     Parked {
         /// Only this function's.
@@ -183,6 +188,7 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Parked { function, admin } => parked(function.as_deref(), &admin).await,
+            Command::Status { admin } => status(&admin).await,
             Command::Retry { name, position, admin } => retry(&name, position, &admin).await,
             Command::Test(args) => host::stub::scenario::run_cli(args).await,
         }
@@ -306,6 +312,20 @@ async fn deploy(name: &str, file: &std::path::Path, force: bool, admin: &AdminAr
         (_, false) => println!("{}: already running {}", done.name, short(&done.version)),
         (Some(old), true) => println!("{}: {} → {}", done.name, short(old), short(&done.version)),
         (None, true) => println!("{}: deployed {}", done.name, short(&done.version)),
+    }
+    Ok(())
+}
+
+async fn status(admin: &AdminArgs) -> anyhow::Result<()> {
+    let url = format!("{}/admin/consumers", admin.to.trim_end_matches('/'));
+    let holders: Vec<host::backend::Holder> = send(admin.request(reqwest::Method::GET, &url)).await?;
+    if holders.is_empty() {
+        println!("no leases: the shell runs every consumer itself (memory backend)");
+        return Ok(());
+    }
+    println!("{:<40} SHELL", "CONSUMER");
+    for h in &holders {
+        println!("{:<40} {}", h.consumer, h.shell.as_deref().unwrap_or("- (nobody: waiting for a shell)"));
     }
     Ok(())
 }

@@ -65,6 +65,7 @@ fn describe() {
     describe_gauge!("lowshell_consumer_lag", "Deliveries waiting for a consumer (function)");
     describe_counter!("lowshell_swaps_total", "Function swaps, by function and outcome (ok, failed)");
     describe_counter!("lowshell_events_total", "Events and commands appended, by topic");
+    describe_counter!("lowshell_steps_total", "Steps committed by this shell's consumers, by function");
     describe_gauge!("lowshell_pending_requests", "Requests waiting for their commands' responses");
     describe_gauge!("lowshell_parked_events", "Events parked (set aside after failing), by function");
     describe_gauge!(
@@ -139,6 +140,11 @@ pub const NEW_FUNCTION: &str = "(new)";
 /// A deploy of `function` was refused; `known` when the shell runs it.
 pub fn swap_refused(function: &str, known: bool) {
     swap(if known { function } else { NEW_FUNCTION }, false);
+}
+
+/// `n` steps of `function` were committed by this shell.
+pub fn steps(function: &str, n: u64) {
+    counter!("lowshell_steps_total", "function" => function.to_owned()).increment(n);
 }
 
 /// An event (or command) was appended to `topic`.

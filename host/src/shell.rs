@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 /// A running shell.
 pub struct Shell {
+    bus: Arc<dyn Bus>,
     /// Where it listens (the actual port when the project asked for port 0).
     pub addr: SocketAddr,
     pub registry: Arc<Registry>,
@@ -175,9 +176,15 @@ impl Shell {
         deployer.sync_all().await.context("cannot load the recorded versions of the functions")?;
         let following = deployer.follow();
 
-        for name in project.consumers.keys() {
+        for (name, policy) in &project.consumers {
             if registry.current().consumers().all(|f| f.name() != name) {
                 tracing::warn!("[consumers.{name}] names no handler or projector of this project; ignored");
+            }
+            if policy.partitions > 1 && !bus.shares_work() {
+                tracing::warn!(
+                    "[consumers.{name}] partitions: this backend runs one consumer per function in one shell; \
+                     partitions share a function's work between shells on Postgres"
+                );
             }
         }
         let executor = Arc::new(
@@ -229,6 +236,7 @@ impl Shell {
         let app = http::router(Arc::clone(&graphql), ready, http).merge(admin::router(
             deployer.clone(),
             Arc::clone(&executor),
+            Arc::clone(&bus),
             token.as_deref(),
         ));
         let server = tokio::spawn(async move {
@@ -240,6 +248,7 @@ impl Shell {
         });
         tracing::info!(project = %project.name, %addr, "serving GraphQL at http://{addr}/");
         Ok(Self {
+            bus: Arc::clone(&bus),
             addr,
             registry,
             graphql,
@@ -266,6 +275,7 @@ impl Shell {
         }
         let served = (&mut self.server).await;
         self.consumers.abort();
+        self.bus.close();
         if let Some(following) = &self.following {
             following.abort();
         }

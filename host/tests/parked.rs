@@ -10,7 +10,7 @@
 mod pg;
 mod support;
 
-use host::config::{BackendKind, FailurePolicy, OnFailure};
+use host::config::{BackendKind, ConsumerPolicy, OnFailure};
 use host::runtime::Version;
 use host::{Project, Shell};
 use serde_json::{Value, json};
@@ -24,7 +24,7 @@ const PROJECTOR: &str = "misbehave-projector";
 
 /// The misbehaving handler, its resolver and the misbehaving projector,
 /// with `policy` for the projector.
-fn project(policy: FailurePolicy) -> Project {
+fn project(policy: ConsumerPolicy) -> Project {
     let mut project = basic_project();
     project.functions = Some(vec![
         "fixtures/misbehave".into(),
@@ -48,8 +48,8 @@ fn on_postgres(mut project: Project, url: &str) -> Project {
     project
 }
 
-fn park(retries: u32) -> FailurePolicy {
-    FailurePolicy { retries, backoff_ms: 10, on_failure: OnFailure::Park }
+fn park(retries: u32) -> ConsumerPolicy {
+    ConsumerPolicy { retries, backoff_ms: 10, on_failure: OnFailure::Park, ..ConsumerPolicy::default() }
 }
 
 async fn start(project: Project) -> (Shell, Client) {
@@ -351,7 +351,12 @@ async fn every_kind_of_failure_parks() {
 async fn a_stopped_consumer_waits_at_the_event_until_a_retry_after_the_fix() {
     let _serial = SERIAL.lock().await;
     // A long backoff: only the retry makes it try again within the test.
-    let policy = FailurePolicy { retries: 0, backoff_ms: 25_000, on_failure: OnFailure::Stop };
+    let policy = ConsumerPolicy {
+        retries: 0,
+        backoff_ms: 25_000,
+        on_failure: OnFailure::Stop,
+        ..ConsumerPolicy::default()
+    };
     let (shell, client) = start(project(policy)).await;
     misbehave_projector(&client, "trap", "project-operate").await;
     let after = misbehave(&client, "ok", "").await;

@@ -97,6 +97,36 @@ fn canonical_json(value: &Value, out: &mut String) {
     }
 }
 
+/// One of `count` disjoint shares of a function's inputs: the events whose
+/// key — the payload's `key` field, else the correlation id, else the
+/// message id — hashes to `index`. Events with one key stay in one
+/// partition, so their order is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    pub index: u32,
+    pub count: u32,
+    pub key: Option<String>,
+}
+
+impl Partition {
+    /// The consumer name of this partition of `function`: its own
+    /// checkpoint and lease.
+    pub fn consumer(&self, function: &str) -> String {
+        format!("{function}#{}/{}", self.index, self.count)
+    }
+}
+
+/// Who processes a consumer's deliveries now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Holder {
+    /// The consumer: a function's name, or one partition of it (`name#i/n`).
+    pub consumer: String,
+    /// The shell holding its lease (its database session's name); none
+    /// while nobody does.
+    pub shell: Option<String>,
+}
+
 /// The deliveries of one consumer, in log order.
 #[async_trait]
 pub trait Subscription: Send {
@@ -136,6 +166,30 @@ pub trait Bus: Send + Sync + 'static {
     /// previous subscription is still alive, and dropping that one after,
     /// hands over without losing or repeating a delivery.
     async fn subscribe(&self, consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError>;
+    /// Whether several shells share this bus, so that a function's work can
+    /// be split into partitions processed by different shells.
+    fn shares_work(&self) -> bool {
+        false
+    }
+    /// The deliveries of one partition of `function`'s inputs, under the
+    /// consumer name [`Partition::consumer`]. A new partition starts where
+    /// the function's own consumer had got to. Each shell takes its fair
+    /// share of a function's partitions (the count over the shells running)
+    /// and hands extra ones over when shells join.
+    async fn subscribe_partition(
+        &self,
+        _function: &str,
+        _topics: &[String],
+        _partition: Partition,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        Err(BusError::Invalid("this bus does not split a function's work into partitions".into()))
+    }
+    /// The shell stops: let go of what tells other shells it is there.
+    fn close(&self) {}
+    /// Who holds each consumer's lease, across the shells on this bus.
+    async fn holders(&self) -> Result<Vec<Holder>, BusError> {
+        Ok(vec![])
+    }
     /// Notifications for requests waiting in this shell. Taken once.
     async fn notifications(&self) -> Result<mpsc::UnboundedReceiver<Message>, BusError>;
     /// The notifications already sent for the request `correlation_id`, for

@@ -15,7 +15,7 @@ pub mod overlay;
 pub mod postgres;
 pub mod store;
 
-pub use bus::{Answer, Bus, BusError, Delivery, Submitted, Subscription, fingerprint};
+pub use bus::{Answer, Bus, BusError, Delivery, Holder, Partition, Submitted, Subscription, fingerprint};
 pub use store::{Checkpoint, Commit, Event, Parked, Store, StoreError};
 
 use crate::config::{BackendKind, Project};

@@ -3,6 +3,7 @@
 //! Every request needs `Authorization: Bearer <token>`; without a configured
 //! token the endpoints refuse everything. Tokens are compared in constant time.
 
+use crate::backend::{Bus, BusError};
 use crate::backend::{Parked, StoreError};
 use crate::deploy::{DeployError, Deployer};
 use crate::executor::{Executor, Retried, RetryError, Stopped};
@@ -28,6 +29,7 @@ pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 struct Admin {
     deployer: Deployer,
     executor: Arc<Executor>,
+    bus: Arc<dyn Bus>,
     /// sha256 of the token: compared in constant time whatever its length.
     token: Option<[u8; 32]>,
 }
@@ -88,14 +90,15 @@ pub struct RetryReport {
     pub retried: Vec<Retried>,
 }
 
-pub fn router(deployer: Deployer, executor: Arc<Executor>, token: Option<&str>) -> Router {
-    let admin = Admin { deployer, executor, token: token.map(|t| Sha256::digest(t.as_bytes()).into()) };
+pub fn router(deployer: Deployer, executor: Arc<Executor>, bus: Arc<dyn Bus>, token: Option<&str>) -> Router {
+    let admin = Admin { deployer, executor, bus, token: token.map(|t| Sha256::digest(t.as_bytes()).into()) };
     Router::new()
         .route("/admin/functions", get(list))
         .route("/admin/functions/{name}", put(deploy).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)))
         .route("/admin/functions/{name}/rollback", post(rollback))
         .route("/admin/functions/{name}/retry", post(retry))
         .route("/admin/parked", get(parked))
+        .route("/admin/consumers", get(consumers))
         .route_layer(middleware::from_fn_with_state(admin.clone(), authorize))
         .with_state(admin)
 }
@@ -198,6 +201,17 @@ async fn parked(State(admin): State<Admin>, Query(query): Query<ParkedQuery>) ->
             Json(ParkedReport { parked, stopped: stopped.collect() }).into_response()
         }
         Err(e) => store_error(&e),
+    }
+}
+
+/// Who processes each consumer (a function, or one partition of it) now,
+/// across the shells on the database. Empty on the memory backend, where
+/// this shell runs every consumer.
+async fn consumers(State(admin): State<Admin>) -> Response {
+    match admin.bus.holders().await {
+        Ok(holders) => Json(holders).into_response(),
+        Err(e @ BusError::Unavailable(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -14,20 +14,29 @@
 //! - Reads follow `(tx, position)` and stop below the oldest transaction
 //!   still running (`pg_snapshot_xmin`), so no event is skipped when
 //!   transactions commit out of order; an aborted one leaves no stall.
+//! - A function's work may be split into partitions (`[consumers.NAME]
+//!   partitions`): each partition is a consumer of its own (checkpoint and
+//!   lease), and each shell takes its fair share of them — the count over the
+//!   shells present (each holds a shared advisory lock on its listening
+//!   connection) — handing extra ones over when shells join, taking over a
+//!   departed shell's within a poll interval.
 //! - LISTEN/NOTIFY wakes consumers and carries notifications to the shells;
 //!   polling is the fallback.
 
 use crate::backend::Event;
 use crate::backend::postgres::database::{
-    Database, EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, describe, describe_pool, lease_id, try_lease,
+    Database, EVENTS_CHANNEL, LOCK_NAMESPACE, NOTIFICATIONS_CHANNEL, PRESENCE, describe, describe_pool,
+    lease_holders, lease_id, live_shells, try_lease,
 };
-use crate::backend::{Answer, Bus, BusError, Delivery, Submitted, Subscription, fingerprint};
+use crate::backend::{
+    Answer, Bus, BusError, Delivery, Holder, Partition, Submitted, Subscription, fingerprint,
+};
 use async_trait::async_trait;
 use low_contract::Message;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_postgres::{AsyncMessage, Client, Row, Statement};
 
@@ -56,9 +65,34 @@ struct Inner {
     /// tail of the log started with the first watcher.
     watchers: broadcast::Sender<Event>,
     tailing: AtomicBool,
+    /// Partitions whose lease this shell holds, by function: its share.
+    held: Mutex<HashMap<String, usize>>,
+    /// The shells running on the database, and when they were counted.
+    shells: Mutex<Option<(Instant, usize)>>,
+    /// Set when the shell stops: the listener lets its connection go.
+    closed: watch::Sender<bool>,
 }
 
 impl Inner {
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This shell's fair share of `count` partitions: the count over the
+    /// shells running (counted again at most every poll interval).
+    async fn share(&self, client: &Client, count: u32) -> Result<usize, tokio_postgres::Error> {
+        let cached = *self.shells.lock().unwrap_or_else(|p| p.into_inner());
+        let shells = match cached {
+            Some((at, shells)) if at.elapsed() < POLL => shells,
+            _ => {
+                let shells = live_shells(client).await?.max(1);
+                *self.shells.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), shells));
+                shells
+            }
+        };
+        Ok((count as usize).div_ceil(shells))
+    }
+
     /// Hands notifications to this shell's waiting requests (once the
     /// responses have taken the receiving end).
     fn forward(&self, messages: impl IntoIterator<Item = Message>) {
@@ -100,6 +134,9 @@ impl PgBus {
                 last_notification: AtomicI64::new(0),
                 watchers: broadcast::Sender::new(WATCH_BUFFER),
                 tailing: AtomicBool::new(false),
+                held: Mutex::default(),
+                shells: Mutex::default(),
+                closed: watch::Sender::new(false),
             }),
         };
         tokio::spawn(listen(Arc::downgrade(&bus.inner)));
@@ -307,18 +344,38 @@ async fn listen(inner: std::sync::Weak<Inner>) {
             tokio::time::sleep(RECONNECT).await;
             continue;
         }
+        // Present while this connection lives: other shells count it when
+        // they share partitions out.
+        if let Err(e) =
+            client.query_one("SELECT pg_advisory_lock_shared($1, $2)", &[&LOCK_NAMESPACE, &PRESENCE]).await
+        {
+            tracing::warn!("cannot announce this shell to the others, retrying: {}", describe(&e));
+            drop(strong);
+            tokio::time::sleep(RECONNECT).await;
+            continue;
+        }
         tracing::debug!("listening for events and notifications");
         // Whatever was missed while not listening, the consumers find by
         // polling, and the responses by catching up.
         strong.wake.send_modify(|n| *n += 1);
         catch_up(&strong, &client).await;
+        let mut closed = strong.closed.subscribe();
         drop(strong);
-        while let Some((channel, payload)) = rx.recv().await {
-            let Some(strong) = inner.upgrade() else { return };
-            if channel == EVENTS_CHANNEL {
-                strong.wake.send_modify(|n| *n += 1);
-            } else if channel == NOTIFICATIONS_CHANNEL {
-                forward_notification(&strong, &client, &payload).await;
+        loop {
+            tokio::select! {
+                message = rx.recv() => {
+                    let Some((channel, payload)) = message else { break };
+                    let Some(strong) = inner.upgrade() else { return };
+                    if channel == EVENTS_CHANNEL {
+                        strong.wake.send_modify(|n| *n += 1);
+                    } else if channel == NOTIFICATIONS_CHANNEL {
+                        forward_notification(&strong, &client, &payload).await;
+                    }
+                }
+                // The shell stopped: close the connection, so that the
+                // other shells stop counting this one.
+                // (Or the bus is gone: the sender with it.)
+                () = async { drop(closed.wait_for(|closed| *closed).await) } => return,
             }
         }
         tracing::warn!("the listening connection closed; reconnecting");
@@ -411,6 +468,26 @@ const READ: &str = "WITH c AS (
      ORDER BY e.tx, e.position
      LIMIT $3";
 
+/// [`READ`] for one partition: the events whose key hashes to it ($4 the
+/// payload field holding the key, none for the correlation id; $5 the
+/// partitions; $6 this one).
+const READ_PARTITION: &str = "WITH c AS (
+         SELECT coalesce((SELECT tx FROM checkpoints WHERE consumer = $1), '0'::xid8) AS tx,
+                coalesce((SELECT position FROM checkpoints WHERE consumer = $1), 0) AS position)
+     SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
+            e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint
+     FROM events e, c
+     WHERE e.topic = ANY($2) AND (e.tx, e.position) > (c.tx, c.position)
+       AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+       AND (hashtext(coalesce(e.payload->>$4::text, e.correlation_id, e.id))::bigint + 2147483648) % $5 = $6
+     ORDER BY e.tx, e.position
+     LIMIT $3";
+
+/// A new partition starts where its function's consumer had got to.
+const SEED_PARTITION: &str = "INSERT INTO checkpoints (consumer, tx, position)
+     SELECT $1, tx, position FROM checkpoints WHERE consumer = $2
+     ON CONFLICT (consumer) DO NOTHING";
+
 /// Appends a command once (a repeated id appends nothing) and wakes the consumers.
 const SUBMIT: &str = "WITH e AS (
          INSERT INTO events (id, topic, kind, payload, correlation_id, causation_id, command_id)
@@ -449,6 +526,8 @@ struct PgSubscription {
     inner: Arc<Inner>,
     consumer: String,
     topics: Vec<String>,
+    /// The function and the share of its work, when partitioned.
+    partition: Option<(String, Partition)>,
     /// The dedicated connection holding the consumer's lease, once held,
     /// and the read of the log prepared on it.
     lease: Option<(Client, Statement)>,
@@ -461,30 +540,107 @@ struct PgSubscription {
 }
 
 impl PgSubscription {
-    /// Takes the lease if free. `Ok(false)`: another shell consumes.
+    /// Takes the lease if free (and, for a partition, if this shell holds
+    /// less than its share). `Ok(false)`: another shell consumes.
     async fn lease(&mut self) -> Result<bool, tokio_postgres::Error> {
         if self.lease.as_ref().is_some_and(|(c, _)| !c.is_closed()) {
+            if self.surplus().await? {
+                // Another shell joined: the lease goes (the connection
+                // closes), and that shell takes the partition.
+                tracing::info!(consumer = %self.consumer, "handing the partition over to another shell");
+                self.lease = None;
+                return Ok(false);
+            }
             return Ok(true);
         }
         if self.lease.take().is_some() {
             tracing::warn!(consumer = %self.consumer, "lost the consumer lease");
+            self.release();
         }
         let client = match self.candidate.take() {
             Some(c) if !c.is_closed() => c,
             _ => self.inner.db.dedicated(|_| {}).await?,
         };
+        if !self.claim(&client).await? {
+            self.candidate = Some(client);
+            return Ok(false);
+        }
         let id = match self.lease_id {
             Some(id) => id,
-            None => *self.lease_id.insert(lease_id(&client, &self.consumer).await?),
+            None => match lease_id(&client, &self.consumer).await {
+                Ok(id) => *self.lease_id.insert(id),
+                Err(e) => {
+                    self.release();
+                    return Err(e);
+                }
+            },
         };
-        if try_lease(&client, id).await? {
-            tracing::info!(consumer = %self.consumer, "holding the consumer lease");
-            let read = client.prepare(READ).await?;
-            self.lease = Some((client, read));
-            Ok(true)
-        } else {
+        match self.take(client, id).await {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                self.release();
+                Ok(false)
+            }
+            Err(e) => {
+                self.release();
+                Err(e)
+            }
+        }
+    }
+
+    /// Tries the lease on `client`; once held, prepares the read (and seeds
+    /// a new partition's checkpoint).
+    async fn take(&mut self, client: Client, id: i32) -> Result<bool, tokio_postgres::Error> {
+        if !try_lease(&client, id).await? {
             self.candidate = Some(client);
-            Ok(false)
+            return Ok(false);
+        }
+        tracing::info!(consumer = %self.consumer, "holding the consumer lease");
+        let read = match &self.partition {
+            Some((function, _)) => {
+                client.execute(SEED_PARTITION, &[&self.consumer, function]).await?;
+                client.prepare(READ_PARTITION).await?
+            }
+            None => client.prepare(READ).await?,
+        };
+        self.lease = Some((client, read));
+        Ok(true)
+    }
+
+    /// Counts a partition toward this shell's share before taking its
+    /// lease; `false` when the share is full. Unpartitioned: always.
+    async fn claim(&self, client: &Client) -> Result<bool, tokio_postgres::Error> {
+        let Some((function, partition)) = &self.partition else { return Ok(true) };
+        let share = self.inner.share(client, partition.count).await?;
+        let mut held = self.inner.held();
+        let mine = held.entry(function.clone()).or_default();
+        Ok(*mine < share && {
+            *mine += 1;
+            true
+        })
+    }
+
+    /// A partition held beyond this shell's share (shells joined): counted
+    /// off, to be handed over.
+    async fn surplus(&self) -> Result<bool, tokio_postgres::Error> {
+        let (Some((function, partition)), Some((client, _))) = (&self.partition, &self.lease) else {
+            return Ok(false);
+        };
+        let share = self.inner.share(client, partition.count).await?;
+        let mut held = self.inner.held();
+        let mine = held.entry(function.clone()).or_default();
+        Ok(*mine > share && {
+            *mine -= 1;
+            true
+        })
+    }
+
+    /// A claimed partition's lease is not (or no longer) held.
+    fn release(&self) {
+        if let Some((function, _)) = &self.partition
+            && let Some(mine) = self.inner.held().get_mut(function)
+        {
+            *mine = mine.saturating_sub(1);
         }
     }
 
@@ -494,7 +650,13 @@ impl PgSubscription {
             return Ok(());
         }
         let Some((client, read)) = &self.lease else { return Ok(()) };
-        let rows = client.query(read, &[&self.consumer, &self.topics, &BATCH]).await?;
+        let rows = match &self.partition {
+            Some((_, p)) => {
+                let (count, index) = (i64::from(p.count), i64::from(p.index));
+                client.query(read, &[&self.consumer, &self.topics, &BATCH, &p.key, &count, &index]).await?
+            }
+            None => client.query(read, &[&self.consumer, &self.topics, &BATCH]).await?,
+        };
         for row in &rows {
             match delivery(row) {
                 Ok((_, d)) => self.buffer.push_back(d),
@@ -515,6 +677,14 @@ impl PgSubscription {
         };
         crate::metrics::consumer_lag(&self.consumer, waiting);
         Ok(())
+    }
+}
+
+impl Drop for PgSubscription {
+    fn drop(&mut self) {
+        if self.lease.is_some() {
+            self.release();
+        }
     }
 }
 
@@ -638,11 +808,51 @@ impl Bus for PgBus {
         Ok(rx)
     }
 
+    fn shares_work(&self) -> bool {
+        true
+    }
+
+    fn close(&self) {
+        self.inner.closed.send_replace(true);
+    }
+
+    async fn subscribe_partition(
+        &self,
+        function: &str,
+        topics: &[String],
+        partition: Partition,
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        if partition.count == 0 || partition.index >= partition.count {
+            return Err(BusError::Invalid(format!(
+                "no partition {} of {} for `{function}`",
+                partition.index, partition.count
+            )));
+        }
+        Ok(Box::new(PgSubscription {
+            inner: Arc::clone(&self.inner),
+            consumer: partition.consumer(function),
+            topics: topics.to_vec(),
+            partition: Some((function.to_owned(), partition)),
+            lease: None,
+            lease_id: None,
+            candidate: None,
+            buffer: VecDeque::new(),
+            wake: self.inner.wake.subscribe(),
+        }))
+    }
+
+    async fn holders(&self) -> Result<Vec<Holder>, BusError> {
+        let client = self.inner.db.pool().get().await.map_err(no_connection)?;
+        let holders = lease_holders(&client).await.map_err(refused)?;
+        Ok(holders.into_iter().map(|(consumer, shell)| Holder { consumer, shell }).collect())
+    }
+
     async fn subscribe(&self, consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError> {
         Ok(Box::new(PgSubscription {
             inner: Arc::clone(&self.inner),
             consumer: consumer.to_owned(),
             topics: topics.to_vec(),
+            partition: None,
             lease: None,
             lease_id: None,
             candidate: None,

@@ -163,6 +163,54 @@ CREATE TABLE parked (
 pub struct Database {
     config: tokio_postgres::Config,
     pool: Pool,
+    /// How this shell's sessions introduce themselves (`application_name`).
+    name: String,
+}
+
+/// The second key of the shared advisory lock every running shell holds
+/// on its listening connection (see [`live_shells`]); lease ids stay far below it.
+pub const PRESENCE: i32 = i32::MAX;
+
+/// `lowshell <host>/<pid>/<n>`: unique per shell (several may run in one
+/// process, in tests), shown in `pg_stat_activity` and `host status`.
+fn shell_name() -> String {
+    static SHELLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let n = SHELLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("lowshell {host}/{}/{n}", std::process::id())
+}
+
+/// How many shells run on the database now: the sessions holding the
+/// shared presence lock. At least one when called from a shell.
+pub async fn live_shells(client: &Client) -> Result<usize, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' AND granted
+             AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 2",
+            &[&i64::from(LOCK_NAMESPACE), &i64::from(PRESENCE)],
+        )
+        .await?;
+    Ok(usize::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0))
+}
+
+/// Every consumer lease (by consumer name) and the session holding it
+/// (its `application_name`), if any.
+pub async fn lease_holders(client: &Client) -> Result<Vec<(String, Option<String>)>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT l.name, a.application_name FROM leases l
+             LEFT JOIN pg_locks k ON k.locktype = 'advisory' AND k.granted AND k.objsubid = 2
+                  AND k.classid::bigint = $1 AND k.objid::bigint = l.id
+             LEFT JOIN pg_stat_activity a ON a.pid = k.pid
+             ORDER BY l.name",
+            &[&i64::from(LOCK_NAMESPACE)],
+        )
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
 }
 
 /// The database URL without its password, for logs and errors.
@@ -187,8 +235,9 @@ impl Database {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        let name = shell_name();
         if config.get_application_name().is_none() {
-            config.application_name("lowshell");
+            config.application_name(&name);
         }
         // No NOTICEs ("already exists, skipping") in the shell's log; and a
         // transaction of this shell left open (a stuck step) is ended by the
@@ -219,7 +268,8 @@ impl Database {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| anyhow::anyhow!("cannot create the connection pool: {e}"))?;
-        let db = Self { config, pool };
+        let name = config.get_application_name().unwrap_or(&name).to_owned();
+        let db = Self { config, pool, name };
         db.migrate().await.map_err(|e| {
             anyhow::anyhow!("cannot prepare the database {} (is Postgres running?): {e:#}", redact(url))
         })?;
@@ -232,6 +282,11 @@ impl Database {
 
     /// A connection of its own, outside the pool (LISTEN, advisory locks).
     /// Its driver runs on a task; `on_message` sees its notifications.
+    /// How this shell's sessions introduce themselves to the database.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub async fn dedicated(
         &self,
         mut on_message: impl FnMut(tokio_postgres::AsyncMessage) + Send + 'static,
