@@ -164,7 +164,7 @@ impl Shell {
         }
         let registry = Arc::new(Registry::new(Functions::new(loaded)?));
 
-        let Backend { bus, store, deployments } = Backend::open(&project).await?;
+        let Backend { bus, store, reads, deployments } = Backend::open(&project).await?;
 
         // Every version loaded from a file is kept (any shell may roll back
         // to it); then the versions the cluster records replace the files'.
@@ -194,7 +194,7 @@ impl Shell {
         let consumers = executor.start(Arc::clone(&bus)).await?;
         let responses = Responses::start(
             Arc::clone(&registry),
-            Arc::clone(&store),
+            Arc::clone(&reads),
             Arc::clone(&bus),
             project.response_timeout(),
             project.max_pending_requests,
@@ -203,11 +203,8 @@ impl Shell {
         let limits =
             QueryLimits { depth: project.graphql.max_depth, complexity: project.graphql.max_complexity };
         let ready = readiness(&registry, &bus, &store, &executor);
-        let services = graphql::Services {
-            store: Arc::clone(&store),
-            responses: Arc::clone(&responses),
-            bus: Arc::clone(&bus),
-        };
+        let services =
+            graphql::Services { store: reads, responses: Arc::clone(&responses), bus: Arc::clone(&bus) };
         let graphql = Graphql::start(Arc::clone(&registry), services, limits)?;
         // Deploys are checked against the schema they would make, before the swap.
         deployer.use_schema(Arc::clone(&graphql) as Arc<dyn crate::deploy::SchemaHook>);

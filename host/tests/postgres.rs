@@ -502,3 +502,31 @@ async fn a_transaction_left_open_is_ended_by_the_server() {
     let row = client.query_one("SHOW idle_in_transaction_session_timeout", &[]).await.expect("show");
     assert_eq!(row.get::<_, String>(0), "5s");
 }
+
+/// The read path has connections of its own: with every one of them busy
+/// (a burst of large queries), commits still go through.
+#[tokio::test]
+async fn reads_cannot_starve_commits() {
+    use host::backend::postgres::database::READ_POOL_SIZE;
+    let url = pg::database().await;
+    let db = Arc::new(Database::connect(&url).await.expect("connect and migrate"));
+    let mut busy = vec![];
+    for _ in 0..READ_POOL_SIZE {
+        busy.push(db.read_pool().get().await.expect("a read connection"));
+    }
+    let reads = PgStore::for_reads(Arc::clone(&db));
+    let read = tokio::time::timeout(Duration::from_millis(500), reads.get("c", "k")).await;
+    assert!(read.is_err(), "every read connection is busy: the read waits");
+    let writes = PgStore::new(Arc::clone(&db));
+    let put = WriteOp::Put { collection: "c".into(), key: "k".into(), body: low_contract::json!({ "n": 1 }) };
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        writes.commit(Commit { ops: vec![put], ..Commit::default() }),
+    )
+    .await
+    .expect("the commit does not wait for the reads")
+    .expect("committed");
+    drop(busy);
+    let doc = reads.get("c", "k").await.expect("read").expect("the document");
+    assert_eq!(doc.version, 1);
+}

@@ -26,7 +26,11 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Backend {
     pub bus: Arc<dyn Bus>,
+    /// The write path: steps' lookups and commits.
     pub store: Arc<dyn Store>,
+    /// The read path: the API's queries and the responses' documents,
+    /// bounded apart (Postgres: its own pool; memory: the same store).
+    pub reads: Arc<dyn Store>,
     pub deployments: Arc<dyn Deployments>,
 }
 

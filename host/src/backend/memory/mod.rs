@@ -14,9 +14,6 @@ use std::sync::Arc;
 /// A fresh, empty memory backend.
 pub fn open() -> Backend {
     let bus = MemoryBus::new();
-    Backend {
-        bus: Arc::new(bus.clone()),
-        store: Arc::new(MemoryStore::new(bus)),
-        deployments: Arc::new(LocalDeployments),
-    }
+    let store: Arc<MemoryStore> = Arc::new(MemoryStore::new(bus.clone()));
+    Backend { bus: Arc::new(bus), reads: store.clone(), store, deployments: Arc::new(LocalDeployments) }
 }

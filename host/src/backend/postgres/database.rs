@@ -36,6 +36,10 @@ pub const LOCK_NAMESPACE: i32 = 0x006c_6f77;
 
 /// Connections per shell in the pool (dedicated connections come on top).
 const POOL_SIZE: usize = 16;
+/// Connections of the read path (the API's queries and the responses'
+/// documents), apart from the write path's so that a burst of reads cannot
+/// starve commits.
+pub const READ_POOL_SIZE: usize = 8;
 /// How long one of the shell's transactions may sit idle before the server ends it.
 const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(60);
 /// TCP keepalives: first probe after this much silence, then every interval.
@@ -163,6 +167,7 @@ CREATE TABLE parked (
 pub struct Database {
     config: tokio_postgres::Config,
     pool: Pool,
+    read_pool: Pool,
     /// How this shell's sessions introduce themselves (`application_name`).
     name: String,
 }
@@ -256,20 +261,23 @@ impl Database {
         // in about a minute, not after the kernel's two hours.
         config.keepalives(true).keepalives_idle(KEEPALIVE_IDLE).keepalives_interval(KEEPALIVE_INTERVAL);
         config.keepalives_retries(KEEPALIVE_RETRIES).tcp_user_timeout(TCP_USER_TIMEOUT);
-        let manager = Manager::from_config(
-            config.clone(),
-            NoTls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .wait_timeout(Some(CONNECT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| anyhow::anyhow!("cannot create the connection pool: {e}"))?;
+        let pool = |size: usize| {
+            let manager = Manager::from_config(
+                config.clone(),
+                NoTls,
+                ManagerConfig { recycling_method: RecyclingMethod::Fast },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .wait_timeout(Some(CONNECT_TIMEOUT))
+                .create_timeout(Some(CONNECT_TIMEOUT))
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .build()
+                .map_err(|e| anyhow::anyhow!("cannot create the connection pool: {e}"))
+        };
+        let (read_pool, pool) = (pool(READ_POOL_SIZE)?, pool(POOL_SIZE)?);
         let name = config.get_application_name().unwrap_or(&name).to_owned();
-        let db = Self { config, pool, name };
+        let db = Self { config, pool, read_pool, name };
         db.migrate().await.map_err(|e| {
             anyhow::anyhow!("cannot prepare the database {} (is Postgres running?): {e:#}", redact(url))
         })?;
@@ -278,6 +286,11 @@ impl Database {
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The read path's pool (see [`PgStore::for_reads`](super::PgStore::for_reads)).
+    pub fn read_pool(&self) -> &Pool {
+        &self.read_pool
     }
 
     /// A connection of its own, outside the pool (LISTEN, advisory locks).

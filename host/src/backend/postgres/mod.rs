@@ -30,6 +30,7 @@ pub async fn open(url: &str) -> anyhow::Result<Backend> {
     Ok(Backend {
         bus: Arc::new(bus.clone()),
         store: Arc::new(PgStore::with_bus(Arc::clone(&db), bus)),
+        reads: Arc::new(PgStore::for_reads(Arc::clone(&db))),
         deployments: Arc::new(PgDeployments::start(db)),
     })
 }

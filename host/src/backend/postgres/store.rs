@@ -24,21 +24,31 @@ pub struct PgStore {
     /// This shell's bus, told at once of what a commit appended (its
     /// consumers and waiting requests need not wait for the NOTIFY).
     bus: Option<PgBus>,
+    /// On the read path: its connections come from the read pool.
+    reads: bool,
 }
 
 impl PgStore {
     pub fn new(db: Arc<Database>) -> Self {
-        Self { db, bus: None }
+        Self { db, bus: None, reads: false }
+    }
+
+    /// A store for the read path (the API's queries, the responses'
+    /// documents): its own pool, so reads wait for reads, never commits for
+    /// reads. Not for commits.
+    pub fn for_reads(db: Arc<Database>) -> Self {
+        Self { db, bus: None, reads: true }
     }
 
     /// A store whose commits wake `bus`'s consumers and answer its waiting
     /// requests directly, in this shell; the other shells hear the NOTIFY.
     pub fn with_bus(db: Arc<Database>, bus: PgBus) -> Self {
-        Self { db, bus: Some(bus) }
+        Self { db, bus: Some(bus), reads: false }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.db.pool().get().await.map_err(|e| StoreError::Unavailable(describe_pool(&e)))
+        let pool = if self.reads { self.db.read_pool() } else { self.db.pool() };
+        pool.get().await.map_err(|e| StoreError::Unavailable(describe_pool(&e)))
     }
 
     /// Deletes every document of `collections` and moves `consumer` back to
