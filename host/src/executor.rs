@@ -527,7 +527,11 @@ impl Executor {
                 return self.record_failure(function, commit, stop).await;
             }
             failures += 1;
-            if failures <= policy.retries {
+            // One layer of retries per cause: conflicts were retried already,
+            // each with a fresh lookup (`attempts`), so the policy's retries
+            // are for the other failures.
+            let retried_already = matches!(error, StepError::Conflicts { .. });
+            if failures <= policy.retries && !retried_already {
                 let wait = policy.backoff(failures);
                 tracing::warn!(%function, kind = %message.kind, position = delivery.position, attempt = failures, "step failed, retrying in {wait:?}: {error}");
                 pause(wait, stop, None).await?;

@@ -473,3 +473,24 @@ async fn retry_refuses_unknown_functions_and_needs_the_token() {
     assert_eq!(stdout(&host(&client, &["parked"]).await).trim(), "no parked events");
     shell.stop().await.expect("clean stop");
 }
+
+/// One layer of retries per cause: a step whose commit keeps conflicting
+/// was retried (`attempts`, each with a fresh lookup) and is parked without
+/// the policy's retries on top; other failures get the policy's retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_are_not_retried_twice() {
+    let _serial = SERIAL.lock().await;
+    let (shell, client) = start(project(park(2))).await;
+    for (n, (action, phase, attempts)) in
+        [("collide", "project-write", 1), ("trap", "project-lookup", 3)].iter().enumerate()
+    {
+        misbehave_projector(&client, action, phase).await;
+        let records = until(&format!("{action} is parked"), Duration::from_secs(20), || async {
+            Some(parked(&client).await["parked"].clone())
+                .filter(|r| r.as_array().map(Vec::len) == Some(n + 1))
+        })
+        .await;
+        assert_eq!(records[n]["attempts"], *attempts, "{action}: {}", records[n]);
+    }
+    shell.stop().await.expect("clean stop");
+}
