@@ -78,9 +78,12 @@ browser: guest
 pg:
 	@scripts/pg.sh
 
-# Benchmarks (release build): WebAssembly against the native baseline, side by
-# side in one run; writes BENCHMARKS.md.
+# Benchmarks (release build): WebAssembly against the native baseline and the
+# hand-written services (bench/handwritten, started by the e2e and postgres
+# benches as a process of its own), side by side in one run; writes
+# BENCHMARKS.md. LOWSHELL_BENCH_SECONDS=1 shortens each load level (a smoke run).
 bench: guest
+	$(CARGO) build --release -p handwritten-baseline
 	CRITERION_HOME=$(abspath $(TARGET_DIR))/criterion \
 		$(CARGO) bench -p host --features native-baseline --bench low_cycle -- --warm-up-time 1 --measurement-time 5
 	$(CARGO) bench -p host --features native-baseline --bench e2e

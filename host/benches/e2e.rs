@@ -2,14 +2,16 @@
 //! process over real HTTP on loopback:
 //! - end-to-end `InviteCustomer` (unique emails) at concurrency 1, 8 and 64,
 //!   WebAssembly (`projects/basic.toml`) against the native baseline
-//!   (`projects/native.toml`), every response body checked;
+//!   (`projects/native.toml`) and the hand-written service
+//!   (`bench/handwritten --memory`), every response body checked;
 //! - hot swap under load: failed requests, and deploy request → new version live;
 //! - cold start: process start → first successful mutation, with and without
 //!   the compiled-component cache;
 //! - the shell's peak RSS (VmHWM) under the load above.
 //!
 //! Writes `target/bench-results/e2e.json`; `scripts/benchmarks.py` renders it.
-//! `cargo bench -p host --features native-baseline --bench e2e`
+//! `cargo build --release -p handwritten-baseline &&
+//! cargo bench -p host --features native-baseline --bench e2e`
 
 mod support;
 
@@ -17,15 +19,19 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::{Shell, TOKEN, email, invite, load, percentile, root};
 
-/// Both shells run side by side; the modes take turns at each level, in
-/// [`support::ROUNDS`] rounds, so that a noisy spell of the machine falls on
-/// both alike.
+/// Both shells and the hand-written service run side by side; the modes take
+/// turns at each level, in [`support::ROUNDS`] rounds, so that a noisy spell
+/// of the machine falls on all alike.
 async fn throughput(results: &mut Vec<Value>, rss: &mut Vec<Value>) {
     let cache = tempfile::tempdir().expect("cache dir");
-    let shells = [("wasm", "projects/basic.toml"), ("native", "projects/native.toml")]
-        .map(|(mode, project)| (mode, Shell::spawn(project, cache.path(), &[])));
-    for (_, shell) in &shells {
+    let shells = [
+        ("wasm", Shell::spawn("projects/basic.toml", cache.path(), &[])),
+        ("native", Shell::spawn("projects/native.toml", cache.path(), &[])),
+        ("handwritten", Shell::handwritten(&["--memory"])),
+    ];
+    for (mode, shell) in &shells {
         shell.ready().await;
+        support::check_answers(&shell.url, mode).await;
         // Warm up: connections, allocator, caches.
         load(&shell.url, 8, "warmup", None).await;
     }
@@ -127,5 +133,9 @@ fn main() {
     eprintln!("swap {swap}");
     let cold = rt.block_on(cold_start());
     eprintln!("cold {cold}");
-    support::write_results("e2e", &json!({ "e2e": e2e, "rss": rss, "swap": swap, "cold_start": cold }));
+    let seconds = support::load_time().as_secs();
+    support::write_results(
+        "e2e",
+        &json!({ "e2e": e2e, "rss": rss, "swap": swap, "cold_start": cold, "load_seconds": seconds }),
+    );
 }

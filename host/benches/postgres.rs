@@ -1,11 +1,14 @@
 //! Benchmark 3: end-to-end `InviteCustomer` in Postgres mode
-//! (`projects/postgres.toml`, WebAssembly components) beside `pgbench`
-//! running the same SQL per command (`benches/pgbench/invite.sql`) on the
-//! same database: the ceiling on this machine.
+//! (`projects/postgres.toml`, WebAssembly components) beside the
+//! hand-written service (`bench/handwritten --database-url`: the invite in
+//! one transaction) and `pgbench` running the same SQL per command as the
+//! shell (`benches/pgbench/invite.sql`), on the same server: the ceiling on
+//! this machine for the shell's design.
 //!
 //! Uses `DATABASE_URL` when set, else a throwaway cluster (as the tests do).
 //! Writes `target/bench-results/postgres.json`; `scripts/benchmarks.py` renders it.
-//! `cargo bench -p host --features native-baseline --bench postgres`
+//! `cargo build --release -p handwritten-baseline &&
+//! cargo bench -p host --features native-baseline --bench postgres`
 
 #[path = "../tests/support/pg.rs"]
 mod pg;
@@ -13,7 +16,7 @@ mod support;
 
 use serde_json::{Value, json};
 use std::process::Command;
-use support::{LOAD, Shell, load, root};
+use support::{Shell, load, load_time, root};
 
 const CONCURRENCY: [usize; 3] = [1, 8, 64];
 
@@ -28,7 +31,7 @@ fn pgbench(url: &str, clients: usize) -> support::Measured {
         .arg("-f")
         .arg(&script)
         .args(["-c", &clients.to_string(), "-j", &clients.min(2).to_string()])
-        .args(["-T", &LOAD.as_secs().to_string()])
+        .args(["-T", &load_time().as_secs().to_string()])
         .arg(url)
         .output()
         .expect("pgbench runs (is it installed?)");
@@ -57,9 +60,11 @@ fn main() {
         return;
     }
     let rt = support::runtime();
-    // The shell and pgbench each on a database of its own (the shell would
-    // consume the commands pgbench appends); the shell migrates both.
-    let (url, ceiling_url) = rt.block_on(async { (pg::database().await, pg::database().await) });
+    // The shell, the hand-written service and pgbench each on a database of
+    // its own (the shell would consume the commands pgbench appends); the
+    // shell migrates its own and pgbench's.
+    let (url, handwritten_url, ceiling_url) =
+        rt.block_on(async { (pg::database().await, pg::database().await, pg::database().await) });
     let cache = tempfile::tempdir().expect("cache dir");
     drop(rt.block_on(async {
         let migrator =
@@ -68,24 +73,31 @@ fn main() {
         migrator
     }));
     let shell = Shell::spawn("projects/postgres.toml", cache.path(), &[("DATABASE_URL", &url)]);
+    let handwritten = Shell::handwritten(&["--database-url", &handwritten_url]);
     let mut best = std::collections::BTreeMap::new();
     rt.block_on(async {
-        shell.ready().await;
-        load(&shell.url, 8, "warmup", None).await;
+        for (mode, server) in [("shell", &shell), ("handwritten", &handwritten)] {
+            server.ready().await;
+            support::check_answers(&server.url, mode).await;
+            load(&server.url, 8, "warmup", None).await;
+        }
     });
-    // Taking turns, so that a noisy spell of the machine falls on both alike.
+    // Taking turns, so that a noisy spell of the machine falls on all alike.
     for _ in 0..support::ROUNDS {
         for concurrency in CONCURRENCY {
-            let measured = rt.block_on(support::load_shell(&shell, concurrency, "pg"));
-            eprintln!("postgres {}", measured.row("shell", concurrency));
-            support::keep_best(&mut best, ("shell", concurrency), measured);
+            for (mode, server) in [("shell", &shell), ("handwritten", &handwritten)] {
+                let measured = rt.block_on(support::load_shell(server, concurrency, "pg"));
+                eprintln!("postgres {}", measured.row(mode, concurrency));
+                support::keep_best(&mut best, (mode, concurrency), measured);
+            }
             let measured = pgbench(&ceiling_url, concurrency);
             eprintln!("postgres {}", measured.row("pgbench", concurrency));
             support::keep_best(&mut best, ("pgbench", concurrency), measured);
         }
     }
     let rss = shell.peak_rss_mib();
-    drop(shell);
+    let handwritten_rss = handwritten.peak_rss_mib();
+    drop((shell, handwritten));
     let rows: Vec<Value> = best.iter().map(|((mode, c), m)| m.row(mode, *c)).collect();
     let server = rt.block_on(async {
         let client = pg::client(&url).await;
@@ -99,5 +111,13 @@ fn main() {
             .expect("server settings");
         settings.iter().map(|r| format!("{}={}", r.get::<_, String>(0), r.get::<_, String>(1))).collect::<Vec<_>>()
     });
-    support::write_results("postgres", &json!({ "rows": rows, "server": server, "peak_rss_mib": rss }));
+    support::write_results(
+        "postgres",
+        &json!({
+            "rows": rows,
+            "server": server,
+            "peak_rss_mib": rss,
+            "handwritten_peak_rss_mib": handwritten_rss,
+        }),
+    );
 }
