@@ -61,6 +61,7 @@ extern crate self as low_contract;
 
 mod function;
 mod mapping;
+mod payload;
 mod types;
 
 /// Support for [`wit_conversions!`]; not part of the API.
@@ -73,6 +74,7 @@ pub mod guest;
 pub mod testing;
 
 pub use function::{Env, Function, Level, Resolver, StoreRead};
+pub use payload::Payload;
 pub use types::*;
 
 /// Re-exported so guests and hosts agree on one JSON type.

@@ -55,6 +55,33 @@ impl FieldSpec {
         self.description = Some(description.into());
         self
     }
+
+    /// An optional field of kind `id`; see [`required`](Self::required).
+    pub fn id(name: &str) -> Self {
+        Self::new(name, FieldKind::Id, false)
+    }
+    /// An optional text field.
+    pub fn text(name: &str) -> Self {
+        Self::new(name, FieldKind::Text, false)
+    }
+    /// An optional integer field.
+    pub fn integer(name: &str) -> Self {
+        Self::new(name, FieldKind::Integer, false)
+    }
+    /// An optional number field.
+    pub fn number(name: &str) -> Self {
+        Self::new(name, FieldKind::Number, false)
+    }
+    /// An optional boolean field.
+    pub fn boolean(name: &str) -> Self {
+        Self::new(name, FieldKind::Boolean, false)
+    }
+
+    /// The field must be present and not null.
+    pub fn required(mut self) -> Self {
+        self.required = true;
+        self
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +95,23 @@ pub struct CommandSpec {
     pub description: Option<String>,
 }
 
+impl CommandSpec {
+    /// The command `name`, answered with the model `returns`; no fields yet.
+    pub fn new(name: &str, returns: &str) -> Self {
+        Self { name: name.into(), fields: vec![], returns: returns.into(), description: None }
+    }
+
+    pub fn field(mut self, field: FieldSpec) -> Self {
+        self.fields.push(field);
+        self
+    }
+
+    pub fn describe(mut self, description: &str) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct ModelSpec {
@@ -78,6 +122,37 @@ pub struct ModelSpec {
     pub public: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+}
+
+impl ModelSpec {
+    /// The private model `name`: documents of `collection` keyed by their
+    /// field `key`; no fields yet. See [`public`](Self::public).
+    pub fn new(name: &str, collection: &str, key: &str) -> Self {
+        Self {
+            name: name.into(),
+            collection: collection.into(),
+            key: key.into(),
+            fields: vec![],
+            public: false,
+            description: None,
+        }
+    }
+
+    pub fn field(mut self, field: FieldSpec) -> Self {
+        self.fields.push(field);
+        self
+    }
+
+    /// Served as GraphQL queries.
+    pub fn public(mut self) -> Self {
+        self.public = true;
+        self
+    }
+
+    pub fn describe(mut self, description: &str) -> Self {
+        self.description = Some(description.into());
+        self
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

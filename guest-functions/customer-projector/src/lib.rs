@@ -1,30 +1,39 @@
 //! `customer-projector`: keeps the `customers` read model up to date from the
 //! `customer` events (`CustomerInvited`, `CustomerInviteFailed`,
-//! `CustomerRenamed`), and tells the requester when a customer's document is
-//! ready (`ProjectionComplete`).
+//! `CustomerRenamed`, from `customer-events`), and tells the requester when a
+//! customer's document is ready (`ProjectionComplete`).
 
+use customer_events::{CUSTOMER_TOPIC, CustomerInviteFailed, CustomerInvited, CustomerRenamed};
 use low_contract::*;
+use serde::{Deserialize, Serialize};
 
 /// The read model served as `customer(id)` / `customers(first, after)`.
 pub const CUSTOMERS: &str = "customers";
+
+/// A customer as the read model holds it (and the projector emits it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Customer {
+    pub id: String,
+    pub email: String,
+    pub invited: bool,
+}
+
+impl Payload for Customer {
+    const KIND: &'static str = "Customer";
+}
 
 pub struct CustomerProjector;
 
 impl Function for CustomerProjector {
     fn meta() -> Meta {
-        Meta::projector("customer-projector", ["customer"]).model(ModelSpec {
-            name: "Customer".into(),
-            collection: CUSTOMERS.into(),
-            key: "id".into(),
-            fields: vec![
-                FieldSpec::new("id", FieldKind::Id, true),
-                FieldSpec::new("email", FieldKind::Text, true),
-                FieldSpec::new("invited", FieldKind::Boolean, true)
-                    .describe("Whether an invitation was sent"),
-            ],
-            public: true,
-            description: Some("A customer invited by email".into()),
-        })
+        Meta::projector("customer-projector", [CUSTOMER_TOPIC]).model(
+            ModelSpec::new(Customer::KIND, CUSTOMERS, "id")
+                .field(FieldSpec::id("id").required())
+                .field(FieldSpec::text("email").required())
+                .field(FieldSpec::boolean("invited").required().describe("Whether an invitation was sent"))
+                .public()
+                .describe("A customer invited by email"),
+        )
     }
 
     fn lookup(input: &Message, _store: &dyn StoreRead, _env: &dyn Env) -> Vec<Lookup> {
@@ -36,33 +45,37 @@ impl Function for CustomerProjector {
 
     fn operate(input: &Message, data: &Data, env: &dyn Env) -> Outcome {
         let current = data.first("customer");
-        match (input.kind.as_str(), input.text("customer-id")) {
-            ("CustomerInvited", Some(id)) => {
-                Outcome::emit(env.message(
-                    "Customer",
-                    json!({ "id": id, "email": input.payload["email"], "invited": true }),
-                ))
-            }
+        match input.kind.as_str() {
+            CustomerInvited::KIND => match input.decode::<CustomerInvited>() {
+                Ok(e) => {
+                    Outcome::emit(env.event(&Customer { id: e.customer_id, email: e.email, invited: true }))
+                }
+                Err(_) => Outcome::Ignore,
+            },
             // Nothing changes, but the requester waits for the document: emit
             // it as it stands so that `write` confirms it.
-            ("CustomerInviteFailed", Some(_)) => match current {
-                Some(customer) => Outcome::emit(env.message("Customer", customer.body.clone())),
+            CustomerInviteFailed::KIND => match current {
+                Some(customer) => Outcome::emit(env.message(Customer::KIND, customer.body.clone())),
                 None => Outcome::Ignore,
             },
-            // The customer as it was, with the new email.
-            ("CustomerRenamed", Some(id)) => {
-                let mut customer =
-                    current.map(|c| c.body.clone()).unwrap_or_else(|| json!({ "id": id, "invited": true }));
-                customer["email"] = input.payload["email"].clone();
-                Outcome::emit(env.message("Customer", customer))
-            }
+            // The customer as it was (whatever else it holds), with the new email.
+            CustomerRenamed::KIND => match input.decode::<CustomerRenamed>() {
+                Ok(e) => {
+                    let mut customer = current
+                        .map(|c| c.body.clone())
+                        .unwrap_or_else(|| json!({ "id": e.customer_id, "invited": true }));
+                    customer["email"] = json!(e.email);
+                    Outcome::emit(env.message(Customer::KIND, customer))
+                }
+                Err(_) => Outcome::Ignore,
+            },
             _ => Outcome::Ignore,
         }
     }
 
     fn write(output: &Message, _env: &dyn Env) -> WritePlan {
-        match (output.kind.as_str(), output.text("id")) {
-            ("Customer", Some(id)) => WritePlan {
+        match (output.is::<Customer>(), output.text("id")) {
+            (true, Some(id)) => WritePlan {
                 ops: vec![WriteOp::Put {
                     collection: CUSTOMERS.into(),
                     key: id.into(),

@@ -1,7 +1,7 @@
 //! `invite-customer`: the handler that decides whether an email can be
 //! invited, and whether a customer can change to a new email.
 //!
-//! Commands in, events out on `customer`:
+//! Commands in, events out on `customer` (the messages: `customer-events`):
 //! - `InviteCustomer { email }` → `CustomerInvited { customer-id, email }` for
 //!   a new email, `CustomerInviteFailed { customer-id, email, reason }` for
 //!   one already invited;
@@ -17,90 +17,87 @@
 //! are trimmed and lower-cased (`Dean@P14N.com` is `dean@p14n.com`), and an
 //! address without `@` is rejected — the version the README swaps in live.
 
+pub use customer_events::*;
 use low_contract::*;
 
 /// Private state: one document per invited email, keyed by the email.
 pub const INVITES: &str = "invites";
-/// Topic of the events this handler emits.
-pub const CUSTOMER_TOPIC: &str = "customer";
 
 pub struct InviteCustomer;
 
 impl Function for InviteCustomer {
     fn meta() -> Meta {
         Meta::handler("invite-customer", [COMMANDS_TOPIC], CUSTOMER_TOPIC)
-            .command(CommandSpec {
-                name: "InviteCustomer".into(),
-                fields: vec![
-                    FieldSpec::new("email", FieldKind::Text, true)
-                        .describe("Address to send the invitation to"),
-                ],
-                returns: "Customer".into(),
-                description: Some(
-                    "Invite a customer by email; inviting an email twice returns the first customer".into(),
-                ),
-            })
-            .command(CommandSpec {
-                name: "RenameCustomer".into(),
-                fields: vec![
-                    FieldSpec::new("id", FieldKind::Id, true).describe("The customer"),
-                    FieldSpec::new("email", FieldKind::Text, true).describe("The customer's new email"),
-                ],
-                returns: "Customer".into(),
-                description: Some("Change a customer's email to one no other customer has".into()),
-            })
-            .model(ModelSpec {
-                name: "Invite".into(),
-                collection: INVITES.into(),
-                key: "email".into(),
-                fields: vec![
-                    FieldSpec::new("email", FieldKind::Text, true),
-                    FieldSpec::new("customer-id", FieldKind::Id, true),
-                ],
-                public: false,
-                description: None,
-            })
+            .command(
+                CommandSpec::of::<customer_events::InviteCustomer>("Customer")
+                    .field(FieldSpec::text("email").required().describe("Address to send the invitation to"))
+                    .describe(
+                        "Invite a customer by email; inviting an email twice returns the first customer",
+                    ),
+            )
+            .command(
+                CommandSpec::of::<RenameCustomer>("Customer")
+                    .field(FieldSpec::id("id").required().describe("The customer"))
+                    .field(FieldSpec::text("email").required().describe("The customer's new email"))
+                    .describe("Change a customer's email to one no other customer has"),
+            )
+            .model(
+                ModelSpec::new("Invite", INVITES, "email")
+                    .field(FieldSpec::text("email").required())
+                    .field(FieldSpec::id("customer-id").required()),
+            )
     }
 
     fn lookup(input: &Message, _store: &dyn StoreRead, _env: &dyn Env) -> Vec<Lookup> {
-        match (input.kind.as_str(), email(input), id(input)) {
-            ("InviteCustomer", Some(email), _) => vec![Lookup::by_key("invite", INVITES, &email)],
-            ("RenameCustomer", Some(email), Some(id)) => vec![
-                // The customer's current invite, found by its customer id…
-                Lookup::by_field("current", INVITES, "customer-id", json!(id)),
-                // …and whoever holds the new email, if anyone.
-                Lookup::by_key("taken", INVITES, &email),
-            ],
-            _ => vec![],
-        }
+        plan(input).unwrap_or_default()
     }
 
     fn operate(input: &Message, data: &Data, env: &dyn Env) -> Outcome {
-        match input.kind.as_str() {
-            "InviteCustomer" => invite(input, data, env),
-            "RenameCustomer" => rename(input, data, env),
-            _ => Outcome::Ignore,
-        }
+        let outcome = match input.kind.as_str() {
+            customer_events::InviteCustomer::KIND => input.decode().map(|c| invite(c, data, env)),
+            RenameCustomer::KIND => input.decode().map(|c| rename(c, data, env)),
+            _ => Ok(Outcome::Ignore),
+        };
+        outcome.unwrap_or_else(Outcome::Reject)
     }
 
     fn write(output: &Message, _env: &dyn Env) -> WritePlan {
-        match (output.kind.as_str(), output.text("email")) {
-            ("CustomerInvited", Some(email)) => {
-                WritePlan { ops: vec![claim(email, &output.payload["customer-id"])], notify: vec![] }
-            }
+        let ops = if let Ok(invited) = output.decode::<CustomerInvited>() {
+            vec![claim(&invited.email, &invited.customer_id)]
+        } else if let Ok(renamed) = output.decode::<CustomerRenamed>() {
             // Claim the new email (an insert: it conflicts if someone took it
             // meanwhile) and release the old one only as it was read (a
             // concurrent rename that released it first makes this conflict,
             // and the retry reads the customer's new invite).
-            ("CustomerRenamed", Some(email)) => {
-                let mut ops = vec![claim(email, &output.payload["customer-id"])];
-                if let Some(previous) = output.text("previous-email") {
-                    ops.push(release(previous, output.payload["previous-version"].as_u64()));
-                }
-                WritePlan { ops, notify: vec![] }
-            }
-            _ => WritePlan::default(),
+            vec![
+                claim(&renamed.email, &renamed.customer_id),
+                release(&renamed.previous_email, renamed.previous_version),
+            ]
+        } else {
+            vec![]
+        };
+        WritePlan { ops, notify: vec![] }
+    }
+}
+
+/// The lookup plan of a command that has what it needs (else none: `operate` says what is missing).
+fn plan(input: &Message) -> Option<Vec<Lookup>> {
+    match input.kind.as_str() {
+        customer_events::InviteCustomer::KIND => {
+            let email = email(input.decode::<customer_events::InviteCustomer>().ok()?.email)?;
+            Some(vec![Lookup::by_key("invite", INVITES, &email)])
         }
+        RenameCustomer::KIND => {
+            let RenameCustomer { id, email: new } = input.decode().ok()?;
+            let (id, new) = (id.filter(|id| !id.trim().is_empty())?, email(new)?);
+            Some(vec![
+                // The customer's current invite, found by its customer id…
+                Lookup::by_field("current", INVITES, "customer-id", json!(id)),
+                // …and whoever holds the new email, if anyone.
+                Lookup::by_key("taken", INVITES, &new),
+            ])
+        }
+        _ => None,
     }
 }
 
@@ -115,7 +112,7 @@ fn release(email: &str, version: Option<u64>) -> WriteOp {
 }
 
 /// The invite document that reserves `email` for a customer.
-fn claim(email: &str, customer_id: &Value) -> WriteOp {
+fn claim(email: &str, customer_id: &str) -> WriteOp {
     WriteOp::Insert {
         collection: INVITES.into(),
         key: email.into(),
@@ -123,8 +120,8 @@ fn claim(email: &str, customer_id: &Value) -> WriteOp {
     }
 }
 
-fn invite(input: &Message, data: &Data, env: &dyn Env) -> Outcome {
-    let Some(email) = email(input) else {
+fn invite(command: customer_events::InviteCustomer, data: &Data, env: &dyn Env) -> Outcome {
+    let Some(email) = email(command.email) else {
         return Outcome::Reject("Email is required".into());
     };
     if let Some(refusal) = not_an_address(&email) {
@@ -133,27 +130,19 @@ fn invite(input: &Message, data: &Data, env: &dyn Env) -> Outcome {
     match data.first("invite") {
         Some(invite) => {
             env.log(Level::Info, &format!("{email} was already invited"));
-            Outcome::emit(env.message(
-                "CustomerInviteFailed",
-                json!({
-                    "customer-id": invite.body["customer-id"],
-                    "email": email,
-                    "reason": "already invited",
-                }),
-            ))
+            let customer_id = invite.body["customer-id"].as_str().unwrap_or_default().to_owned();
+            let reason = "already invited".to_owned();
+            Outcome::emit(env.event(&CustomerInviteFailed { customer_id, email, reason }))
         }
-        None => {
-            let customer_id = env.new_id();
-            Outcome::emit(
-                env.message("CustomerInvited", json!({ "customer-id": customer_id, "email": email })),
-            )
-        }
+        None => Outcome::emit(env.event(&CustomerInvited { customer_id: env.new_id(), email })),
     }
 }
 
-fn rename(input: &Message, data: &Data, env: &dyn Env) -> Outcome {
-    let Some(id) = id(input) else { return Outcome::Reject("Id is required".into()) };
-    let Some(email) = email(input) else { return Outcome::Reject("Email is required".into()) };
+fn rename(command: RenameCustomer, data: &Data, env: &dyn Env) -> Outcome {
+    let Some(id) = command.id.filter(|id| !id.trim().is_empty()) else {
+        return Outcome::Reject("Id is required".into());
+    };
+    let Some(email) = email(command.email) else { return Outcome::Reject("Email is required".into()) };
     if let Some(refusal) = not_an_address(&email) {
         return refusal;
     }
@@ -168,32 +157,24 @@ fn rename(input: &Message, data: &Data, env: &dyn Env) -> Outcome {
         });
     }
     env.log(Level::Debug, &format!("customer {id}: {} → {email}", current.key));
-    Outcome::emit(env.message(
-        "CustomerRenamed",
-        json!({
-            "customer-id": id,
-            "email": email,
-            "previous-email": current.key,
-            "previous-version": current.version,
-        }),
-    ))
+    Outcome::emit(env.event(&CustomerRenamed {
+        customer_id: id,
+        email,
+        previous_email: current.key.clone(),
+        previous_version: Some(current.version),
+    }))
 }
 
-/// The command's email, if it has a non-blank one (normalised in v2).
-fn email(input: &Message) -> Option<String> {
-    let email = input.text("email").filter(|e| !e.trim().is_empty())?;
-    Some(if cfg!(feature = "v2") { email.trim().to_lowercase() } else { email.to_owned() })
+/// A command's email, if it is not blank (normalised in v2).
+fn email(email: Option<String>) -> Option<String> {
+    let email = email.filter(|e| !e.trim().is_empty())?;
+    Some(if cfg!(feature = "v2") { email.trim().to_lowercase() } else { email })
 }
 
 /// Version 2 refuses an email that is not an address.
 fn not_an_address(email: &str) -> Option<Outcome> {
     (cfg!(feature = "v2") && !email.contains('@'))
         .then(|| Outcome::Reject(format!("Email must be an address such as name@example.com, not `{email}`")))
-}
-
-/// The command's customer id, if it has a non-blank one.
-fn id(input: &Message) -> Option<&str> {
-    input.text("id").filter(|e| !e.trim().is_empty())
 }
 
 export_function!(InviteCustomer);

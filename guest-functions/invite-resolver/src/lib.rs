@@ -2,13 +2,14 @@
 //! once the projector says it is up to date, or fails with the reason the
 //! handler rejected the command for.
 
+use customer_events::{InviteCustomer, RenameCustomer};
 use low_contract::*;
 
 pub struct InviteResolver;
 
 impl Resolver for InviteResolver {
     fn meta() -> Meta {
-        Meta::resolver("invite-resolver", ["InviteCustomer", "RenameCustomer"])
+        Meta::resolver("invite-resolver", [InviteCustomer::KIND, RenameCustomer::KIND])
     }
 
     fn resolve(_command: &Message, seen: &[Message], _env: &dyn Env) -> Resolution {
