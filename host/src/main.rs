@@ -42,6 +42,9 @@ enum LogFormat {
 enum Command {
     /// Start the shell (the default when no command is given).
     Run(RunArgs),
+    /// Run the shell and rebuild the guests when their sources change: each
+    /// component whose content changed is swapped in (the modules watcher).
+    Dev(DevArgs),
     /// Rebuild read models from the Postgres event log (stop the shells first).
     Replay(ReplayArgs),
     /// Deploy a new version of a function to a running shell, which swaps it in without a restart.
@@ -130,6 +133,18 @@ struct RunArgs {
     listen: Option<SocketAddr>,
 }
 
+#[derive(clap::Args)]
+struct DevArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Folders whose changes trigger a build (recursively; build outputs ignored).
+    #[arg(long, value_name = "DIR", default_values = ["guest-functions", "contract", "wit"])]
+    sources: Vec<PathBuf>,
+    /// The build, run with `sh -c`: it must write the components into the project's modules folder.
+    #[arg(long, value_name = "COMMAND", default_value = "make guest")]
+    build: String,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = || {
@@ -158,6 +173,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command.unwrap_or(Command::Run(cli.run)) {
             Command::Run(args) => run(args).await,
+            Command::Dev(args) => dev(args).await,
             Command::Replay(args) => replay(args).await,
             Command::Deploy { name, file, force, admin } => deploy(&name, &file, force, &admin).await,
             Command::Rollback { name, admin } => {
@@ -202,7 +218,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+fn project(args: &RunArgs) -> anyhow::Result<Project> {
     let mut project = match &args.project {
         Some(path) => Project::load(path)?,
         None => Project::default_project()?,
@@ -210,7 +226,27 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         project.listen = listen;
     }
-    let mut shell = Shell::start(project).await?;
+    Ok(project)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    serve(Shell::start(project(&args)?).await?).await
+}
+
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let mut project = project(&args.run)?;
+    // The build's components reach the shell through its modules watcher.
+    project.watch = true;
+    let sources: Vec<PathBuf> = args.sources.into_iter().filter(|dir| dir.is_dir()).collect();
+    if sources.is_empty() {
+        anyhow::bail!("no sources to watch: run `host dev` where the guests are, or pass --sources DIR");
+    }
+    let shell = Shell::start(project).await?;
+    let _rebuilder = host::deploy::dev::rebuild_on_change(&sources, args.build)?;
+    serve(shell).await
+}
+
+async fn serve(mut shell: Shell) -> anyhow::Result<()> {
     tokio::select! {
         served = shell.wait() => served,
         () = shutdown_signal() => {
