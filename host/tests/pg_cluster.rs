@@ -7,27 +7,16 @@
 mod pg;
 mod support;
 
+use host::Shell;
 use host::runtime::Version;
-use host::{Project, Shell};
 use serde_json::Value;
-use std::path::Path;
 use std::time::{Duration, Instant};
 use support::{Client, module, running_version};
 
 const TOKEN: &str = "cluster-s3cret";
 
-fn project(url: &str) -> Project {
-    let text = pg::project_text(url, "127.0.0.1:0", 60_000);
-    let mut project = Project::parse(&text, Path::new(".")).expect("test project");
-    project.watch = false;
-    project.admin.token = Some(TOKEN.into());
-    project
-}
-
 async fn shell(url: &str) -> (Shell, Client) {
-    let shell = Shell::start(project(url)).await.expect("start a Postgres shell (run `make guest` first)");
-    let client = Client::new(&format!("http://{}", shell.addr));
-    (shell, client)
+    support::start(support::project_from(&pg::project_text(url, "127.0.0.1:0", 60_000), TOKEN)).await
 }
 
 fn v1() -> Vec<u8> {

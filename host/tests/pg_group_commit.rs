@@ -8,14 +8,10 @@ mod pg;
 mod support;
 
 use host::{Project, Shell};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn project(url: &str) -> Project {
-    let text = pg::project_text(url, "127.0.0.1:0", 60_000);
-    let mut project = Project::parse(&text, Path::new(".")).expect("test project");
-    project.watch = false;
-    project
+    support::project_from(&pg::project_text(url, "127.0.0.1:0", 60_000), "group-s3cret")
 }
 
 /// Commands appended to the log by hand, in one transaction, while no

@@ -7,16 +7,15 @@
 mod pg;
 mod support;
 
+use host::Shell;
 use host::backend::Holder;
-use host::{Project, Shell};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 use support::Client;
 
 const TOKEN: &str = "partitions-s3cret";
 
-fn project(url: &str) -> Project {
+async fn shell(url: &str) -> (Shell, Client) {
     let text = pg::project_text(url, "127.0.0.1:0", 60_000)
         + r#"
 [consumers.invite-customer]
@@ -27,16 +26,7 @@ partition-key = "email"
 partitions = 2
 partition-key = "customer-id"
 "#;
-    let mut project = Project::parse(&text, Path::new(".")).expect("test project");
-    project.watch = false;
-    project.admin.token = Some(TOKEN.into());
-    project
-}
-
-async fn shell(url: &str) -> (Shell, Client) {
-    let shell = Shell::start(project(url)).await.expect("start a Postgres shell (run `make guest` first)");
-    let client = Client::new(&format!("http://{}", shell.addr));
-    (shell, client)
+    support::start(support::project_from(&text, TOKEN)).await
 }
 
 async fn holders(client: &Client) -> Vec<Holder> {

@@ -14,7 +14,6 @@ use host::runtime::Version;
 use host::{Project, Shell};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::module;
@@ -22,11 +21,7 @@ use support::module;
 const TOKEN: &str = "replay-s3cret";
 
 fn project(url: &str) -> Project {
-    let text = pg::project_text(url, "127.0.0.1:0", 60_000);
-    let mut project = Project::parse(&text, Path::new(".")).expect("test project");
-    project.watch = false;
-    project.admin.token = Some(TOKEN.into());
-    project
+    support::project_from(&pg::project_text(url, "127.0.0.1:0", 60_000), TOKEN)
 }
 
 async fn shell(url: &str) -> Shell {

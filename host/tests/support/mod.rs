@@ -28,6 +28,15 @@ pub fn basic_project() -> Project {
     project
 }
 
+/// The project in `text` (e.g. `pg::project_text`), not watching files, its
+/// admin endpoints open to `token`.
+pub fn project_from(text: &str, token: &str) -> Project {
+    let mut project = Project::parse(text, Path::new(".")).expect("test project");
+    project.watch = false;
+    project.admin.token = Some(token.into());
+    project
+}
+
 /// A shell on a free port and a client for it.
 pub async fn start(project: Project) -> (Shell, Client) {
     let shell = Shell::start(project).await.expect("the shell starts");

@@ -143,6 +143,25 @@ impl PgBus {
         bus
     }
 
+    fn subscription(
+        &self,
+        consumer: String,
+        topics: &[String],
+        partition: Option<(String, Partition)>,
+    ) -> PgSubscription {
+        PgSubscription {
+            inner: Arc::clone(&self.inner),
+            consumer,
+            topics: topics.to_vec(),
+            partition,
+            lease: None,
+            lease_id: None,
+            candidate: None,
+            buffer: VecDeque::new(),
+            wake: self.inner.wake.subscribe(),
+        }
+    }
+
     /// Wakes this shell's consumers at once after it appended events,
     /// rather than when Postgres echoes the NOTIFY back.
     pub(crate) fn wake_local(&self) {
@@ -828,17 +847,8 @@ impl Bus for PgBus {
                 partition.index, partition.count
             )));
         }
-        Ok(Box::new(PgSubscription {
-            inner: Arc::clone(&self.inner),
-            consumer: partition.consumer(function),
-            topics: topics.to_vec(),
-            partition: Some((function.to_owned(), partition)),
-            lease: None,
-            lease_id: None,
-            candidate: None,
-            buffer: VecDeque::new(),
-            wake: self.inner.wake.subscribe(),
-        }))
+        let consumer = partition.consumer(function);
+        Ok(Box::new(self.subscription(consumer, topics, Some((function.to_owned(), partition)))))
     }
 
     async fn holders(&self) -> Result<Vec<Holder>, BusError> {
@@ -848,17 +858,7 @@ impl Bus for PgBus {
     }
 
     async fn subscribe(&self, consumer: &str, topics: &[String]) -> Result<Box<dyn Subscription>, BusError> {
-        Ok(Box::new(PgSubscription {
-            inner: Arc::clone(&self.inner),
-            consumer: consumer.to_owned(),
-            topics: topics.to_vec(),
-            partition: None,
-            lease: None,
-            lease_id: None,
-            candidate: None,
-            buffer: VecDeque::new(),
-            wake: self.inner.wake.subscribe(),
-        }))
+        Ok(Box::new(self.subscription(consumer.to_owned(), topics, None)))
     }
 
     async fn notifications(&self) -> Result<mpsc::UnboundedReceiver<Message>, BusError> {
