@@ -7,6 +7,7 @@
 //! other shell hears of it and switches too ([`Deployer::sync`]).
 
 pub mod admin;
+pub mod shadow;
 pub mod watch;
 
 use crate::registry::{Functions, Registry, RegistryError, Swapped};
