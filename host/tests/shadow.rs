@@ -250,3 +250,37 @@ async fn a_shadow_runs_on_postgres_too() {
     assert_eq!(admin(&client, reqwest::Method::DELETE, &path, vec![]).await.0, 200);
     shell.stop().await.expect("clean stop");
 }
+
+/// Invites sent at once are committed in groups: each step of a group is
+/// compared on what it found, with the writes of the steps before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steps_committed_together_are_each_compared() {
+    let (shell, client) = start(memory_project()).await;
+    let (status, started) = shadow(&client, FUNCTION, v2()).await;
+    assert_eq!(status, 200, "{started}");
+    let mut sent = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let client = client.clone();
+        // Every third one mixed-case; each email twice, the second an "already invited".
+        let email = if i % 3 == 0 {
+            format!("Mixed{}@Example.com", i / 2)
+        } else {
+            format!("lower{}@example.com", i / 2)
+        };
+        sent.spawn(async move { invited_email(&client, &email).await });
+    }
+    while let Some(done) = sent.join_next().await {
+        done.expect("an invite");
+    }
+    let report = settled(&client, 24).await;
+    assert_eq!(report["failed"], 0, "{report}");
+    assert_eq!(report["skipped"], 0, "{report}");
+    let different = report["different"].as_u64().unwrap_or_default();
+    let samples = report["samples"].as_array().cloned().unwrap_or_default();
+    assert!(different > 0 && samples.len() as u64 == different.min(20), "{report}");
+    for sample in &samples {
+        let email = sample["input"]["payload"]["email"].as_str().unwrap_or_default();
+        assert!(email.starts_with("Mixed"), "only mixed-case emails differ: {sample}");
+    }
+    shell.stop().await.expect("clean stop");
+}
