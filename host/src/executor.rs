@@ -21,6 +21,7 @@ use crate::backend::overlay::Overlay;
 use crate::backend::{Bus, BusError, Delivery, Partition, Subscription};
 use crate::backend::{Checkpoint, Commit, Event, Parked, Store, StoreError};
 use crate::config::{ConsumerPolicy, MAX_BACKOFF, OnFailure};
+use crate::deploy::shadow::{Offer, Shadows};
 use crate::registry::{Functions, Registry};
 use crate::runtime::{Function, GuestError, HostEnv, StepLimits};
 use low_contract::{
@@ -168,6 +169,8 @@ pub struct Executor {
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
     /// Functions given a `lowshell_parked_events` gauge so far.
     gauges: Mutex<BTreeSet<String>>,
+    /// Candidates run beside the live versions on the steps committed here.
+    shadows: Arc<Shadows>,
 }
 
 /// Most deliveries committed together (group commit), when the bus has
@@ -216,6 +219,7 @@ async fn pause(
 impl Executor {
     pub fn new(registry: Arc<Registry>, store: Arc<dyn Store>, env: Arc<dyn HostEnv>, attempts: u32) -> Self {
         Self {
+            shadows: Arc::new(Shadows::new(Arc::clone(&registry), Arc::clone(&store))),
             registry,
             store,
             env,
@@ -244,6 +248,11 @@ impl Executor {
     /// The consumers of this shell stopped at a failing event.
     pub fn stopped(&self) -> Vec<Stopped> {
         lock(&self.stopped).values().cloned().collect()
+    }
+
+    /// The shadow candidates, for the admin endpoints.
+    pub fn shadows(&self) -> &Arc<Shadows> {
+        &self.shadows
     }
 
     /// The store, for the admin endpoints (parked events).
@@ -471,17 +480,21 @@ impl Executor {
             batch_from: Some(first.position),
             ..Commit::default()
         };
+        let mut offers = vec![];
         for delivery in group {
             // Not ours (another handler's command, or the function is gone): only passed.
             let Some(f) = functions.get(function).filter(|f| wants(f, delivery)) else { continue };
             let span = step_span(function, delivery);
             let cycle = run_cycle(&functions, f, &view, &delivery.event.message).instrument(span).await?;
+            offers.extend(self.shadows.take(function, &delivery.event.message, &cycle));
             overlay.apply(&cycle.commit.ops);
             commit.ops.extend(cycle.commit.ops);
             commit.events.extend(cycle.commit.events);
             commit.notify.extend(cycle.commit.notify);
         }
-        Ok(self.store.commit(commit).await?)
+        self.store.commit(commit).await?;
+        offers.into_iter().for_each(Offer::send);
+        Ok(())
     }
 
     /// Processes one delivery to completion: committed; or, failing, a
@@ -658,10 +671,14 @@ impl Executor {
         let mut last = String::new();
         for attempt in 1..=self.attempts {
             let cycle = run_cycle(functions, function, &self.store, &delivery.event.message).await?;
+            let offer = self.shadows.take(function.name(), &delivery.event.message, &cycle);
             let commit =
                 Commit { checkpoint: base.checkpoint.clone(), unpark: base.unpark.clone(), ..cycle.commit };
             match self.store.commit(commit).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    offer.into_iter().for_each(Offer::send);
+                    return Ok(());
+                }
                 Err(StoreError::Conflict(conflict)) => {
                     tracing::debug!(
                         function = function.name(),

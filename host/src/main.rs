@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use host::deploy::admin::{Deployed, FunctionInfo, ParkedReport, RetryReport};
+use host::deploy::shadow::ShadowReport;
 use host::{Project, Shell};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,7 +53,33 @@ enum Command {
         /// The function to replace (its `meta` name must match).
         name: String,
         /// The component file (e.g. modules/invite-customer.wasm).
-        file: PathBuf,
+        #[arg(required_unless_present = "abort")]
+        file: Option<PathBuf>,
+        /// Replace it even if it changes the function's kind, inputs or output.
+        #[arg(long, conflicts_with = "shadow")]
+        force: bool,
+        /// Run it in shadow beside the running version, comparing, applying nothing
+        /// (see `host shadow`, `host promote`).
+        #[arg(long)]
+        shadow: bool,
+        /// Drop the function's candidate in shadow (no FILE).
+        #[arg(long, conflicts_with_all = ["file", "shadow", "force"])]
+        abort: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show how a function's candidate in shadow compares with the running version.
+    Shadow {
+        name: String,
+        /// Drop the candidate.
+        #[arg(long)]
+        abort: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Deploy a function's candidate in shadow (the usual deploy and its checks).
+    Promote {
+        name: String,
         /// Replace it even if it changes the function's kind, inputs or output.
         #[arg(long)]
         force: bool,
@@ -175,7 +202,29 @@ fn main() -> ExitCode {
             Command::Run(args) => run(args).await,
             Command::Dev(args) => dev(args).await,
             Command::Replay(args) => replay(args).await,
-            Command::Deploy { name, file, force, admin } => deploy(&name, &file, force, &admin).await,
+            Command::Deploy { name, abort: true, admin, .. } => shadow(&name, true, &admin).await,
+            Command::Deploy { name, file: Some(file), shadow: true, admin, .. } => {
+                start_shadow(&name, &file, &admin).await
+            }
+            Command::Deploy { name, file: Some(file), force, admin, .. } => {
+                deploy(&name, &file, force, &admin).await
+            }
+            Command::Deploy { .. } => anyhow::bail!("a component file is required (or --abort)"),
+            Command::Shadow { name, abort, admin } => shadow(&name, abort, &admin).await,
+            Command::Promote { name, force, admin } => {
+                let url = format!(
+                    "{}/admin/functions/{name}/promote?force={force}",
+                    admin.to.trim_end_matches('/')
+                );
+                let done: Deployed = send(admin.request(reqwest::Method::POST, &url)).await?;
+                match &done.previous_version {
+                    Some(old) => {
+                        println!("{}: promoted, {} → {}", done.name, short(old), short(&done.version))
+                    }
+                    None => println!("{}: promoted {}", done.name, short(&done.version)),
+                }
+                Ok(())
+            }
             Command::Rollback { name, admin } => {
                 let url = format!("{}/admin/functions/{name}/rollback", admin.to.trim_end_matches('/'));
                 let done: Deployed = send(admin.request(reqwest::Method::POST, &url)).await?;
@@ -348,6 +397,53 @@ async fn deploy(name: &str, file: &std::path::Path, force: bool, admin: &AdminAr
         (_, false) => println!("{}: already running {}", done.name, short(&done.version)),
         (Some(old), true) => println!("{}: {} → {}", done.name, short(old), short(&done.version)),
         (None, true) => println!("{}: deployed {}", done.name, short(&done.version)),
+    }
+    Ok(())
+}
+
+async fn start_shadow(name: &str, file: &std::path::Path, admin: &AdminArgs) -> anyhow::Result<()> {
+    let bytes =
+        tokio::fs::read(file).await.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let url = format!("{}/admin/functions/{name}?shadow=true", admin.to.trim_end_matches('/'));
+    let report: ShadowReport = send(admin.request(reqwest::Method::PUT, &url).body(bytes)).await?;
+    println!(
+        "{}: candidate {} in shadow beside {}; nothing it decides is applied \
+         (`host shadow {name}` to compare, `host promote {name}` or `host shadow {name} --abort`)",
+        report.function,
+        short(&report.candidate_version),
+        report.live_version.as_deref().map_or("-", short)
+    );
+    Ok(())
+}
+
+/// `host shadow NAME [--abort]`: the comparison so far (the last one, when aborting).
+async fn shadow(name: &str, abort: bool, admin: &AdminArgs) -> anyhow::Result<()> {
+    let url = format!("{}/admin/functions/{name}/shadow", admin.to.trim_end_matches('/'));
+    let method = if abort { reqwest::Method::DELETE } else { reqwest::Method::GET };
+    let report: ShadowReport = send(admin.request(method, &url)).await?;
+    let live = report.live_version.as_deref().map_or("-", short);
+    let what = if abort { "dropped" } else { "in shadow" };
+    println!(
+        "{}: candidate {} {what} beside {live} since {}",
+        report.function,
+        short(&report.candidate_version),
+        report.since
+    );
+    println!(
+        "same {}  different {}  failed {}  skipped {}  queued {}",
+        report.same, report.different, report.failed, report.skipped, report.queued
+    );
+    for sample in &report.samples {
+        let input = serde_json::to_string(&sample.input.payload).unwrap_or_default();
+        println!("\n{} {:?} {} {input}", sample.at, sample.verdict, sample.input.kind);
+        let live = serde_json::to_string(&sample.live).unwrap_or_default();
+        println!("  live:      {live}");
+        match (&sample.candidate, &sample.error) {
+            (Some(candidate), _) => {
+                println!("  candidate: {}", serde_json::to_string(candidate).unwrap_or_default())
+            }
+            (None, error) => println!("  candidate failed: {}", error.as_deref().unwrap_or("-")),
+        }
     }
     Ok(())
 }

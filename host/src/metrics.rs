@@ -66,6 +66,10 @@ fn describe() {
     describe_counter!("lowshell_swaps_total", "Function swaps, by function and outcome (ok, failed)");
     describe_counter!("lowshell_events_total", "Events and commands appended, by topic");
     describe_counter!("lowshell_steps_total", "Steps committed by this shell's consumers, by function");
+    describe_counter!(
+        "lowshell_shadow_total",
+        "Live steps a shadow candidate was run on, by function and outcome (same, different, failed, skipped)"
+    );
     describe_gauge!("lowshell_pending_requests", "Requests waiting for their commands' responses");
     describe_gauge!("lowshell_parked_events", "Events parked (set aside after failing), by function");
     describe_gauge!(
@@ -145,6 +149,12 @@ pub fn swap_refused(function: &str, known: bool) {
 /// `n` steps of `function` were committed by this shell.
 pub fn steps(function: &str, n: u64) {
     counter!("lowshell_steps_total", "function" => function.to_owned()).increment(n);
+}
+
+/// A shadow candidate of `function` compared with a live step: `same`,
+/// `different`, `failed`; or `skipped` (its queue was full).
+pub fn shadow(function: &str, outcome: &'static str) {
+    counter!("lowshell_shadow_total", "function" => function.to_owned(), "outcome" => outcome).increment(1);
 }
 
 /// An event (or command) was appended to `topic`.

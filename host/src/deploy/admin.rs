@@ -1,10 +1,12 @@
-//! Admin endpoints: list, deploy and roll back functions over HTTP; list
-//! the parked events and retry them.
+//! Admin endpoints: list, deploy and roll back functions over HTTP; run a
+//! candidate in shadow, then promote or drop it; list the parked events and
+//! retry them.
 //! Every request needs `Authorization: Bearer <token>`; without a configured
 //! token the endpoints refuse everything. Tokens are compared in constant time.
 
 use crate::backend::{Bus, BusError};
 use crate::backend::{Parked, StoreError};
+use crate::deploy::shadow::ShadowReport;
 use crate::deploy::{DeployError, Deployer};
 use crate::executor::{Executor, Retried, RetryError, Stopped};
 use crate::runtime::Function;
@@ -96,6 +98,8 @@ pub fn router(deployer: Deployer, executor: Arc<Executor>, bus: Arc<dyn Bus>, to
         .route("/admin/functions", get(list))
         .route("/admin/functions/{name}", put(deploy).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)))
         .route("/admin/functions/{name}/rollback", post(rollback))
+        .route("/admin/functions/{name}/shadow", get(shadow_report).delete(shadow_abort))
+        .route("/admin/functions/{name}/promote", post(promote))
         .route("/admin/functions/{name}/retry", post(retry))
         .route("/admin/parked", get(parked))
         .route("/admin/consumers", get(consumers))
@@ -142,6 +146,9 @@ async fn list(State(admin): State<Admin>) -> Json<Vec<FunctionInfo>> {
 struct DeployQuery {
     #[serde(default)]
     force: bool,
+    /// Run it in shadow beside the live version instead of swapping it in.
+    #[serde(default)]
+    shadow: bool,
 }
 
 async fn deploy(
@@ -150,7 +157,21 @@ async fn deploy(
     Query(query): Query<DeployQuery>,
     body: Bytes,
 ) -> Response {
-    match admin.deployer.deploy(&name, &body, query.force).await {
+    if query.shadow {
+        if query.force {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "a shadow cannot be forced: the candidate runs on the live version's inputs",
+            );
+        }
+        return shadow(&admin, &name, &body).await;
+    }
+    deployed(admin.deployer.deploy(&name, &body, query.force).await)
+}
+
+/// The answer to a deploy (or a promotion).
+fn deployed(result: Result<crate::registry::Swapped, DeployError>) -> Response {
+    match result {
         Ok(swapped) => Json(Deployed {
             changed: swapped.old.as_ref().is_none_or(|old| old.version != swapped.new.version),
             name: swapped.name,
@@ -161,6 +182,62 @@ async fn deploy(
         Err(e @ DeployError::Record(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
     }
+}
+
+/// Starts a shadow: the candidate is checked as for a deploy, then runs
+/// beside the live version.
+async fn shadow(admin: &Admin, name: &str, bytes: &[u8]) -> Response {
+    match admin.deployer.candidate(name, bytes).await {
+        Ok(candidate) => Json(admin.executor.shadows().start(candidate, bytes)).into_response(),
+        Err(e @ DeployError::NoSuchFunction(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => {
+            tracing::warn!(function = name, "shadow refused: {e}");
+            error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+        }
+    }
+}
+
+fn no_shadow(name: &str) -> Response {
+    error(StatusCode::NOT_FOUND, format!("`{name}` has no candidate in shadow in this shell"))
+}
+
+async fn shadow_report(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    match admin.executor.shadows().report(&name) {
+        Some(report) => Json(report).into_response(),
+        None => no_shadow(&name),
+    }
+}
+
+/// Drops the candidate; its final report.
+async fn shadow_abort(State(admin): State<Admin>, Path(name): Path<String>) -> Response {
+    match admin.executor.shadows().stop(&name, None) {
+        Some(report) => Json::<ShadowReport>(report).into_response(),
+        None => no_shadow(&name),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// Deploys the candidate (the usual deploy, with its checks), then drops
+/// its shadow.
+async fn promote(
+    State(admin): State<Admin>,
+    Path(name): Path<String>,
+    Query(query): Query<PromoteQuery>,
+) -> Response {
+    let shadows = admin.executor.shadows();
+    let Some((version, bytes)) = shadows.candidate(&name) else { return no_shadow(&name) };
+    let result = admin.deployer.deploy(&name, &bytes, query.force).await;
+    if result.is_ok() {
+        // Unless another candidate replaced it meanwhile.
+        shadows.stop(&name, Some(&version));
+    }
+    deployed(result)
 }
 
 async fn rollback(State(admin): State<Admin>, Path(name): Path<String>) -> Response {

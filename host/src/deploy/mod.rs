@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod dev;
+pub mod shadow;
 pub mod watch;
 
 use crate::registry::{Functions, Registry, RegistryError, Swapped};
