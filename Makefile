@@ -24,7 +24,7 @@ WIT      := wit/functions.wit
 # Each: folder in guest-functions/, then the scenarios `make scenarios` runs against it.
 POLYGLOT_GUESTS := customer-projector-js invite-resolver-py
 
-.PHONY: all guest polyglot target run test scenarios http-test audit browser bench fmt lint check clean pg
+.PHONY: all guest polyglot graphiql-assets target run test scenarios http-test audit browser bench fmt lint check clean pg
 
 all: guest
 
@@ -127,6 +127,16 @@ audit: guest
 
 browser: guest
 	tests/http/run.sh browser
+
+# GraphiQL's files, embedded in the shell (host/src/http/graphiql/README.md),
+# from the npm packages pinned by tests/http/package-lock.json.
+graphiql-assets:
+	cd tests/http && npm ci --no-audit --no-fund --loglevel=error
+	cp tests/http/node_modules/graphiql/graphiql.min.js tests/http/node_modules/graphiql/graphiql.min.css \
+		tests/http/node_modules/react/umd/react.production.min.js \
+		tests/http/node_modules/react-dom/umd/react-dom.production.min.js host/src/http/graphiql/
+	cp tests/http/node_modules/graphiql/LICENSE host/src/http/graphiql/LICENSE-graphiql
+	cp tests/http/node_modules/react/LICENSE host/src/http/graphiql/LICENSE-react
 
 # A throwaway local Postgres in the foreground; prints the DATABASE_URL. Ctrl-C deletes it.
 pg:
