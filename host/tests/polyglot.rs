@@ -17,7 +17,8 @@ use support::{error, start, workspace};
 /// the target dir, so only the first test run compiles the 12 MB and 18 MB
 /// components (the JavaScript and Python runtimes).
 fn polyglot_project() -> Project {
-    let mut project = Project::load(&workspace().join("projects/polyglot.toml")).expect("projects/polyglot.toml loads");
+    let mut project =
+        Project::load(&workspace().join("projects/polyglot.toml")).expect("projects/polyglot.toml loads");
     project.listen = "127.0.0.1:0".parse().expect("address");
     project.watch = false;
     project.cache_dir = Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("polyglot-component-cache"));
@@ -50,7 +51,11 @@ async fn the_javascript_projector_and_the_python_resolver_serve_invite_customer(
             .and_then(|fs| fs.iter().find(|f| f["name"] == name))
             .unwrap_or_else(|| panic!("{name} is loaded: {body}"));
         assert_eq!(running["kind"], kind, "{body}");
-        assert_eq!(running["version"], Version::of(&component(name)).0, "{name} from modules/polyglot: {body}");
+        assert_eq!(
+            running["version"],
+            Version::of(&component(name)).0,
+            "{name} from modules/polyglot: {body}"
+        );
     }
 
     // A new email: the Rust handler decides, the JavaScript projector stores

@@ -8,12 +8,18 @@ use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
+macro_rules! graphiql_version {
+    () => {
+        "3.9.0"
+    };
+}
+
 /// The GraphiQL version the page uses (the vendored `graphiql` package).
-pub const GRAPHIQL_VERSION: &str = "3.9.0";
+pub const GRAPHIQL_VERSION: &str = graphiql_version!();
 
 /// Where the files are served; the version in the path lets browsers cache
 /// them for good (a new version is a new URL).
-pub const ASSETS_PATH: &str = "/graphiql/3.9.0";
+pub const ASSETS_PATH: &str = concat!("/graphiql/", graphiql_version!());
 
 struct Asset {
     name: &'static str,
@@ -125,5 +131,18 @@ mod tests {
             );
         }
         assert!(!page.contains("://"), "no absolute URL in the page");
+    }
+
+    #[tokio::test]
+    async fn every_file_is_served_with_its_type_and_nothing_else() {
+        for a in ASSETS {
+            let response = asset(Path(a.name.to_owned())).await;
+            assert_eq!(response.status(), StatusCode::OK, "{}", a.name);
+            assert_eq!(response.headers()[header::CONTENT_TYPE], a.content_type, "{}", a.name);
+            assert!(!a.body.is_empty(), "{} is empty", a.name);
+        }
+        for name in ["../Cargo.toml", "graphiql.js", ""] {
+            assert_eq!(asset(Path(name.to_owned())).await.status(), StatusCode::NOT_FOUND, "{name}");
+        }
     }
 }
