@@ -103,14 +103,3 @@ async fn the_javascript_projector_and_the_python_resolver_serve_invite_customer(
     assert_eq!(all["data"]["customers"].as_array().map(Vec::len), Some(17), "{all}");
     shell.stop().await.expect("clean stop");
 }
-
-#[tokio::test]
-async fn the_python_and_javascript_components_are_held_to_the_memory_limit() {
-    // The project's limit (memory-mib = 64) holds them, as `serve` shows; a
-    // limit below what their runtimes start with refuses them, saying so.
-    let mut project = polyglot_project();
-    project.limits.memory_mib = 4;
-    let refused = host::Shell::start(project).await.err().expect("a 4 MiB limit refuses the components");
-    let message = format!("{refused:#}");
-    assert!(message.contains("MiB") || message.contains("memory"), "{message}");
-}
