@@ -9,7 +9,22 @@ CARGO    ?= cargo
 # Honour a shared target dir (several worktrees, one build cache).
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all guest target run test scenarios http-test audit browser bench fmt lint check clean pg
+# Functions in Python and JavaScript (docs/writing-functions.md), built with
+# componentize-py and componentize-js at pinned versions, which the build
+# installs itself into $(TOOLS) (a venv, and node_modules from
+# guest-functions/sdk/js/package-lock.json). They go to $(POLYGLOT)/ with a copy
+# of the Rust handler: projects/polyglot.toml runs them; the Rust components
+# stay the defaults. Rebuilt only when their sources, the SDK or the WIT change.
+COMPONENTIZE_PY := 0.25.0
+TOOLS    := $(TARGET_DIR)/polyglot-tools
+POLYGLOT := $(MODULES)/polyglot
+PY_TOOL  := $(TOOLS)/py/.componentize-py-$(COMPONENTIZE_PY)
+JS_TOOL  := $(TOOLS)/js/node_modules/.lowshell-lock
+WIT      := wit/functions.wit
+# Each: folder in guest-functions/, then the scenarios `make scenarios` runs against it.
+POLYGLOT_GUESTS := customer-projector-js invite-resolver-py
+
+.PHONY: all guest polyglot graphiql-assets target run test scenarios http-test audit browser bench fmt lint check clean pg
 
 all: guest
 
@@ -43,7 +58,43 @@ guest: target
 	@cp $(TARGET_DIR)/$(TARGET)/guest/misbehave.wasm $(MODULES)/fixtures/schema-clash.wasm
 	@# The plain build last, so the target folder holds the default versions.
 	@$(CARGO) build --quiet --profile guest --target $(TARGET) -p invite-customer
-	@echo "components in $(MODULES)/: $(GUESTS); version 2 of invite-customer in $(MODULES)/v2/; test fixtures in $(MODULES)/fixtures/"
+	@$(MAKE) --no-print-directory polyglot
+	@echo "components in $(MODULES)/: $(GUESTS); version 2 of invite-customer in $(MODULES)/v2/; test fixtures in $(MODULES)/fixtures/; Python and JavaScript functions in $(POLYGLOT)/"
+
+# The Python and JavaScript functions, and the Rust handler they work with.
+polyglot: $(POLYGLOT)/customer-projector.wasm $(POLYGLOT)/invite-resolver.wasm $(POLYGLOT)/invite-customer.wasm
+
+$(POLYGLOT)/invite-customer.wasm: $(MODULES)/invite-customer.wasm
+	@mkdir -p $(POLYGLOT)
+	@cmp -s $< $@ || cp $< $@
+
+$(MODULES)/invite-customer.wasm:
+	@$(MAKE) --no-print-directory guest
+
+$(PY_TOOL):
+	@command -v python3 >/dev/null || { echo "error: python3 (with venv) is needed to build the Python functions" >&2; exit 1; }
+	@rm -rf $(TOOLS)/py
+	python3 -m venv $(TOOLS)/py
+	$(TOOLS)/py/bin/pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY)
+	@touch $@
+
+$(JS_TOOL): guest-functions/sdk/js/package.json guest-functions/sdk/js/package-lock.json
+	@command -v npm >/dev/null || { echo "error: node and npm are needed to build the JavaScript functions" >&2; exit 1; }
+	@mkdir -p $(TOOLS)/js
+	@cp guest-functions/sdk/js/package.json guest-functions/sdk/js/package-lock.json $(TOOLS)/js/
+	cd $(TOOLS)/js && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(POLYGLOT)/invite-resolver.wasm: $(wildcard guest-functions/invite-resolver-py/*.py) guest-functions/sdk/python/low.py $(WIT) $(PY_TOOL)
+	@mkdir -p $(POLYGLOT)
+	$(TOOLS)/py/bin/componentize-py -d wit -w resolver componentize \
+		-p guest-functions/invite-resolver-py -p guest-functions/sdk/python invite_resolver -o $@.tmp >/dev/null
+	@mv $@.tmp $@
+
+$(POLYGLOT)/customer-projector.wasm: $(wildcard guest-functions/customer-projector-js/*.js) $(wildcard guest-functions/sdk/js/*.js) guest-functions/sdk/js/componentize.mjs $(WIT) $(JS_TOOL)
+	@mkdir -p $(POLYGLOT)
+	node guest-functions/sdk/js/componentize.mjs $(TOOLS)/js guest-functions/customer-projector-js/customer-projector.js function $@.tmp
+	@mv $@.tmp $@
 
 run: guest
 	$(CARGO) run -p host -- run
@@ -53,6 +104,9 @@ run: guest
 scenarios: guest
 	@status=0; for g in $(GUESTS); do \
 		$(CARGO) run --quiet -p host -- test $(MODULES)/$$g.wasm guest-functions/$$g/scenarios || status=1; \
+	done; \
+	for g in $(POLYGLOT_GUESTS); do \
+		$(CARGO) run --quiet -p host -- test $(POLYGLOT)/$${g%-*}.wasm guest-functions/$$g/scenarios || status=1; \
 	done; exit $$status
 
 # Includes the Postgres tests: they start a throwaway cluster themselves
@@ -73,6 +127,16 @@ audit: guest
 
 browser: guest
 	tests/http/run.sh browser
+
+# GraphiQL's files, embedded in the shell (host/src/http/graphiql/README.md),
+# from the npm packages pinned by tests/http/package-lock.json.
+graphiql-assets:
+	cd tests/http && npm ci --no-audit --no-fund --loglevel=error
+	cp tests/http/node_modules/graphiql/graphiql.min.js tests/http/node_modules/graphiql/graphiql.min.css \
+		tests/http/node_modules/react/umd/react.production.min.js \
+		tests/http/node_modules/react-dom/umd/react-dom.production.min.js host/src/http/graphiql/
+	cp tests/http/node_modules/graphiql/LICENSE host/src/http/graphiql/LICENSE-graphiql
+	cp tests/http/node_modules/react/LICENSE host/src/http/graphiql/LICENSE-react
 
 # A throwaway local Postgres in the foreground; prints the DATABASE_URL. Ctrl-C deletes it.
 pg:

@@ -1,38 +1,19 @@
-// GraphiQL in headless Chromium: the page at GET / loads, runs the
-// InviteCustomer mutation and shows the result.
+// GraphiQL in headless Chromium, offline: the page at GET / loads, runs the
+// InviteCustomer mutation and shows the result, with every request to a host
+// other than the shell failed (the shell serves GraphiQL's files itself).
 // Usage: LOWSHELL_URL=http://127.0.0.1:8080 CHROMIUM=/usr/bin/chromium node browser.mjs
-//
-// The page loads React and GraphiQL from unpkg.com. Test machines reach only
-// package registries, so those requests are answered from the same packages,
-// pinned in package.json, in node_modules/ (same files, same versions).
 import { chromium } from 'playwright-core';
-import { mkdtempSync, readFileSync, existsSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-const here = path.dirname(fileURLToPath(import.meta.url));
 const base = process.env.LOWSHELL_URL;
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
 if (!base) {
   console.error('LOWSHELL_URL is not set');
   process.exit(2);
 }
-
-const types = { '.js': 'application/javascript', '.css': 'text/css' };
-// https://unpkg.com/<package>@<version>/<file> → node_modules/<package>/<file>
-function fromNodeModules(url) {
-  const match = /^\/(@?[^@/]+(?:\/[^@/]+)?)@([^/]+)\/(.+)$/.exec(new URL(url).pathname);
-  if (!match) return null;
-  const [, name, version, file] = match;
-  const dir = path.join(here, 'node_modules', name);
-  const installed = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8')).version;
-  if (!installed.startsWith(version)) {
-    throw new Error(`the page wants ${name}@${version}; node_modules has ${installed}: update package.json`);
-  }
-  const full = path.join(dir, file);
-  return existsSync(full) ? full : null;
-}
+const shell = new URL(base);
 
 const profile = mkdtempSync(path.join(tmpdir(), 'lowshell-chromium-'));
 const context = await chromium.launchPersistentContext(profile, {
@@ -46,26 +27,29 @@ const context = await chromium.launchPersistentContext(profile, {
     '--disable-background-networking',
     '--disable-component-update',
     '--disable-sync',
+    // No network but the shell's: no other name resolves and anything else
+    // goes to a proxy that is not there (loopback is never proxied), so no
+    // other host is reachable even if a request slipped past the
+    // interception below...
+    `--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE ${shell.hostname}`,
+    '--proxy-server=http://127.0.0.1:9',
+    `--proxy-bypass-list=${shell.host}`,
   ],
 });
 let failed = false;
 try {
   const page = context.pages()[0] ?? (await context.newPage());
   page.on('pageerror', (e) => console.log(`page error: ${e.message}`));
-  await page.route('**/*', async (route) => {
-    const url = route.request().url();
-    if (url.startsWith(base)) return route.continue();
-    if (url.startsWith('https://unpkg.com/')) {
-      const file = fromNodeModules(url);
-      if (file) {
-        return route.fulfill({
-          status: 200,
-          contentType: types[path.extname(file)] ?? 'application/octet-stream',
-          body: readFileSync(file),
-        });
-      }
-    }
-    return route.abort();
+  // ... and every request not for the shell fails, and fails the test.
+  const elsewhere = [];
+  await context.route('**/*', (route) => {
+    const url = new URL(route.request().url());
+    if (url.origin === shell.origin || url.protocol === 'data:') return route.continue();
+    elsewhere.push(url.href);
+    return route.abort('internetdisconnected');
+  });
+  page.on('requestfailed', (r) => {
+    if (new URL(r.url()).origin === shell.origin) console.log(`request failed: ${r.url()} ${r.failure()?.errorText}`);
   });
 
   const response = await page.goto(`${base}/`);
@@ -95,6 +79,8 @@ try {
     throw new Error(`unexpected result: ${text}`);
   }
   console.log(`GraphiQL ran InviteCustomer and shows customer ${customer.id}`);
+  if (elsewhere.length > 0) throw new Error(`the page asked for other hosts: ${elsewhere.join(', ')}`);
+  console.log('no request left the shell');
 } catch (e) {
   failed = true;
   console.error(`browser test failed: ${e.message}`);

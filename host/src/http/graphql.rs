@@ -18,7 +18,7 @@ use super::HttpOptions;
 use super::origins::{check_origin, cors};
 use crate::graphql::Graphql;
 use crate::graphql::schema::IdempotencyKey;
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::parser::types::OperationType;
 use async_graphql::{Request as GqlRequest, Response as GqlResponse, Variables};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
@@ -27,7 +27,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Query, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware;
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Map, Value, json};
@@ -36,8 +36,8 @@ use std::sync::Arc;
 
 /// The WebSocket endpoint for subscriptions.
 pub const WS_PATH: &str = "/ws";
-/// The GraphiQL version whose assets the page loads.
-pub const GRAPHIQL_VERSION: &str = "3.9.0";
+/// The GraphiQL version the page uses; its files are embedded (see [`super::assets`]).
+pub use super::assets::GRAPHIQL_VERSION;
 
 const JSON: &str = "application/json";
 const GRAPHQL_RESPONSE: &str = "application/graphql-response+json";
@@ -57,6 +57,7 @@ pub fn routes(graphql: Arc<Graphql>, options: HttpOptions) -> Router {
         .route("/graphql", get(get_graphql).post(post_graphql))
         .route(WS_PATH, get(websocket))
         .with_state(app)
+        .route(&format!("{}/{{name}}", super::assets::ASSETS_PATH), get(super::assets::asset))
         .layer(cors(Arc::clone(&origins)))
         .layer(middleware::from_fn_with_state(origins, check_origin))
 }
@@ -377,15 +378,7 @@ fn wants_html(headers: &HeaderMap) -> bool {
 }
 
 fn graphiql(path: &str) -> Response {
-    Html(
-        GraphiQLSource::build()
-            .endpoint(path)
-            .subscription_endpoint(WS_PATH)
-            .version(GRAPHIQL_VERSION)
-            .title("lowshell GraphiQL")
-            .finish(),
-    )
-    .into_response()
+    super::assets::page(path, WS_PATH)
 }
 
 /// A GraphQL GET request when there is a `query` parameter, else GraphiQL

@@ -6,6 +6,7 @@
 //! - `/metrics` (Prometheus), here;
 //! - the admin API ([`crate::deploy::admin`]) is merged in by the shell.
 
+mod assets;
 pub mod graphql;
 pub mod health;
 pub mod origins;

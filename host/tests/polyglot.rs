@@ -1,0 +1,105 @@
+//! End to end with functions in three languages (`projects/polyglot.toml`):
+//! the Rust handler, the JavaScript projector and the Python resolver that
+//! `make guest` builds into `modules/polyglot/`, served over real HTTP on a
+//! free port, within the project's limits.
+
+mod support;
+
+use futures::future::join_all;
+use host::Project;
+use host::runtime::Version;
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use support::{error, start, workspace};
+
+/// The polyglot project on a free port. Compiled components are cached in
+/// the target dir, so only the first test run compiles the 12 MB and 18 MB
+/// components (the JavaScript and Python runtimes).
+fn polyglot_project() -> Project {
+    let mut project =
+        Project::load(&workspace().join("projects/polyglot.toml")).expect("projects/polyglot.toml loads");
+    project.listen = "127.0.0.1:0".parse().expect("address");
+    project.watch = false;
+    project.cache_dir = Some(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("polyglot-component-cache"));
+    for name in project.functions.iter().flatten() {
+        let path = project.modules.join(format!("{name}.wasm"));
+        assert!(path.exists(), "{} is missing: run `make guest`", path.display());
+    }
+    project
+}
+
+fn component(name: &str) -> Vec<u8> {
+    let path = workspace().join("modules/polyglot").join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run `make guest`)", path.display()))
+}
+
+#[tokio::test]
+async fn the_javascript_projector_and_the_python_resolver_serve_invite_customer() {
+    let started = Instant::now();
+    let (shell, client) = start(polyglot_project()).await;
+    let loading = started.elapsed();
+    eprintln!("the polyglot project loaded in {loading:?}");
+    // Generous: a cold debug-build compile of both components on a busy machine.
+    assert!(loading < Duration::from_secs(300), "loading took {loading:?}");
+
+    // The shell runs the JavaScript and Python components, not the Rust ones.
+    let body = client.graphql("{ functions { name kind version } }").await;
+    for (name, kind) in [("customer-projector", "projector"), ("invite-resolver", "resolver")] {
+        let running = body["data"]["functions"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["name"] == name))
+            .unwrap_or_else(|| panic!("{name} is loaded: {body}"));
+        assert_eq!(running["kind"], kind, "{body}");
+        assert_eq!(
+            running["version"],
+            Version::of(&component(name)).0,
+            "{name} from modules/polyglot: {body}"
+        );
+    }
+
+    // A new email: the Rust handler decides, the JavaScript projector stores
+    // the customer, the Python resolver answers with it.
+    let invited = client.invite("ada@example.com").await;
+    let customer = &invited["data"]["InviteCustomer"];
+    assert_eq!(customer["email"], "ada@example.com", "{invited}");
+    assert_eq!(customer["invited"], true, "{invited}");
+    let id = customer["id"].as_str().expect("an id").to_owned();
+    let found = client.graphql(&format!(r#"{{ customer(id: "{id}") {{ id email invited }} }}"#)).await;
+    assert_eq!(found["data"]["customer"], *customer, "{found}");
+
+    // Again: the existing customer (CustomerInviteFailed, projected as it stands).
+    let again = client.invite("ada@example.com").await;
+    assert_eq!(again["data"]["InviteCustomer"], *customer, "{again}");
+
+    // Refused: the Python resolver fails with the handler's reason.
+    let refused = client.invite("").await;
+    assert_eq!(error(&refused), Some("Email is required"), "{refused}");
+
+    // Renamed: the JavaScript projector keeps the rest of the document.
+    let renamed = client
+        .graphql(&format!(
+            r#"mutation {{ RenameCustomer(id: "{id}", email: "ada@lovelace.org") {{ id email invited }} }}"#
+        ))
+        .await;
+    assert_eq!(
+        renamed["data"]["RenameCustomer"],
+        json!({ "id": id, "email": "ada@lovelace.org", "invited": true }),
+        "{renamed}"
+    );
+
+    // Many at once: each step gets its own instance of the JavaScript and
+    // Python components, all within the project's memory limit.
+    let emails: Vec<String> = (0..16).map(|i| format!("user-{i}@example.com")).collect();
+    let answers = join_all(emails.iter().map(|email| {
+        let client = client.clone();
+        async move { client.invite(email).await }
+    }))
+    .await;
+    for (email, answer) in emails.iter().zip(&answers) {
+        assert_eq!(answer["data"]["InviteCustomer"]["email"], email.as_str(), "{answer}");
+    }
+    let all = client.graphql("{ customers(first: 100) { id } }").await;
+    assert_eq!(all["data"]["customers"].as_array().map(Vec::len), Some(17), "{all}");
+    shell.stop().await.expect("clean stop");
+}
