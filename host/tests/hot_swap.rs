@@ -36,13 +36,7 @@ async fn admin(
     token: Option<&str>,
     body: Vec<u8>,
 ) -> (u16, Value) {
-    let mut request = client.http.request(method, format!("{}{path}", client.base)).body(body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.expect("admin request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    client.admin(method, path, token, body).await
 }
 
 async fn deploy(client: &Client, bytes: Vec<u8>) -> (u16, Value) {

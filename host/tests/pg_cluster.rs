@@ -28,16 +28,7 @@ fn v2() -> Vec<u8> {
 }
 
 async fn admin(client: &Client, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, Value) {
-    let response = client
-        .http
-        .request(method, format!("{}{path}", client.base))
-        .bearer_auth(TOKEN)
-        .body(body)
-        .send()
-        .await
-        .expect("admin request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    client.admin(method, path, Some(TOKEN), body).await
 }
 
 /// Waits until `client`'s shell runs `version` of invite-customer.

@@ -51,6 +51,24 @@ pub struct Client {
 }
 
 impl Client {
+    /// An admin endpoint's status and JSON body (`null` when it has none),
+    /// with `token` as the bearer when given.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base)).body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("admin request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     pub fn new(base: &str) -> Self {
         Self { base: base.to_owned(), http: reqwest::Client::new() }
     }
