@@ -2,22 +2,51 @@
 //! state survives from one command to the next, with the deadline re-armed
 //! before every export call.
 
-use super::bindings::{function, resolver};
+use super::bindings::wit;
 use super::convert;
 use super::guest::{Guest, Instantiate};
 use super::state::CallState;
-use super::{Function, GuestError, WasmPre};
+use super::{Exports, Function, GuestError, WasmPre};
 use crate::backend::Store;
 use async_trait::async_trait;
 use low_contract::{Data, FunctionKind, Lookup, Message, Meta, Outcome, Resolution, WritePlan};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::OwnedSemaphorePermit;
+use wasmtime::component::{Func, TypedFunc};
 use wasmtime::{Trap, UpdateDeadline};
 
+/// The exports of a live instance.
 enum Instance {
-    Function(function::Function),
-    Resolver(resolver::Resolver),
+    Function { meta: Func, lookup: Func, operate: Func, write: Func },
+    Resolver { meta: Func, resolve: Func },
+}
+
+impl Instance {
+    fn of(
+        store: &mut wasmtime::Store<CallState>,
+        instance: &wasmtime::component::Instance,
+        exports: Exports,
+    ) -> Option<Self> {
+        let mut get = |index| instance.get_func(&mut *store, index);
+        Some(match exports {
+            Exports::Function { meta, lookup, operate, write } => Instance::Function {
+                meta: get(meta)?,
+                lookup: get(lookup)?,
+                operate: get(operate)?,
+                write: get(write)?,
+            },
+            Exports::Resolver { meta, resolve } => {
+                Instance::Resolver { meta: get(meta)?, resolve: get(resolve)? }
+            }
+        })
+    }
+
+    fn meta(&self) -> Func {
+        match self {
+            Instance::Function { meta, .. } | Instance::Resolver { meta, .. } => *meta,
+        }
+    }
 }
 
 /// A live instance of a component, for one command or one resolution.
@@ -69,13 +98,17 @@ impl WasmCall {
         let deadline = runtime.limits.deadline;
         arm(&mut wasm, deadline);
         let timer = crate::metrics::GuestTimer::start(&name, "instantiate");
-        let instance = match pre {
-            WasmPre::Function(pre) => pre.instantiate_async(&mut wasm).await.map(Instance::Function),
-            WasmPre::Resolver(pre) => pre.instantiate_async(&mut wasm).await.map(Instance::Resolver),
-        };
+        let instance = pre.pre.instantiate_async(&mut wasm).await;
         drop(timer);
         let instance =
             instance.map_err(|e| failure(&name, "instantiate", deadline, &e, &wasm.data().last_words()))?;
+        let Some(instance) = Instance::of(&mut wasm, &instance, pre.exports) else {
+            return Err(GuestError::Trap {
+                function: name,
+                phase: "instantiate",
+                message: "the instance lacks an export its component was checked for".into(),
+            });
+        };
         crate::metrics::instance_created(&name);
         Ok(Self { store: wasm, instance, function: name, kind: f.meta.kind, deadline, _slot: slot })
     }
@@ -108,26 +141,29 @@ impl Instantiate for WasmPre {
     }
 }
 
+// SAFETY of every `TypedFunc::new_unchecked` below: when the component was
+// loaded, `WasmPre::new` type-checked each of its exports against the
+// world's signature used here (through the generated bindings), and every
+// instance is of that component.
 #[async_trait]
 impl Guest for WasmCall {
     async fn meta(&mut self) -> Result<Meta, GuestError> {
         self.arm();
         let _timer = crate::metrics::GuestTimer::start(&self.function, "meta");
-        let meta = match &self.instance {
-            Instance::Function(i) => i.call_meta(&mut self.store).await,
-            Instance::Resolver(i) => i.call_meta(&mut self.store).await,
-        };
-        meta.map(convert::meta_from_wit).map_err(|e| self.fail("meta", &e))
+        let meta = unsafe { TypedFunc::<(), (wit::Meta,)>::new_unchecked(self.instance.meta()) };
+        let meta = meta.call_async(&mut self.store, ()).await;
+        meta.map(|(m,)| convert::meta_from_wit(m)).map_err(|e| self.fail("meta", &e))
     }
 
     async fn lookup(&mut self, input: &Message) -> Result<Vec<Lookup>, GuestError> {
         self.arm();
         let _timer = crate::metrics::GuestTimer::start(&self.function, "lookup");
-        let Instance::Function(instance) = &self.instance else { return Err(self.wrong_kind("lookup")) };
+        let Instance::Function { lookup, .. } = self.instance else { return Err(self.wrong_kind("lookup")) };
+        let lookup = unsafe { TypedFunc::<(&wit::Message,), (Vec<wit::Lookup>,)>::new_unchecked(lookup) };
         self.store.data_mut().in_lookup = true;
-        let plan = instance.call_lookup(&mut self.store, &convert::message_to_wit(input)).await;
+        let plan = lookup.call_async(&mut self.store, (&convert::message_to_wit(input),)).await;
         self.store.data_mut().in_lookup = false;
-        let plan = plan.map_err(|e| self.fail("lookup", &e))?;
+        let (plan,) = plan.map_err(|e| self.fail("lookup", &e))?;
         plan.into_iter()
             .map(convert::lookup_from_wit)
             .collect::<Result<_, _>>()
@@ -137,9 +173,13 @@ impl Guest for WasmCall {
     async fn operate(&mut self, input: &Message, data: &Data) -> Result<Outcome, GuestError> {
         self.arm();
         let _timer = crate::metrics::GuestTimer::start(&self.function, "operate");
-        let Instance::Function(instance) = &self.instance else { return Err(self.wrong_kind("operate")) };
-        let outcome = instance
-            .call_operate(&mut self.store, &convert::message_to_wit(input), &convert::data_to_wit(data))
+        let Instance::Function { operate, .. } = self.instance else {
+            return Err(self.wrong_kind("operate"));
+        };
+        let operate =
+            unsafe { TypedFunc::<(&wit::Message, &[wit::Found]), (wit::Outcome,)>::new_unchecked(operate) };
+        let (outcome,) = operate
+            .call_async(&mut self.store, (&convert::message_to_wit(input), &convert::data_to_wit(data)))
             .await
             .map_err(|e| self.fail("operate", &e))?;
         convert::outcome_from_wit(outcome).map_err(|m| self.invalid("operate", m))
@@ -148,9 +188,10 @@ impl Guest for WasmCall {
     async fn write(&mut self, output: &Message) -> Result<WritePlan, GuestError> {
         self.arm();
         let _timer = crate::metrics::GuestTimer::start(&self.function, "write");
-        let Instance::Function(instance) = &self.instance else { return Err(self.wrong_kind("write")) };
-        let plan = instance
-            .call_write(&mut self.store, &convert::message_to_wit(output))
+        let Instance::Function { write, .. } = self.instance else { return Err(self.wrong_kind("write")) };
+        let write = unsafe { TypedFunc::<(&wit::Message,), (wit::WritePlan,)>::new_unchecked(write) };
+        let (plan,) = write
+            .call_async(&mut self.store, (&convert::message_to_wit(output),))
             .await
             .map_err(|e| self.fail("write", &e))?;
         convert::plan_from_wit(plan).map_err(|m| self.invalid("write", m))
@@ -159,10 +200,15 @@ impl Guest for WasmCall {
     async fn resolve(&mut self, command: &Message, seen: &[Message]) -> Result<Resolution, GuestError> {
         self.arm();
         let _timer = crate::metrics::GuestTimer::start(&self.function, "resolve");
-        let Instance::Resolver(instance) = &self.instance else { return Err(self.wrong_kind("resolve")) };
+        let Instance::Resolver { resolve, .. } = self.instance else {
+            return Err(self.wrong_kind("resolve"));
+        };
+        let resolve = unsafe {
+            TypedFunc::<(&wit::Message, &[wit::Message]), (wit::Resolution,)>::new_unchecked(resolve)
+        };
         let seen: Vec<_> = seen.iter().map(convert::message_to_wit).collect();
-        let resolution = instance
-            .call_resolve(&mut self.store, &convert::message_to_wit(command), &seen)
+        let (resolution,) = resolve
+            .call_async(&mut self.store, (&convert::message_to_wit(command), &seen))
             .await
             .map_err(|e| self.fail("resolve", &e))?;
         convert::resolution_from_wit(resolution).map_err(|m| self.invalid("resolve", m))

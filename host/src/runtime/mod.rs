@@ -29,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Semaphore;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How much a guest may use per call.
@@ -255,19 +255,11 @@ impl Runtime {
         .map_err(|e| LoadError::NotAComponent(format!("compilation stopped: {e}")))??;
         let exports_resolve =
             component.component_type().exports(&self.engine).any(|(name, _)| name == "resolve");
-        let pre: Box<dyn Instantiate> = Box::new(if exports_resolve {
-            let pre = self
-                .resolver_linker
-                .instantiate_pre(&component)
-                .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-            WasmPre::Resolver(ResolverPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?)
-        } else {
-            let pre = self
-                .function_linker
-                .instantiate_pre(&component)
-                .map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
-            WasmPre::Function(FunctionPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?)
-        });
+        let linker = if exports_resolve { &self.resolver_linker } else { &self.function_linker };
+        let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let pre: Box<dyn Instantiate> = Box::new(
+            WasmPre::new(pre, exports_resolve).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?,
+        );
         let mut function = Function {
             meta: Meta::resolver("", Vec::<String>::new()),
             version,
@@ -413,10 +405,56 @@ impl std::fmt::Display for Version {
     }
 }
 
-/// A component ready to instantiate, by the world it exports.
-enum WasmPre {
-    Function(FunctionPre<CallState>),
-    Resolver(ResolverPre<CallState>),
+/// A component ready to instantiate, and where its exports are.
+struct WasmPre {
+    pre: InstancePre<CallState>,
+    exports: Exports,
+}
+
+/// The exports of one of the contract's worlds, found (and type-checked)
+/// once when the component is loaded, so that each instance takes its
+/// functions by index without checking their types again.
+#[derive(Clone, Copy)]
+pub(super) enum Exports {
+    Function {
+        meta: ComponentExportIndex,
+        lookup: ComponentExportIndex,
+        operate: ComponentExportIndex,
+        write: ComponentExportIndex,
+    },
+    Resolver {
+        meta: ComponentExportIndex,
+        resolve: ComponentExportIndex,
+    },
+}
+
+impl WasmPre {
+    fn new(pre: InstancePre<CallState>, resolver: bool) -> wasmtime::Result<Self> {
+        // The generated bindings check every export's type against the
+        // world; instances then call them unchecked (see `call.rs`).
+        if resolver {
+            ResolverPre::new(pre.clone())?;
+        } else {
+            FunctionPre::new(pre.clone())?;
+        }
+        let component = pre.component();
+        let export = |name: &str| {
+            component
+                .get_export_index(None, name)
+                .ok_or_else(|| wasmtime::format_err!("no export `{name}` found"))
+        };
+        let exports = if resolver {
+            Exports::Resolver { meta: export("meta")?, resolve: export("resolve")? }
+        } else {
+            Exports::Function {
+                meta: export("meta")?,
+                lookup: export("lookup")?,
+                operate: export("operate")?,
+                write: export("write")?,
+            }
+        };
+        Ok(Self { pre, exports })
+    }
 }
 
 /// A loaded, validated component: ready to be instantiated cheaply.
