@@ -67,7 +67,7 @@ mod types;
 /// Support for [`wit_conversions!`]; not part of the API.
 #[doc(hidden)]
 pub mod __mapping {
-    pub use crate::mapping::parse_json;
+    pub use crate::mapping::{json_text, parse_json};
 }
 
 pub mod guest;
