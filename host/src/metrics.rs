@@ -96,34 +96,56 @@ fn function_label(function: &str) -> String {
     if function.is_empty() { "(loading)".to_owned() } else { function.to_owned() }
 }
 
-/// One guest export call (`instantiate`, `meta`, `lookup`, `operate`, `write`, `resolve`).
-pub fn guest_call(function: &str, phase: &'static str, took: Duration) {
-    histogram!("lowshell_guest_call_duration_seconds", "function" => function_label(function), "phase" => phase)
-        .record(took.as_secs_f64());
+/// The guest phases timed, in the order of [`GuestMetrics`]' handles.
+const PHASES: [&str; 6] = ["instantiate", "meta", "lookup", "operate", "write", "resolve"];
+
+/// One function's guest-call histograms and instance counter, registered
+/// once: a `histogram!` with labels builds, hashes and looks up its key on
+/// every call, which cost more than the rest of the bookkeeping of a call.
+pub struct GuestMetrics {
+    calls: [metrics::Histogram; PHASES.len()],
+    instances: metrics::Counter,
 }
 
-/// Records [`guest_call`] when dropped, so every exit of a phase is counted.
-pub struct GuestTimer {
-    function: String,
-    phase: &'static str,
-    started: Instant,
-}
-
-impl GuestTimer {
-    pub fn start(function: &str, phase: &'static str) -> Self {
-        Self { function: function.to_owned(), phase, started: Instant::now() }
+impl GuestMetrics {
+    /// The handles of `function` (`""` while it is loading).
+    pub fn new(function: &str) -> Self {
+        let label = function_label(function);
+        Self {
+            calls: PHASES.map(|phase| {
+                histogram!("lowshell_guest_call_duration_seconds", "function" => label.clone(), "phase" => phase)
+            }),
+            instances: counter!("lowshell_instances_created_total", "function" => label.clone()),
+        }
     }
+
+    /// Times one export call; recorded when the timer is dropped, so every
+    /// exit of the phase is counted.
+    pub fn timer(&self, phase: &'static str) -> GuestTimer {
+        let slot = PHASES.iter().position(|p| *p == phase);
+        let histogram = match slot {
+            Some(i) => self.calls[i].clone(),
+            None => metrics::Histogram::noop(),
+        };
+        GuestTimer { histogram, started: Instant::now() }
+    }
+
+    /// A fresh guest instance was created.
+    pub fn instance_created(&self) {
+        self.instances.increment(1);
+    }
+}
+
+/// Records a guest call's duration when dropped (see [`GuestMetrics::timer`]).
+pub struct GuestTimer {
+    histogram: metrics::Histogram,
+    started: Instant,
 }
 
 impl Drop for GuestTimer {
     fn drop(&mut self) {
-        guest_call(&self.function, self.phase, self.started.elapsed());
+        self.histogram.record(self.started.elapsed().as_secs_f64());
     }
-}
-
-/// A fresh guest instance was created.
-pub fn instance_created(function: &str) {
-    counter!("lowshell_instances_created_total", "function" => function_label(function)).increment(1);
 }
 
 /// How far `function` is behind the log (deliveries or positions not yet processed).

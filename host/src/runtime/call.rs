@@ -56,6 +56,7 @@ pub struct WasmCall {
     function: String,
     kind: FunctionKind,
     deadline: Duration,
+    metrics: Arc<crate::metrics::GuestMetrics>,
     // Released when the call is dropped, freeing the instance slot.
     _slot: OwnedSemaphorePermit,
 }
@@ -97,7 +98,7 @@ impl WasmCall {
         });
         let deadline = runtime.limits.deadline;
         arm(&mut wasm, deadline);
-        let timer = crate::metrics::GuestTimer::start(&name, "instantiate");
+        let timer = f.metrics.timer("instantiate");
         let instance = pre.pre.instantiate_async(&mut wasm).await;
         drop(timer);
         let instance =
@@ -109,8 +110,16 @@ impl WasmCall {
                 message: "the instance lacks an export its component was checked for".into(),
             });
         };
-        crate::metrics::instance_created(&name);
-        Ok(Self { store: wasm, instance, function: name, kind: f.meta.kind, deadline, _slot: slot })
+        f.metrics.instance_created();
+        Ok(Self {
+            store: wasm,
+            instance,
+            function: name,
+            kind: f.meta.kind,
+            deadline,
+            metrics: Arc::clone(&f.metrics),
+            _slot: slot,
+        })
     }
 
     fn arm(&mut self) {
@@ -149,7 +158,7 @@ impl Instantiate for WasmPre {
 impl Guest for WasmCall {
     async fn meta(&mut self) -> Result<Meta, GuestError> {
         self.arm();
-        let _timer = crate::metrics::GuestTimer::start(&self.function, "meta");
+        let _timer = self.metrics.timer("meta");
         let meta = unsafe { TypedFunc::<(), (wit::Meta,)>::new_unchecked(self.instance.meta()) };
         let meta = meta.call_async(&mut self.store, ()).await;
         meta.map(|(m,)| convert::meta_from_wit(m)).map_err(|e| self.fail("meta", &e))
@@ -157,7 +166,7 @@ impl Guest for WasmCall {
 
     async fn lookup(&mut self, input: &Message) -> Result<Vec<Lookup>, GuestError> {
         self.arm();
-        let _timer = crate::metrics::GuestTimer::start(&self.function, "lookup");
+        let _timer = self.metrics.timer("lookup");
         let Instance::Function { lookup, .. } = self.instance else { return Err(self.wrong_kind("lookup")) };
         let lookup = unsafe { TypedFunc::<(&wit::Message,), (Vec<wit::Lookup>,)>::new_unchecked(lookup) };
         self.store.data_mut().in_lookup = true;
@@ -172,7 +181,7 @@ impl Guest for WasmCall {
 
     async fn operate(&mut self, input: &Message, data: &Data) -> Result<Outcome, GuestError> {
         self.arm();
-        let _timer = crate::metrics::GuestTimer::start(&self.function, "operate");
+        let _timer = self.metrics.timer("operate");
         let Instance::Function { operate, .. } = self.instance else {
             return Err(self.wrong_kind("operate"));
         };
@@ -187,7 +196,7 @@ impl Guest for WasmCall {
 
     async fn write(&mut self, output: &Message) -> Result<WritePlan, GuestError> {
         self.arm();
-        let _timer = crate::metrics::GuestTimer::start(&self.function, "write");
+        let _timer = self.metrics.timer("write");
         let Instance::Function { write, .. } = self.instance else { return Err(self.wrong_kind("write")) };
         let write = unsafe { TypedFunc::<(&wit::Message,), (wit::WritePlan,)>::new_unchecked(write) };
         let (plan,) = write
@@ -199,7 +208,7 @@ impl Guest for WasmCall {
 
     async fn resolve(&mut self, command: &Message, seen: &[Message]) -> Result<Resolution, GuestError> {
         self.arm();
-        let _timer = crate::metrics::GuestTimer::start(&self.function, "resolve");
+        let _timer = self.metrics.timer("resolve");
         let Instance::Resolver { resolve, .. } = self.instance else {
             return Err(self.wrong_kind("resolve"));
         };

@@ -266,11 +266,13 @@ impl Runtime {
             loaded_at: SystemTime::now(),
             pre,
             runtime: Arc::clone(self),
+            metrics: Arc::new(crate::metrics::GuestMetrics::new("")),
         };
         let mut call = function.start(None).await.map_err(meta_failure)?;
         let meta = call.meta().await.map_err(meta_failure)?;
         drop(call);
         check_meta(&meta, exports_resolve)?;
+        function.metrics = Arc::new(crate::metrics::GuestMetrics::new(&meta.name));
         function.meta = meta;
         Ok(Arc::new(function))
     }
@@ -349,6 +351,7 @@ impl Runtime {
         check_meta(&meta, meta.kind == FunctionKind::Resolver)?;
         Ok(Arc::new(Function {
             version: Version(format!("native-{}", meta.name)),
+            metrics: Arc::new(crate::metrics::GuestMetrics::new(&meta.name)),
             meta,
             loaded_at: SystemTime::now(),
             pre: Box::new(native::NativePre(guest)),
@@ -465,6 +468,8 @@ pub struct Function {
     /// A component's `InstancePre`, or native code.
     pre: Box<dyn Instantiate>,
     runtime: Arc<Runtime>,
+    /// Its guest-call metrics, registered once.
+    pub(super) metrics: Arc<crate::metrics::GuestMetrics>,
 }
 
 impl std::fmt::Debug for Function {
