@@ -1,6 +1,8 @@
 # lowshell — common tasks. `make guest && cargo run -p host` starts the shell.
 
-GUESTS   := invite-customer customer-projector invite-resolver
+# The Rust functions: every crate in guest-functions/ built as a component
+# (`crate-type = ["cdylib", ...]`), including those `host new` made.
+GUESTS   := $(sort $(patsubst guest-functions/%/Cargo.toml,%,$(shell grep -l '"cdylib"' guest-functions/*/Cargo.toml 2>/dev/null)))
 # Misbehaving guests for the shell's own tests.
 FIXTURES := misbehave misbehave-resolver misbehave-projector
 TARGET   := wasm32-wasip2
@@ -23,6 +25,14 @@ JS_TOOL  := $(TOOLS)/js/node_modules/.lowshell-lock
 WIT      := wit/functions.wit
 # Each: folder in guest-functions/, then the scenarios `make scenarios` runs against it.
 POLYGLOT_GUESTS := customer-projector-js invite-resolver-py
+# Functions `host new` made in Python or JavaScript: a folder in guest-functions/
+# whose resolver.py, function.js or resolver.js names the world it implements;
+# each is built into $(MODULES)/<folder>.wasm.
+NEW_PY     := $(patsubst guest-functions/%/resolver.py,%,$(wildcard guest-functions/*/resolver.py))
+NEW_JS_FN  := $(patsubst guest-functions/%/function.js,%,$(wildcard guest-functions/*/function.js))
+NEW_JS_RES := $(patsubst guest-functions/%/resolver.js,%,$(wildcard guest-functions/*/resolver.js))
+NEW_POLYGLOT := $(NEW_PY) $(NEW_JS_FN) $(NEW_JS_RES)
+JS_SDK     := $(wildcard guest-functions/sdk/js/*.js) guest-functions/sdk/js/componentize.mjs
 
 .PHONY: all guest polyglot graphiql-assets target run test scenarios http-test audit browser bench fmt lint check clean pg
 
@@ -62,7 +72,8 @@ guest: target
 	@echo "components in $(MODULES)/: $(GUESTS); version 2 of invite-customer in $(MODULES)/v2/; test fixtures in $(MODULES)/fixtures/; Python and JavaScript functions in $(POLYGLOT)/"
 
 # The Python and JavaScript functions, and the Rust handler they work with.
-polyglot: $(POLYGLOT)/customer-projector.wasm $(POLYGLOT)/invite-resolver.wasm $(POLYGLOT)/invite-customer.wasm
+polyglot: $(POLYGLOT)/customer-projector.wasm $(POLYGLOT)/invite-resolver.wasm $(POLYGLOT)/invite-customer.wasm \
+	$(foreach g,$(NEW_POLYGLOT),$(MODULES)/$(g).wasm)
 
 $(POLYGLOT)/invite-customer.wasm: $(MODULES)/invite-customer.wasm
 	@mkdir -p $(POLYGLOT)
@@ -96,6 +107,20 @@ $(POLYGLOT)/customer-projector.wasm: $(wildcard guest-functions/customer-project
 	node guest-functions/sdk/js/componentize.mjs $(TOOLS)/js guest-functions/customer-projector-js/customer-projector.js function $@.tmp
 	@mv $@.tmp $@
 
+# The functions `host new` made in Python and JavaScript (see NEW_PY above).
+$(MODULES)/%.wasm: guest-functions/%/resolver.py guest-functions/sdk/python/low.py $(WIT) $(PY_TOOL)
+	$(TOOLS)/py/bin/componentize-py -d wit -w resolver componentize \
+		-p guest-functions/$* -p guest-functions/sdk/python resolver -o $@.tmp >/dev/null
+	@mv $@.tmp $@
+
+$(MODULES)/%.wasm: guest-functions/%/function.js $(JS_SDK) $(WIT) $(JS_TOOL)
+	node guest-functions/sdk/js/componentize.mjs $(TOOLS)/js $< function $@.tmp
+	@mv $@.tmp $@
+
+$(MODULES)/%.wasm: guest-functions/%/resolver.js $(JS_SDK) $(WIT) $(JS_TOOL)
+	node guest-functions/sdk/js/componentize.mjs $(TOOLS)/js $< resolver $@.tmp
+	@mv $@.tmp $@
+
 run: guest
 	$(CARGO) run -p host -- run
 
@@ -107,6 +132,9 @@ scenarios: guest
 	done; \
 	for g in $(POLYGLOT_GUESTS); do \
 		$(CARGO) run --quiet -p host -- test $(POLYGLOT)/$${g%-*}.wasm guest-functions/$$g/scenarios || status=1; \
+	done; \
+	for g in $(NEW_POLYGLOT); do \
+		$(CARGO) run --quiet -p host -- test $(MODULES)/$$g.wasm guest-functions/$$g/scenarios || status=1; \
 	done; exit $$status
 
 # Includes the Postgres tests: they start a throwaway cluster themselves

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod registry;
 pub mod responses;
 pub mod runtime;
+pub mod scaffold;
 pub mod shell;
 pub mod stub;
 

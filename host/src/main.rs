@@ -121,6 +121,20 @@ enum Command {
     },
     /// Run scenario files against one component, with no database, bus or server.
     Test(host::stub::scenario::TestArgs),
+    /// Start a new function from a template, with its scenario file: it builds
+    /// (`make guest`), passes `host test`, and loads into a shell as generated.
+    New {
+        /// Its name: lower-case words and dashes (e.g. book-room). Name a trio alike
+        /// (book-room, book-room-projector, book-room-resolver) and they work together.
+        name: String,
+        #[arg(long, value_enum)]
+        kind: host::scaffold::Kind,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: host::scaffold::Lang,
+        /// The project's root (where guest-functions/ and wit/ are).
+        #[arg(long, value_name = "DIR", default_value = ".")]
+        root: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -256,6 +270,15 @@ fn main() -> ExitCode {
             Command::Status { admin } => status(&admin).await,
             Command::Retry { name, position, admin } => retry(&name, position, &admin).await,
             Command::Test(args) => host::stub::scenario::run_cli(args).await,
+            Command::New { name, kind, lang, root } => {
+                let created = host::scaffold::create(&root, &name, kind, lang)?;
+                println!("created the {kind} `{name}` in {}:", created.dir.display());
+                for file in &created.files {
+                    println!("  {}", file.display());
+                }
+                println!("{}", created.next);
+                Ok(())
+            }
         }
     });
     match result {
