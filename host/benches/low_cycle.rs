@@ -3,6 +3,10 @@
 //! write) — WebAssembly component against the same logic compiled natively,
 //! through the same `executor::run_cycle`.
 //!
+//! Then the functions in Python and JavaScript (`modules/polyglot/`) against
+//! the Rust ones doing the same: the projector's LOW cycle and the resolver's
+//! call, each on a fresh instance under the default limits.
+//!
 //! `cargo bench -p host --features native-baseline --bench low_cycle`
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -18,8 +22,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-fn component(runtime: &Arc<Runtime>, rt: &tokio::runtime::Runtime) -> Arc<Function> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/invite-customer.wasm");
+/// A component `make guest` built, by its path under `modules/`.
+fn component(runtime: &Arc<Runtime>, rt: &tokio::runtime::Runtime, module: &str) -> Arc<Function> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules").join(module);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run `make guest`)", path.display()));
     rt.block_on(runtime.load(&bytes)).expect("the component loads")
 }
@@ -27,7 +32,7 @@ fn component(runtime: &Arc<Runtime>, rt: &tokio::runtime::Runtime) -> Arc<Functi
 fn low_cycle(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     let runtime = Runtime::new(Limits::default()).expect("runtime");
-    let wasm = component(&runtime, &rt);
+    let wasm = component(&runtime, &rt, "invite-customer.wasm");
     let native = runtime.native(catalogue("invite-customer").expect("compiled in")).expect("native");
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryBus::new()));
     let n = AtomicU64::new(0);
@@ -59,5 +64,51 @@ fn low_cycle(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, low_cycle);
+/// The cost per call of a function in JavaScript or Python, beside the Rust
+/// one it mirrors: the projector's LOW cycle on a `CustomerInvited`, the
+/// resolver's answer from a `ProjectionComplete`. The default limits hold
+/// (64 MiB per instance): a call that broke them would fail the benchmark.
+fn polyglot(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
+    let runtime = Runtime::new(Limits::default()).expect("runtime");
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryBus::new()));
+    let n = AtomicU64::new(0);
+    let mut group = c.benchmark_group("polyglot");
+    for (name, module) in
+        [("projector-rust", "customer-projector.wasm"), ("projector-js", "polyglot/customer-projector.wasm")]
+    {
+        let function = component(&runtime, &rt, module);
+        let functions = Functions::new([Arc::clone(&function)]).expect("functions");
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| {
+                let i = n.fetch_add(1, Ordering::Relaxed);
+                let event = Message::new(
+                    format!("e-{i}"),
+                    "CustomerInvited",
+                    json!({ "customer-id": format!("cust-{i}"), "email": format!("u{i}@example.com") }),
+                )
+                .correlated(format!("c-{i}"));
+                let (functions, function, store) = (&functions, &function, &store);
+                async move { run_cycle(functions, function, store, &event).await.expect("a cycle") }
+            })
+        });
+    }
+    let command = Message::new("c-1", "InviteCustomer", json!({ "email": "a@b.c" })).correlated("c-1");
+    let seen =
+        [Message::new("n-1", "ProjectionComplete", json!({ "collection": "customers", "key": "cust-1" }))];
+    for (name, module) in
+        [("resolver-rust", "invite-resolver.wasm"), ("resolver-python", "polyglot/invite-resolver.wasm")]
+    {
+        let function = component(&runtime, &rt, module);
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                let mut call = function.start(None).await.expect("an instance");
+                call.resolve(&command, &seen).await.expect("a resolution")
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, low_cycle, polyglot);
 criterion_main!(benches);
