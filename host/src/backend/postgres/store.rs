@@ -52,12 +52,22 @@ impl PgStore {
     }
 
     /// Deletes every document of `collections` and moves `consumer` back to
-    /// the start of the log, in one transaction (for a replay).
+    /// the start of the log, in one transaction (for a replay in place).
+    /// Every generation of them goes (the one served, the previous one kept
+    /// by a rebuild): the collections are served under their own names again.
     pub async fn reset(&self, consumer: &str, collections: &[String]) -> Result<u64, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(store_error)?;
         let deleted = tx
-            .execute("DELETE FROM documents WHERE collection = ANY($1)", &[&collections])
+            .execute(
+                "DELETE FROM documents WHERE collection = ANY($1) OR collection IN (
+                     SELECT physical FROM read_models WHERE collection = ANY($1)
+                     UNION ALL SELECT previous FROM read_models WHERE collection = ANY($1))",
+                &[&collections],
+            )
+            .await
+            .map_err(store_error)?;
+        tx.execute("DELETE FROM read_models WHERE collection = ANY($1)", &[&collections])
             .await
             .map_err(store_error)?;
         tx.execute(
@@ -89,15 +99,19 @@ mod sql {
          ON CONFLICT (consumer) DO UPDATE
          SET tx = EXCLUDED.tx, position = EXCLUDED.position, updated_at = now()
          WHERE (checkpoints.tx, checkpoints.position) < (SELECT f.tx, f.position FROM events f WHERE f.position = $3)";
-    pub const INSERT: &str = "INSERT INTO documents (collection, key, version, body) VALUES ($1, $2, 1, $3)
+    // Every statement on `documents` names the collection through
+    // `lowshell_collection`: the generation served now (see `read_models`).
+    pub const INSERT: &str = "INSERT INTO documents (collection, key, version, body)
+         VALUES (lowshell_collection($1), $2, 1, $3)
          ON CONFLICT (collection, key) DO NOTHING";
-    pub const PUT: &str = "INSERT INTO documents (collection, key, version, body) VALUES ($1, $2, 1, $3)
+    pub const PUT: &str = "INSERT INTO documents (collection, key, version, body)
+         VALUES (lowshell_collection($1), $2, 1, $3)
          ON CONFLICT (collection, key) DO UPDATE SET version = documents.version + 1, body = EXCLUDED.body";
     pub const UPDATE_IF_VERSION: &str = "UPDATE documents SET version = version + 1, body = $3
-         WHERE collection = $1 AND key = $2 AND version = $4";
-    pub const DELETE: &str = "DELETE FROM documents WHERE collection = $1 AND key = $2";
+         WHERE collection = lowshell_collection($1) AND key = $2 AND version = $4";
+    pub const DELETE: &str = "DELETE FROM documents WHERE collection = lowshell_collection($1) AND key = $2";
     pub const DELETE_IF_VERSION: &str =
-        "DELETE FROM documents WHERE collection = $1 AND key = $2 AND version = $3";
+        "DELETE FROM documents WHERE collection = lowshell_collection($1) AND key = $2 AND version = $3";
     pub const APPEND: &str = "INSERT INTO events
          (id, topic, kind, payload, correlation_id, causation_id, command_id, function, version)
          VALUES ($1, $2, $3, $4, $5, $6, $5, $7, $8)";
@@ -109,8 +123,8 @@ mod sql {
              INSERT INTO notifications (correlation_id, message) VALUES ($1, $2) RETURNING id, message::text AS text)
          SELECT pg_notify($3, CASE WHEN octet_length(n.text) < 7900 THEN n.id || ' ' || n.text ELSE n.id::text END)
          FROM n";
-    pub const GET: &str =
-        "SELECT collection, key, version, body FROM documents WHERE collection = $1 AND key = $2";
+    pub const GET: &str = "SELECT $1::text, key, version, body FROM documents
+         WHERE collection = lowshell_collection($1) AND key = $2";
     /// Removes the record of the parked event a retry applies (first, so
     /// that a concurrent retry of the same event waits, then finds none).
     pub const UNPARK: &str = "DELETE FROM parked WHERE consumer = $1 AND position = $2";
@@ -459,8 +473,8 @@ impl Store for PgStore {
             .run(|client| async move {
                 client
                     .query(
-                        r#"SELECT collection, key, version, body FROM documents
-                           WHERE collection = $1 AND body -> $2::text = $3::jsonb
+                        r#"SELECT $1::text, key, version, body FROM documents
+                           WHERE collection = lowshell_collection($1) AND body -> $2::text = $3::jsonb
                            ORDER BY key COLLATE "C" LIMIT $4"#,
                         &[&collection, &field, value, &limit],
                     )
@@ -481,8 +495,8 @@ impl Store for PgStore {
         // `COLLATE "C"`: the same byte order as the memory store's BTreeMap.
         let rows = client
             .query(
-                r#"SELECT collection, key, version, body FROM documents
-                   WHERE collection = $1 AND ($2::text IS NULL OR key COLLATE "C" > $2::text)
+                r#"SELECT $1::text, key, version, body FROM documents
+                   WHERE collection = lowshell_collection($1) AND ($2::text IS NULL OR key COLLATE "C" > $2::text)
                    ORDER BY key COLLATE "C" LIMIT $3"#,
                 &[&collection, &after, &limit],
             )
