@@ -176,9 +176,9 @@ async fn a_read_model_rebuilt_under_live_traffic_equals_a_stopped_replay() {
             let mut invited = BTreeSet::new();
             let mut round = 0;
             while !stop.load(Ordering::SeqCst) {
-                let batch: Vec<String> = (0..4)
+                let batch: Vec<String> = (0..16)
                     .map(|k| {
-                        let n = round * 4 + k;
+                        let n = round * 16 + k;
                         if n % 5 == 4 { format!("live{}@example.com", n / 2) } else { format!("live{n}@example.com") }
                     })
                     .collect();
@@ -225,6 +225,7 @@ async fn a_read_model_rebuilt_under_live_traffic_equals_a_stopped_replay() {
         panic!("one projector rebuilt as generation 1 with its file's version: {done:?}");
     };
     assert!(*events >= 100, "the rebuild applied the history and the traffic so far: {done:?}");
+    eprintln!("rebuilt: {done:?}");
     let during = answered.load(Ordering::SeqCst);
     wait_for(during + 40).await;
     stop.store(true, Ordering::SeqCst);
