@@ -169,10 +169,10 @@ CREATE TABLE parked (
 /// Generations of the read models (`host replay` while serving, see
 /// [`crate::backend::postgres::rebuild`]): a collection's documents live
 /// under its own name (generation 0) or under the physical name its row
-/// here points to; every statement on `documents` resolves the name with
-/// `lowshell_collection`, in the statement's own snapshot, so a switch (one
-/// transaction updating the rows) is seen at once by every reader and
-/// writer of every shell. `previous` is the generation kept after a switch
+/// here points to; every statement on `documents` resolves the name through
+/// this table (as `lowshell_collection` does, for queries by hand) in the
+/// statement's own snapshot, so a switch (one transaction updating the
+/// rows) is seen at once by every reader and writer of every shell. `previous` is the generation kept after a switch
 /// until `host replay --drop-previous`.
 const MIGRATION_6: &str = r#"
 CREATE TABLE read_models (

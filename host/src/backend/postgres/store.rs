@@ -82,6 +82,17 @@ impl PgStore {
     }
 }
 
+/// The physical name of the collection named by the parameter `$n`: the
+/// generation served now (see `read_models`), resolved within the
+/// statement's own snapshot. Written out in each statement rather than
+/// called as `lowshell_collection($n)`: a SQL function is not inlined here,
+/// and costs a plan per call (0.04 ms to 0.1 ms a read, measured).
+macro_rules! served {
+    ($n:literal) => {
+        concat!("coalesce((SELECT physical FROM read_models WHERE collection = ", $n, "), ", $n, ")")
+    };
+}
+
 /// The statements of a commit (prepared once per connection).
 mod sql {
     /// Moves the consumer's checkpoint to the event at `$2`, if it is not
@@ -100,18 +111,27 @@ mod sql {
          SET tx = EXCLUDED.tx, position = EXCLUDED.position, updated_at = now()
          WHERE (checkpoints.tx, checkpoints.position) < (SELECT f.tx, f.position FROM events f WHERE f.position = $3)";
     // Every statement on `documents` names the collection through
-    // `lowshell_collection`: the generation served now (see `read_models`).
-    pub const INSERT: &str = "INSERT INTO documents (collection, key, version, body)
-         VALUES (lowshell_collection($1), $2, 1, $3)
-         ON CONFLICT (collection, key) DO NOTHING";
-    pub const PUT: &str = "INSERT INTO documents (collection, key, version, body)
-         VALUES (lowshell_collection($1), $2, 1, $3)
-         ON CONFLICT (collection, key) DO UPDATE SET version = documents.version + 1, body = EXCLUDED.body";
-    pub const UPDATE_IF_VERSION: &str = "UPDATE documents SET version = version + 1, body = $3
-         WHERE collection = lowshell_collection($1) AND key = $2 AND version = $4";
-    pub const DELETE: &str = "DELETE FROM documents WHERE collection = lowshell_collection($1) AND key = $2";
+    // `served!`: the generation served now.
+    pub const INSERT: &str = concat!(
+        "INSERT INTO documents (collection, key, version, body) VALUES (",
+        served!("$1"),
+        ", $2, 1, $3) ON CONFLICT (collection, key) DO NOTHING"
+    );
+    pub const PUT: &str = concat!(
+        "INSERT INTO documents (collection, key, version, body) VALUES (",
+        served!("$1"),
+        ", $2, 1, $3)
+         ON CONFLICT (collection, key) DO UPDATE SET version = documents.version + 1, body = EXCLUDED.body"
+    );
+    pub const UPDATE_IF_VERSION: &str = concat!(
+        "UPDATE documents SET version = version + 1, body = $3 WHERE collection = ",
+        served!("$1"),
+        " AND key = $2 AND version = $4"
+    );
+    pub const DELETE: &str =
+        concat!("DELETE FROM documents WHERE collection = ", served!("$1"), " AND key = $2");
     pub const DELETE_IF_VERSION: &str =
-        "DELETE FROM documents WHERE collection = lowshell_collection($1) AND key = $2 AND version = $3";
+        concat!("DELETE FROM documents WHERE collection = ", served!("$1"), " AND key = $2 AND version = $3");
     pub const APPEND: &str = "INSERT INTO events
          (id, topic, kind, payload, correlation_id, causation_id, command_id, function, version)
          VALUES ($1, $2, $3, $4, $5, $6, $5, $7, $8)";
@@ -123,8 +143,11 @@ mod sql {
              INSERT INTO notifications (correlation_id, message) VALUES ($1, $2) RETURNING id, message::text AS text)
          SELECT pg_notify($3, CASE WHEN octet_length(n.text) < 7900 THEN n.id || ' ' || n.text ELSE n.id::text END)
          FROM n";
-    pub const GET: &str = "SELECT $1::text, key, version, body FROM documents
-         WHERE collection = lowshell_collection($1) AND key = $2";
+    pub const GET: &str = concat!(
+        "SELECT $1::text, key, version, body FROM documents WHERE collection = ",
+        served!("$1"),
+        " AND key = $2"
+    );
     /// Removes the record of the parked event a retry applies (first, so
     /// that a concurrent retry of the same event waits, then finds none).
     pub const UNPARK: &str = "DELETE FROM parked WHERE consumer = $1 AND position = $2";
@@ -473,9 +496,11 @@ impl Store for PgStore {
             .run(|client| async move {
                 client
                     .query(
-                        r#"SELECT $1::text, key, version, body FROM documents
-                           WHERE collection = lowshell_collection($1) AND body -> $2::text = $3::jsonb
-                           ORDER BY key COLLATE "C" LIMIT $4"#,
+                        concat!(
+                            "SELECT $1::text, key, version, body FROM documents WHERE collection = ",
+                            served!("$1"),
+                            r#" AND body -> $2::text = $3::jsonb ORDER BY key COLLATE "C" LIMIT $4"#
+                        ),
                         &[&collection, &field, value, &limit],
                     )
                     .await
@@ -495,9 +520,11 @@ impl Store for PgStore {
         // `COLLATE "C"`: the same byte order as the memory store's BTreeMap.
         let rows = client
             .query(
-                r#"SELECT $1::text, key, version, body FROM documents
-                   WHERE collection = lowshell_collection($1) AND ($2::text IS NULL OR key COLLATE "C" > $2::text)
-                   ORDER BY key COLLATE "C" LIMIT $3"#,
+                concat!(
+                    "SELECT $1::text, key, version, body FROM documents WHERE collection = ",
+                    served!("$1"),
+                    r#" AND ($2::text IS NULL OR key COLLATE "C" > $2::text) ORDER BY key COLLATE "C" LIMIT $3"#
+                ),
                 &[&collection, &after, &limit],
             )
             .await
