@@ -443,3 +443,18 @@ fn on_the_memory_backend_replay_says_there_is_no_log() {
         assert!(stderr.contains("the memory backend keeps no event log"), "{args:?}: {stderr}");
     }
 }
+
+/// A projector split into partitions has no single checkpoint to switch
+/// at: the rebuild says so, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_projector_is_refused_clearly() {
+    let url = pg::database().await;
+    let mut partitioned = project(&url);
+    let policy = ConsumerPolicy { partitions: 2, ..Default::default() };
+    partitioned.consumers.insert(PROJECTOR.into(), policy);
+    let refused = rebuild::rebuild(&partitioned, Some(PROJECTOR), None).await.expect_err("refused");
+    let message = refused.to_string();
+    assert!(message.contains("split into 2 partitions") && message.contains("--in-place"), "{message}");
+    let db = pg::client(&url).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM read_models").await, 0);
+}

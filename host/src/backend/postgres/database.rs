@@ -172,7 +172,10 @@ CREATE TABLE parked (
 /// here points to; every statement on `documents` resolves the name through
 /// this table (as `lowshell_collection` does, for queries by hand) in the
 /// statement's own snapshot, so a switch (one transaction updating the
-/// rows) is seen at once by every reader and writer of every shell. `previous` is the generation kept after a switch
+/// rows) is seen at once by every reader and writer of every shell.
+/// `switched_at` (the switch's clock just before it commits): a consumer
+/// step whose transaction began before it decided on the previous
+/// generation, and is retried. `previous` is the generation kept after a switch
 /// until `host replay --drop-previous`.
 const MIGRATION_6: &str = r#"
 CREATE TABLE read_models (
@@ -183,6 +186,7 @@ CREATE TABLE read_models (
     previous       text,
     switched_at    timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX read_models_function ON read_models (function);
 CREATE FUNCTION lowshell_collection(name text) RETURNS text
     LANGUAGE sql STABLE PARALLEL SAFE
     AS $$ SELECT coalesce((SELECT physical FROM read_models WHERE collection = name), name) $$;

@@ -509,11 +509,11 @@ async fn rebuild_one(
     let tail = builder.drain(&live_at).await?;
     for (collection, physical) in &names {
         tx.execute(
-            "INSERT INTO read_models (collection, function, generation, physical, previous)
-             VALUES ($1, $2, $3, $4, lowshell_collection($1))
+            "INSERT INTO read_models (collection, function, generation, physical, previous, switched_at)
+             VALUES ($1, $2, $3, $4, lowshell_collection($1), clock_timestamp())
              ON CONFLICT (collection) DO UPDATE
              SET function = EXCLUDED.function, generation = EXCLUDED.generation, physical = EXCLUDED.physical,
-                 previous = read_models.physical, switched_at = now()",
+                 previous = read_models.physical, switched_at = clock_timestamp()",
             &[collection, &name, &next, physical],
         )
         .await

@@ -148,6 +148,12 @@ mod sql {
         served!("$1"),
         " AND key = $2"
     );
+    /// A consumer's read model switched to a new generation since this
+    /// transaction began (`now()` is its start, after the step's lookups):
+    /// a step that waited at the switch for the checkpoint row decided on
+    /// the previous generation's documents. Runs after the advance, so it
+    /// sees the switch that advance waited for.
+    pub const SWITCHED: &str = "SELECT 1 FROM read_models WHERE function = $1 AND switched_at > now() LIMIT 1";
     /// Removes the record of the parked event a retry applies (first, so
     /// that a concurrent retry of the same event waits, then finds none).
     pub const UNPARK: &str = "DELETE FROM parked WHERE consumer = $1 AND position = $2";
@@ -165,6 +171,9 @@ enum Expect {
     Advanced,
     /// The checkpoint moved past a group; else some of it was done already.
     AdvancedGroup,
+    /// No row: the read model did not switch under the step; else a
+    /// conflict, retried with a fresh lookup.
+    Unswitched,
     /// The parked record was removed; else another retry applied it.
     Unparked,
     /// A row was written; else this conflict.
@@ -260,6 +269,10 @@ impl<'c> Bound<'c> {
                 statements.push((sql, vec![&checkpoint.consumer, position, from], Expect::AdvancedGroup));
             }
             _ => {}
+        }
+        if let Some(checkpoint) = &commit.checkpoint {
+            let sql = tx.prepare_cached(sql::SWITCHED).await.map_err(store_error)?;
+            statements.push((sql, vec![&checkpoint.consumer], Expect::Unswitched));
         }
         if let Some((consumer, position)) = &self.unpark {
             let sql = tx.prepare_cached(sql::UNPARK).await.map_err(store_error)?;
@@ -363,6 +376,13 @@ fn settle<'e>(
                     "the parked event was applied already; discarding the duplicate retry"
                 );
                 return Ok(Verdict::Duplicate);
+            }
+            (Ok(n), Expect::Unswitched) if n > 0 => {
+                failure.get_or_insert_with(|| {
+                    StoreError::Conflict(
+                        "the read model switched to a new generation during the step (`host replay`)".into(),
+                    )
+                });
             }
             (Ok(0), Expect::Row(conflict)) => {
                 failure.get_or_insert_with(|| StoreError::Conflict(conflict.clone()));
