@@ -397,6 +397,7 @@ async fn a_dry_run_reports_how_a_candidate_differs_and_writes_nothing() {
         &["--function", "misbehave-projector", "--component", &fixed.display().to_string(), "--dry-run"],
     );
     let (stdout, stderr) = printed(&output);
+    eprintln!("{stdout}");
     assert!(output.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("thing-views: 3 served, 4 rebuilt: 1 added, 0 removed, 0 changed"), "{stdout}");
     assert!(stdout.contains("nothing written"), "{stdout}");

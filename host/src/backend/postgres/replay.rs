@@ -1,6 +1,7 @@
-//! `host replay`: rebuilds projectors' read models from the Postgres event
-//! log by running each projector's LOW cycle over every historic event, in
-//! log order, exactly as the live consumer does.
+//! `host replay --in-place`: rebuilds projectors' read models from the
+//! Postgres event log, the shells stopped, by running each projector's LOW
+//! cycle over every historic event, in log order, exactly as the live
+//! consumer does (while the shells serve: [`super::rebuild`]).
 //!
 //! - The functions run at the version the cluster records for them
 //!   (`deployments`), as a shell would; the module file only when nothing is
