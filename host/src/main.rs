@@ -338,7 +338,10 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     if args.drop_previous {
         let dropped = rebuild::drop_previous(&project, function).await?;
         if dropped.is_empty() {
-            println!("no previous generation kept{}", function.map(|f| format!(" for `{f}`")).unwrap_or_default());
+            println!(
+                "no previous generation kept{}",
+                function.map(|f| format!(" for `{f}`")).unwrap_or_default()
+            );
         }
         for d in dropped {
             println!(

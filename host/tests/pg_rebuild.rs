@@ -75,10 +75,13 @@ async fn stored(db: &tokio_postgres::Client, collection: &str) -> i64 {
 
 /// The generation served and the previous one kept, of `collection`.
 async fn generation(db: &tokio_postgres::Client, collection: &str) -> Option<(i32, String, Option<String>)> {
-    db.query_opt("SELECT generation, physical, previous FROM read_models WHERE collection = $1", &[&collection])
-        .await
-        .expect("read the generation")
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+    db.query_opt(
+        "SELECT generation, physical, previous FROM read_models WHERE collection = $1",
+        &[&collection],
+    )
+    .await
+    .expect("read the generation")
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
 }
 
 /// Waits until the live consumer `consumer` has processed every event on `topic`.
@@ -148,7 +151,10 @@ fn host_replay(project_text: &str, args: &[&str]) -> Output {
 }
 
 fn printed(output: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// Given two shells serving a stream of invitations, when the customers'
@@ -179,7 +185,11 @@ async fn a_read_model_rebuilt_under_live_traffic_equals_a_stopped_replay() {
                 let batch: Vec<String> = (0..16)
                     .map(|k| {
                         let n = round * 16 + k;
-                        if n % 5 == 4 { format!("live{}@example.com", n / 2) } else { format!("live{n}@example.com") }
+                        if n % 5 == 4 {
+                            format!("live{}@example.com", n / 2)
+                        } else {
+                            format!("live{n}@example.com")
+                        }
                     })
                     .collect();
                 let mut pending = vec![];
@@ -211,7 +221,11 @@ async fn a_read_model_rebuilt_under_live_traffic_equals_a_stopped_replay() {
         async move {
             let deadline = Instant::now() + Duration::from_secs(300);
             while answered.load(Ordering::SeqCst) < n {
-                assert!(Instant::now() < deadline, "the traffic stalled at {}", answered.load(Ordering::SeqCst));
+                assert!(
+                    Instant::now() < deadline,
+                    "the traffic stalled at {}",
+                    answered.load(Ordering::SeqCst)
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -220,7 +234,8 @@ async fn a_read_model_rebuilt_under_live_traffic_equals_a_stopped_replay() {
 
     // When: rebuilt while they serve.
     let done = rebuild::rebuild(&project(&url), Some(PROJECTOR), None).await.expect("rebuild while serving");
-    let [Rebuilt { generation: 1, events, source: VersionSource::File, deployed: false, .. }] = done.as_slice()
+    let [Rebuilt { generation: 1, events, source: VersionSource::File, deployed: false, .. }] =
+        done.as_slice()
     else {
         panic!("one projector rebuilt as generation 1 with its file's version: {done:?}");
     };
@@ -233,7 +248,10 @@ async fn a_read_model_rebuilt_under_live_traffic_equals_a_stopped_replay() {
     settled(&db, PROJECTOR, "customer").await;
 
     // Then: reads are served from generation 1, the old one kept.
-    assert_eq!(generation(&db, "customers").await, Some((1, "customers~gen1".into(), Some("customers".into()))));
+    assert_eq!(
+        generation(&db, "customers").await,
+        Some((1, "customers~gen1".into(), Some("customers".into())))
+    );
     let rebuilt = served(&db).await;
     let expected: BTreeSet<String> =
         (0..60).map(|i| format!("before{i}@example.com")).chain(invited.iter().cloned()).collect();
@@ -248,7 +266,8 @@ async fn a_read_model_rebuilt_under_live_traffic_equals_a_stopped_replay() {
     // scratch, in place: generation 0 again), versions included.
     one.stop().await.expect("stop one");
     two.stop().await.expect("stop two");
-    let stopped = replay::replay(&project(&url), Some(PROJECTOR), Start::Scratch).await.expect("stopped replay");
+    let stopped =
+        replay::replay(&project(&url), Some(PROJECTOR), Start::Scratch).await.expect("stopped replay");
     let cleared = stopped[0].cleared.unwrap_or_default();
     assert!(cleared > rebuilt.len() as u64, "both generations are cleared: {cleared}");
     assert_eq!(generation(&db, "customers").await, None);
@@ -299,7 +318,10 @@ async fn the_previous_generation_is_kept_until_dropped() {
     let output = host_replay(&file_text, &["--drop-previous", "--function", PROJECTOR]);
     let (stdout, stderr) = printed(&output);
     assert!(output.status.success(), "{stdout}{stderr}");
-    assert!(stdout.contains("dropped the previous generation of customers (`customers`, 5 documents)"), "{stdout}");
+    assert!(
+        stdout.contains("dropped the previous generation of customers (`customers`, 5 documents)"),
+        "{stdout}"
+    );
     assert_eq!((stored(&db, "customers").await, stored(&db, "customers~gen1").await), (0, 5));
     assert_eq!(generation(&db, "customers").await, Some((1, "customers~gen1".into(), None)));
     assert_eq!(listed(&client).await.len(), 5, "still served");
@@ -324,7 +346,10 @@ async fn the_previous_generation_is_kept_until_dropped() {
     invite(&client, "d5@example.com").await.expect("invite after the switch");
     settled(&db, PROJECTOR, "customer").await;
     assert_eq!(stored(&db, "customers~gen2").await, 6);
-    assert_eq!(generation(&db, "customers").await, Some((2, "customers~gen2".into(), Some("customers~gen1".into()))));
+    assert_eq!(
+        generation(&db, "customers").await,
+        Some((2, "customers~gen2".into(), Some("customers~gen1".into())))
+    );
     assert_eq!(listed(&client).await.len(), 6);
     shell.stop().await.expect("stop");
 }
@@ -343,7 +368,8 @@ fn misbehave_project(url: &str) -> Project {
     project.response_timeout_ms = 20_000;
     project.backend = BackendKind::Postgres;
     project.database_url = Some(url.to_owned());
-    let park = ConsumerPolicy { retries: 0, backoff_ms: 10, on_failure: OnFailure::Park, ..Default::default() };
+    let park =
+        ConsumerPolicy { retries: 0, backoff_ms: 10, on_failure: OnFailure::Park, ..Default::default() };
     project.consumers.insert("misbehave-projector".into(), park);
     project
 }
@@ -373,7 +399,8 @@ async fn a_dry_run_reports_how_a_candidate_differs_and_writes_nothing() {
         assert!(body["data"]["Misbehave"]["id"].is_string(), "{body}");
     }
     // The projector traps on this one's write: parked, no view.
-    let body = client.graphql(r#"mutation { Misbehave(action: "trap", phase: "project-write") { id } }"#).await;
+    let body =
+        client.graphql(r#"mutation { Misbehave(action: "trap", phase: "project-write") { id } }"#).await;
     assert!(body["data"]["Misbehave"]["id"].is_string() || error(&body).is_some(), "{body}");
     settled(&db, "misbehave-projector", "misbehaviour").await;
     assert_eq!(count(&db, "SELECT count(*) FROM parked").await, 1);

@@ -246,7 +246,9 @@ impl Setup {
 async fn checkpoint_of(client: &impl tokio_postgres::GenericClient, consumer: &str) -> anyhow::Result<At> {
     let row = client.query_opt(CHECKPOINT, &[&consumer]).await.map_err(db_error)?;
     Ok(match row {
-        Some(row) => At { tx: row.try_get(0).map_err(db_error)?, position: row.try_get(1).map_err(db_error)? },
+        Some(row) => {
+            At { tx: row.try_get(0).map_err(db_error)?, position: row.try_get(1).map_err(db_error)? }
+        }
         None => At::start(),
     })
 }
@@ -289,7 +291,8 @@ impl Builder {
                         delivery.position
                     )
                 })?;
-                self.at = At { tx: tx.clone(), position: i64::try_from(delivery.position).unwrap_or(i64::MAX) };
+                self.at =
+                    At { tx: tx.clone(), position: i64::try_from(delivery.position).unwrap_or(i64::MAX) };
                 applied += 1;
                 self.applied += 1;
             }
@@ -404,7 +407,9 @@ async fn unpartitioned(project: &Project, client: &Client, name: &str) -> anyhow
     }
     let prefix = format!("{name}#");
     let held = lease_holders(client).await.map_err(db_error)?;
-    if let Some((consumer, Some(shell))) = held.into_iter().find(|(c, h)| c.starts_with(&prefix) && h.is_some()) {
+    if let Some((consumer, Some(shell))) =
+        held.into_iter().find(|(c, h)| c.starts_with(&prefix) && h.is_some())
+    {
         anyhow::bail!(
             "`{consumer}` is a partition of `{name}`, consumed by {shell}: a rebuild while serving switches at \
              one consumer's checkpoint. Run the shells with `consumers.{name}.partitions = 1`, or stop them \
@@ -457,8 +462,11 @@ async fn rebuild_one(
         .map_err(db_error)?;
     let mut generation = 0;
     for row in &rows {
-        let (collection, current, previous): (String, i32, Option<String>) =
-            (row.try_get(0).map_err(db_error)?, row.try_get(1).map_err(db_error)?, row.try_get(2).map_err(db_error)?);
+        let (collection, current, previous): (String, i32, Option<String>) = (
+            row.try_get(0).map_err(db_error)?,
+            row.try_get(1).map_err(db_error)?,
+            row.try_get(2).map_err(db_error)?,
+        );
         if let Some(previous) = previous {
             anyhow::bail!(
                 "the previous generation of `{collection}` (`{previous}`) is still kept: remove it first with \
@@ -578,8 +586,11 @@ pub async fn drop_previous(project: &Project, only: Option<&str>) -> anyhow::Res
         .map_err(db_error)?;
     let mut dropped = vec![];
     for row in &rows {
-        let (function, collection, physical): (String, String, String) =
-            (row.try_get(0).map_err(db_error)?, row.try_get(1).map_err(db_error)?, row.try_get(2).map_err(db_error)?);
+        let (function, collection, physical): (String, String, String) = (
+            row.try_get(0).map_err(db_error)?,
+            row.try_get(1).map_err(db_error)?,
+            row.try_get(2).map_err(db_error)?,
+        );
         let documents = tx
             .execute("DELETE FROM documents WHERE collection = $1", &[&physical])
             .await
@@ -740,7 +751,9 @@ impl Redirect {
     fn rename(&self, op: WriteOp) -> WriteOp {
         let to = |c: String| self.names.get(&c).cloned().unwrap_or(c);
         match op {
-            WriteOp::Insert { collection, key, body } => WriteOp::Insert { collection: to(collection), key, body },
+            WriteOp::Insert { collection, key, body } => {
+                WriteOp::Insert { collection: to(collection), key, body }
+            }
             WriteOp::Put { collection, key, body } => WriteOp::Put { collection: to(collection), key, body },
             WriteOp::UpdateIfVersion { collection, key, body, expected_version } => {
                 WriteOp::UpdateIfVersion { collection: to(collection), key, body, expected_version }
@@ -761,7 +774,9 @@ impl Store for Redirect {
 
     async fn get(&self, collection: &str, key: &str) -> Result<Option<Document>, StoreError> {
         match self.names.get(collection) {
-            Some(own) => Ok(Self::back(collection, self.own.get(own, key).await?.into_iter().collect()).pop()),
+            Some(own) => {
+                Ok(Self::back(collection, self.own.get(own, key).await?.into_iter().collect()).pop())
+            }
             None => self.base.get(collection, key).await,
         }
     }
@@ -779,7 +794,12 @@ impl Store for Redirect {
         }
     }
 
-    async fn list(&self, collection: &str, after: Option<&str>, limit: usize) -> Result<Vec<Document>, StoreError> {
+    async fn list(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Document>, StoreError> {
         match self.names.get(collection) {
             Some(own) => Ok(Self::back(collection, self.own.list(own, after, limit).await?)),
             None => self.base.list(collection, after, limit).await,
@@ -817,8 +837,7 @@ mod tests {
 
     #[test]
     fn compare_counts_every_difference_and_samples_a_few() {
-        let live: BTreeMap<String, Value> =
-            (0..5).map(|i| (format!("k{i}"), json!({ "n": i }))).collect();
+        let live: BTreeMap<String, Value> = (0..5).map(|i| (format!("k{i}"), json!({ "n": i }))).collect();
         let mut candidate = live.clone();
         candidate.remove("k0");
         candidate.insert("k1".into(), json!({ "n": 10 }));

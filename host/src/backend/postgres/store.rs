@@ -153,7 +153,8 @@ mod sql {
     /// a step that waited at the switch for the checkpoint row decided on
     /// the previous generation's documents. Runs after the advance, so it
     /// sees the switch that advance waited for.
-    pub const SWITCHED: &str = "SELECT 1 FROM read_models WHERE function = $1 AND switched_at > now() LIMIT 1";
+    pub const SWITCHED: &str =
+        "SELECT 1 FROM read_models WHERE function = $1 AND switched_at > now() LIMIT 1";
     /// Removes the record of the parked event a retry applies (first, so
     /// that a concurrent retry of the same event waits, then finds none).
     pub const UNPARK: &str = "DELETE FROM parked WHERE consumer = $1 AND position = $2";
