@@ -242,7 +242,13 @@ async fn a_read_model_rebuilt_under_live_traffic_equals_a_stopped_replay() {
     assert!(*events >= 100, "the rebuild applied the history and the traffic so far: {done:?}");
     eprintln!("rebuilt: {done:?}");
     let during = answered.load(Ordering::SeqCst);
-    wait_for(during + 40).await;
+    wait_for(during + 20).await;
+    // A dry run of the recorded version, traffic going on: the served
+    // model is what the log builds.
+    let report = rebuild::dry_run(&project(&url), PROJECTOR, None).await.expect("dry run under traffic");
+    let [same] = report.collections.as_slice() else { panic!("one collection: {report:?}") };
+    assert!(!same.differs() && same.live > 0, "{same:?}");
+    wait_for(answered.load(Ordering::SeqCst) + 20).await;
     stop.store(true, Ordering::SeqCst);
     let invited = traffic.await.expect("the traffic task").expect("every request is answered throughout");
     settled(&db, PROJECTOR, "customer").await;
@@ -473,9 +479,10 @@ fn on_the_memory_backend_replay_says_there_is_no_log() {
 }
 
 /// A projector split into partitions has no single checkpoint to switch
-/// at: the rebuild says so, and changes nothing.
+/// at, and a candidate must be a version of the projector: the rebuild (and
+/// the dry run) say so, and change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partitioned_projector_is_refused_clearly() {
+async fn a_partitioned_projector_or_a_foreign_candidate_is_refused_clearly() {
     let url = pg::database().await;
     let mut partitioned = project(&url);
     let policy = ConsumerPolicy { partitions: 2, ..Default::default() };
@@ -484,5 +491,13 @@ async fn a_partitioned_projector_is_refused_clearly() {
     let message = refused.to_string();
     assert!(message.contains("split into 2 partitions") && message.contains("--in-place"), "{message}");
     let db = pg::client(&url).await;
+    assert_eq!(count(&db, "SELECT count(*) FROM read_models").await, 0);
+
+    // So is a candidate of another function.
+    let other = module("invite-customer");
+    let refused = rebuild::rebuild(&project(&url), Some(PROJECTOR), Some(&other)).await.expect_err("refused");
+    assert!(refused.to_string().contains("is `invite-customer`, not `customer-projector`"), "{refused:#}");
+    let refused = rebuild::dry_run(&project(&url), PROJECTOR, Some(&other)).await.expect_err("refused");
+    assert!(refused.to_string().contains("is `invite-customer`, not `customer-projector`"), "{refused:#}");
     assert_eq!(count(&db, "SELECT count(*) FROM read_models").await, 0);
 }
