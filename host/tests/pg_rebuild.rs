@@ -8,6 +8,9 @@
 mod pg;
 mod support;
 
+use host::backend::Store;
+use host::backend::postgres::PgStore;
+use host::backend::postgres::database::Database;
 use host::backend::postgres::rebuild::{self, Rebuilt};
 use host::backend::postgres::replay::{self, Start, VersionSource};
 use host::config::{BackendKind, ConsumerPolicy, OnFailure};
@@ -314,6 +317,24 @@ async fn the_previous_generation_is_kept_until_dropped() {
     assert!(output.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("reads switched to generation 1"), "{stdout}");
     assert_eq!((stored(&db, "customers").await, stored(&db, "customers~gen1").await), (5, 5));
+
+    // Every read goes to generation 1: a change to the previous one shows nowhere.
+    db.execute(
+        r#"UPDATE documents SET body = jsonb_set(body, '{email}', '"stale@example.com"') WHERE collection = 'customers'"#,
+        &[],
+    )
+    .await
+    .expect("change the previous generation");
+    assert!(!listed(&client).await.contains("stale@example.com"), "the API reads the previous generation");
+    let store = PgStore::new(Arc::new(Database::connect(&url).await.expect("connect")));
+    let found = store.find("customers", "email", &json!("d3@example.com"), 10).await.expect("find");
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].collection, "customers", "documents keep their collection's name");
+    let got = store.get("customers", &found[0].key).await.expect("get").expect("the customer");
+    assert_eq!(got.body["email"], "d3@example.com");
+    assert!(
+        store.find("customers", "email", &json!("stale@example.com"), 10).await.expect("find").is_empty()
+    );
 
     let output = host_replay(&file_text, &["--function", PROJECTOR]);
     let (stdout, stderr) = printed(&output);
