@@ -8,14 +8,15 @@
 mod pg;
 mod support;
 
-use host::backend::Store;
 use host::backend::postgres::PgStore;
 use host::backend::postgres::database::Database;
 use host::backend::postgres::rebuild::{self, Rebuilt};
 use host::backend::postgres::replay::{self, Start, VersionSource};
+use host::backend::{Checkpoint, Commit, Store, StoreError};
 use host::config::{BackendKind, ConsumerPolicy, OnFailure};
 use host::runtime::Version;
 use host::{Project, Shell};
+use low_contract::WriteOp;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -521,4 +522,59 @@ async fn a_partitioned_projector_or_a_foreign_candidate_is_refused_clearly() {
     let refused = rebuild::dry_run(&project(&url), PROJECTOR, Some(&other)).await.expect_err("refused");
     assert!(refused.to_string().contains("is `invite-customer`, not `customer-projector`"), "{refused:#}");
     assert_eq!(count(&db, "SELECT count(*) FROM read_models").await, 0);
+}
+
+/// The store's side of a switch: the projector's writes go to the
+/// generation served, and a step whose transaction began before the switch
+/// (it looked up the previous generation) conflicts, writing nothing, to be
+/// retried with a fresh lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_begun_before_a_switch_conflicts_and_writes_follow_the_switch() {
+    let url = pg::database().await;
+    let store = PgStore::new(Arc::new(Database::connect(&url).await.expect("migrate")));
+    let db = pg::client(&url).await;
+    let position: i64 = db
+        .query_one(
+            r#"INSERT INTO events (id, topic, kind, payload)
+               VALUES ('e1', 'customer', 'CustomerInvited', '{"customer-id": "c1", "email": "c1@example.com"}')
+               RETURNING position"#,
+            &[],
+        )
+        .await
+        .expect("append an event")
+        .get(0);
+    // A switch later than any transaction that begins now.
+    db.execute(
+        "INSERT INTO read_models (collection, function, generation, physical, previous, switched_at)
+         VALUES ('customers', $1, 1, 'customers~gen1', 'customers', now() + interval '1 hour')",
+        &[&PROJECTOR],
+    )
+    .await
+    .expect("switch");
+    let step = Commit {
+        ops: vec![WriteOp::Put {
+            collection: "customers".into(),
+            key: "c1".into(),
+            body: json!({ "id": "c1" }),
+        }],
+        checkpoint: Some(Checkpoint {
+            consumer: PROJECTOR.into(),
+            position: u64::try_from(position).expect("a position"),
+        }),
+        ..Commit::default()
+    };
+    match store.commit(step.clone()).await {
+        Err(StoreError::Conflict(why)) => assert!(why.contains("switched to a new generation"), "{why}"),
+        other => panic!("a conflict, not {other:?}"),
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM documents").await, 0, "nothing written");
+    assert_eq!(count(&db, "SELECT count(*) FROM checkpoints").await, 0, "the checkpoint did not move");
+
+    db.execute("UPDATE read_models SET switched_at = now() - interval '1 second'", &[])
+        .await
+        .expect("switched");
+    store.commit(step).await.expect("a step begun after the switch commits");
+    assert_eq!((stored(&db, "customers~gen1").await, stored(&db, "customers").await), (1, 0));
+    let got = store.get("customers", "c1").await.expect("get").expect("the document");
+    assert_eq!((got.collection.as_str(), got.version), ("customers", 1));
 }
