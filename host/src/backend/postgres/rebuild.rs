@@ -431,8 +431,15 @@ pub async fn rebuild(
         anyhow::bail!("--component needs --function: the projector the candidate is a version of");
     }
     let setup = Setup::open(project).await?;
+    let projectors = setup.projectors(only)?;
+    // Refused before any is rebuilt, rather than half way through.
+    let client = setup.dedicated().await?;
+    for live in &projectors {
+        unpartitioned(project, &client, live.name()).await?;
+    }
+    drop(client);
     let mut done = vec![];
-    for live in setup.projectors(only)? {
+    for live in projectors {
         let (function, functions, source, bytes) = setup.candidate(&live, component).await?;
         done.push(rebuild_one(project, &setup, &live, function, functions, source, bytes).await?);
     }
