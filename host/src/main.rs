@@ -399,14 +399,24 @@ fn print_dry_run(report: &host::backend::postgres::rebuild::DryRun) {
             if diff.differs() { "" } else { " (the same)" }
         );
         for (key, body) in &diff.added {
-            println!("    added   {key}: {body}");
+            println!("    added   {key}: {}", brief(body));
         }
         for (key, body) in &diff.removed {
-            println!("    removed {key}: {body}");
+            println!("    removed {key}: {}", brief(body));
         }
         for (key, was, now) in &diff.changed {
-            println!("    changed {key}: {was} -> {now}");
+            println!("    changed {key}: {} -> {}", brief(was), brief(now));
         }
+    }
+}
+
+/// A document's body on one line, cut after 300 characters.
+fn brief(body: &serde_json::Value) -> String {
+    const MOST: usize = 300;
+    let text = body.to_string();
+    match text.char_indices().nth(MOST) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
     }
 }
 
@@ -655,4 +665,18 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::brief;
+    use serde_json::json;
+
+    #[test]
+    fn a_long_body_is_cut_and_a_short_one_kept() {
+        assert_eq!(brief(&json!({ "a": 1 })), r#"{"a":1}"#);
+        let long = brief(&json!({ "text": "é".repeat(1000) }));
+        assert_eq!(long.chars().count(), 301);
+        assert!(long.ends_with('…'));
+    }
 }
