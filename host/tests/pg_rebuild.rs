@@ -9,7 +9,7 @@ mod pg;
 mod support;
 
 use host::backend::postgres::PgStore;
-use host::backend::postgres::database::Database;
+use host::backend::postgres::database::{Database, lease_id};
 use host::backend::postgres::rebuild::{self, Rebuilt};
 use host::backend::postgres::replay::{self, Start, VersionSource};
 use host::backend::{Checkpoint, Commit, Store, StoreError};
@@ -501,10 +501,11 @@ fn on_the_memory_backend_replay_says_there_is_no_log() {
 }
 
 /// A projector split into partitions has no single checkpoint to switch
-/// at, and a candidate must be a version of the projector: the rebuild (and
-/// the dry run) say so, and change nothing.
+/// at, one rebuild of a projector runs at a time, and a candidate must be a
+/// version of the projector: the rebuild (and the dry run) say so, and
+/// change nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partitioned_projector_or_a_foreign_candidate_is_refused_clearly() {
+async fn a_partitioned_projector_a_second_rebuild_or_a_foreign_candidate_is_refused() {
     let url = pg::database().await;
     let mut partitioned = project(&url);
     let policy = ConsumerPolicy { partitions: 2, ..Default::default() };
@@ -514,6 +515,17 @@ async fn a_partitioned_projector_or_a_foreign_candidate_is_refused_clearly() {
     assert!(message.contains("split into 2 partitions") && message.contains("--in-place"), "{message}");
     let db = pg::client(&url).await;
     assert_eq!(count(&db, "SELECT count(*) FROM read_models").await, 0);
+
+    // So is a second rebuild of the projector while one runs.
+    let running = pg::client(&url).await;
+    let id = lease_id(&running, PROJECTOR).await.expect("the projector's id");
+    running
+        .execute("SELECT pg_advisory_lock($1, $2)", &[&rebuild::REBUILD_LOCKS, &id])
+        .await
+        .expect("a rebuild's lock");
+    let refused = rebuild::rebuild(&project(&url), Some(PROJECTOR), None).await.expect_err("refused");
+    assert!(refused.to_string().contains("another `host replay` is rebuilding"), "{refused:#}");
+    drop(running);
 
     // So is a candidate of another function.
     let other = module("invite-customer");

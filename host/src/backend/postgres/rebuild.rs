@@ -24,13 +24,14 @@
 //!   event is in it exactly once.
 //! - A projector split into partitions (`name#i/N` consumers) has no single
 //!   checkpoint to switch at: refused. One kept previous generation at a
-//!   time: `--drop-previous` removes it.
+//!   time: `--drop-previous` removes it. Two rebuilds of one projector do
+//!   not run at once (an advisory lock).
 
 use crate::backend::memory::{MemoryBus, MemoryStore};
 use crate::backend::postgres::PgStore;
 use crate::backend::postgres::bus::delivery;
 use crate::backend::postgres::database::{
-    DEPLOYMENTS_CHANNEL, Database, describe, lease_holders, lease_id, try_lease,
+    DEPLOYMENTS_CHANNEL, Database, LOCK_NAMESPACE, describe, lease_holders, lease_id,
 };
 use crate::backend::postgres::replay::{VersionSource, durable, load};
 use crate::backend::{Checkpoint, Commit, Delivery, Parked, Store, StoreError};
@@ -48,6 +49,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::Client;
 
+/// First key of the advisory lock a rebuild holds on its projector (the
+/// second is the function's id in `leases`).
+pub const REBUILD_LOCKS: i32 = LOCK_NAMESPACE + 1;
 /// Events read from the log at once.
 const BATCH: i64 = 500;
 /// How close to the live consumer a rebuild gets (events left after a
@@ -459,8 +463,14 @@ async fn rebuild_one(
     // This connection holds the rebuild's lease, then the switch.
     let mut client = setup.dedicated().await?;
     unpartitioned(project, &client, &name).await?;
-    let lease = lease_id(&client, &format!("{name}@rebuild")).await.map_err(db_error)?;
-    if !try_lease(&client, lease).await.map_err(db_error)? {
+    // The function's lease id under keys of their own: not a consumer's
+    // lease, so `host status` does not list it.
+    let id = lease_id(&client, &name).await.map_err(db_error)?;
+    let row = client
+        .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&REBUILD_LOCKS, &id])
+        .await
+        .map_err(db_error)?;
+    if !row.try_get::<_, bool>(0).map_err(db_error)? {
         anyhow::bail!("another `host replay` is rebuilding `{name}` now");
     }
     let rows = client
