@@ -46,7 +46,8 @@ enum Command {
     /// Run the shell and rebuild the guests when their sources change: each
     /// component whose content changed is swapped in (the modules watcher).
     Dev(DevArgs),
-    /// Rebuild read models from the Postgres event log (stop the shells first).
+    /// Rebuild read models from the Postgres event log while the shells serve (a new generation,
+    /// then an atomic switch); --dry-run compares a candidate, --in-place replays with the shells stopped.
     Replay(ReplayArgs),
     /// Deploy a new version of a function to a running shell, which swaps it in without a restart.
     Deploy {
@@ -145,9 +146,24 @@ struct ReplayArgs {
     /// The projector to replay; every projector when absent.
     #[arg(long, short, value_name = "NAME")]
     function: Option<String>,
-    /// Continue a replay that stopped: keep the read model and go on after
-    /// the stored checkpoint (the last event applied) instead of starting over.
+    /// Build with this component (a new version of the projector) instead of
+    /// the recorded version; the switch deploys it.
+    #[arg(long, value_name = "FILE", requires = "function", conflicts_with_all = ["in_place", "drop_previous"])]
+    component: Option<PathBuf>,
+    /// Report how the rebuilt read model would differ from the one served
+    /// (counts and samples), writing nothing.
+    #[arg(long, requires = "function", conflicts_with_all = ["in_place", "drop_previous"])]
+    dry_run: bool,
+    /// Remove the previous generation kept by the last rebuild (no replay).
+    #[arg(long, conflicts_with = "in_place")]
+    drop_previous: bool,
+    /// Replay into the served read model itself (emptied first), the shells
+    /// stopped, instead of building a new generation while they serve.
     #[arg(long)]
+    in_place: bool,
+    /// Continue an in-place replay that stopped: keep the read model and go on
+    /// after the stored checkpoint (the last event applied) instead of starting over.
+    #[arg(long, conflicts_with_all = ["component", "dry_run", "drop_previous"])]
     resume: bool,
 }
 
@@ -328,15 +344,110 @@ async fn serve(mut shell: Shell) -> anyhow::Result<()> {
     }
 }
 
+/// Where a replay's version came from, for its report.
+fn source_text(source: host::backend::postgres::replay::VersionSource) -> &'static str {
+    use host::backend::postgres::replay::VersionSource;
+    match source {
+        VersionSource::Recorded => "the recorded deployment",
+        VersionSource::File => "the module file; no deployment recorded",
+        VersionSource::Candidate => "the candidate file",
+    }
+}
+
 async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    use host::backend::postgres::replay::{Start, Stopped, VersionSource};
+    use host::backend::postgres::rebuild;
     let project = Project::load(&args.project)?;
-    let start = if args.resume { Start::Checkpoint } else { Start::Scratch };
+    let function = args.function.as_deref();
+    if args.drop_previous {
+        let dropped = rebuild::drop_previous(&project, function).await?;
+        if dropped.is_empty() {
+            println!(
+                "no previous generation kept{}",
+                function.map(|f| format!(" for `{f}`")).unwrap_or_default()
+            );
+        }
+        for d in dropped {
+            println!(
+                "{}: dropped the previous generation of {} (`{}`, {} documents)",
+                d.function, d.collection, d.physical, d.documents
+            );
+        }
+        return Ok(());
+    }
+    if args.dry_run {
+        let name = function.unwrap_or_default();
+        let report = rebuild::dry_run(&project, name, args.component.as_deref()).await?;
+        print_dry_run(&report);
+        return Ok(());
+    }
+    if args.in_place || args.resume {
+        return replay_in_place(&project, function, args.resume).await;
+    }
+    for done in rebuild::rebuild(&project, function, args.component.as_deref()).await? {
+        println!(
+            "{}: rebuilt while serving with version {} ({}): {} events, {} of them with the live consumer \
+             paused; reads switched to generation {} at log position {}{}; the previous generation is kept \
+             until `host replay --drop-previous`",
+            done.function,
+            short(&done.version.0),
+            source_text(done.source),
+            done.events,
+            done.tail,
+            done.generation,
+            done.switched_at,
+            if done.deployed { ", and the candidate deployed" } else { "" },
+        );
+    }
+    Ok(())
+}
+
+fn print_dry_run(report: &host::backend::postgres::rebuild::DryRun) {
+    println!(
+        "{}: dry run of version {} ({}) over {} events, up to log position {}; nothing written",
+        report.function,
+        short(&report.version.0),
+        source_text(report.source),
+        report.events,
+        report.up_to
+    );
+    for diff in &report.collections {
+        println!(
+            "  {}: {} served, {} rebuilt: {} added, {} removed, {} changed{}",
+            diff.collection,
+            diff.live,
+            diff.candidate,
+            diff.added_count,
+            diff.removed_count,
+            diff.changed_count,
+            if diff.differs() { "" } else { " (the same)" }
+        );
+        for (key, body) in &diff.added {
+            println!("    added   {key}: {}", brief(body));
+        }
+        for (key, body) in &diff.removed {
+            println!("    removed {key}: {}", brief(body));
+        }
+        for (key, was, now) in &diff.changed {
+            println!("    changed {key}: {} -> {}", brief(was), brief(now));
+        }
+    }
+}
+
+/// A document's body on one line, cut after 300 characters.
+fn brief(body: &serde_json::Value) -> String {
+    const MOST: usize = 300;
+    let text = body.to_string();
+    match text.char_indices().nth(MOST) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
+    }
+}
+
+async fn replay_in_place(project: &Project, function: Option<&str>, resume: bool) -> anyhow::Result<()> {
+    use host::backend::postgres::replay::{Start, Stopped};
+    let start = if resume { Start::Checkpoint } else { Start::Scratch };
     let print = |done: &host::backend::postgres::replay::Replayed| {
-        let source = match done.source {
-            VersionSource::Recorded => "the recorded deployment",
-            VersionSource::File => "the module file; no deployment recorded",
-        };
+        let source = source_text(done.source);
         let from = match done.cleared {
             Some(cleared) => format!("from scratch, {cleared} documents cleared first"),
             None => format!("resumed after log position {}", done.from),
@@ -348,7 +459,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
             short(&done.version.0)
         );
     };
-    match host::backend::postgres::replay::replay(&project, args.function.as_deref(), start).await {
+    match host::backend::postgres::replay::replay(project, function, start).await {
         Ok(done) => {
             done.iter().for_each(print);
             Ok(())
@@ -577,4 +688,18 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { () = ctrl_c => {}, () = term => {} }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::brief;
+    use serde_json::json;
+
+    #[test]
+    fn a_long_body_is_cut_and_a_short_one_kept() {
+        assert_eq!(brief(&json!({ "a": 1 })), r#"{"a":1}"#);
+        let long = brief(&json!({ "text": "é".repeat(1000) }));
+        assert_eq!(long.chars().count(), 301);
+        assert!(long.ends_with('…'));
+    }
 }

@@ -452,7 +452,7 @@ async fn forward_since(inner: &Inner, client: &Client, sql: &str, id: i64) {
 }
 
 /// A row of `events` as a delivery, with its transaction id.
-fn delivery(row: &Row) -> Result<(String, Delivery), BusError> {
+pub(crate) fn delivery(row: &Row) -> Result<(String, Delivery), BusError> {
     let bad = |e: tokio_postgres::Error| BusError::Invalid(format!("unreadable event: {}", describe(&e)));
     let position: i64 = row.try_get(0).map_err(bad)?;
     let tx: String = row.try_get(1).map_err(bad)?;

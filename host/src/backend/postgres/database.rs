@@ -19,6 +19,8 @@
 //!   bound to and its first answer.
 //! - `parked`: events a consumer could not process, set aside with their
 //!   error until a retry applies them.
+//! - `read_models`: which generation of a collection is served (a rebuild
+//!   while serving builds the next one beside it, then switches).
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::Duration;
@@ -58,6 +60,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "collision-free keys of the consumers' leases", MIGRATION_3),
     (4, "idempotency: fingerprints and first answers of keyed commands", MIGRATION_4),
     (5, "parked events", MIGRATION_5),
+    (6, "generations of the read models", MIGRATION_6),
 ];
 
 const MIGRATION_1: &str = r#"
@@ -161,6 +164,32 @@ CREATE TABLE parked (
     attempted_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, position)
 );
+"#;
+
+/// Generations of the read models (`host replay` while serving, see
+/// [`crate::backend::postgres::rebuild`]): a collection's documents live
+/// under its own name (generation 0) or under the physical name its row
+/// here points to; every statement on `documents` resolves the name through
+/// this table (as `lowshell_collection` does, for queries by hand) in the
+/// statement's own snapshot, so a switch (one transaction updating the
+/// rows) is seen at once by every reader and writer of every shell.
+/// `switched_at` (the switch's clock just before it commits): a consumer
+/// step whose transaction began before it decided on the previous
+/// generation, and is retried. `previous` is the generation kept after a switch
+/// until `host replay --drop-previous`.
+const MIGRATION_6: &str = r#"
+CREATE TABLE read_models (
+    collection     text PRIMARY KEY,
+    function       text NOT NULL,
+    generation     integer NOT NULL,
+    physical       text NOT NULL,
+    previous       text,
+    switched_at    timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX read_models_function ON read_models (function);
+CREATE FUNCTION lowshell_collection(name text) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    AS $$ SELECT coalesce((SELECT physical FROM read_models WHERE collection = name), name) $$;
 "#;
 
 /// A database: its connection settings and a pool.

@@ -6,11 +6,15 @@
 //! - [`bus`] / [`store`]: the [`Bus`](super::Bus) and
 //!   [`Store`](super::Store) over them;
 //! - [`deployments`]: deploys reaching every shell;
-//! - [`replay`]: `host replay`, rebuilding read models from the log.
+//! - [`replay`]: `host replay --in-place`, rebuilding read models from the
+//!   log with the shells stopped;
+//! - [`rebuild`]: `host replay`, rebuilding them while the shells serve (a
+//!   new generation, then a switch), and its dry run.
 
 pub mod bus;
 pub mod database;
 pub mod deployments;
+pub mod rebuild;
 pub mod replay;
 pub mod store;
 

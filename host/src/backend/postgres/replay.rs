@@ -1,6 +1,7 @@
-//! `host replay`: rebuilds projectors' read models from the Postgres event
-//! log by running each projector's LOW cycle over every historic event, in
-//! log order, exactly as the live consumer does.
+//! `host replay --in-place`: rebuilds projectors' read models from the
+//! Postgres event log, the shells stopped, by running each projector's LOW
+//! cycle over every historic event, in log order, exactly as the live
+//! consumer does (while the shells serve: [`super::rebuild`]).
 //!
 //! - The functions run at the version the cluster records for them
 //!   (`deployments`), as a shell would; the module file only when nothing is
@@ -54,6 +55,8 @@ pub enum VersionSource {
     Recorded,
     /// The module file: no version is recorded for the function.
     File,
+    /// A candidate file given to the rebuild (`--component`).
+    Candidate,
 }
 
 /// What one projector's replay did.
@@ -105,11 +108,10 @@ const BACKOFF: Duration = Duration::from_millis(250);
 /// from `start`. A [`Stopped`] error (inside the `anyhow::Error`) says where
 /// a replay stopped and what it had done.
 pub async fn replay(project: &Project, only: Option<&str>, start: Start) -> anyhow::Result<Vec<Replayed>> {
-    if project.backend != BackendKind::Postgres {
-        anyhow::bail!("replay reads the durable event log: the project must use `backend = \"postgres\"`");
-    }
+    durable(project)?;
     let db = Arc::new(Database::connect(&project.database_url()?).await?);
-    let (functions, deployments) = load(project, &db).await?;
+    let (_, registry, deployments) = load(project, &db).await?;
+    let functions = registry.current();
     let projectors: Vec<_> = functions
         .iter()
         .filter(|f| f.meta.kind == FunctionKind::Projector)
@@ -171,12 +173,25 @@ pub async fn replay(project: &Project, only: Option<&str>, start: Start) -> anyh
     Ok(done)
 }
 
+/// Refuses a project on the memory backend: it keeps no log to replay.
+pub(crate) fn durable(project: &Project) -> anyhow::Result<()> {
+    if project.backend != BackendKind::Postgres {
+        anyhow::bail!(
+            "the memory backend keeps no event log (events live in the shell's process and are gone when it \
+             stops), so there is nothing to rebuild a read model from: replays, rebuilds, dry runs and \
+             --drop-previous need `backend = \"postgres\"`"
+        );
+    }
+    Ok(())
+}
+
 /// The project's functions at the versions the cluster records (as a
-/// shell starting now would run them), and the record.
-async fn load(
+/// shell starting now would run them), the runtime that loaded them, and
+/// the record.
+pub(crate) async fn load(
     project: &Project,
     db: &Arc<Database>,
-) -> anyhow::Result<(Arc<Functions>, Arc<dyn Deployments>)> {
+) -> anyhow::Result<(Arc<Runtime>, Arc<Registry>, Arc<dyn Deployments>)> {
     let runtime = Runtime::new(project.limits())?;
     let mut loaded = vec![];
     for path in module_files(project)? {
@@ -184,11 +199,11 @@ async fn load(
     }
     let registry = Arc::new(Registry::new(Functions::new(loaded)?));
     let deployments: Arc<dyn Deployments> = Arc::new(PgDeployments::reader(Arc::clone(db)));
-    Deployer::with_deployments(runtime, Arc::clone(&registry), Arc::clone(&deployments))
+    Deployer::with_deployments(Arc::clone(&runtime), Arc::clone(&registry), Arc::clone(&deployments))
         .sync_all()
         .await
         .context("cannot load the recorded versions of the functions")?;
-    Ok((registry.current(), deployments))
+    Ok((runtime, registry, deployments))
 }
 
 /// Why an attempt failed, by what to do about it.
@@ -433,7 +448,8 @@ impl Run {
         };
         if !try_lease(&client, id).await.map_err(|e| database(&e))? {
             return Err(Failure::Fatal(format!(
-                "`{name}` is being consumed by a running shell: stop the shells, then replay"
+                "`{name}` is being consumed by a running shell: stop the shells to replay in place, \
+                 or rebuild it while serving (`host replay --function {name}`, without --in-place or --resume)"
             )));
         }
         self.lease = Some((client, id));
