@@ -110,7 +110,16 @@ async fn a_rust_trio_from_host_new_builds_passes_its_scenarios_and_serves_its_co
     assert_eq!(booked["data"]["BookRoom"], json!({ "id": "r-1" }), "{booked}");
     let again = client.graphql(r#"mutation { BookRoom(id: "r-1") { id } }"#).await;
     assert_eq!(error(&again), Some("r-1 is taken already"), "{again}");
-    let entry = client.graphql(r#"{ bookRoomEntry(id: "r-1") { id last events } }"#).await;
+    // The handler answers from its own document; the projector's read model
+    // follows from the event, a moment later.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let entry = loop {
+        let entry = client.graphql(r#"{ bookRoomEntry(id: "r-1") { id last events } }"#).await;
+        if !entry["data"]["bookRoomEntry"].is_null() || std::time::Instant::now() > deadline {
+            break entry;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(
         entry["data"]["bookRoomEntry"],
         json!({ "id": "r-1", "last": "BookRoomAccepted", "events": 1 }),
