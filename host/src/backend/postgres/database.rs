@@ -19,6 +19,8 @@
 //!   bound to and its first answer.
 //! - `parked`: events a consumer could not process, set aside with their
 //!   error until a retry applies them.
+//! - `events.subject` and `events.claims`: who caused each command and
+//!   event (the audit trail; none where no identity was checked).
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::Duration;
@@ -58,6 +60,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "collision-free keys of the consumers' leases", MIGRATION_3),
     (4, "idempotency: fingerprints and first answers of keyed commands", MIGRATION_4),
     (5, "parked events", MIGRATION_5),
+    (6, "who caused each event: subject and claims", MIGRATION_6),
 ];
 
 const MIGRATION_1: &str = r#"
@@ -102,6 +105,14 @@ CREATE TABLE notifications (
     at              timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX notifications_correlation ON notifications (correlation_id, id);
+"#;
+
+/// The audit trail: each command and event records the principal that
+/// caused it — the verified token's subject (`sub`) and its claims — or
+/// none when the shell checks no identities. Existing rows keep none.
+const MIGRATION_6: &str = r#"
+ALTER TABLE events ADD COLUMN subject text, ADD COLUMN claims jsonb;
+CREATE INDEX events_subject ON events (subject, position) WHERE subject IS NOT NULL;
 "#;
 
 /// Cluster-wide deploys (see [`crate::backend::postgres::deployments`]).
