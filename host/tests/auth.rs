@@ -202,6 +202,14 @@ async fn only_an_inviter_may_invite_and_the_others_are_told_why() {
     // Nothing was invited: ada may still invite that email as new.
     let (_, _, body) = post(&client, Some(&format!("Bearer {}", ada())), &invite("c@d.e")).await;
     assert_eq!(body["data"]["InviteCustomer"]["invited"], true, "{body}");
+
+    // An idempotency key is the caller's own: bob repeating ada's key gets
+    // his own answer (a rejection), not hers.
+    let keyed = r#"mutation { InviteCustomer(email: "k@d.e", commandId: "k-1") { id invited } }"#;
+    let (_, _, body) = post(&client, Some(&format!("Bearer {}", ada())), keyed).await;
+    assert_eq!(body["data"]["InviteCustomer"]["invited"], true, "{body}");
+    let (_, _, body) = post(&client, Some(&bob), keyed).await;
+    assert_eq!(support::error_extensions(&body)["code"], "REJECTED", "{body}");
     shell.stop().await.expect("clean stop");
 }
 
@@ -394,4 +402,33 @@ async fn an_existing_database_is_upgraded_and_its_old_events_keep_no_subject() {
     let subjects: Vec<Option<String>> = rows.iter().map(|r| r.get(1)).collect();
     assert_eq!(subjects, vec![None, None, Some("ada".into()), Some("ada".into())]);
     shell.stop().await.expect("clean stop");
+}
+
+#[test]
+fn a_jwks_key_is_picked_by_the_tokens_kid() {
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
+    let private = std::fs::read(keys.join("es256-private.pem")).expect("the test key");
+    let key = EncodingKey::from_ec_pem(&private).expect("an EC key");
+    let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::ES256).expect("a JWK");
+    jwk.common.key_id = Some("key-2".into());
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, json!({ "keys": [jwk] }).to_string()).expect("the JWKS file");
+    let text =
+        format!("[http.auth]\nmode = \"jwt\"\nalgorithm = \"ES256\"\njwks-file = \"{}\"\n", jwks.display());
+    let config = host::Project::parse(&text, std::path::Path::new(".")).expect("auth parses").http.auth;
+    let auth = host::http::Auth::new(&config).expect("the JWKS loads");
+    let token = |kid: Option<&str>| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, &claims("ada", &["inviter"]), &key).expect("a token")
+    };
+
+    let principal = auth.verify(&token(Some("key-2"))).expect("verified by key-2");
+    assert_eq!(principal.subject, "ada");
+    assert!(principal.has_role("inviter"));
+    // The only key serves a token without a kid; an unknown kid is refused.
+    assert!(auth.verify(&token(None)).is_ok());
+    let error = auth.verify(&token(Some("key-9"))).expect_err("no key-9");
+    assert!(error.contains("key-9"), "{error}");
 }

@@ -348,6 +348,12 @@ fn mutation(command: &CommandSpec, returns_model: bool, services: &Services) -> 
                 Some(v) => Some(v.string()?.to_owned()),
                 None => ctx.data_opt::<IdempotencyKey>().map(|k| k.0.clone()),
             };
+            // Each subject's keys are its own: the same key from another
+            // caller names another command, never the first caller's answer.
+            let key = key.map(|key| match &principal {
+                Some(p) => format!("{}\u{1f}{key}", p.subject),
+                None => key,
+            });
             let idempotent = key.is_some();
             let id = match key {
                 Some(key) => command_id(&spec.name, &key),
