@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::{Message as Ws, client::IntoClientRequest, h
 const SECRET: &str = "a test secret that is long enough for HS256";
 const ISSUER: &str = "https://login.example.com";
 const AUDIENCE: &str = "lowshell-test";
+const ADMIN: &str = "admin-token";
 
 type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -55,7 +56,20 @@ fn memory_project() -> host::Project {
     let text = format!("{}\n", jwt_auth());
     project.http.auth =
         host::Project::parse(&text, std::path::Path::new(".")).expect("auth parses").http.auth;
+    project.admin.token = Some(ADMIN.into());
     project
+}
+
+/// The audit trail the admin endpoint shows: (kind, subject), newest first.
+async fn audit_trail(client: &Client, query: &str) -> Vec<(String, Value)> {
+    let path = format!("/admin/audit{query}");
+    let (status, body) = client.admin(reqwest::Method::GET, &path, Some(ADMIN), vec![]).await;
+    assert_eq!(status, 200, "{body}");
+    let entries = body.as_array().cloned().unwrap_or_default();
+    entries
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap_or_default().to_owned(), e["subject"].clone()))
+        .collect()
 }
 
 /// POSTs a GraphQL request with `authorization` as the header, if any.
@@ -181,6 +195,15 @@ async fn without_a_valid_token_nothing_is_appended_and_a_verified_subject_lands_
     let event = next_event(&mut log).await;
     assert_eq!(event["type"], "CustomerInvited", "{event}");
     assert_eq!(event["subject"], "ada", "{event}");
+
+    // The audit trail says the same, newest first, by subject too.
+    let ada_did =
+        vec![("CustomerInvited".to_owned(), json!("ada")), ("InviteCustomer".to_owned(), json!("ada"))];
+    assert_eq!(audit_trail(&client, "").await, ada_did);
+    assert_eq!(audit_trail(&client, "?subject=ada&limit=10").await, ada_did);
+    assert_eq!(audit_trail(&client, "?subject=bob").await, vec![]);
+    let (status, _) = client.admin(reqwest::Method::GET, "/admin/audit?limit=0", Some(ADMIN), vec![]).await;
+    assert_eq!(status, 400);
 
     shell.stop().await.expect("clean stop");
 }
@@ -337,7 +360,7 @@ fn a_project_with_unusable_keys_does_not_start() {
 async fn postgres_records_who_caused_each_command_and_event() {
     let url = pg::database().await;
     let text = format!("{}\n{}", pg::project_text(&url, "127.0.0.1:0", 10_000), jwt_auth());
-    let (shell, client) = start(support::project_from(&text, "admin-token")).await;
+    let (shell, client) = start(support::project_from(&text, ADMIN)).await;
 
     every_bad_request_is_refused(&client, "refused@example.com").await;
     let (status, _, body) = post(&client, Some(&format!("Bearer {}", ada())), &invite("pg@b.c")).await;
@@ -372,6 +395,12 @@ async fn postgres_records_who_caused_each_command_and_event() {
         .expect("by subject")
         .get::<_, i64>(0);
     assert_eq!(ada_did, 2);
+    // And through the admin endpoint, newest first.
+    assert_eq!(
+        audit_trail(&client, "?subject=ada").await,
+        vec![("CustomerInvited".to_owned(), json!("ada")), ("InviteCustomer".to_owned(), json!("ada"))]
+    );
+    assert_eq!(audit_trail(&client, "?limit=1").await, vec![("InviteCustomer".to_owned(), json!("bob"))]);
     shell.stop().await.expect("clean stop");
 }
 
@@ -381,7 +410,7 @@ async fn an_existing_database_is_upgraded_and_its_old_events_keep_no_subject() {
     let text = pg::project_text(&url, "127.0.0.1:0", 10_000);
     // A database as the shell left it before the audit columns existed,
     // with an event in it.
-    let (shell, client) = start(support::project_from(&text, "admin-token")).await;
+    let (shell, client) = start(support::project_from(&text, ADMIN)).await;
     let body = client.invite("old@b.c").await;
     assert_eq!(body["data"]["InviteCustomer"]["invited"], true, "{body}");
     shell.stop().await.expect("clean stop");
@@ -394,7 +423,7 @@ async fn an_existing_database_is_upgraded_and_its_old_events_keep_no_subject() {
     .expect("back to the schema before");
 
     let text = format!("{text}\n{}", jwt_auth());
-    let (shell, client) = start(support::project_from(&text, "admin-token")).await;
+    let (shell, client) = start(support::project_from(&text, ADMIN)).await;
     let (_, _, body) = post(&client, Some(&format!("Bearer {}", ada())), &invite("new@b.c")).await;
     assert_eq!(body["data"]["InviteCustomer"]["invited"], true, "{body}");
 

@@ -517,6 +517,15 @@ const READ_PARTITION: &str = "WITH c AS (
      ORDER BY e.tx, e.position
      LIMIT $3";
 
+/// The audit trail: the latest commands and events, newest first, only
+/// those of subject $1 when it is given (by the `events_subject` index).
+const AUDIT: &str = "SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
+            e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint, e.subject, e.claims
+     FROM events e
+     WHERE $1::text IS NULL OR e.subject = $1
+     ORDER BY e.position DESC
+     LIMIT $2";
+
 /// A new partition starts where its function's consumer had got to.
 const SEED_PARTITION: &str = "INSERT INTO checkpoints (consumer, tx, position)
      SELECT $1, tx, position FROM checkpoints WHERE consumer = $2
@@ -760,6 +769,13 @@ impl Bus for PgBus {
             .await
             .map(drop)
             .map_err(|e| format!("the database does not answer: {e}"))
+    }
+
+    async fn audit(&self, subject: Option<&str>, limit: usize) -> Result<Vec<Delivery>, BusError> {
+        let client = self.inner.db.pool().get().await.map_err(no_connection)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client.query(AUDIT, &[&subject, &limit]).await.map_err(|e| read_error(&e))?;
+        rows.iter().map(|r| delivery(r).map(|(_, d)| d)).collect()
     }
 
     async fn submit(&self, command: Event, idempotent: bool) -> Result<Submitted, BusError> {
