@@ -186,7 +186,7 @@ pub enum JwtAlgorithm {
 }
 
 /// `[http.auth]`: how callers prove who they are.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub mode: AuthMode,
@@ -206,6 +206,22 @@ pub struct AuthConfig {
     pub audience: Option<String>,
     /// Seconds of clock skew allowed when checking `exp` and `nbf`.
     pub leeway_s: u64,
+}
+
+// By hand, so that the secret never reaches a log.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("mode", &self.mode)
+            .field("algorithm", &self.algorithm)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("key_file", &self.key_file)
+            .field("jwks_file", &self.jwks_file)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_s", &self.leeway_s)
+            .finish()
+    }
 }
 
 impl Default for AuthConfig {

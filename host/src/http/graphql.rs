@@ -19,6 +19,7 @@ use super::auth::Caller;
 use super::origins::{check_origin, cors};
 use crate::graphql::Graphql;
 use crate::graphql::schema::IdempotencyKey;
+use crate::graphql::schema::code::UNAUTHENTICATED;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::parser::types::OperationType;
 use async_graphql::{Request as GqlRequest, Response as GqlResponse, Variables};
@@ -109,8 +110,6 @@ pub(super) fn unauthorized(media: Media, message: impl Into<String>) -> Response
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     response
 }
-
-use crate::graphql::schema::code::UNAUTHENTICATED;
 
 /// A response whose request was refused before execution.
 pub(super) fn refuse(status: StatusCode, media: Media, message: impl Into<String>) -> Response {
