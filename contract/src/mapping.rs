@@ -38,7 +38,7 @@ pub fn json_text(value: &Value) -> String {
 /// It defines, with the given visibility:
 ///
 /// - into WIT, borrowing (JSON is serialised either way): `meta_to_wit`,
-///   `message_to_wit`, `document_to_wit`, `found_to_wit`, `data_to_wit`,
+///   `message_to_wit` (and `principal_to_wit`), `document_to_wit`, `found_to_wit`, `data_to_wit`,
 ///   `lookup_to_wit`, `outcome_to_wit`, `write_op_to_wit`, `plan_to_wit`,
 ///   `resolution_to_wit` (and the parts of `Meta`);
 /// - out of WIT, taking ownership and checking what arrives — JSON must parse,
@@ -90,13 +90,14 @@ macro_rules! wit_conversions {
 
         #[allow(dead_code)]
         $vis fn model_spec_to_wit(model: &$crate::ModelSpec) -> __low_wit::ModelSpec {
-            let $crate::ModelSpec { name, collection, key, fields, public, description } = model;
+            let $crate::ModelSpec { name, collection, key, fields, public, authenticated, description } = model;
             __low_wit::ModelSpec {
                 name: name.clone(),
                 collection: collection.clone(),
                 key: key.clone(),
                 fields: fields.iter().map(field_spec_to_wit).collect(),
                 public: *public,
+                authenticated: *authenticated,
                 description: description.clone(),
             }
         }
@@ -120,14 +121,21 @@ macro_rules! wit_conversions {
 
         #[allow(dead_code)]
         $vis fn message_to_wit(message: &$crate::Message) -> __low_wit::Message {
-            let $crate::Message { id, kind, payload, correlation_id, causation_id } = message;
+            let $crate::Message { id, kind, payload, correlation_id, causation_id, principal } = message;
             __low_wit::Message {
                 id: id.clone(),
                 kind: kind.clone(),
                 payload: $crate::__mapping::json_text(payload),
                 correlation_id: correlation_id.clone(),
                 causation_id: causation_id.clone(),
+                principal: principal.as_ref().map(principal_to_wit),
             }
+        }
+
+        #[allow(dead_code)]
+        $vis fn principal_to_wit(principal: &$crate::Principal) -> __low_wit::Principal {
+            let $crate::Principal { subject, claims } = principal;
+            __low_wit::Principal { subject: subject.clone(), claims: claims.to_string() }
         }
 
         #[allow(dead_code)]
@@ -285,13 +293,15 @@ macro_rules! wit_conversions {
 
         #[allow(dead_code)]
         $vis fn model_spec_from_wit(model: __low_wit::ModelSpec) -> $crate::ModelSpec {
-            let __low_wit::ModelSpec { name, collection, key, fields, public, description } = model;
+            let __low_wit::ModelSpec { name, collection, key, fields, public, authenticated, description } =
+                model;
             $crate::ModelSpec {
                 name,
                 collection,
                 key,
                 fields: fields.into_iter().map(field_spec_from_wit).collect(),
                 public,
+                authenticated,
                 description,
             }
         }
@@ -317,16 +327,29 @@ macro_rules! wit_conversions {
         $vis fn message_from_wit(
             message: __low_wit::Message,
         ) -> ::std::result::Result<$crate::Message, ::std::string::String> {
-            let __low_wit::Message { id, kind, payload, correlation_id, causation_id } = message;
+            let __low_wit::Message { id, kind, payload, correlation_id, causation_id, principal } = message;
             if kind.trim().is_empty() {
                 return Err(format!("message `{id}` has no kind"));
             }
             Ok($crate::Message {
                 payload: $crate::__mapping::parse_json(&payload, || format!("the payload of `{kind}`"))?,
+                principal: principal.map(|p| principal_from_wit(p, &kind)).transpose()?,
                 id,
                 kind,
                 correlation_id,
                 causation_id,
+            })
+        }
+
+        #[allow(dead_code)]
+        $vis fn principal_from_wit(
+            principal: __low_wit::Principal,
+            kind: &str,
+        ) -> ::std::result::Result<$crate::Principal, ::std::string::String> {
+            let __low_wit::Principal { subject, claims } = principal;
+            Ok($crate::Principal {
+                claims: $crate::__mapping::parse_json(&claims, || format!("the principal's claims of `{kind}`"))?,
+                subject,
             })
         }
 

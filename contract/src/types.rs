@@ -120,6 +120,10 @@ pub struct ModelSpec {
     pub key: String,
     pub fields: Vec<FieldSpec>,
     pub public: bool,
+    /// Served only to authenticated callers when the shell checks
+    /// identities (see [`authenticated`](Self::authenticated)).
+    #[serde(default)]
+    pub authenticated: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }
@@ -134,6 +138,7 @@ impl ModelSpec {
             key: key.into(),
             fields: vec![],
             public: false,
+            authenticated: false,
             description: None,
         }
     }
@@ -146,6 +151,14 @@ impl ModelSpec {
     /// Served as GraphQL queries.
     pub fn public(mut self) -> Self {
         self.public = true;
+        self
+    }
+
+    /// Its queries answer only requests with a verified token when the
+    /// shell checks identities (`[http.auth]`); with `auth = "none"` every
+    /// caller is local and trusted, and they answer everyone.
+    pub fn authenticated(mut self) -> Self {
+        self.authenticated = true;
         self
     }
 
@@ -204,6 +217,45 @@ impl Meta {
     }
 }
 
+/// Who caused a message: the identity the shell verified from a request's
+/// token — its subject (`sub`) and every claim. Only the shell sets it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Principal {
+    pub subject: String,
+    /// The verified token's claims, a JSON object.
+    #[serde(default = "no_claims")]
+    pub claims: Value,
+}
+
+fn no_claims() -> Value {
+    Value::Object(Default::default())
+}
+
+impl Principal {
+    /// A principal with these claims.
+    pub fn new(subject: impl Into<String>, claims: Value) -> Self {
+        Self { subject: subject.into(), claims }
+    }
+
+    /// A principal whose `roles` claim lists `roles` (for tests and scenarios).
+    pub fn with_roles<'a>(subject: &str, roles: impl IntoIterator<Item = &'a str>) -> Self {
+        let roles: Vec<Value> = roles.into_iter().map(|r| Value::String(r.into())).collect();
+        Self::new(subject, serde_json::json!({ "sub": subject, "roles": roles }))
+    }
+
+    /// Whether the claims give it `role`: listed in a `roles` array, or
+    /// named by a `role` string claim.
+    pub fn has_role(&self, role: &str) -> bool {
+        let listed = self
+            .claims
+            .get("roles")
+            .and_then(Value::as_array)
+            .is_some_and(|roles| roles.iter().any(|r| r.as_str() == Some(role)));
+        listed || self.claims.get("role").and_then(Value::as_str) == Some(role)
+    }
+}
+
 /// A command, an event or a notification.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -215,15 +267,32 @@ pub struct Message {
     pub correlation_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub causation_id: Option<String>,
+    /// Who submitted the command this message descends from; none when the
+    /// shell checks no identities (`auth = "none"`). Set by the shell only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<Principal>,
 }
 
 impl Message {
     pub fn new(id: impl Into<String>, kind: &str, payload: Value) -> Self {
-        Self { id: id.into(), kind: kind.into(), payload, correlation_id: None, causation_id: None }
+        Self {
+            id: id.into(),
+            kind: kind.into(),
+            payload,
+            correlation_id: None,
+            causation_id: None,
+            principal: None,
+        }
     }
 
     pub fn correlated(mut self, correlation_id: impl Into<String>) -> Self {
         self.correlation_id = Some(correlation_id.into());
+        self
+    }
+
+    /// The message as submitted by `principal`.
+    pub fn by(mut self, principal: Principal) -> Self {
+        self.principal = Some(principal);
         self
     }
 

@@ -16,6 +16,7 @@ impl Function for Greeter {
             key: "name".into(),
             fields: vec![FieldSpec::new("name", FieldKind::Text, true)],
             public: false,
+            authenticated: false,
             description: None,
         })
     }

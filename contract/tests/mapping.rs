@@ -36,6 +36,7 @@ fn meta() -> Meta {
             key: "id".into(),
             fields: vec![FieldSpec::new("id", FieldKind::Id, true)],
             public: true,
+            authenticated: true,
             description: None,
         })
 }
@@ -43,7 +44,9 @@ fn meta() -> Meta {
 fn message() -> Message {
     Message {
         causation_id: Some("c-0".into()),
-        ..Message::new("m-1", "Greeted", json!({ "name": "Ada", "n": [1, 2.5, null] })).correlated("c-1")
+        ..Message::new("m-1", "Greeted", json!({ "name": "Ada", "n": [1, 2.5, null] }))
+            .correlated("c-1")
+            .by(Principal::with_roles("ada", ["inviter"]))
     }
 }
 
@@ -102,6 +105,10 @@ fn what_is_not_a_plain_value_is_refused_naming_the_part() {
     assert!(err.starts_with("the payload of `Greeted` is not valid JSON ("), "{err}");
     let no_kind = wit::Message { kind: " ".into(), ..message_to_wit(&message()) };
     assert_eq!(message_from_wit(no_kind), Err("message `m-1` has no kind".into()));
+    let principal = Some(wit::Principal { subject: "ada".into(), claims: "{".into() });
+    let bad_claims = wit::Message { principal, ..message_to_wit(&message()) };
+    let err = message_from_wit(bad_claims).unwrap_err();
+    assert!(err.starts_with("the principal's claims of `Greeted` is not valid JSON ("), "{err}");
 
     let document = wit::Document { body: "".into(), ..document_to_wit(&document()) };
     let err = data_from_wit(vec![wit::Found { name: "a".into(), documents: vec![document] }]).unwrap_err();

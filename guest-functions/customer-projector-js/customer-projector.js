@@ -22,6 +22,8 @@ const projector = {
         field('invited', 'boolean', true, 'Whether an invitation was sent'),
       ],
       public: true,
+      // Emails are personal: with `[http.auth]` on, only callers with a token read them.
+      authenticated: true,
       description: 'A customer invited by email',
     }),
 

@@ -157,6 +157,86 @@ pub struct HttpConfig {
     /// A request with another `Origin` is refused with 403; requests without
     /// one (curl, servers) are not browsers' and always pass.
     pub allowed_origins: Vec<String>,
+    /// Who may call: `[http.auth]`.
+    pub auth: AuthConfig,
+}
+
+/// Whether the shell checks who calls it (`[http.auth]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// No identities: every caller is local and trusted, and commands carry
+    /// no principal. For a laptop, never for a shared deployment.
+    #[default]
+    None,
+    /// Requests carry `Authorization: Bearer <JWT>`; the shell verifies it
+    /// and hands its subject and claims to the functions.
+    Jwt,
+}
+
+/// A JWT's signature algorithm (`[http.auth] algorithm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    /// HMAC-SHA256 with a shared `secret`.
+    HS256,
+    /// RSA (PKCS#1 v1.5) with SHA-256: a public key in `key-file` or `jwks-file`.
+    RS256,
+    /// ECDSA P-256 with SHA-256: a public key in `key-file` or `jwks-file`.
+    ES256,
+}
+
+/// `[http.auth]`: how callers prove who they are.
+#[derive(Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// The algorithm tokens must be signed with; others are refused.
+    pub algorithm: JwtAlgorithm,
+    /// HS256: the shared secret (better from `LOWSHELL_HTTP__AUTH__SECRET`
+    /// than in the file).
+    pub secret: Option<String>,
+    /// RS256/ES256: a PEM file with the issuer's public key.
+    pub key_file: Option<PathBuf>,
+    /// RS256/ES256: a JWKS file (`{ "keys": [...] }`); a token's `kid`
+    /// picks its key.
+    pub jwks_file: Option<PathBuf>,
+    /// When set, a token's `iss` must be this.
+    pub issuer: Option<String>,
+    /// When set, a token's `aud` must be (or contain) this.
+    pub audience: Option<String>,
+    /// Seconds of clock skew allowed when checking `exp` and `nbf`.
+    pub leeway_s: u64,
+}
+
+// By hand, so that the secret never reaches a log.
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("mode", &self.mode)
+            .field("algorithm", &self.algorithm)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("key_file", &self.key_file)
+            .field("jwks_file", &self.jwks_file)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_s", &self.leeway_s)
+            .finish()
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::None,
+            algorithm: JwtAlgorithm::HS256,
+            secret: None,
+            key_file: None,
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            leeway_s: 30,
+        }
+    }
 }
 
 /// The default `http.allowed-origins`: pages served from this machine.
@@ -175,6 +255,7 @@ impl Default for HttpConfig {
             max_body_bytes: 1 << 20,
             request_timeout_ms: 15_000,
             allowed_origins: LOOPBACK_ORIGINS.iter().map(|&o| o.to_owned()).collect(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -378,6 +459,12 @@ impl Project {
         if let Some(cache) = project.cache_dir.as_mut().filter(|c| c.is_relative()) {
             *cache = dir.join(&*cache);
         }
+        let auth = &mut project.http.auth;
+        for file in [auth.key_file.as_mut(), auth.jwks_file.as_mut()].into_iter().flatten() {
+            if file.is_relative() {
+                *file = dir.join(&*file);
+            }
+        }
         if project.limits.instances == 0 || project.limits.memory_mib == 0 || project.limits.deadline_ms == 0
         {
             anyhow::bail!(
@@ -398,6 +485,8 @@ impl Project {
         }
         crate::http::AllowedOrigins::new(&project.http.allowed_origins)
             .map_err(|e| anyhow::anyhow!("http.allowed-origins: {e}"))?;
+        // The keys are read now, so a bad one stops the shell at start.
+        crate::http::Auth::new(&project.http.auth).map_err(|e| anyhow::anyhow!("http.auth: {e}"))?;
         Ok(project)
     }
 

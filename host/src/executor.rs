@@ -1053,13 +1053,16 @@ fn wants(function: &Function, delivery: &Delivery) -> bool {
         || function.meta.commands.iter().any(|c| c.name == delivery.event.message.kind)
 }
 
-/// An emitted message carries the request it serves and the message that caused it.
+/// An emitted message carries the request it serves, the message that
+/// caused it and who caused that (the input's principal: whatever the guest
+/// put there is replaced, so a function cannot act as someone else).
 fn stamp(env: &dyn HostEnv, mut message: Message, input: &Message) -> Message {
     if message.id.is_empty() {
         message.id = env.new_id();
     }
     message.correlation_id = input.correlation_id.clone();
     message.causation_id = Some(input.id.clone());
+    message.principal = input.principal.clone();
     message
 }
 
@@ -1067,6 +1070,7 @@ fn stamp(env: &dyn HostEnv, mut message: Message, input: &Message) -> Message {
 fn correlate(env: &dyn HostEnv, mut notification: Message, input: &Message) -> Option<Message> {
     notification.correlation_id = Some(input.correlation_id.clone()?);
     notification.causation_id = Some(input.id.clone());
+    notification.principal = input.principal.clone();
     if notification.id.is_empty() {
         notification.id = env.new_id();
     }

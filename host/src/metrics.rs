@@ -79,7 +79,7 @@ fn describe() {
 }
 
 /// How a GraphQL HTTP request ended: `ok`, `graphql_error` (answered with
-/// errors), `bad_request` (4xx), `timeout`.
+/// errors), `bad_request` (4xx), `unauthorized` (401), `timeout`.
 pub fn request(outcome: &'static str) {
     counter!("lowshell_requests_total", "outcome" => outcome).increment(1);
 }

@@ -219,7 +219,22 @@ impl Shell {
             request_timeout: std::time::Duration::from_millis(project.http.request_timeout_ms),
             allowed_origins: http::AllowedOrigins::new(&project.http.allowed_origins)
                 .map_err(|e| anyhow::anyhow!("http.allowed-origins: {e}"))?,
+            auth: Arc::new(
+                http::Auth::new(&project.http.auth).map_err(|e| anyhow::anyhow!("http.auth: {e}"))?,
+            ),
         };
+        match &project.http.auth {
+            a if a.mode == crate::config::AuthMode::None => tracing::info!(
+                "auth: none: every caller is trusted and commands carry no principal (set [http.auth] mode = \"jwt\" for a shared deployment)"
+            ),
+            a => tracing::info!(
+                algorithm = ?a.algorithm,
+                issuer = a.issuer.as_deref().unwrap_or("(any)"),
+                audience = a.audience.as_deref().unwrap_or("(any)"),
+                leeway_s = a.leeway_s,
+                "auth: jwt: requests are checked for a bearer token"
+            ),
+        }
         let watcher = if project.watch {
             Some(watch::watch(&project.modules, project.functions.clone(), from_files, deployer.clone())?)
         } else {

@@ -290,7 +290,12 @@ async fn browsers_of_other_origins_are_refused_and_allowed_ones_get_cors() {
     assert_eq!(header(&allowed, "access-control-allow-origin"), "https://app.example.com");
     assert!(header(&allowed, "access-control-allow-methods").contains("POST"));
     let headers = header(&allowed, "access-control-allow-headers").to_ascii_lowercase();
-    assert!(headers.contains("content-type") && headers.contains("idempotency-key"), "{headers}");
+    assert!(
+        headers.contains("content-type")
+            && headers.contains("idempotency-key")
+            && headers.contains("authorization"),
+        "{headers}"
+    );
     let posted = post_from(&client, Some("https://app.example.com"), invite).await;
     assert_eq!(posted.status().as_u16(), 200);
     assert_eq!(header(&posted, "access-control-allow-origin"), "https://app.example.com");

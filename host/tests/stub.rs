@@ -282,7 +282,7 @@ fn host_test_passes_the_guests_scenarios() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../guest-functions/invite-resolver/scenarios");
     let (ok, out) = host_test(&[&path, &scenarios]);
     assert!(ok, "{out}");
-    assert!(out.lines().any(|l| l == "6 passed, 0 failed"), "{out}");
+    assert!(out.lines().any(|l| l == "7 passed, 0 failed"), "{out}");
 }
 
 #[test]

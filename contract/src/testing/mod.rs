@@ -26,6 +26,7 @@
 //!             key: "name".into(),
 //!             fields: vec![FieldSpec::new("name", FieldKind::Text, true)],
 //!             public: false,
+//!             authenticated: false,
 //!             description: None,
 //!         })
 //!     }

@@ -32,6 +32,8 @@ impl Function for CustomerProjector {
                 .field(FieldSpec::text("email").required())
                 .field(FieldSpec::boolean("invited").required().describe("Whether an invitation was sent"))
                 .public()
+                // Emails are personal: with `[http.auth]` on, only callers with a token read them.
+                .authenticated()
                 .describe("A customer invited by email"),
         )
     }

@@ -9,6 +9,12 @@
 //!   previous-email }`, or a rejection when the customer is unknown or the
 //!   email taken.
 //!
+//! Who may invite: when the shell checks identities, the command carries
+//! the caller's verified [`Principal`], and only one with the role
+//! [`INVITER`] may invite; anyone else is rejected with the reason. A
+//! command without a principal comes from a shell with `auth = "none"`,
+//! whose callers are local and trusted: it may invite.
+//!
 //! It keeps a private collection `invites` (email → customer id) whose
 //! insert fails when the email is taken, so two concurrent invites (or
 //! renames) to one email cannot both succeed.
@@ -22,6 +28,8 @@ use low_contract::*;
 
 /// Private state: one document per invited email, keyed by the email.
 pub const INVITES: &str = "invites";
+/// The role a caller needs to invite customers.
+pub const INVITER: &str = "inviter";
 
 pub struct InviteCustomer;
 
@@ -54,7 +62,10 @@ impl Function for InviteCustomer {
 
     fn operate(input: &Message, data: &Data, env: &dyn Env) -> Outcome {
         let outcome = match input.kind.as_str() {
-            customer_events::InviteCustomer::KIND => input.decode().map(|c| invite(c, data, env)),
+            customer_events::InviteCustomer::KIND => match may_invite(input.principal.as_ref()) {
+                Err(reason) => Ok(Outcome::Reject(reason)),
+                Ok(()) => input.decode().map(|c| invite(c, data, env)),
+            },
             RenameCustomer::KIND => input.decode().map(|c| rename(c, data, env)),
             _ => Ok(Outcome::Ignore),
         };
@@ -117,6 +128,18 @@ fn claim(email: &str, customer_id: &str) -> WriteOp {
         collection: INVITES.into(),
         key: email.into(),
         body: json!({ "email": email, "customer-id": customer_id }),
+    }
+}
+
+/// Whether the caller may invite: one with the [`INVITER`] role, or any
+/// caller of a shell that checks no identities (no principal).
+fn may_invite(principal: Option<&Principal>) -> Result<(), String> {
+    match principal {
+        Some(p) if !p.has_role(INVITER) => Err(format!(
+            "Only an inviter may invite customers: {} does not have the `{INVITER}` role",
+            p.subject
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -233,6 +256,38 @@ mod tests {
             )])
             .then_writes([])
             .then_logs([(Level::Info, "a@b.c was already invited")]);
+    }
+
+    #[test]
+    fn an_inviter_may_invite() {
+        Given::<InviteCustomer>::nothing()
+            .when(invite(json!("a@b.c")).by(Principal::with_roles("ada", ["support", INVITER])))
+            .then_emits_matching(json!([{ "kind": "CustomerInvited", "payload": { "email": "a@b.c" } }]))
+            .then_writes([claim("id-1", "a@b.c")]);
+        let role_claim = Principal::new("ada", json!({ "sub": "ada", "role": "inviter" }));
+        Given::<InviteCustomer>::nothing()
+            .when(invite(json!("a@b.c")).by(role_claim))
+            .then_emits_matching(json!([{ "kind": "CustomerInvited" }]));
+    }
+
+    #[test]
+    fn a_caller_without_the_inviter_role_is_rejected_and_nothing_is_stored() {
+        for principal in
+            [Principal::with_roles("bob", ["support"]), Principal::new("bob", json!({ "sub": "bob" }))]
+        {
+            Given::<InviteCustomer>::nothing()
+                .when(invite(json!("a@b.c")).by(principal))
+                .then_rejects("Only an inviter may invite customers: bob does not have the `inviter` role")
+                .then_writes([]);
+        }
+    }
+
+    #[test]
+    fn without_a_principal_the_local_caller_may_invite() {
+        // A shell with `auth = "none"` sets no principal: its callers are trusted.
+        Given::<InviteCustomer>::nothing()
+            .when(invite(json!("a@b.c")))
+            .then_emits_matching(json!([{ "kind": "CustomerInvited" }]));
     }
 
     #[test]

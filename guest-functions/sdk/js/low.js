@@ -34,14 +34,43 @@ const none = (value) => (value === null || value === undefined ? undefined : val
 
 // --- messages and documents --------------------------------------------------
 
-/** A command, an event or a notification; `payload` is a plain value. */
+/**
+ * Who caused a message: the subject (`sub`) and claims of the token the shell
+ * verified. Only the shell sets it; a function reads it.
+ */
+export class Principal {
+  constructor(subject, claims = {}) {
+    this.subject = subject;
+    this.claims = claims;
+  }
+
+  /** Whether a `roles` list claim holds `role`, or a `role` claim names it. */
+  hasRole(role) {
+    const claims = this.claims !== null && typeof this.claims === 'object' ? this.claims : {};
+    return (Array.isArray(claims.roles) && claims.roles.includes(role)) || claims.role === role;
+  }
+
+  static fromWit(p) {
+    return new Principal(p.subject, parse(p.claims));
+  }
+
+  toWit() {
+    return { subject: this.subject, claims: dump(this.claims ?? {}) };
+  }
+}
+
+/**
+ * A command, an event or a notification; `payload` is a plain value,
+ * `principal` who caused it (undefined when the shell checks no identities).
+ */
 export class Message {
-  constructor(id, kind, payload = null, correlationId = undefined, causationId = undefined) {
+  constructor(id, kind, payload = null, correlationId = undefined, causationId = undefined, principal = undefined) {
     this.id = id;
     this.kind = kind;
     this.payload = payload;
     this.correlationId = correlationId;
     this.causationId = causationId;
+    this.principal = principal;
   }
 
   /** The payload field `name` when it is a string, else undefined. */
@@ -51,7 +80,8 @@ export class Message {
   }
 
   static fromWit(m) {
-    return new Message(m.id, m.kind, parse(m.payload), none(m.correlationId), none(m.causationId));
+    const principal = m.principal ? Principal.fromWit(m.principal) : undefined;
+    return new Message(m.id, m.kind, parse(m.payload), none(m.correlationId), none(m.causationId), principal);
   }
 
   toWit() {
@@ -61,6 +91,7 @@ export class Message {
       payload: dump(this.payload),
       correlationId: none(this.correlationId),
       causationId: none(this.causationId),
+      principal: this.principal ? this.principal.toWit() : undefined,
     };
   }
 }
@@ -146,7 +177,7 @@ export class Meta {
     this.commands.push(spec);
     return this;
   }
-  /** `{ name, collection, key, fields, public, description? }` */
+  /** `{ name, collection, key, fields, public, authenticated?, description? }` */
   model(spec) {
     this.models.push(spec);
     return this;
@@ -163,6 +194,7 @@ export class Meta {
         ...m,
         fields: fields(m.fields),
         public: !!m.public,
+        authenticated: !!m.authenticated,
         description: none(m.description),
       })),
     };

@@ -49,14 +49,38 @@ def _dump(value: Any) -> str:
 
 
 @dataclass
+class Principal:
+    """Who caused a message: the subject (`sub`) and claims of the token the
+    shell verified. Only the shell sets it; a function reads it."""
+
+    subject: str
+    claims: Any = None
+
+    def has_role(self, role: str) -> bool:
+        """Whether a `roles` list claim holds `role`, or a `role` claim names it."""
+        claims = self.claims if isinstance(self.claims, dict) else {}
+        roles = claims.get("roles")
+        return (isinstance(roles, list) and role in roles) or claims.get("role") == role
+
+    @staticmethod
+    def _from_wit(p: "_wit.Principal") -> "Principal":
+        return Principal(p.subject, _parse(p.claims))
+
+    def _to_wit(self) -> "_wit.Principal":
+        return _wit.Principal(self.subject, _dump(self.claims if self.claims is not None else {}))
+
+
+@dataclass
 class Message:
-    """A command, an event or a notification; `payload` is a plain value."""
+    """A command, an event or a notification; `payload` is a plain value.
+    `principal` is who caused it (None when the shell checks no identities)."""
 
     id: str
     kind: str
     payload: Any = None
     correlation_id: Optional[str] = None
     causation_id: Optional[str] = None
+    principal: Optional[Principal] = None
 
     def text(self, name: str) -> Optional[str]:
         """The payload field `name` when it is a string, else None."""
@@ -65,10 +89,14 @@ class Message:
 
     @staticmethod
     def _from_wit(m: "_wit.Message") -> "Message":
-        return Message(m.id, m.kind, _parse(m.payload), m.correlation_id, m.causation_id)
+        principal = Principal._from_wit(m.principal) if m.principal is not None else None
+        return Message(m.id, m.kind, _parse(m.payload), m.correlation_id, m.causation_id, principal)
 
     def _to_wit(self) -> "_wit.Message":
-        return _wit.Message(self.id, self.kind, _dump(self.payload), self.correlation_id, self.causation_id)
+        principal = self.principal._to_wit() if self.principal is not None else None
+        return _wit.Message(
+            self.id, self.kind, _dump(self.payload), self.correlation_id, self.causation_id, principal
+        )
 
 
 @dataclass
@@ -168,10 +196,14 @@ class ModelSpec:
     fields: List[FieldSpec]
     public: bool = False
     description: Optional[str] = None
+    # With `[http.auth]` on, its queries answer only callers with a verified token.
+    authenticated: bool = False
 
     def _to_wit(self):
         fields = [f._to_wit() for f in self.fields]
-        return _wit.ModelSpec(self.name, self.collection, self.key, fields, self.public, self.description)
+        return _wit.ModelSpec(
+            self.name, self.collection, self.key, fields, self.public, self.authenticated, self.description
+        )
 
 
 @dataclass

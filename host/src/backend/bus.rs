@@ -201,6 +201,12 @@ pub trait Bus: Send + Sync + 'static {
     async fn ready(&self) -> Result<(), String> {
         Ok(())
     }
+    /// The audit trail: the latest `limit` commands and events appended,
+    /// newest first — only those `subject` caused, when given. Buses that
+    /// keep no log return an error saying so.
+    async fn audit(&self, _subject: Option<&str>, _limit: usize) -> Result<Vec<Delivery>, BusError> {
+        Err(BusError::Invalid("this bus keeps no audit trail".into()))
+    }
     /// Every event and command appended from now on, for live watchers (the
     /// GraphQL `events` subscription). Best effort: a watcher that falls
     /// behind is told it lagged and skips ahead.

@@ -103,6 +103,7 @@ pub fn router(deployer: Deployer, executor: Arc<Executor>, bus: Arc<dyn Bus>, to
         .route("/admin/functions/{name}/retry", post(retry))
         .route("/admin/parked", get(parked))
         .route("/admin/consumers", get(consumers))
+        .route("/admin/audit", get(audit))
         .route_layer(middleware::from_fn_with_state(admin.clone(), authorize))
         .with_state(admin)
 }
@@ -287,6 +288,64 @@ async fn parked(State(admin): State<Admin>, Query(query): Query<ParkedQuery>) ->
 async fn consumers(State(admin): State<Admin>) -> Response {
     match admin.bus.holders().await {
         Ok(holders) => Json(holders).into_response(),
+        Err(e @ BusError::Unavailable(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Most entries `/admin/audit` returns at once.
+const MAX_AUDIT: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    subject: Option<String>,
+    limit: Option<usize>,
+}
+
+/// One command or event of the audit trail: what, and who caused it.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct AuditEntry {
+    position: u64,
+    topic: String,
+    kind: String,
+    id: String,
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
+    /// The verified subject of the command it descends from; none when
+    /// the shell checked no identity.
+    subject: Option<String>,
+    /// Who emitted it; none for commands.
+    function: Option<String>,
+    at_ms: u64,
+}
+
+/// `GET /admin/audit?subject=ada&limit=100`: who caused what, newest first
+/// (the memory backend keeps the latest 10 000; Postgres, the whole log).
+async fn audit(State(admin): State<Admin>, Query(query): Query<AuditQuery>) -> Response {
+    let limit = query.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_AUDIT {
+        return error(StatusCode::BAD_REQUEST, format!("`limit` must be between 1 and {MAX_AUDIT}"));
+    }
+    match admin.bus.audit(query.subject.as_deref(), limit).await {
+        Ok(trail) => Json(
+            trail
+                .into_iter()
+                .map(|d| AuditEntry {
+                    position: d.position,
+                    subject: d.event.message.principal.map(|p| p.subject),
+                    topic: d.event.topic,
+                    kind: d.event.message.kind,
+                    id: d.event.message.id,
+                    correlation_id: d.event.message.correlation_id,
+                    causation_id: d.event.message.causation_id,
+                    function: d.event.function,
+                    at_ms: d.event.at_ms,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
         Err(e @ BusError::Unavailable(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }

@@ -5,6 +5,7 @@
 
 use crate::backend::Bus;
 use crate::backend::{Event, Store, StoreError};
+use crate::http::Caller;
 use crate::registry::Functions;
 use crate::responses::{ResponseError, Responses};
 use async_graphql::dynamic::{
@@ -60,6 +61,8 @@ pub mod code {
     pub const IDEMPOTENCY_KEY_MULTIPLE_MUTATIONS: &str = "IDEMPOTENCY_KEY_MULTIPLE_MUTATIONS";
     /// Too many requests wait for their responses; nothing was submitted.
     pub const OVERLOADED: &str = "OVERLOADED";
+    /// The request has no (valid) token and asks for what needs one.
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
 }
 
 /// A GraphQL error with a stable `message`, its `code` and the
@@ -233,14 +236,39 @@ fn gql_error(e: impl std::fmt::Display) -> async_graphql::Error {
     async_graphql::Error::new(e.to_string())
 }
 
+/// Who calls: [`Caller::Trusted`] when the request says nothing (the
+/// shell's HTTP and WebSocket entries always say, when identities are checked).
+fn caller<'a>(ctx: &'a ResolverContext<'_>) -> &'a Caller {
+    ctx.data_opt::<Caller>().unwrap_or(&Caller::Trusted)
+}
+
+/// Refuses an anonymous caller what needs a verified one.
+fn authenticated(ctx: &ResolverContext<'_>, what: &str) -> Result<(), async_graphql::Error> {
+    match caller(ctx) {
+        Caller::Anonymous => {
+            use async_graphql::ErrorExtensions;
+            let message = format!("{what} requires authentication: send `Authorization: Bearer <token>`");
+            Err(async_graphql::Error::new(message).extend_with(|_, e| e.set("code", code::UNAUTHENTICATED)))
+        }
+        Caller::Trusted | Caller::Verified(_) => Ok(()),
+    }
+}
+
 /// `customer(id: ID!)` and `customers(first: Int = 20, after: String)`.
 fn model_queries(model: &ModelSpec, services: &Services) -> Vec<Field> {
     let key_arg = graphql_name(&model.key);
+    // Declared by the model's meta: only verified callers read it.
+    let needs_auth = model.authenticated.then(|| model.name.clone());
     let one = {
         let (services, collection, key_arg2) = (services.clone(), model.collection.clone(), key_arg.clone());
+        let needs_auth = needs_auth.clone();
         Field::new(lower_first(&model.name), TypeRef::named(&model.name), move |ctx| {
             let (services, collection, key_arg) = (services.clone(), collection.clone(), key_arg2.clone());
+            let needs_auth = needs_auth.clone();
             FieldFuture::new(async move {
+                if let Some(model) = &needs_auth {
+                    authenticated(&ctx, model)?;
+                }
                 let key = ctx.args.try_get(&key_arg)?.string()?.to_owned();
                 let doc = services.store.get(&collection, &key).await.map_err(store_error)?;
                 Ok(doc.map(|d| FieldValue::owned_any(d.body)))
@@ -253,7 +281,11 @@ fn model_queries(model: &ModelSpec, services: &Services) -> Vec<Field> {
         let (services, collection) = (services.clone(), model.collection.clone());
         Field::new(graphql_name(&model.collection), TypeRef::named_nn_list_nn(&model.name), move |ctx| {
             let (services, collection) = (services.clone(), collection.clone());
+            let needs_auth = needs_auth.clone();
             FieldFuture::new(async move {
+                if let Some(model) = &needs_auth {
+                    authenticated(&ctx, model)?;
+                }
                 let first = ctx.args.get("first").map(|v| v.i64()).transpose()?.unwrap_or(DEFAULT_PAGE);
                 let first = usize::try_from(first)
                     .ok()
@@ -307,11 +339,21 @@ fn mutation(command: &CommandSpec, returns_model: bool, services: &Services) -> 
     let field = Field::new(&command.name, ty, move |ctx| {
         let (services, spec) = (services.clone(), spec.clone());
         FieldFuture::new(async move {
+            // The shell's HTTP entry refuses these before execution; a
+            // command is never appended without the caller it needs.
+            authenticated(&ctx, &spec.name)?;
+            let principal = caller(&ctx).principal().cloned();
             let payload = payload(&ctx, &spec)?;
             let key = match ctx.args.get(COMMAND_ID).filter(|v| !v.is_null()) {
                 Some(v) => Some(v.string()?.to_owned()),
                 None => ctx.data_opt::<IdempotencyKey>().map(|k| k.0.clone()),
             };
+            // Each subject's keys are its own: the same key from another
+            // caller names another command, never the first caller's answer.
+            let key = key.map(|key| match &principal {
+                Some(p) => format!("{}\u{1f}{key}", p.subject),
+                None => key,
+            });
             let idempotent = key.is_some();
             let id = match key {
                 Some(key) => command_id(&spec.name, &key),
@@ -319,7 +361,8 @@ fn mutation(command: &CommandSpec, returns_model: bool, services: &Services) -> 
             };
             let span =
                 tracing::info_span!("command", command = %spec.name, command_id = %id, correlation_id = %id);
-            let command = Message::new(id.clone(), &spec.name, payload).correlated(id.clone());
+            let mut command = Message::new(id.clone(), &spec.name, payload).correlated(id.clone());
+            command.principal = principal;
             let started = Instant::now();
             let answer = services.responses.request(command, idempotent).instrument(span.clone()).await;
             let outcome = match &answer {
@@ -412,6 +455,7 @@ fn event_json(event: &Event) -> Value {
         "id": event.message.id,
         "correlationId": event.message.correlation_id,
         "causationId": event.message.causation_id,
+        "subject": event.message.principal.as_ref().map(|p| &p.subject),
         "payload": event.message.payload,
         "function": event.function,
         "version": event.version,
@@ -440,6 +484,10 @@ fn event_type() -> Object {
         .field(field("id", TypeRef::named_nn(TypeRef::ID)))
         .field(field("correlationId", TypeRef::named(TypeRef::ID)))
         .field(field("causationId", TypeRef::named(TypeRef::ID)))
+        .field(field("subject", TypeRef::named(TypeRef::STRING)).description(
+            "Who caused it: the verified token's subject of the command it descends from; \
+             none when the shell checks no identities",
+        ))
         .field(field("payload", TypeRef::named_nn(JSON)))
         .field(
             field("function", TypeRef::named(TypeRef::STRING))
@@ -491,6 +539,7 @@ fn events_subscription(services: &Services) -> Subscription {
     let field = SubscriptionField::new("events", TypeRef::named_nn(EVENT_TYPE), move |ctx| {
         let bus = Arc::clone(&bus);
         SubscriptionFieldFuture::new(async move {
+            authenticated(&ctx, "the events subscription")?;
             let text = |name: &str| -> Result<Option<String>, async_graphql::Error> {
                 Ok(ctx
                     .args

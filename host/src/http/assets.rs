@@ -104,7 +104,15 @@ fn page_html(endpoint: &str, subscriptions: &str) -> String {
           fetcher: GraphiQL.createFetcher({{
             url: url({endpoint}, false),
             subscriptionUrl: url({subscriptions}, true),
+            // The Headers tab's values (an `Authorization` among them) go
+            // with every request; subscriptions send them in connection_init.
+            wsConnectionParams: () => {{
+              try {{ return JSON.parse(localStorage.getItem('graphiql:headers') || '{{}}'); }}
+              catch (e) {{ return {{}}; }}
+            }},
           }}),
+          isHeadersEditorEnabled: true,
+          shouldPersistHeaders: true,
           defaultEditorToolsVisibility: true,
         }}),
       );

@@ -15,9 +15,11 @@
 //! with a JSON `errors` body, never a 500.
 
 use super::HttpOptions;
+use super::auth::Caller;
 use super::origins::{check_origin, cors};
 use crate::graphql::Graphql;
 use crate::graphql::schema::IdempotencyKey;
+use crate::graphql::schema::code::UNAUTHENTICATED;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::parser::types::OperationType;
 use async_graphql::{Request as GqlRequest, Response as GqlResponse, Variables};
@@ -95,6 +97,18 @@ fn negotiate(headers: &HeaderMap) -> Option<Media> {
             _ => None,
         }
     })
+}
+
+/// A request refused for who sent it (401): no token where one is needed,
+/// or one that proves nothing. Nothing ran.
+pub(super) fn unauthorized(media: Media, message: impl Into<String>) -> Response {
+    crate::metrics::request("unauthorized");
+    let message = message.into();
+    let body = json!({ "errors": [{ "message": message, "extensions": { "code": UNAUTHENTICATED } }] });
+    let mut response = (StatusCode::UNAUTHORIZED, body.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(media.content_type()));
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 /// A response whose request was refused before execution.
@@ -267,6 +281,17 @@ fn refuse_key(status: StatusCode, media: Media, errors: Value) -> Response {
 }
 
 async fn execute(app: &App, headers: &HeaderMap, media: Media, mut request: GqlRequest) -> Response {
+    // Who calls, before anything runs: a bad token is refused whatever the
+    // request; without one, only queries (of models that do not require
+    // authentication) may run.
+    let caller = match app.options.auth.caller(headers) {
+        Ok(caller) => caller,
+        Err(message) => return unauthorized(media, message),
+    };
+    if caller == Caller::Anonymous && operation_type(&request).is_some_and(|ty| ty != OperationType::Query) {
+        return unauthorized(media, "this request needs a token: send `Authorization: Bearer <token>`");
+    }
+    request = request.data(caller);
     // `Idempotency-Key` names the command of the request's one mutation
     // (several would all be one command: refused before anything runs).
     let key = match idempotency_key(headers) {
@@ -436,16 +461,32 @@ async fn get_graphql(State(app): State<Arc<App>>, method: Method, headers: Heade
     execute(&app, &headers, media, request).await
 }
 
-/// Subscriptions over WebSocket, with the schema current when the connection opens.
+/// Subscriptions over WebSocket, with the schema current when the connection
+/// opens. The caller is who the `connection_init` payload's `Authorization`
+/// proves (browsers cannot set headers on a WebSocket), else who the
+/// upgrade request's header proves; a bad token closes the connection.
 async fn websocket(
     State(app): State<Arc<App>>,
     protocol: GraphQLProtocol,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    let upgrade_caller = match app.options.auth.caller(&headers) {
+        Ok(caller) => caller,
+        Err(message) => return unauthorized(Media::Json, message),
+    };
     let schema = app.graphql.schema();
-    upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |stream| GraphQLWebSocket::new(stream, (*schema).clone(), protocol).serve())
+    let auth = Arc::clone(&app.options.auth);
+    upgrade.protocols(ALL_WEBSOCKET_PROTOCOLS).on_upgrade(move |stream| {
+        GraphQLWebSocket::new(stream, (*schema).clone(), protocol)
+            .on_connection_init(move |payload| async move {
+                let caller = auth.connection(&payload, &upgrade_caller).map_err(async_graphql::Error::new)?;
+                let mut data = async_graphql::Data::default();
+                data.insert(caller);
+                Ok(data)
+            })
+            .serve()
+    })
 }
 
 #[cfg(test)]

@@ -7,10 +7,12 @@
 //! - the admin API ([`crate::deploy::admin`]) is merged in by the shell.
 
 mod assets;
+pub mod auth;
 pub mod graphql;
 pub mod health;
 pub mod origins;
 
+pub use auth::{Auth, Caller};
 pub use graphql::{GRAPHIQL_VERSION, WS_PATH};
 pub use health::Readiness;
 pub use origins::AllowedOrigins;
@@ -32,6 +34,8 @@ pub struct HttpOptions {
     pub request_timeout: Duration,
     /// Browser origins allowed besides the shell's own.
     pub allowed_origins: AllowedOrigins,
+    /// Who may call (`[http.auth]`).
+    pub auth: Arc<Auth>,
 }
 
 impl Default for HttpOptions {
@@ -40,6 +44,7 @@ impl Default for HttpOptions {
             max_body_bytes: 1 << 20,
             request_timeout: Duration::from_secs(15),
             allowed_origins: AllowedOrigins::loopback(),
+            auth: Arc::new(Auth::none()),
         }
     }
 }

@@ -184,7 +184,12 @@ pub(super) fn cors(origins: Arc<AllowedOrigins>) -> CorsLayer {
             origin.to_str().is_ok_and(|o| origins.allows(o, request_host(&parts.headers, &parts.uri)))
         }))
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::CONTENT_TYPE, header::ACCEPT, HeaderName::from_static("idempotency-key")])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            header::AUTHORIZATION,
+            HeaderName::from_static("idempotency-key"),
+        ])
         .max_age(Duration::from_secs(600))
 }
 

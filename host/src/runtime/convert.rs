@@ -33,6 +33,7 @@ mod tests {
                 payload,
                 correlation_id,
                 causation_id: None,
+                principal: None,
             },
         )
     }

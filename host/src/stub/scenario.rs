@@ -13,11 +13,14 @@
 //! notifications = []   # for a resolver: the notifications seen so far
 //! now-ms = 1700000000000
 //! ids = "sequential"   # or { prefix = "cust-" }, or { seed = 42 }
+//! # who sends `when` (and `events` without their own), as the shell would
+//! # from a verified token; none: a shell with `auth = "none"`
+//! principal = { subject = "ada", claims = { roles = ["inviter"] } }
 //!
 //! [scenario.when]
 //! kind = "InviteCustomer"
 //! payload = { email = "a@b.c" }
-//! # id = "when-1", correlation-id = <the id>, causation-id: optional
+//! # id = "when-1", correlation-id = <the id>, causation-id, principal: optional
 //!
 //! [scenario.then]      # any of these; each is checked only when present
 //! lookups = [{ name = "invite", query = { by = "key", collection = "invites", key = "a@b.c" } }]
@@ -38,7 +41,7 @@
 
 use super::matching::{self, Bindings};
 use super::{Ids, Run, Stub, StubError};
-use low_contract::{FunctionKind, Message, Value};
+use low_contract::{FunctionKind, Message, Principal, Value};
 use serde::Deserialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -93,6 +96,9 @@ pub struct Given {
     pub now_ms: Option<u64>,
     #[serde(default)]
     pub ids: Option<IdsSpec>,
+    /// Who sends the input (and the given events without their own).
+    #[serde(default)]
+    pub principal: Option<Principal>,
 }
 
 /// A document's address.
@@ -141,6 +147,8 @@ pub struct Input {
     pub correlation_id: Option<String>,
     #[serde(default)]
     pub causation_id: Option<String>,
+    #[serde(default)]
+    pub principal: Option<Principal>,
 }
 
 fn empty_object() -> Value {
@@ -155,6 +163,7 @@ impl Input {
             payload: self.payload.clone(),
             correlation_id: self.correlation_id.clone(),
             causation_id: self.causation_id.clone(),
+            principal: self.principal.clone(),
         }
     }
 }
@@ -386,14 +395,22 @@ pub fn run_scenario(stub: &mut Stub, scenario: &Scenario) -> Verdict {
             stub.put_document(&doc.collection, &doc.key, doc.body.clone());
         }
     }
+    // The given principal sends what does not name its own.
+    let sent = |input: &Input, id: String| {
+        let mut message = input.message(id);
+        if message.principal.is_none() {
+            message.principal = given.principal.clone();
+        }
+        message
+    };
     for (i, event) in given.events.iter().enumerate() {
-        if let Err(e) = stub.when(event.message(format!("given-{}", i + 1))) {
+        if let Err(e) = stub.when(sent(event, format!("given-{}", i + 1))) {
             return Verdict::Fail(vec![format!("given event #{} (`{}`) failed: {e}", i + 1, event.kind)]);
         }
     }
     // What the function logs while processing given events is not the scenario's.
     stub.env.take_logs();
-    let input = scenario.when.message("when-1".into());
+    let input = sent(&scenario.when, "when-1".into());
     let then = &scenario.then;
     let mut checker = Checker::default();
 

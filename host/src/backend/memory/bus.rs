@@ -22,6 +22,8 @@ use tokio::sync::{broadcast, mpsc};
 
 /// Appended events kept for slow watchers of [`Bus::watch_events`].
 const WATCH_BUFFER: usize = 1024;
+/// Appended commands and events kept for [`Bus::audit`]; older ones are forgotten.
+pub const AUDITED: usize = 10_000;
 
 struct Subscriber {
     consumer: String,
@@ -63,6 +65,8 @@ struct Inner {
     position: AtomicU64,
     recent: Mutex<Recent>,
     watchers: broadcast::Sender<Event>,
+    /// The latest [`AUDITED`] appended, oldest first.
+    trail: Mutex<VecDeque<Delivery>>,
 }
 
 impl Default for Inner {
@@ -73,6 +77,7 @@ impl Default for Inner {
             position: AtomicU64::default(),
             recent: Mutex::default(),
             watchers: broadcast::Sender::new(WATCH_BUFFER),
+            trail: Mutex::default(),
         }
     }
 }
@@ -97,9 +102,14 @@ impl MemoryBus {
     pub fn append(&self, events: Vec<Event>, notify: Vec<Message>) {
         if !events.is_empty() {
             let mut subscribers = lock(&self.inner.subscribers);
+            let mut trail = lock(&self.inner.trail);
             for event in events {
                 let position = self.inner.position.fetch_add(1, Ordering::Relaxed) + 1;
                 crate::metrics::event_appended(&event.topic);
+                trail.push_back(Delivery { position, event: event.clone() });
+                if trail.len() > AUDITED {
+                    trail.pop_front();
+                }
                 // Nobody watching is fine.
                 let _ = self.inner.watchers.send(event.clone());
                 // A closed channel is a consumer that stopped: forget it.
@@ -185,6 +195,14 @@ impl Bus for MemoryBus {
         }
         self.append(vec![command], vec![]);
         Ok(Submitted::Accepted)
+    }
+
+    async fn audit(&self, subject: Option<&str>, limit: usize) -> Result<Vec<Delivery>, BusError> {
+        let trail = lock(&self.inner.trail);
+        let caused = |d: &&Delivery| {
+            subject.is_none_or(|s| d.event.message.principal.as_ref().is_some_and(|p| p.subject == s))
+        };
+        Ok(trail.iter().rev().filter(caused).take(limit).cloned().collect())
     }
 
     async fn remember(&self, command: &Message, answer: Answer) -> Result<Answer, BusError> {

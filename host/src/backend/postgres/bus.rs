@@ -32,7 +32,7 @@ use crate::backend::{
     Answer, Bus, BusError, Delivery, Holder, Partition, Submitted, Subscription, fingerprint,
 };
 use async_trait::async_trait;
-use low_contract::Message;
+use low_contract::{Message, Principal};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -229,7 +229,7 @@ impl PgBus {
                      SELECT coalesce((SELECT tx FROM checkpoints WHERE consumer = $1), '0'::xid8) AS tx,
                             coalesce((SELECT position FROM checkpoints WHERE consumer = $1), 0) AS position)
                  SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
-                        e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint
+                        e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint, e.subject, e.claims
                  FROM events e, c
                  WHERE e.topic = ANY($2) AND (e.tx, e.position) > (c.tx, c.position)
                    AND e.tx < $3::text::xid8
@@ -249,7 +249,7 @@ const WATCH_BUFFER: usize = 1024;
 /// The log after `(tx, position)`, below the oldest transaction still
 /// running: what every shell's watchers see, in log order.
 const TAIL: &str = "SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
-            e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint
+            e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint, e.subject, e.claims
      FROM events e
      WHERE (e.tx, e.position) > ($1::text::xid8, $2)
        AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
@@ -463,6 +463,7 @@ pub(crate) fn delivery(row: &Row) -> Result<(String, Delivery), BusError> {
         payload: row.try_get(5).map_err(bad)?,
         correlation_id: row.try_get(6).map_err(bad)?,
         causation_id: row.try_get(7).map_err(bad)?,
+        principal: principal(row.try_get(11).map_err(bad)?, row.try_get(12).map_err(bad)?),
     };
     let event = Event {
         topic: row.try_get(2).map_err(bad)?,
@@ -474,13 +475,27 @@ pub(crate) fn delivery(row: &Row) -> Result<(String, Delivery), BusError> {
     Ok((tx, Delivery { position: u64::try_from(position).unwrap_or(0), event }))
 }
 
+/// The columns `subject` and `claims` of a message: who caused it.
+pub(super) fn audit(message: &Message) -> (Option<&str>, Option<&serde_json::Value>) {
+    match &message.principal {
+        Some(p) => (Some(p.subject.as_str()), Some(&p.claims)),
+        None => (None, None),
+    }
+}
+
+/// The principal stored with an event: its subject, and its claims (none
+/// for events appended before claims were kept).
+pub(super) fn principal(subject: Option<String>, claims: Option<serde_json::Value>) -> Option<Principal> {
+    subject.map(|subject| Principal::new(subject, claims.unwrap_or_else(|| serde_json::json!({}))))
+}
+
 /// A consumer's next deliveries: after its checkpoint, below the oldest
 /// transaction still running.
 const READ: &str = "WITH c AS (
          SELECT coalesce((SELECT tx FROM checkpoints WHERE consumer = $1), '0'::xid8) AS tx,
                 coalesce((SELECT position FROM checkpoints WHERE consumer = $1), 0) AS position)
      SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
-            e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint
+            e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint, e.subject, e.claims
      FROM events e, c
      WHERE e.topic = ANY($2) AND (e.tx, e.position) > (c.tx, c.position)
        AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
@@ -494,13 +509,22 @@ const READ_PARTITION: &str = "WITH c AS (
          SELECT coalesce((SELECT tx FROM checkpoints WHERE consumer = $1), '0'::xid8) AS tx,
                 coalesce((SELECT position FROM checkpoints WHERE consumer = $1), 0) AS position)
      SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
-            e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint
+            e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint, e.subject, e.claims
      FROM events e, c
      WHERE e.topic = ANY($2) AND (e.tx, e.position) > (c.tx, c.position)
        AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
        AND (hashtext(coalesce(e.payload->>$4::text, e.correlation_id, e.id))::bigint + 2147483648) % $5 = $6
      ORDER BY e.tx, e.position
      LIMIT $3";
+
+/// The audit trail: the latest commands and events, newest first, only
+/// those of subject $1 when it is given (by the `events_subject` index).
+const AUDIT: &str = "SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
+            e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint, e.subject, e.claims
+     FROM events e
+     WHERE $1::text IS NULL OR e.subject = $1
+     ORDER BY e.position DESC
+     LIMIT $2";
 
 /// A new partition starts where its function's consumer had got to.
 const SEED_PARTITION: &str = "INSERT INTO checkpoints (consumer, tx, position)
@@ -509,8 +533,8 @@ const SEED_PARTITION: &str = "INSERT INTO checkpoints (consumer, tx, position)
 
 /// Appends a command once (a repeated id appends nothing) and wakes the consumers.
 const SUBMIT: &str = "WITH e AS (
-         INSERT INTO events (id, topic, kind, payload, correlation_id, causation_id, command_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $1)
+         INSERT INTO events (id, topic, kind, payload, correlation_id, causation_id, command_id, subject, claims)
+         VALUES ($1, $2, $3, $4, $5, $6, $1, $8, $9)
          ON CONFLICT (id) WHERE topic = 'commands' DO NOTHING
          RETURNING position)
      SELECT pg_notify($7, $2) FROM e";
@@ -520,8 +544,8 @@ const SUBMIT: &str = "WITH e AS (
 /// appended, so a duplicate (which waits for the first's transaction on the
 /// unique index) always finds it.
 const SUBMIT_IDEMPOTENT: &str = "WITH e AS (
-         INSERT INTO events (id, topic, kind, payload, correlation_id, causation_id, command_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $1)
+         INSERT INTO events (id, topic, kind, payload, correlation_id, causation_id, command_id, subject, claims)
+         VALUES ($1, $2, $3, $4, $5, $6, $1, $9, $10)
          ON CONFLICT (id) WHERE topic = 'commands' DO NOTHING
          RETURNING id),
      k AS (
@@ -747,13 +771,21 @@ impl Bus for PgBus {
             .map_err(|e| format!("the database does not answer: {e}"))
     }
 
+    async fn audit(&self, subject: Option<&str>, limit: usize) -> Result<Vec<Delivery>, BusError> {
+        let client = self.inner.db.pool().get().await.map_err(no_connection)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client.query(AUDIT, &[&subject, &limit]).await.map_err(|e| read_error(&e))?;
+        rows.iter().map(|r| delivery(r).map(|(_, d)| d)).collect()
+    }
+
     async fn submit(&self, command: Event, idempotent: bool) -> Result<Submitted, BusError> {
         let client = self.inner.db.pool().get().await.map_err(no_connection)?;
         let m = &command.message;
         let print = fingerprint(&m.kind, &m.payload);
+        let (subject, claims) = audit(m);
         let rows = if idempotent {
             let submit = client.prepare_cached(SUBMIT_IDEMPOTENT).await.map_err(refused)?;
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
                 &m.id,
                 &command.topic,
                 &m.kind,
@@ -762,11 +794,13 @@ impl Bus for PgBus {
                 &m.causation_id,
                 &EVENTS_CHANNEL,
                 &print,
+                &subject,
+                &claims,
             ];
             client.query(&submit, &params).await
         } else {
             let submit = client.prepare_cached(SUBMIT).await.map_err(refused)?;
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
                 &m.id,
                 &command.topic,
                 &m.kind,
@@ -774,6 +808,8 @@ impl Bus for PgBus {
                 &m.correlation_id,
                 &m.causation_id,
                 &EVENTS_CHANNEL,
+                &subject,
+                &claims,
             ];
             client.query(&submit, &params).await
         }

@@ -21,6 +21,8 @@
 //!   error until a retry applies them.
 //! - `read_models`: which generation of a collection is served (a rebuild
 //!   while serving builds the next one beside it, then switches).
+//! - `events.subject` and `events.claims`: who caused each command and
+//!   event (the audit trail; none where no identity was checked).
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::Duration;
@@ -61,6 +63,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (4, "idempotency: fingerprints and first answers of keyed commands", MIGRATION_4),
     (5, "parked events", MIGRATION_5),
     (6, "generations of the read models", MIGRATION_6),
+    (7, "who caused each event: subject and claims", MIGRATION_7),
 ];
 
 const MIGRATION_1: &str = r#"
@@ -105,6 +108,14 @@ CREATE TABLE notifications (
     at              timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX notifications_correlation ON notifications (correlation_id, id);
+"#;
+
+/// The audit trail: each command and event records the principal that
+/// caused it — the verified token's subject (`sub`) and its claims — or
+/// none when the shell checks no identities. Existing rows keep none.
+const MIGRATION_7: &str = r#"
+ALTER TABLE events ADD COLUMN subject text, ADD COLUMN claims jsonb;
+CREATE INDEX events_subject ON events (subject, position) WHERE subject IS NOT NULL;
 "#;
 
 /// Cluster-wide deploys (see [`crate::backend::postgres::deployments`]).

@@ -133,8 +133,8 @@ mod sql {
     pub const DELETE_IF_VERSION: &str =
         concat!("DELETE FROM documents WHERE collection = ", served!("$1"), " AND key = $2 AND version = $3");
     pub const APPEND: &str = "INSERT INTO events
-         (id, topic, kind, payload, correlation_id, causation_id, command_id, function, version)
-         VALUES ($1, $2, $3, $4, $5, $6, $5, $7, $8)";
+         (id, topic, kind, payload, correlation_id, causation_id, command_id, function, version, subject, claims)
+         VALUES ($1, $2, $3, $4, $5, $6, $5, $7, $8, $9, $10)";
     pub const WAKE: &str = "SELECT pg_notify($1, $2)";
     /// Keeps the notification and announces it; the announcement carries
     /// the message itself when it fits in a NOTIFY payload (8000 bytes),
@@ -205,6 +205,8 @@ struct Bound<'c> {
     park: Option<(&'c Parked, i64, Value, i32)>,
     topics: BTreeSet<&'c str>,
     notifications: Vec<(&'c String, Value)>,
+    /// Per event, who caused it: its `subject` and `claims` columns.
+    audit: Vec<(Option<&'c str>, Option<&'c Value>)>,
 }
 
 impl<'c> Bound<'c> {
@@ -248,7 +250,8 @@ impl<'c> Bound<'c> {
                     .map_err(|e| StoreError::Invalid(format!("notification is not JSON: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { commit, position, batch_from, expected, unpark, park, topics, notifications })
+        let audit = commit.events.iter().map(|e| super::bus::audit(&e.message)).collect();
+        Ok(Self { commit, position, batch_from, expected, unpark, park, topics, notifications, audit })
     }
 
     /// The statements, in order, each with what its row count must be: the
@@ -289,7 +292,7 @@ impl<'c> Bound<'c> {
             let sql = tx.prepare_cached(text).await.map_err(store_error)?;
             statements.push((sql, params, expect));
         }
-        for event in &commit.events {
+        for (event, (subject, claims)) in commit.events.iter().zip(&self.audit) {
             let m = &event.message;
             let sql = tx.prepare_cached(sql::APPEND).await.map_err(store_error)?;
             let params: Params = vec![
@@ -301,6 +304,8 @@ impl<'c> Bound<'c> {
                 &m.causation_id,
                 &event.function,
                 &event.version,
+                subject,
+                claims,
             ];
             statements.push((sql, params, Expect::Any));
         }
