@@ -23,6 +23,16 @@
 //! - LISTEN/NOTIFY wakes consumers and carries notifications to the shells;
 //!   polling is the fallback.
 
+/// The columns of an `events` row (alias `e`) that [`delivery`] reads, in
+/// its order: every query that hands events to `delivery` selects these.
+macro_rules! event_columns {
+    () => {
+        "e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id, e.causation_id, \
+         e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint, e.subject, e.claims"
+    };
+}
+pub(crate) use event_columns;
+
 use crate::backend::Event;
 use crate::backend::postgres::database::{
     Database, EVENTS_CHANNEL, LOCK_NAMESPACE, NOTIFICATIONS_CHANNEL, PRESENCE, describe, describe_pool,
@@ -225,16 +235,19 @@ impl PgBus {
         // would name the `tx::text` output column, and "1000" sorts before "744".
         let rows = client
             .query(
-                "WITH c AS (
+                concat!(
+                    "WITH c AS (
                      SELECT coalesce((SELECT tx FROM checkpoints WHERE consumer = $1), '0'::xid8) AS tx,
                             coalesce((SELECT position FROM checkpoints WHERE consumer = $1), 0) AS position)
-                 SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
-                        e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint, e.subject, e.claims
+                 SELECT ",
+                    event_columns!(),
+                    "
                  FROM events e, c
                  WHERE e.topic = ANY($2) AND (e.tx, e.position) > (c.tx, c.position)
                    AND e.tx < $3::text::xid8
                  ORDER BY e.tx, e.position
-                 LIMIT $4",
+                 LIMIT $4"
+                ),
                 &[&consumer, &topics, &horizon.0, &limit],
             )
             .await
@@ -248,13 +261,16 @@ const WATCH_BUFFER: usize = 1024;
 
 /// The log after `(tx, position)`, below the oldest transaction still
 /// running: what every shell's watchers see, in log order.
-const TAIL: &str = "SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
-            e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint, e.subject, e.claims
+const TAIL: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    "
      FROM events e
      WHERE (e.tx, e.position) > ($1::text::xid8, $2)
        AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
      ORDER BY e.tx, e.position
-     LIMIT $3";
+     LIMIT $3"
+);
 
 /// Where the log ends now (below the running transactions): watching starts there.
 const TAIL_START: &str = "SELECT e.tx::text, e.position FROM events e
@@ -491,40 +507,49 @@ pub(super) fn principal(subject: Option<String>, claims: Option<serde_json::Valu
 
 /// A consumer's next deliveries: after its checkpoint, below the oldest
 /// transaction still running.
-const READ: &str = "WITH c AS (
+const READ: &str = concat!(
+    "WITH c AS (
          SELECT coalesce((SELECT tx FROM checkpoints WHERE consumer = $1), '0'::xid8) AS tx,
                 coalesce((SELECT position FROM checkpoints WHERE consumer = $1), 0) AS position)
-     SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
-            e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint, e.subject, e.claims
+     SELECT ",
+    event_columns!(),
+    "
      FROM events e, c
      WHERE e.topic = ANY($2) AND (e.tx, e.position) > (c.tx, c.position)
        AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
      ORDER BY e.tx, e.position
-     LIMIT $3";
+     LIMIT $3"
+);
 
 /// [`READ`] for one partition: the events whose key hashes to it ($4 the
 /// payload field holding the key, none for the correlation id; $5 the
 /// partitions; $6 this one).
-const READ_PARTITION: &str = "WITH c AS (
+const READ_PARTITION: &str = concat!(
+    "WITH c AS (
          SELECT coalesce((SELECT tx FROM checkpoints WHERE consumer = $1), '0'::xid8) AS tx,
                 coalesce((SELECT position FROM checkpoints WHERE consumer = $1), 0) AS position)
-     SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
-            e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint, e.subject, e.claims
+     SELECT ",
+    event_columns!(),
+    "
      FROM events e, c
      WHERE e.topic = ANY($2) AND (e.tx, e.position) > (c.tx, c.position)
        AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
        AND (hashtext(coalesce(e.payload->>$4::text, e.correlation_id, e.id))::bigint + 2147483648) % $5 = $6
      ORDER BY e.tx, e.position
-     LIMIT $3";
+     LIMIT $3"
+);
 
 /// The audit trail: the latest commands and events, newest first, only
 /// those of subject $1 when it is given (by the `events_subject` index).
-const AUDIT: &str = "SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
-            e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint, e.subject, e.claims
+const AUDIT: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    "
      FROM events e
      WHERE $1::text IS NULL OR e.subject = $1
      ORDER BY e.position DESC
-     LIMIT $2";
+     LIMIT $2"
+);
 
 /// A new partition starts where its function's consumer had got to.
 const SEED_PARTITION: &str = "INSERT INTO checkpoints (consumer, tx, position)

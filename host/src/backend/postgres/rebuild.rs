@@ -29,7 +29,7 @@
 
 use crate::backend::memory::{MemoryBus, MemoryStore};
 use crate::backend::postgres::PgStore;
-use crate::backend::postgres::bus::delivery;
+use crate::backend::postgres::bus::{delivery, event_columns};
 use crate::backend::postgres::database::{
     DEPLOYMENTS_CHANNEL, Database, LOCK_NAMESPACE, describe, lease_holders, lease_id,
 };
@@ -156,13 +156,16 @@ impl At {
 /// The events on `$1` after `($2, $3)` up to and including `($4, $5)`, in
 /// log order. A consumer's checkpoint is below every running transaction,
 /// so the log up to it is final.
-const RANGE: &str = "SELECT e.position, e.tx::text, e.topic, e.id, e.kind, e.payload, e.correlation_id,
-            e.causation_id, e.function, e.version, (extract(epoch FROM e.at) * 1000)::bigint
+const RANGE: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    "
      FROM events e
      WHERE e.topic = ANY($1) AND (e.tx, e.position) > ($2::text::xid8, $3)
        AND (e.tx, e.position) <= ($4::text::xid8, $5)
      ORDER BY e.tx, e.position
-     LIMIT $6";
+     LIMIT $6"
+);
 
 const CHECKPOINT: &str = "SELECT tx::text, position FROM checkpoints WHERE consumer = $1";
 
@@ -185,22 +188,7 @@ impl Setup {
 
     /// The projectors named (`only`), or all of them.
     fn projectors(&self, only: Option<&str>) -> anyhow::Result<Vec<Arc<Function>>> {
-        let functions = self.registry.current();
-        let projectors: Vec<_> = functions
-            .iter()
-            .filter(|f| f.meta.kind == FunctionKind::Projector)
-            .filter(|f| only.is_none_or(|name| f.name() == name))
-            .cloned()
-            .collect();
-        if let Some(name) = only
-            && projectors.is_empty()
-        {
-            match functions.get(name) {
-                Some(_) => anyhow::bail!("`{name}` is not a projector: only read models can be rebuilt"),
-                None => anyhow::bail!("the project has no function `{name}`"),
-            }
-        }
-        Ok(projectors)
+        super::replay::projectors(&self.registry.current(), only)
     }
 
     /// The version to build with (the recorded one, or the candidate file),

@@ -112,20 +112,7 @@ pub async fn replay(project: &Project, only: Option<&str>, start: Start) -> anyh
     let db = Arc::new(Database::connect(&project.database_url()?).await?);
     let (_, registry, deployments) = load(project, &db).await?;
     let functions = registry.current();
-    let projectors: Vec<_> = functions
-        .iter()
-        .filter(|f| f.meta.kind == FunctionKind::Projector)
-        .filter(|f| only.is_none_or(|name| f.name() == name))
-        .cloned()
-        .collect();
-    if let Some(name) = only
-        && projectors.is_empty()
-    {
-        match functions.get(name) {
-            Some(_) => anyhow::bail!("`{name}` is not a projector: only read models can be replayed"),
-            None => anyhow::bail!("the project has no function `{name}`"),
-        }
-    }
+    let projectors = projectors(&functions, only)?;
     let bus = PgBus::start(Arc::clone(&db));
     let pg = PgStore::new(Arc::clone(&db));
     let store: Arc<dyn Store> = Arc::new(PgStore::new(Arc::clone(&db)));
@@ -461,4 +448,24 @@ fn reason(failure: Failure) -> String {
     match failure {
         Failure::Conflict(e) | Failure::Outage(e) | Failure::Fatal(e) => e,
     }
+}
+
+/// The projectors named (`only`), or all of them; naming a function that is
+/// not one is an error, since only read models are rebuilt.
+pub(super) fn projectors(functions: &Functions, only: Option<&str>) -> anyhow::Result<Vec<Arc<Function>>> {
+    let projectors: Vec<_> = functions
+        .iter()
+        .filter(|f| f.meta.kind == FunctionKind::Projector)
+        .filter(|f| only.is_none_or(|name| f.name() == name))
+        .cloned()
+        .collect();
+    if let Some(name) = only
+        && projectors.is_empty()
+    {
+        match functions.get(name) {
+            Some(_) => anyhow::bail!("`{name}` is not a projector: only read models can be rebuilt"),
+            None => anyhow::bail!("the project has no function `{name}`"),
+        }
+    }
+    Ok(projectors)
 }
