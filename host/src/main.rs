@@ -1,11 +1,5 @@
 //! The `host` command line.
 
-// A command allocates and frees many small buffers across tokio's worker
-// threads (HTTP, GraphQL, JSON, the guests' values); glibc's malloc spent
-// ~11% of the loaded shell's CPU on them (perf, memory mode, c=8).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{Parser, Subcommand};
 use host::deploy::admin::{Deployed, FunctionInfo, ParkedReport, RetryReport};
 use host::deploy::shadow::ShadowReport;
