@@ -157,6 +157,44 @@ async fn out_of_order_commits_skip_nothing_and_rollbacks_do_not_stall() {
     assert_eq!(doc.version, 1, "the duplicate step was not applied again");
 }
 
+/// An event the shell cannot read (here a kind made NULL behind its back)
+/// stops its consumers there: what came before is delivered, nothing after
+/// it is, until the row is repaired — then it and the rest, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_event_stops_the_consumer_and_is_never_skipped() {
+    let url = pg::database().await;
+    let db = Arc::new(Database::connect(&url).await.expect("connect and migrate"));
+    let bus = PgBus::start(Arc::clone(&db));
+    let store = PgStore::new(Arc::clone(&db));
+    let mut sub = bus.subscribe("probe", &["t".into()]).await.expect("subscribe");
+    let raw = pg::client(&url).await;
+    raw.batch_execute(&format!(
+        "ALTER TABLE events ALTER COLUMN kind DROP NOT NULL;
+         {INSERT} ('a', 't', 'A', '{{}}');
+         {INSERT} ('b', 't', NULL, '{{}}');
+         {INSERT} ('c', 't', 'C', '{{}}');"
+    ))
+    .await
+    .expect("a log with an unreadable event");
+
+    let a = next(&mut sub, Duration::from_secs(10)).await.expect("the event before it");
+    assert_eq!(a.event.message.id, "a");
+    processed(&store, "probe", a.position).await;
+    assert!(
+        next(&mut sub, Duration::from_millis(1500)).await.is_none(),
+        "neither `b` nor `c`: nothing skipped"
+    );
+
+    raw.batch_execute("UPDATE events SET kind = 'B' WHERE id = 'b'").await.expect("repair the row");
+    let mut seen = vec![];
+    for _ in 0..2 {
+        let d = next(&mut sub, Duration::from_secs(10)).await.expect("a delivery after the repair");
+        seen.push(d.event.message.id.clone());
+        processed(&store, "probe", d.position).await;
+    }
+    assert_eq!(seen, ["b", "c"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integrity_is_enforced_by_postgres_not_by_reading_first() {
     let url = pg::database().await;

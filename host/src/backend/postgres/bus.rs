@@ -713,7 +713,7 @@ impl PgSubscription {
     }
 
     /// Reads the next batch after the stored checkpoint.
-    async fn fill(&mut self) -> Result<(), tokio_postgres::Error> {
+    async fn fill(&mut self) -> Result<(), FillError> {
         if !self.lease().await? {
             return Ok(());
         }
@@ -728,7 +728,12 @@ impl PgSubscription {
         for row in &rows {
             match delivery(row) {
                 Ok((_, d)) => self.buffer.push_back(d),
-                Err(e) => tracing::error!(consumer = %self.consumer, "{e}"),
+                // Never skip an event: hand over those before it; the next
+                // read starts at it again.
+                Err(error) if self.buffer.is_empty() => {
+                    return Err(FillError::Unreadable { position: row.try_get(0).ok(), error });
+                }
+                Err(_) => break,
             }
         }
         // Consumer lag: what waits after the checkpoint. A short batch is all
@@ -756,6 +761,21 @@ impl Drop for PgSubscription {
     }
 }
 
+/// Why a consumer could not read its next deliveries.
+enum FillError {
+    /// The connection or a statement failed: the lease is taken again.
+    Database(tokio_postgres::Error),
+    /// The event at `position` cannot be read (a row the shell cannot
+    /// decode): the consumer stops before it rather than skip it.
+    Unreadable { position: Option<i64>, error: BusError },
+}
+
+impl From<tokio_postgres::Error> for FillError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        FillError::Database(e)
+    }
+}
+
 #[async_trait]
 impl Subscription for PgSubscription {
     fn try_next(&mut self) -> Option<Delivery> {
@@ -771,11 +791,18 @@ impl Subscription for PgSubscription {
             match self.fill().await {
                 Ok(()) if !self.buffer.is_empty() => continue,
                 Ok(()) => {}
-                Err(e) => {
+                Err(FillError::Database(e)) => {
                     tracing::warn!(consumer = %self.consumer, "cannot read the log, retrying: {}", describe(&e));
                     self.lease = None;
                     self.candidate = None;
                 }
+                // The consumer waits at the event (its lag grows) until the
+                // row can be read: said on every attempt, skipped never.
+                Err(FillError::Unreadable { position, error }) => tracing::error!(
+                    consumer = %self.consumer,
+                    position,
+                    "the next event in the log cannot be read; the consumer waits at it and tries again: {error}"
+                ),
             }
             // Woken by a NOTIFY, or polling; `Err` inside: the bus is gone.
             if let Ok(Err(_)) = tokio::time::timeout(POLL, self.wake.changed()).await {
