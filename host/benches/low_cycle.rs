@@ -9,7 +9,8 @@
 //!
 //! `cargo bench -p host --features native-baseline --bench low_cycle`
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, criterion_group, criterion_main};
 use host::backend::Store;
 use host::backend::memory::MemoryBus;
 use host::backend::memory::MemoryStore;
@@ -29,28 +30,39 @@ fn component(runtime: &Arc<Runtime>, rt: &tokio::runtime::Runtime, module: &str)
     rt.block_on(runtime.load(&bytes)).expect("the component loads")
 }
 
+/// One LOW cycle of `function` per iteration, through `executor::run_cycle`,
+/// on its `i`-th input `input(i)` (run_cycle commits nothing, so each
+/// cycle starts from the same store), correlated as a request would be.
+fn bench_cycle(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    rt: &tokio::runtime::Runtime,
+    function: &Arc<Function>,
+    store: &Arc<dyn Store>,
+    input: impl Fn(u64) -> Message,
+) {
+    let functions = Functions::new([Arc::clone(function)]).expect("functions");
+    let n = AtomicU64::new(0);
+    group.bench_function(name, |b| {
+        b.to_async(rt).iter(|| {
+            let i = n.fetch_add(1, Ordering::Relaxed);
+            let message = input(i).correlated(format!("c-{i}"));
+            let (functions, function, store) = (&functions, function, store);
+            async move { run_cycle(functions, function, store, &message).await.expect("a cycle") }
+        })
+    });
+}
+
 fn low_cycle(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     let runtime = Runtime::new(Limits::default()).expect("runtime");
     let wasm = component(&runtime, &rt, "invite-customer.wasm");
     let native = runtime.native(catalogue("invite-customer").expect("compiled in")).expect("native");
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryBus::new()));
-    let n = AtomicU64::new(0);
     let mut group = c.benchmark_group("low_cycle");
     for (name, function) in [("wasm", &wasm), ("native", &native)] {
-        let functions = Functions::new([Arc::clone(function)]).expect("functions");
-        group.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| {
-                let i = n.fetch_add(1, Ordering::Relaxed);
-                let command = Message::new(
-                    format!("c-{i}"),
-                    "InviteCustomer",
-                    json!({ "email": format!("u{i}@example.com") }),
-                )
-                .correlated(format!("c-{i}"));
-                let (functions, function, store) = (&functions, function, &store);
-                async move { run_cycle(functions, function, store, &command).await.expect("a cycle") }
-            })
+        bench_cycle(&mut group, name, &rt, function, &store, |i| {
+            Message::new(format!("c-{i}"), "InviteCustomer", json!({ "email": format!("u{i}@example.com") }))
         });
     }
     group.finish();
@@ -72,25 +84,14 @@ fn polyglot(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     let runtime = Runtime::new(Limits::default()).expect("runtime");
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryBus::new()));
-    let n = AtomicU64::new(0);
     let mut group = c.benchmark_group("polyglot");
     for (name, module) in
         [("projector-rust", "customer-projector.wasm"), ("projector-js", "polyglot/customer-projector.wasm")]
     {
         let function = component(&runtime, &rt, module);
-        let functions = Functions::new([Arc::clone(&function)]).expect("functions");
-        group.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| {
-                let i = n.fetch_add(1, Ordering::Relaxed);
-                let event = Message::new(
-                    format!("e-{i}"),
-                    "CustomerInvited",
-                    json!({ "customer-id": format!("cust-{i}"), "email": format!("u{i}@example.com") }),
-                )
-                .correlated(format!("c-{i}"));
-                let (functions, function, store) = (&functions, &function, &store);
-                async move { run_cycle(functions, function, store, &event).await.expect("a cycle") }
-            })
+        bench_cycle(&mut group, name, &rt, &function, &store, |i| {
+            let payload = json!({ "customer-id": format!("cust-{i}"), "email": format!("u{i}@example.com") });
+            Message::new(format!("e-{i}"), "CustomerInvited", payload)
         });
     }
     let command = Message::new("c-1", "InviteCustomer", json!({ "email": "a@b.c" })).correlated("c-1");

@@ -94,6 +94,17 @@ async fn processed(store: &PgStore, consumer: &str, position: u64) {
         .expect("advance the checkpoint");
 }
 
+/// The ids of the probe's next `n` deliveries, each processed in turn.
+async fn processed_next(sub: &mut Box<dyn Subscription>, store: &PgStore, n: usize) -> Vec<String> {
+    let mut seen = vec![];
+    for _ in 0..n {
+        let d = next(sub, Duration::from_secs(10)).await.expect("a delivery");
+        seen.push(d.event.message.id.clone());
+        processed(store, "probe", d.position).await;
+    }
+    seen
+}
+
 const INSERT: &str = "INSERT INTO events (id, topic, kind, payload) VALUES";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,13 +121,7 @@ async fn out_of_order_commits_skip_nothing_and_rollbacks_do_not_stall() {
     b.batch_execute(&format!("{INSERT} ('b', 't', 'B', '{{}}')")).await.expect("B commits");
     assert!(next(&mut sub, Duration::from_millis(1500)).await.is_none(), "B must wait for A, still open");
     a.batch_execute("COMMIT").await.expect("A commits");
-    let mut seen = vec![];
-    for _ in 0..2 {
-        let d = next(&mut sub, Duration::from_secs(10)).await.expect("a delivery");
-        seen.push(d.event.message.id.clone());
-        processed(&store, "probe", d.position).await;
-    }
-    assert_eq!(seen, ["a", "b"]);
+    assert_eq!(processed_next(&mut sub, &store, 2).await, ["a", "b"]);
 
     // 2. B's transaction is older (smaller xid) but takes the later
     // position and commits first; A, with the earlier position, commits
@@ -186,13 +191,7 @@ async fn an_unreadable_event_stops_the_consumer_and_is_never_skipped() {
     );
 
     raw.batch_execute("UPDATE events SET kind = 'B' WHERE id = 'b'").await.expect("repair the row");
-    let mut seen = vec![];
-    for _ in 0..2 {
-        let d = next(&mut sub, Duration::from_secs(10)).await.expect("a delivery after the repair");
-        seen.push(d.event.message.id.clone());
-        processed(&store, "probe", d.position).await;
-    }
-    assert_eq!(seen, ["b", "c"]);
+    assert_eq!(processed_next(&mut sub, &store, 2).await, ["b", "c"], "after the repair");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
