@@ -3,15 +3,15 @@
 //! seen before it, to the command's resolver, which answers pending, a
 //! document, a value, or a failure.
 
-use crate::backend::{Answer, Bus, BusError, Submitted};
-use crate::backend::{Event, Store, StoreError};
+use crate::backend::{Answer, Bus, BusError, Requests, Submitted};
+use crate::backend::{Event, Store, StoreError, Written};
 use crate::executor::now_ms;
 use crate::registry::Registry;
 use low_contract::{COMMANDS_TOPIC, FAILED, Message, PROJECTION_COMPLETE, REJECTED, Resolution, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 /// Why a request got no value. The texts are for the log: GraphQL clients
@@ -60,6 +60,9 @@ struct Pending {
     /// Whether the command's first answer is kept for its repeats.
     idempotent: bool,
     seen: Vec<Message>,
+    /// What the commits that sent `seen` wrote, where known, latest last:
+    /// an answer naming one of those documents is taken from here.
+    written: Vec<Arc<Written>>,
     /// Everyone waiting on this request (a repeated command waits too).
     replies: Vec<oneshot::Sender<Result<Value, ResponseError>>>,
 }
@@ -117,10 +120,10 @@ impl Responses {
         timeout: Duration,
         max_pending: usize,
     ) -> Result<Arc<Self>, crate::backend::BusError> {
-        let notifications = bus.notifications().await?;
         let responses =
             Arc::new(Self { pending: Mutex::default(), registry, store, bus, timeout, max_pending });
-        tokio::spawn(Arc::clone(&responses).route(notifications));
+        let requests: Weak<dyn Requests> = Arc::downgrade(&responses) as Weak<Self>;
+        responses.bus.notifications(requests).await?;
         Ok(responses)
     }
 
@@ -157,6 +160,7 @@ impl Responses {
                 command: command.clone(),
                 idempotent,
                 seen: vec![],
+                written: vec![],
                 replies: vec![],
             });
             entry.idempotent |= idempotent;
@@ -191,8 +195,10 @@ impl Responses {
                 tracing::info!(command = %id, "repeated command: answering from its first run");
                 match self.bus.notified(&id).await {
                     Ok(past) => {
+                        // What their commits wrote is not known now: the answer is read.
+                        let unknown = Arc::new(Written::new());
                         for notification in past {
-                            self.deliver(notification);
+                            self.deliver(notification, &unknown);
                         }
                     }
                     Err(e) => tracing::warn!(command = %id, "cannot read earlier notifications: {e}"),
@@ -231,14 +237,8 @@ impl Responses {
         table.forget(gone);
     }
 
-    async fn route(self: Arc<Self>, mut notifications: mpsc::UnboundedReceiver<Message>) {
-        while let Some(notification) = notifications.recv().await {
-            self.deliver(notification);
-        }
-    }
-
     /// Shows a notification to the request it belongs to, if it waits here.
-    fn deliver(self: &Arc<Self>, notification: Message) {
+    fn deliver(self: &Arc<Self>, notification: Message, written: &Arc<Written>) {
         let Some(id) = notification.correlation_id.clone() else { return };
         let snapshot = {
             let mut pending = self.pending();
@@ -249,7 +249,10 @@ impl Responses {
                 return;
             }
             p.seen.push(notification.clone());
-            (p.command.clone(), p.seen.clone(), p.idempotent)
+            if !written.is_empty() {
+                p.written.push(Arc::clone(written));
+            }
+            (p.command.clone(), p.seen.clone(), p.idempotent, p.written.clone())
         };
         if notification.kind == FAILED {
             let reason = notification.text("reason").unwrap_or("the command failed").to_owned();
@@ -266,8 +269,8 @@ impl Responses {
         );
         tokio::spawn(
             async move {
-                let (command, seen, idempotent) = snapshot;
-                if let Some(result) = this.resolve(&command, &seen).await {
+                let (command, seen, idempotent, written) = snapshot;
+                if let Some(result) = this.resolve(&command, &seen, &written).await {
                     let result = if idempotent { this.keep(&command, result).await } else { result };
                     this.finish(&id, result);
                 }
@@ -313,7 +316,12 @@ impl Responses {
     }
 
     /// `None` while the answer is still pending.
-    async fn resolve(&self, command: &Message, seen: &[Message]) -> Option<Result<Value, ResponseError>> {
+    async fn resolve(
+        &self,
+        command: &Message,
+        seen: &[Message],
+        written: &[Arc<Written>],
+    ) -> Option<Result<Value, ResponseError>> {
         let resolver = self.registry.current().resolver_for(&command.kind).cloned();
         let resolution = match resolver {
             Some(resolver) => {
@@ -333,6 +341,20 @@ impl Responses {
             Resolution::Respond(value) => Some(Ok(value)),
             Resolution::Fail(reason) => Some(Err(ResponseError::Rejected(reason))),
             Resolution::RespondDocument { collection, key } => {
+                // Read-your-writes without a read: the document as the
+                // commit that notified this request left it, when this shell
+                // made that commit (else, or not written there: the store).
+                let slot = (collection, key);
+                let (collection, key) = match written.iter().rev().find_map(|w| w.get(&slot)) {
+                    Some(Some(body)) => return Some(Ok(body.clone())),
+                    Some(None) => {
+                        let (collection, key) = slot;
+                        return Some(Err(ResponseError::Failed(format!(
+                            "document `{collection}/{key}` does not exist"
+                        ))));
+                    }
+                    None => slot,
+                };
                 Some(match self.store.get(&collection, &key).await {
                     Ok(Some(document)) => Ok(document.body),
                     Ok(None) => {
@@ -350,6 +372,12 @@ impl Responses {
     }
 }
 
+impl Requests for Responses {
+    fn notified(self: Arc<Self>, notification: Message, written: &Arc<Written>) {
+        self.deliver(notification, written);
+    }
+}
+
 /// For a command without a resolver: a rejection fails, a projected
 /// document answers, any other notification answers with its payload.
 fn default_resolution(last: &Message) -> Resolution {
@@ -362,5 +390,79 @@ fn default_resolution(last: &Message) -> Resolution {
             _ => Resolution::Respond(last.payload.clone()),
         },
         _ => Resolution::Respond(last.payload.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Commit;
+    use crate::backend::memory::{MemoryBus, MemoryStore};
+    use crate::registry::Functions;
+    use low_contract::{WriteOp, json};
+
+    /// A shell whose requests read answers from an empty store, and the
+    /// store its functions commit to: an answer found only in the second
+    /// came with the notification, not from a read.
+    async fn shell() -> (Arc<Responses>, MemoryStore) {
+        let bus = MemoryBus::new();
+        let committed = MemoryStore::new(bus.clone());
+        let elsewhere: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryBus::new()));
+        let registry = Arc::new(Registry::new(Functions::new([]).expect("no functions")));
+        let responses =
+            Responses::start(registry, elsewhere, Arc::new(bus), Duration::from_secs(10), MAX_PENDING)
+                .await
+                .expect("responses");
+        (responses, committed)
+    }
+
+    async fn waiting(
+        responses: &Arc<Responses>,
+        id: &str,
+    ) -> tokio::task::JoinHandle<Result<Value, ResponseError>> {
+        let command = Message::new(id, "InviteCustomer", json!({ "email": "a@b.c" }));
+        let request = tokio::spawn({
+            let responses = Arc::clone(responses);
+            async move { responses.request(command, false).await }
+        });
+        while responses.pending_requests() == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        request
+    }
+
+    fn projected(request: &str, key: &str) -> Message {
+        Message::new(
+            format!("n-{request}"),
+            PROJECTION_COMPLETE,
+            json!({ "collection": "customers", "key": key }),
+        )
+        .correlated(request)
+    }
+
+    #[tokio::test]
+    async fn the_answer_is_the_document_as_the_notifying_commit_wrote_it() {
+        let (responses, committed) = shell().await;
+        let request = waiting(&responses, "c-1").await;
+        let customer = json!({ "id": "cust-1", "email": "a@b.c", "invited": true });
+        let put =
+            WriteOp::Put { collection: "customers".into(), key: "cust-1".into(), body: customer.clone() };
+        let commit = Commit { ops: vec![put], notify: vec![projected("c-1", "cust-1")], ..Commit::default() };
+        committed.commit(commit).await.expect("commit");
+        assert_eq!(request.await.expect("the request").expect("an answer"), customer);
+    }
+
+    #[tokio::test]
+    async fn a_document_the_commit_did_not_write_is_read_from_the_store() {
+        let (responses, committed) = shell().await;
+        let request = waiting(&responses, "c-2").await;
+        // The commit wrote another document: the answer is read, and this
+        // shell's store has no `customers/cust-2`.
+        let other = WriteOp::Put { collection: "customers".into(), key: "cust-9".into(), body: json!({}) };
+        let commit =
+            Commit { ops: vec![other], notify: vec![projected("c-2", "cust-2")], ..Commit::default() };
+        committed.commit(commit).await.expect("commit");
+        let answer = request.await.expect("the request");
+        assert_eq!(answer, Err(ResponseError::Failed("document `customers/cust-2` does not exist".into())));
     }
 }

@@ -7,14 +7,14 @@ mod pg;
 use host::backend::postgres::PgBus;
 use host::backend::postgres::PgStore;
 use host::backend::postgres::database::Database;
-use host::backend::{Bus, Subscription};
+use host::backend::{Bus, Requests, Subscription};
 use host::backend::{Checkpoint, Commit, Store};
 use host::{Project, Shell};
 use low_contract::{WriteOp, json};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 fn project_text(url: &str, listen: &str) -> String {
@@ -465,13 +465,35 @@ async fn a_killed_shell_loses_nothing_and_processes_nothing_twice() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Requests waiting in a shell, as a channel of the notifications for them.
+struct Waiting(tokio::sync::mpsc::UnboundedSender<low_contract::Message>);
+
+impl Waiting {
+    fn new() -> (Arc<Self>, tokio::sync::mpsc::UnboundedReceiver<low_contract::Message>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Arc::new(Self(tx)), rx)
+    }
+}
+
+impl Requests for Waiting {
+    fn notified(
+        self: Arc<Self>,
+        notification: low_contract::Message,
+        _written: &Arc<host::backend::Written>,
+    ) {
+        let _ = self.0.send(notification);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifications_reach_other_shells_whole_however_large() {
     let url = pg::database().await;
     // Two shells: one commits, the other waits for the requests' answers.
     let committing = PgStore::new(Arc::new(Database::connect(&url).await.expect("connect")));
     let waiting = PgBus::start(Arc::new(Database::connect(&url).await.expect("connect")));
-    let mut notifications = waiting.notifications().await.expect("notifications");
+    let (requests, mut notifications) = Waiting::new();
+    let taker: Weak<dyn Requests> = Arc::downgrade(&requests) as Weak<Waiting>;
+    waiting.notifications(taker).await.expect("notifications");
     tokio::time::sleep(Duration::from_millis(300)).await; // listening
     let small = low_contract::Message::new("n-small", "Done", json!({ "ok": true })).correlated("r-1");
     // Beyond what a NOTIFY payload carries: the waiting shell reads it back.

@@ -5,11 +5,12 @@
 //! appended to each consumer, in order, and carries notifications back to the
 //! shell holding the request.
 
-use super::Event;
+use super::{Event, Written};
 use async_trait::async_trait;
 use low_contract::{Message, Value};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc};
+use std::sync::{Arc, Weak};
+use tokio::sync::broadcast;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
@@ -17,6 +18,48 @@ pub enum BusError {
     Unavailable(String),
     #[error("{0}")]
     Invalid(String),
+}
+
+/// The requests waiting in this shell, as a bus sees them.
+pub trait Requests: Send + Sync {
+    /// A notification for a request that may wait here, with the documents
+    /// the commit that sent it wrote (empty when not known: another shell's
+    /// commit). Called on the committing or listening task: it must return
+    /// quickly and never block.
+    fn notified(self: Arc<Self>, notification: Message, written: &Arc<Written>);
+}
+
+/// Where [`Bus::notifications`] go: the taker, while it is alive.
+#[derive(Default)]
+pub struct NotificationSink(std::sync::Mutex<Option<Weak<dyn Requests>>>);
+
+impl NotificationSink {
+    /// Takes `requests` as the taker, unless a live one has it.
+    pub fn take(&self, requests: Weak<dyn Requests>) -> Result<(), BusError> {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.as_ref().is_some_and(|r| r.strong_count() > 0) {
+            return Err(BusError::Invalid("notifications are already taken".into()));
+        }
+        *slot = Some(requests);
+        Ok(())
+    }
+
+    /// Whether a live taker has them.
+    pub fn taken(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|r| r.strong_count() > 0)
+    }
+
+    /// Hands `messages` to the taker, if there is one (none while the shell
+    /// starts or stops: nobody waits then), with what their commit `written`.
+    pub fn send(&self, messages: impl IntoIterator<Item = Message>, written: Written) {
+        let taker = self.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(Weak::upgrade);
+        if let Some(requests) = taker {
+            let written = Arc::new(written);
+            for message in messages {
+                Arc::clone(&requests).notified(message, &written);
+            }
+        }
+    }
 }
 
 /// One event handed to one consumer.
@@ -190,8 +233,11 @@ pub trait Bus: Send + Sync + 'static {
     async fn holders(&self) -> Result<Vec<Holder>, BusError> {
         Ok(vec![])
     }
-    /// Notifications for requests waiting in this shell. Taken once.
-    async fn notifications(&self) -> Result<mpsc::UnboundedReceiver<Message>, BusError>;
+    /// Hands the notifications for requests waiting in this shell to
+    /// `requests` from now on, on the task that committed or heard them (no
+    /// task in between: a hop less on every command's answer). One taker at
+    /// a time: refused while an earlier one is alive.
+    async fn notifications(&self, requests: Weak<dyn Requests>) -> Result<(), BusError>;
     /// The notifications already sent for the request `correlation_id`, for
     /// answering a repeated command. Buses that keep none return none.
     async fn notified(&self, _correlation_id: &str) -> Result<Vec<Message>, BusError> {

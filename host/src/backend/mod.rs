@@ -15,8 +15,11 @@ pub mod overlay;
 pub mod postgres;
 pub mod store;
 
-pub use bus::{Answer, Bus, BusError, Delivery, Holder, Partition, Submitted, Subscription, fingerprint};
-pub use store::{Checkpoint, Commit, Event, Parked, Store, StoreError};
+pub use bus::{
+    Answer, Bus, BusError, Delivery, Holder, NotificationSink, Partition, Requests, Submitted, Subscription,
+    fingerprint,
+};
+pub use store::{Checkpoint, Commit, Event, Parked, Store, StoreError, Written};
 
 use crate::config::{BackendKind, Project};
 use crate::deploy::Deployments;

@@ -69,6 +69,33 @@ pub struct Commit {
     pub unpark: Option<Checkpoint>,
 }
 
+/// The documents a commit wrote, by collection and key (`None`: deleted),
+/// the last write of each; handed with the commit's notifications so that
+/// an answer naming one of them needs no read of the store.
+pub type Written = std::collections::HashMap<(String, String), Option<Value>>;
+
+impl Commit {
+    /// What this commit writes, when it notifies anyone (else nothing: no
+    /// request waits on it, so nobody asks).
+    pub fn written(&self) -> Written {
+        if self.notify.is_empty() {
+            return Written::new();
+        }
+        self.ops
+            .iter()
+            .map(|op| {
+                let body = match op {
+                    WriteOp::Insert { body, .. }
+                    | WriteOp::Put { body, .. }
+                    | WriteOp::UpdateIfVersion { body, .. } => Some(body.clone()),
+                    WriteOp::Delete { .. } | WriteOp::DeleteIfVersion { .. } => None,
+                };
+                ((op.collection().to_owned(), op.key().to_owned()), body)
+            })
+            .collect()
+    }
+}
+
 /// An event a consumer could not process: a dead letter, kept until a retry
 /// applies it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

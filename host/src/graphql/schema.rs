@@ -359,8 +359,13 @@ fn mutation(command: &CommandSpec, returns_model: bool, services: &Services) -> 
                 Some(key) => command_id(&spec.name, &key),
                 None => uuid::Uuid::now_v7().to_string(),
             };
+            // A DEBUG span (its ids on every line inside it when enabled),
+            // and one line when answered: INFO unless all went well. At the
+            // default level a command that succeeds costs no formatting and
+            // no write — the span and a line per command at INFO were ~8% of
+            // a command's CPU; the metrics count and time every command.
             let span =
-                tracing::info_span!("command", command = %spec.name, command_id = %id, correlation_id = %id);
+                tracing::debug_span!("command", command = %spec.name, command_id = %id, correlation_id = %id);
             let mut command = Message::new(id.clone(), &spec.name, payload).correlated(id.clone());
             command.principal = principal;
             let started = Instant::now();
@@ -374,8 +379,13 @@ fn mutation(command: &CommandSpec, returns_model: bool, services: &Services) -> 
                     ResponseError::Failed(_) | ResponseError::Unavailable(_) | ResponseError::Internal(_),
                 ) => "failed",
             };
-            crate::metrics::command(&spec.name, outcome, started.elapsed());
-            span.in_scope(|| tracing::debug!(outcome, "answered"));
+            let took = started.elapsed();
+            crate::metrics::command(&spec.name, outcome, took);
+            let took_ms = took.as_secs_f64() * 1000.0;
+            span.in_scope(|| match outcome {
+                "ok" => tracing::debug!(command = %spec.name, command_id = %id, outcome, took_ms, "answered"),
+                _ => tracing::info!(command = %spec.name, command_id = %id, outcome, took_ms, "answered"),
+            });
             match answer {
                 Ok(value) if returns_model => Ok(Some(FieldValue::owned_any(value))),
                 Ok(value) => Ok(Some(FieldValue::value(json_to_graphql(&value)))),

@@ -12,7 +12,10 @@
 //! Nothing is dropped or delivered twice across the switch.
 
 use crate::backend::Event;
-use crate::backend::{Answer, Bus, BusError, Delivery, Submitted, Subscription, fingerprint};
+use crate::backend::{
+    Answer, Bus, BusError, Delivery, NotificationSink, Requests, Submitted, Subscription, Written,
+    fingerprint,
+};
 use async_trait::async_trait;
 use low_contract::Message;
 use std::collections::{HashMap, VecDeque};
@@ -61,7 +64,7 @@ struct Recent {
 
 struct Inner {
     subscribers: Mutex<Vec<Subscriber>>,
-    notify: Mutex<Option<mpsc::UnboundedSender<Message>>>,
+    notify: NotificationSink,
     position: AtomicU64,
     recent: Mutex<Recent>,
     watchers: broadcast::Sender<Event>,
@@ -73,7 +76,7 @@ impl Default for Inner {
     fn default() -> Self {
         Self {
             subscribers: Mutex::default(),
-            notify: Mutex::default(),
+            notify: NotificationSink::default(),
             position: AtomicU64::default(),
             recent: Mutex::default(),
             watchers: broadcast::Sender::new(WATCH_BUFFER),
@@ -97,9 +100,10 @@ impl MemoryBus {
         Self::default()
     }
 
-    /// Delivers `events` to their subscribers and `notify` to the requester.
-    /// Called by the memory store inside its commit.
-    pub fn append(&self, events: Vec<Event>, notify: Vec<Message>) {
+    /// Delivers `events` to their subscribers and `notify` to the requester,
+    /// with what their commit `written`. Called by the memory store inside
+    /// its commit.
+    pub fn append(&self, events: Vec<Event>, notify: Vec<Message>, written: Written) {
         if !events.is_empty() {
             let mut subscribers = lock(&self.inner.subscribers);
             let mut trail = lock(&self.inner.trail);
@@ -110,8 +114,10 @@ impl MemoryBus {
                 if trail.len() > AUDITED {
                     trail.pop_front();
                 }
-                // Nobody watching is fine.
-                let _ = self.inner.watchers.send(event.clone());
+                // Nobody watching is fine (and then nothing to copy).
+                if self.inner.watchers.receiver_count() > 0 {
+                    let _ = self.inner.watchers.send(event.clone());
+                }
                 // A closed channel is a consumer that stopped: forget it.
                 subscribers.retain(|s| {
                     !s.topics.contains(&event.topic)
@@ -129,14 +135,7 @@ impl MemoryBus {
                 }
             }
         }
-        if !notify.is_empty()
-            && let Some(tx) = lock(&self.inner.notify).as_ref()
-        {
-            for message in notify {
-                // The receiver is gone only while the shell shuts down.
-                let _ = tx.send(message);
-            }
-        }
+        self.inner.notify.send(notify, written);
     }
 }
 
@@ -193,7 +192,7 @@ impl Bus for MemoryBus {
                 }
             }
         }
-        self.append(vec![command], vec![]);
+        self.append(vec![command], vec![], Written::new());
         Ok(Submitted::Accepted)
     }
 
@@ -246,14 +245,8 @@ impl Bus for MemoryBus {
         Ok(self.inner.watchers.subscribe())
     }
 
-    async fn notifications(&self) -> Result<mpsc::UnboundedReceiver<Message>, BusError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut slot = lock(&self.inner.notify);
-        if slot.as_ref().is_some_and(|tx| !tx.is_closed()) {
-            return Err(BusError::Invalid("notifications are already taken".into()));
-        }
-        *slot = Some(tx);
-        Ok(rx)
+    async fn notifications(&self, requests: Weak<dyn Requests>) -> Result<(), BusError> {
+        self.inner.notify.take(requests)
     }
 
     async fn notified(&self, correlation_id: &str) -> Result<Vec<Message>, BusError> {
@@ -299,13 +292,17 @@ mod tests {
     async fn subscribing_again_with_other_topics_takes_the_queue_over() {
         let bus = MemoryBus::new();
         let mut old = bus.subscribe("f", &["a".into(), "b".into()]).await.expect("subscribe");
-        bus.append(vec![event("a", "a1"), event("b", "b1"), event("c", "c1"), event("a", "a2")], vec![]);
+        bus.append(
+            vec![event("a", "a1"), event("b", "b1"), event("c", "c1"), event("a", "a2")],
+            vec![],
+            Written::new(),
+        );
         let taken = old.next().await.expect("a1");
         old.put_back(taken).await;
 
         let mut new = bus.subscribe("f", &["a".into(), "c".into()]).await.expect("subscribe again");
         drop(old);
-        bus.append(vec![event("b", "b2"), event("c", "c2"), event("a", "a3")], vec![]);
+        bus.append(vec![event("b", "b2"), event("c", "c2"), event("a", "a3")], vec![], Written::new());
 
         // What was queued (less `b`), then only the new topics; c1 came before
         // the switch, when the consumer did not read `c`.
@@ -317,7 +314,7 @@ mod tests {
         let bus = MemoryBus::new();
         let mut sub = bus.subscribe("f", &[COMMANDS_TOPIC.into()]).await.expect("subscribe");
         assert_eq!(bus.submit(command("c1"), true).await.expect("submit"), Submitted::Accepted);
-        bus.append(vec![], vec![Message::new("n1", "Done", json!({})).correlated("c1")]);
+        bus.append(vec![], vec![Message::new("n1", "Done", json!({})).correlated("c1")], Written::new());
         assert_eq!(
             bus.submit(command("c1"), true).await.expect("submit"),
             Submitted::Duplicate { answer: None }

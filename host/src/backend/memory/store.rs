@@ -78,6 +78,7 @@ impl Store for MemoryStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let written = commit.written();
         let mut collections = self.lock();
         let mut parked = self.parked_lock();
         if let Some(settled) = &commit.unpark
@@ -146,7 +147,7 @@ impl Store for MemoryStore {
             parked.insert((record.consumer.clone(), record.position), record);
         }
         drop(parked);
-        self.bus.append(commit.events, commit.notify);
+        self.bus.append(commit.events, commit.notify, written);
         Ok(())
     }
 

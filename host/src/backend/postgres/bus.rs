@@ -39,13 +39,14 @@ use crate::backend::postgres::database::{
     lease_holders, lease_id, live_shells, try_lease,
 };
 use crate::backend::{
-    Answer, Bus, BusError, Delivery, Holder, Partition, Submitted, Subscription, fingerprint,
+    Answer, Bus, BusError, Delivery, Holder, NotificationSink, Partition, Requests, Submitted, Subscription,
+    Written, fingerprint,
 };
 use async_trait::async_trait;
 use low_contract::{Message, Principal};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_postgres::{AsyncMessage, Client, Row, Statement};
@@ -68,7 +69,7 @@ struct Inner {
     db: Arc<Database>,
     /// Bumped on every NOTIFY of new events (and on reconnects).
     wake: watch::Sender<u64>,
-    notify: Mutex<Option<mpsc::UnboundedSender<Message>>>,
+    notify: NotificationSink,
     /// The highest notification id forwarded, to catch up after a reconnect.
     last_notification: AtomicI64,
     /// Live watchers of the log (the `events` subscription), fed by one
@@ -106,11 +107,7 @@ impl Inner {
     /// Hands notifications to this shell's waiting requests (once the
     /// responses have taken the receiving end).
     fn forward(&self, messages: impl IntoIterator<Item = Message>) {
-        if let Some(tx) = self.notify.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            for message in messages {
-                let _ = tx.send(message);
-            }
-        }
+        self.notify.send(messages, Written::new());
     }
 }
 
@@ -140,7 +137,7 @@ impl PgBus {
             inner: Arc::new(Inner {
                 db,
                 wake,
-                notify: Mutex::default(),
+                notify: NotificationSink::default(),
                 last_notification: AtomicI64::new(0),
                 watchers: broadcast::Sender::new(WATCH_BUFFER),
                 tailing: AtomicBool::new(false),
@@ -181,8 +178,8 @@ impl PgBus {
     /// Hands notifications this shell has just committed to its waiting
     /// requests at once. The NOTIFY brings them again; the responses ignore
     /// notifications they have seen.
-    pub(crate) fn notify_local(&self, messages: impl IntoIterator<Item = Message>) {
-        self.inner.forward(messages);
+    pub(crate) fn notify_local(&self, messages: impl IntoIterator<Item = Message>, written: Written) {
+        self.inner.notify.send(messages, written);
     }
 
     /// Where a replay of the log started now ends: the oldest transaction
@@ -450,7 +447,9 @@ async fn catch_up(inner: &Inner, client: &Client) {
 }
 
 async fn forward_since(inner: &Inner, client: &Client, sql: &str, id: i64) {
-    let Some(tx) = inner.notify.lock().unwrap_or_else(|p| p.into_inner()).clone() else { return };
+    if !inner.notify.taken() {
+        return;
+    }
     let rows = match client.query(sql, &[&id]).await {
         Ok(rows) => rows,
         Err(e) => return tracing::warn!(id, "cannot read notifications: {}", describe(&e)),
@@ -459,9 +458,7 @@ async fn forward_since(inner: &Inner, client: &Client, sql: &str, id: i64) {
         let id: i64 = row.try_get(0).unwrap_or(0);
         inner.last_notification.fetch_max(id, Ordering::Relaxed);
         match row.try_get::<_, serde_json::Value>(1).map(serde_json::from_value::<Message>) {
-            Ok(Ok(message)) => {
-                let _ = tx.send(message);
-            }
+            Ok(Ok(message)) => inner.forward([message]),
             _ => tracing::warn!(id, "unreadable notification"),
         }
     }
@@ -949,14 +946,8 @@ impl Bus for PgBus {
         Ok(Box::new(self.subscription(consumer.to_owned(), topics, None)))
     }
 
-    async fn notifications(&self) -> Result<mpsc::UnboundedReceiver<Message>, BusError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let mut slot = self.inner.notify.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.as_ref().is_some_and(|tx| !tx.is_closed()) {
-            return Err(BusError::Invalid("notifications are already taken".into()));
-        }
-        *slot = Some(tx);
-        Ok(rx)
+    async fn notifications(&self, requests: Weak<dyn Requests>) -> Result<(), BusError> {
+        self.inner.notify.take(requests)
     }
 
     async fn notified(&self, correlation_id: &str) -> Result<Vec<Message>, BusError> {

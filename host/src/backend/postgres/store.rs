@@ -580,7 +580,8 @@ impl Store for PgStore {
             if !commit.events.is_empty() {
                 bus.wake_local();
             }
-            bus.notify_local(commit.notify.into_iter().filter(|n| n.correlation_id.is_some()));
+            let written = commit.written();
+            bus.notify_local(commit.notify.into_iter().filter(|n| n.correlation_id.is_some()), written);
         }
         Ok(())
     }
