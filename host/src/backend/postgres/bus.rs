@@ -168,6 +168,7 @@ impl PgBus {
             lease_id: None,
             candidate: None,
             buffer: VecDeque::new(),
+            caught_up: false,
             wake: self.inner.wake.subscribe(),
         }
     }
@@ -604,6 +605,10 @@ struct PgSubscription {
     /// A connection waiting to get the lease.
     candidate: Option<Client>,
     buffer: VecDeque<Delivery>,
+    /// The last read returned every event there was (a short batch, all of
+    /// it readable): once the buffer is handed out, only a wake that came
+    /// after that read (or the poll) can bring more.
+    caught_up: bool,
     wake: watch::Receiver<u64>,
 }
 
@@ -714,6 +719,7 @@ impl PgSubscription {
 
     /// Reads the next batch after the stored checkpoint.
     async fn fill(&mut self) -> Result<(), FillError> {
+        self.caught_up = false;
         if !self.lease().await? {
             return Ok(());
         }
@@ -725,6 +731,7 @@ impl PgSubscription {
             }
             None => client.query(read, &[&self.consumer, &self.topics, &BATCH]).await?,
         };
+        let mut readable = true;
         for row in &rows {
             match delivery(row) {
                 Ok((_, d)) => self.buffer.push_back(d),
@@ -733,9 +740,13 @@ impl PgSubscription {
                 Err(error) if self.buffer.is_empty() => {
                     return Err(FillError::Unreadable { position: row.try_get(0).ok(), error });
                 }
-                Err(_) => break,
+                Err(_) => {
+                    readable = false;
+                    break;
+                }
             }
         }
+        self.caught_up = readable && (rows.len() as i64) < BATCH;
         // Consumer lag: what waits after the checkpoint. A short batch is all
         // of it; behind a full one (a backlog), the distance in positions from
         // the last one read to the end of the log (an upper bound: other
@@ -782,7 +793,25 @@ impl Subscription for PgSubscription {
         self.buffer.pop_front()
     }
 
+    /// The stored checkpoint has it: what is buffered goes (it follows the
+    /// delivery given back), and the next call reads from the checkpoint.
+    async fn put_back(&mut self, _delivery: Delivery) {
+        self.buffer.clear();
+        self.caught_up = false;
+    }
+
     async fn next(&mut self) -> Option<Delivery> {
+        // Caught up and not woken since the last read (the wake is marked
+        // seen before each read, so whatever committed after it wakes this
+        // one): another read would find nothing. Wait for a wake or the poll,
+        // which also notices a lost lease.
+        if self.buffer.is_empty() && self.caught_up && !self.wake.has_changed().unwrap_or(true) {
+            // The last read's deliveries are all handed out: nothing waits.
+            crate::metrics::consumer_lag(&self.consumer, 0);
+            if let Ok(Err(_)) = tokio::time::timeout(POLL, self.wake.changed()).await {
+                return None;
+            }
+        }
         loop {
             if let Some(d) = self.buffer.pop_front() {
                 return Some(d);
