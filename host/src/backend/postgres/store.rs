@@ -1,6 +1,7 @@
 //! The Postgres store. A [`Commit`] is one transaction: the checkpoint
 //! advance (first, so that a second processor of the same delivery waits on
-//! the row and then finds it already advanced), the write ops (integrity by
+//! the row and then finds it already advanced; it also tells whether a
+//! rebuild switched the read model under the step), the write ops (integrity by
 //! constraints and version conditions, never read-then-write), the events
 //! appended to the log, and the notifications (kept, and announced with
 //! `pg_notify`, which is transactional). Parking an event (the `parked`
@@ -98,18 +99,27 @@ mod sql {
     /// Moves the consumer's checkpoint to the event at `$2`, if it is not
     /// there or beyond already (then: no row). On a concurrent step for the
     /// same consumer it waits for the row, then sees the other's checkpoint.
+    ///
+    /// Its one column: whether a rebuild switched the consumer's read model
+    /// since this transaction began (`now()` is its start, after the step's
+    /// lookups): a step that waited at the switch for this row decided on
+    /// the previous generation's documents. The switch stamps the row it
+    /// holds (`switched_at`), so the advance, which updates the row's latest
+    /// version once the switch commits, returns the stamp with it.
     pub const ADVANCE: &str = "INSERT INTO checkpoints (consumer, tx, position)
          SELECT $1, e.tx, e.position FROM events e WHERE e.position = $2
          ON CONFLICT (consumer) DO UPDATE
          SET tx = EXCLUDED.tx, position = EXCLUDED.position, updated_at = now()
-         WHERE (checkpoints.tx, checkpoints.position) < (EXCLUDED.tx, EXCLUDED.position)";
+         WHERE (checkpoints.tx, checkpoints.position) < (EXCLUDED.tx, EXCLUDED.position)
+         RETURNING coalesce(checkpoints.switched_at > now(), false)";
     /// [`ADVANCE`] for a group commit: to the event at `$2` only if the
     /// checkpoint is before the group's first event, at `$3`.
     pub const ADVANCE_FROM: &str = "INSERT INTO checkpoints (consumer, tx, position)
          SELECT $1, e.tx, e.position FROM events e WHERE e.position = $2
          ON CONFLICT (consumer) DO UPDATE
          SET tx = EXCLUDED.tx, position = EXCLUDED.position, updated_at = now()
-         WHERE (checkpoints.tx, checkpoints.position) < (SELECT f.tx, f.position FROM events f WHERE f.position = $3)";
+         WHERE (checkpoints.tx, checkpoints.position) < (SELECT f.tx, f.position FROM events f WHERE f.position = $3)
+         RETURNING coalesce(checkpoints.switched_at > now(), false)";
     // Every statement on `documents` names the collection through
     // `served!`: the generation served now.
     pub const INSERT: &str = concat!(
@@ -148,13 +158,6 @@ mod sql {
         served!("$1"),
         " AND key = $2"
     );
-    /// A consumer's read model switched to a new generation since this
-    /// transaction began (`now()` is its start, after the step's lookups):
-    /// a step that waited at the switch for the checkpoint row decided on
-    /// the previous generation's documents. Runs after the advance, so it
-    /// sees the switch that advance waited for.
-    pub const SWITCHED: &str =
-        "SELECT 1 FROM read_models WHERE function = $1 AND switched_at > now() LIMIT 1";
     /// Removes the record of the parked event a retry applies (first, so
     /// that a concurrent retry of the same event waits, then finds none).
     pub const UNPARK: &str = "DELETE FROM parked WHERE consumer = $1 AND position = $2";
@@ -168,13 +171,12 @@ type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
 /// What a statement's row count must be.
 enum Expect {
-    /// The checkpoint moved; else the step was done already.
+    /// The checkpoint moved; else the step was done already. Moved while
+    /// its read model switched: a conflict, retried with a fresh lookup.
     Advanced,
     /// The checkpoint moved past a group; else some of it was done already.
+    /// The read model switched: as for [`Expect::Advanced`].
     AdvancedGroup,
-    /// No row: the read model did not switch under the step; else a
-    /// conflict, retried with a fresh lookup.
-    Unswitched,
     /// The parked record was removed; else another retry applied it.
     Unparked,
     /// A row was written; else this conflict.
@@ -274,10 +276,6 @@ impl<'c> Bound<'c> {
             }
             _ => {}
         }
-        if let Some(checkpoint) = &commit.checkpoint {
-            let sql = tx.prepare_cached(sql::SWITCHED).await.map_err(store_error)?;
-            statements.push((sql, vec![&checkpoint.consumer], Expect::Unswitched));
-        }
         if let Some((consumer, position)) = &self.unpark {
             let sql = tx.prepare_cached(sql::UNPARK).await.map_err(store_error)?;
             statements.push((sql, vec![consumer, position], Expect::Unparked));
@@ -350,16 +348,51 @@ fn write_op<'a>(op: &'a WriteOp, expected: &'a i64) -> (&'static str, Params<'a>
     }
 }
 
+/// What a statement of a commit did.
+struct Done {
+    /// Rows written (or, for the checkpoint advance, moved).
+    rows: u64,
+    /// The checkpoint advance found its read model switched under the step.
+    switched: bool,
+}
+
+impl Done {
+    fn rows(rows: u64) -> Self {
+        Self { rows, switched: false }
+    }
+}
+
+/// Runs one statement of a commit: the checkpoint advance returns its row
+/// (with the switch's verdict), every other statement only its count.
+async fn run(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+    expect: &Expect,
+) -> Result<Done, tokio_postgres::Error> {
+    match expect {
+        Expect::Advanced | Expect::AdvancedGroup => {
+            let rows = tx.query(sql, params).await?;
+            let switched = match rows.first() {
+                Some(row) => row.try_get::<_, bool>(0)?,
+                None => false,
+            };
+            Ok(Done { rows: rows.len() as u64, switched })
+        }
+        _ => tx.execute(sql, params).await.map(Done::rows),
+    }
+}
+
 /// Reads the statements' row counts against what each must be: the first
 /// failure (a conflict, or the database's error), or whether to apply.
 fn settle<'e>(
     commit: &Commit,
-    results: impl IntoIterator<Item = (Result<u64, tokio_postgres::Error>, &'e Expect)>,
+    results: impl IntoIterator<Item = (Result<Done, tokio_postgres::Error>, &'e Expect)>,
 ) -> Result<Verdict, StoreError> {
     let mut failure = None;
     for (result, expect) in results {
         match (result, expect) {
-            (Ok(0), Expect::Advanced) => {
+            (Ok(Done { rows: 0, .. }), Expect::Advanced) => {
                 let checkpoint = commit.checkpoint.as_ref();
                 tracing::info!(
                     consumer = checkpoint.map_or("", |c| c.consumer.as_str()),
@@ -368,13 +401,13 @@ fn settle<'e>(
                 );
                 return Ok(Verdict::Duplicate);
             }
-            (Ok(0), Expect::AdvancedGroup) => {
+            (Ok(Done { rows: 0, .. }), Expect::AdvancedGroup) => {
                 return Err(StoreError::Conflict(
                     "the checkpoint is not before the group's first event: some of it was processed already"
                         .into(),
                 ));
             }
-            (Ok(0), Expect::Unparked) => {
+            (Ok(Done { rows: 0, .. }), Expect::Unparked) => {
                 let unpark = commit.unpark.as_ref();
                 tracing::info!(
                     consumer = unpark.map_or("", |u| u.consumer.as_str()),
@@ -383,14 +416,14 @@ fn settle<'e>(
                 );
                 return Ok(Verdict::Duplicate);
             }
-            (Ok(n), Expect::Unswitched) if n > 0 => {
+            (Ok(Done { switched: true, .. }), Expect::Advanced | Expect::AdvancedGroup) => {
                 failure.get_or_insert_with(|| {
                     StoreError::Conflict(
                         "the read model switched to a new generation during the step (`host replay`)".into(),
                     )
                 });
             }
-            (Ok(0), Expect::Row(conflict)) => {
+            (Ok(Done { rows: 0, .. }), Expect::Row(conflict)) => {
                 failure.get_or_insert_with(|| StoreError::Conflict(conflict.clone()));
             }
             (Ok(_), _) => {}
@@ -567,7 +600,7 @@ impl Store for PgStore {
         // the server runs them in order, so the checkpoint row is still
         // taken first. A failed statement fails the ones after it.
         let results = futures::future::join_all(
-            statements.iter().map(|(sql, params, _)| tx.execute(sql, params.as_slice())),
+            statements.iter().map(|(sql, params, expect)| run(&tx, sql, params.as_slice(), expect)),
         )
         .await;
         let expected = statements.iter().map(|(_, _, expect)| expect);
