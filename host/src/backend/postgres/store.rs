@@ -142,10 +142,15 @@ mod sql {
         concat!("DELETE FROM documents WHERE collection = ", served!("$1"), " AND key = $2");
     pub const DELETE_IF_VERSION: &str =
         concat!("DELETE FROM documents WHERE collection = ", served!("$1"), " AND key = $2 AND version = $3");
-    pub const APPEND: &str = "INSERT INTO events
-         (id, topic, kind, payload, correlation_id, causation_id, command_id, function, version, subject, claims)
-         VALUES ($1, $2, $3, $4, $5, $6, $5, $7, $8, $9, $10)";
-    pub const WAKE: &str = "SELECT pg_notify($1, $2)";
+    /// Appends an event and wakes its topic's consumers (`$11` the channel,
+    /// `$12` the tag of a shell that wakes its own, see `PgBus::echo_tag`);
+    /// the equal NOTIFYs of a transaction's events on one topic go as one.
+    pub const APPEND: &str = "WITH e AS (
+             INSERT INTO events
+             (id, topic, kind, payload, correlation_id, causation_id, command_id, function, version, subject, claims)
+             VALUES ($1, $2, $3, $4, $5, $6, $5, $7, $8, $9, $10)
+             RETURNING topic)
+         SELECT pg_notify($11, e.topic || $12::text) FROM e";
     /// Keeps the notification and announces it; the announcement carries
     /// the message itself when it fits in a NOTIFY payload (8000 bytes),
     /// so the shells need not read it back.
@@ -205,14 +210,15 @@ struct Bound<'c> {
     expected: Vec<i64>,
     unpark: Option<(&'c str, i64)>,
     park: Option<(&'c Parked, i64, Value, i32)>,
-    topics: BTreeSet<&'c str>,
+    /// After the topic in the NOTIFYs of the events (see `PgBus::echo_tag`).
+    tag: String,
     notifications: Vec<(&'c String, Value)>,
     /// Per event, who caused it: its `subject` and `claims` columns.
     audit: Vec<(Option<&'c str>, Option<&'c Value>)>,
 }
 
 impl<'c> Bound<'c> {
-    fn new(commit: &'c Commit) -> Result<Self, StoreError> {
+    fn new(commit: &'c Commit, tag: String) -> Result<Self, StoreError> {
         let position = commit.checkpoint.as_ref().map(|c| i64_of(c.position, "log position")).transpose()?;
         let batch_from = commit.batch_from.map(|p| i64_of(p, "log position")).transpose()?;
         let expected = commit
@@ -241,7 +247,6 @@ impl<'c> Bound<'c> {
                 Ok::<_, StoreError>((p, i64_of(p.position, "log position")?, event, attempts))
             })
             .transpose()?;
-        let topics = commit.events.iter().map(|e| e.topic.as_str()).collect();
         let notifications = commit
             .notify
             .iter()
@@ -253,12 +258,12 @@ impl<'c> Bound<'c> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let audit = commit.events.iter().map(|e| super::bus::audit(&e.message)).collect();
-        Ok(Self { commit, position, batch_from, expected, unpark, park, topics, notifications, audit })
+        Ok(Self { commit, position, batch_from, expected, unpark, park, tag, notifications, audit })
     }
 
     /// The statements, in order, each with what its row count must be: the
     /// checkpoint advance first, then the parked record, the write ops, the
-    /// events and their wake-ups, the notifications.
+    /// events (each waking its topic), the notifications.
     async fn statements(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
@@ -304,12 +309,10 @@ impl<'c> Bound<'c> {
                 &event.version,
                 subject,
                 claims,
+                &EVENTS_CHANNEL,
+                &self.tag,
             ];
             statements.push((sql, params, Expect::Any));
-        }
-        for topic in &self.topics {
-            let sql = tx.prepare_cached(sql::WAKE).await.map_err(store_error)?;
-            statements.push((sql, vec![&EVENTS_CHANNEL, topic], Expect::Any));
         }
         for (correlation, message) in &self.notifications {
             let sql = tx.prepare_cached(sql::NOTIFY).await.map_err(store_error)?;
@@ -593,7 +596,9 @@ impl Store for PgStore {
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let mut client = self.client().await?;
-        let bound = Bound::new(&commit)?;
+        // Untagged without a bus: the NOTIFY's echo is what wakes this shell.
+        let tag = self.bus.as_ref().map(PgBus::echo_tag).unwrap_or_default();
+        let bound = Bound::new(&commit, tag)?;
         let tx = client.transaction().await.map_err(store_error)?;
         let statements = bound.statements(&tx).await?;
         // One flight: tokio-postgres pipelines requests polled together, and
@@ -610,9 +615,7 @@ impl Store for PgStore {
         }
         tx.commit().await.map_err(store_error)?;
         if let Some(bus) = &self.bus {
-            if !commit.events.is_empty() {
-                bus.wake_local();
-            }
+            bus.wake_local(commit.events.iter().map(|e| e.topic.as_str()).collect::<BTreeSet<_>>());
             bus.notify_local(commit.notify.into_iter().filter(|n| n.correlation_id.is_some()));
         }
         Ok(())
