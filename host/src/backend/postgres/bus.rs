@@ -108,16 +108,6 @@ impl Inner {
         }
     }
 
-    /// A NOTIFY of appended events: its topic, and whether this bus sent it
-    /// (see [`PgBus::echo_tag`]). A bare topic comes from a shell that does
-    /// not tag its NOTIFYs.
-    fn heard<'p>(&self, payload: &'p str) -> (&'p str, bool) {
-        match payload.rsplit_once(TAG_MARK) {
-            Some((topic, tag)) => (topic, tag == self.tag),
-            None => (payload, false),
-        }
-    }
-
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -398,6 +388,16 @@ fn read_error(e: &tokio_postgres::Error) -> BusError {
     }
 }
 
+/// A NOTIFY of appended events: its topic, and whether the bus tagged
+/// `tag` sent it (see [`PgBus::echo_tag`]). A bare topic comes from a store
+/// without a bus, or from a shell that does not tag its NOTIFYs.
+fn heard<'p>(payload: &'p str, tag: &str) -> (&'p str, bool) {
+    match payload.rsplit_once(TAG_MARK) {
+        Some((topic, sender)) => (topic, sender == tag),
+        None => (payload, false),
+    }
+}
+
 /// The listener: one dedicated connection with LISTEN on both channels.
 async fn listen(inner: std::sync::Weak<Inner>) {
     loop {
@@ -451,7 +451,7 @@ async fn listen(inner: std::sync::Weak<Inner>) {
                     let Some((channel, payload)) = message else { break };
                     let Some(strong) = inner.upgrade() else { return };
                     if channel == EVENTS_CHANNEL {
-                        match strong.heard(&payload) {
+                        match heard(&payload, &strong.tag) {
                             // Woken already, when it committed.
                             (_, true) => {}
                             (topic, false) => strong.wake(Some(topic)),
@@ -1058,5 +1058,20 @@ impl Bus for PgBus {
             .filter_map(|r| r.try_get::<_, serde_json::Value>(0).ok())
             .filter_map(|v| serde_json::from_value(v).ok())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TAG_MARK, heard};
+
+    #[test]
+    fn a_notify_names_its_topic_and_tells_this_shells_own_echo() {
+        let mine = "0123abcd";
+        assert_eq!(heard(&format!("customer{TAG_MARK}{mine}"), mine), ("customer", true));
+        assert_eq!(heard(&format!("customer{TAG_MARK}feedbeef"), mine), ("customer", false));
+        // A bare topic: from a store without a bus, or an older shell.
+        assert_eq!(heard("customer", mine), ("customer", false));
+        assert_eq!(heard("a topic with spaces", mine), ("a topic with spaces", false));
     }
 }

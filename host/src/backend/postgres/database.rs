@@ -28,7 +28,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
-/// Channel woken when events are appended; the payload is the topic.
+/// Channel woken when events are appended; the payload is the topic, then
+/// the appending shell's tag when that shell wakes its own consumers (see
+/// `PgBus::echo_tag`).
 pub const EVENTS_CHANNEL: &str = "lowshell_events";
 /// Channel carrying the id of each new row of `notifications`.
 pub const NOTIFICATIONS_CHANNEL: &str = "lowshell_notifications";
