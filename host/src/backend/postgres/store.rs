@@ -13,7 +13,7 @@ use crate::backend::postgres::database::{
 };
 use crate::backend::{Commit, Parked, Store, StoreError};
 use async_trait::async_trait;
-use low_contract::{Document, Value, WriteOp};
+use low_contract::{Document, Query, Value, WriteOp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio_postgres::error::SqlState;
@@ -162,6 +162,13 @@ mod sql {
         "SELECT $1::text, key, version, body FROM documents WHERE collection = ",
         served!("$1"),
         " AND key = $2"
+    );
+    /// `COLLATE "C"`: the same key order as the memory store's, so a capped
+    /// answer holds the same documents in both.
+    pub const FIND: &str = concat!(
+        "SELECT $1::text, key, version, body FROM documents WHERE collection = ",
+        served!("$1"),
+        r#" AND body -> $2::text = $3::jsonb ORDER BY key COLLATE "C" LIMIT $4"#
     );
     /// Removes the record of the parked event a retry applies (first, so
     /// that a concurrent retry of the same event waits, then finds none).
@@ -552,23 +559,41 @@ impl Store for PgStore {
     ) -> Result<Vec<Document>, StoreError> {
         let mut read = Read::new(self.client().await?);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        // `COLLATE "C"`: the same key order as the memory store's, so a
-        // capped answer holds the same documents in both.
         let rows = read
             .run(|client| async move {
-                client
-                    .query(
-                        concat!(
-                            "SELECT $1::text, key, version, body FROM documents WHERE collection = ",
-                            served!("$1"),
-                            r#" AND body -> $2::text = $3::jsonb ORDER BY key COLLATE "C" LIMIT $4"#
-                        ),
-                        &[&collection, &field, value, &limit],
-                    )
-                    .await
+                let find = client.prepare_cached(sql::FIND).await?;
+                client.query(&find, &[&collection, &field, value, &limit]).await
             })
             .await?;
         rows.iter().map(document).collect()
+    }
+
+    /// The reads sent together on one connection (pipelined: the server
+    /// answers them in order), a round trip for the plan rather than one a
+    /// read.
+    async fn lookup(&self, queries: &[&Query], limit: usize) -> Result<Vec<Vec<Document>>, StoreError> {
+        if queries.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut read = Read::new(self.client().await?);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let found = read
+            .run(|client| async move {
+                let get = client.prepare_cached(sql::GET).await?;
+                let find = client.prepare_cached(sql::FIND).await?;
+                let reads = queries.iter().map(|query| {
+                    let (statement, params): (_, Params) = match query {
+                        Query::Key { collection, key } => (&get, vec![collection, key]),
+                        Query::Field { collection, field, value } => {
+                            (&find, vec![collection, field, value, &limit])
+                        }
+                    };
+                    async move { client.query(statement, &params).await }
+                });
+                futures::future::try_join_all(reads).await
+            })
+            .await?;
+        found.iter().map(|rows| rows.iter().map(document).collect()).collect()
     }
 
     async fn list(
