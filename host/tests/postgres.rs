@@ -556,6 +556,21 @@ async fn a_step_committed_twice_is_applied_once() {
     store.commit(step(2)).await.expect("the duplicate is dropped, not an error");
     assert!(store.get("c", "k1").await.expect("get").is_some());
     assert!(store.get("c", "k2").await.expect("get").is_none(), "the duplicate step was applied");
+    // A conflict too is rolled back before its connection is lent again:
+    // none of the shell's connections is left inside a transaction.
+    let conflicting = Commit {
+        ops: vec![WriteOp::Insert { collection: "c".into(), key: "k1".into(), body: json!({}) }],
+        ..Commit::default()
+    };
+    assert!(matches!(store.commit(conflicting).await, Err(host::backend::StoreError::Conflict(_))));
+    let watcher = pg::client(&url).await;
+    let open = count(
+        &watcher,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+    )
+    .await;
+    assert_eq!(open, 0, "a connection was left inside a transaction");
 }
 
 /// The shell's sessions end a transaction left idle (a stuck step cannot hold

@@ -273,7 +273,7 @@ impl<'c> Bound<'c> {
     /// events (each waking its topic), the notifications.
     async fn statements(
         &self,
-        tx: &deadpool_postgres::Transaction<'_>,
+        tx: &deadpool_postgres::ClientWrapper,
     ) -> Result<Vec<(Statement, Params<'_>, Expect)>, StoreError> {
         let commit = self.commit;
         let mut statements: Vec<(Statement, Params, Expect)> = vec![];
@@ -375,7 +375,7 @@ impl Done {
 /// Runs one statement of a commit: the checkpoint advance returns its row
 /// (with the switch's verdict), every other statement only its count.
 async fn run(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &tokio_postgres::Client,
     sql: &Statement,
     params: &[&(dyn ToSql + Sync)],
     expect: &Expect,
@@ -480,6 +480,47 @@ fn unsigned(v: i64) -> u64 {
 
 fn i64_of(n: u64, what: &str) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(|_| StoreError::Invalid(format!("{what} {n} is out of range")))
+}
+
+/// A commit's connection while its transaction is open. `BEGIN` goes in
+/// the same flight as the statements (`Client::transaction` would wait for
+/// it: a round trip more). Dropped before it [ended](Self::end) (the commit
+/// given up on, or its connection failed), the connection leaves the pool,
+/// and closing it ends the transaction on the server: the pool never lends
+/// a connection inside a transaction.
+struct Flight {
+    client: Option<deadpool_postgres::Object>,
+    /// `BEGIN` may have been sent (from the start: the statements are
+    /// prepared first): not back to the pool before it ended.
+    open: bool,
+}
+
+impl Flight {
+    fn new(client: deadpool_postgres::Object) -> Self {
+        Self { client: Some(client), open: true }
+    }
+
+    fn client(&self) -> Result<&deadpool_postgres::ClientWrapper, StoreError> {
+        self.client.as_deref().ok_or_else(|| StoreError::Unavailable("the connection was given up".into()))
+    }
+
+    /// Ends the transaction with `COMMIT` or `ROLLBACK`; the connection goes
+    /// back to the pool only once that is done.
+    async fn end(&mut self, how: &str) -> Result<(), StoreError> {
+        self.client()?.batch_execute(how).await.map_err(store_error)?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if self.open
+            && let Some(client) = self.client.take()
+        {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
 }
 
 /// A pooled connection lent for a read that its caller may give up on (a
@@ -620,25 +661,37 @@ impl Store for PgStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
         // Untagged without a bus: the NOTIFY's echo is what wakes this shell.
         let tag = self.bus.as_ref().map(PgBus::echo_tag).unwrap_or_default();
         let bound = Bound::new(&commit, tag)?;
-        let tx = client.transaction().await.map_err(store_error)?;
-        let statements = bound.statements(&tx).await?;
-        // One flight: tokio-postgres pipelines requests polled together, and
-        // the server runs them in order, so the checkpoint row is still
-        // taken first. A failed statement fails the ones after it.
-        let results = futures::future::join_all(
-            statements.iter().map(|(sql, params, expect)| run(&tx, sql, params.as_slice(), expect)),
-        )
-        .await;
+        let mut tx = Flight::new(self.client().await?);
+        let client = tx.client()?;
+        let statements = bound.statements(client).await?;
+        // One flight, `BEGIN` included: tokio-postgres pipelines requests
+        // polled together, and the server runs them in order, so the
+        // checkpoint row is still taken first. A failed statement fails the
+        // ones after it.
+        let (begun, results) = futures::join!(
+            client.batch_execute("BEGIN"),
+            futures::future::join_all(statements.iter().map(|(sql, params, expect)| run(
+                client,
+                sql,
+                params.as_slice(),
+                expect
+            )),)
+        );
         let expected = statements.iter().map(|(_, _, expect)| expect);
-        if settle(&commit, results.into_iter().zip(expected))? == Verdict::Duplicate {
-            // Dropping the transaction rolls it back.
-            return Ok(());
+        let verdict =
+            begun.map_err(store_error).and_then(|()| settle(&commit, results.into_iter().zip(expected)));
+        if !matches!(verdict, Ok(Verdict::Apply)) {
+            // What the statements said wins over a failed rollback (whose
+            // connection then leaves the pool, see `Flight`).
+            if let Err(e) = tx.end("ROLLBACK").await {
+                tracing::debug!("could not roll back a commit not applied: {e}");
+            }
+            return verdict.map(drop);
         }
-        tx.commit().await.map_err(store_error)?;
+        tx.end("COMMIT").await?;
         if let Some(bus) = &self.bus {
             bus.wake_local(commit.events.iter().map(|e| e.topic.as_str()).collect::<BTreeSet<_>>());
             bus.notify_local(commit.notify.into_iter().filter(|n| n.correlation_id.is_some()));
