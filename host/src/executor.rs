@@ -1005,20 +1005,17 @@ pub async fn read_lookups(
 ) -> Result<Data, StepError> {
     check_lookup_count(function, plan)?;
     let most = function.limits().step.find_documents;
+    let queries: Vec<&Query> = plan.iter().map(|lookup| &lookup.query).collect();
+    // One more than allowed tells "exactly the limit" from "too many".
+    let found = store.lookup(&queries, most.saturating_add(1)).await?;
     let mut data = Data::default();
-    for lookup in plan {
-        let documents = match &lookup.query {
-            Query::Key { collection, key } => store.get(collection, key).await?.into_iter().collect(),
-            Query::Field { collection, field, value } => {
-                // One more than allowed tells "exactly the limit" from "too many".
-                let found = store.find(collection, field, value, most.saturating_add(1)).await?;
-                if found.len() > most {
-                    let why = crate::runtime::too_many_found(collection, field, value, most);
-                    return Err(invalid(function, format!("lookup `{}`: {why}", lookup.name)));
-                }
-                found
-            }
-        };
+    for (lookup, documents) in plan.iter().zip(found) {
+        if let Query::Field { collection, field, value } = &lookup.query
+            && documents.len() > most
+        {
+            let why = crate::runtime::too_many_found(collection, field, value, most);
+            return Err(invalid(function, format!("lookup `{}`: {why}", lookup.name)));
+        }
         data.0.push(Found { name: lookup.name.clone(), documents });
     }
     Ok(data)

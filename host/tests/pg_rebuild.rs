@@ -555,7 +555,8 @@ async fn a_step_begun_before_a_switch_conflicts_and_writes_follow_the_switch() {
         .await
         .expect("append an event")
         .get(0);
-    // A switch later than any transaction that begins now.
+    // A switch later than any transaction that begins now: the collection
+    // pointed at generation 1, the consumer's checkpoint stamped.
     db.execute(
         "INSERT INTO read_models (collection, function, generation, physical, previous, switched_at)
          VALUES ('customers', $1, 1, 'customers~gen1', 'customers', now() + interval '1 hour')",
@@ -563,6 +564,12 @@ async fn a_step_begun_before_a_switch_conflicts_and_writes_follow_the_switch() {
     )
     .await
     .expect("switch");
+    db.execute(
+        "INSERT INTO checkpoints (consumer, switched_at) VALUES ($1, now() + interval '1 hour')",
+        &[&PROJECTOR],
+    )
+    .await
+    .expect("stamp the checkpoint");
     let step = Commit {
         ops: vec![WriteOp::Put {
             collection: "customers".into(),
@@ -580,13 +587,101 @@ async fn a_step_begun_before_a_switch_conflicts_and_writes_follow_the_switch() {
         other => panic!("a conflict, not {other:?}"),
     }
     assert_eq!(count(&db, "SELECT count(*) FROM documents").await, 0, "nothing written");
-    assert_eq!(count(&db, "SELECT count(*) FROM checkpoints").await, 0, "the checkpoint did not move");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM checkpoints WHERE position > 0").await,
+        0,
+        "the checkpoint did not move"
+    );
 
-    db.execute("UPDATE read_models SET switched_at = now() - interval '1 second'", &[])
-        .await
-        .expect("switched");
+    db.batch_execute(
+        "UPDATE read_models SET switched_at = now() - interval '1 second';
+         UPDATE checkpoints SET switched_at = now() - interval '1 second'",
+    )
+    .await
+    .expect("switched");
     store.commit(step).await.expect("a step begun after the switch commits");
     assert_eq!((stored(&db, "customers~gen1").await, stored(&db, "customers").await), (1, 0));
     let got = store.get("customers", "c1").await.expect("get").expect("the document");
     assert_eq!((got.collection.as_str(), got.version), ("customers", 1));
+}
+
+/// The race a switch settles: a step whose transaction began before the
+/// switch waits at the checkpoint row the switch holds, and once the switch
+/// commits, its checkpoint advance finds the switch's stamp — it conflicts,
+/// writing nothing, and is retried with a fresh lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_waiting_at_a_switch_conflicts_once_the_switch_commits() {
+    let url = pg::database().await;
+    let store = Arc::new(PgStore::new(Arc::new(Database::connect(&url).await.expect("migrate"))));
+    let db = pg::client(&url).await;
+    let position: i64 = db
+        .query_one(
+            r#"INSERT INTO events (id, topic, kind, payload)
+               VALUES ('e1', 'customer', 'CustomerInvited', '{"customer-id": "c1", "email": "c1@example.com"}')
+               RETURNING position"#,
+            &[],
+        )
+        .await
+        .expect("append an event")
+        .get(0);
+    db.execute("INSERT INTO checkpoints (consumer) VALUES ($1)", &[&PROJECTOR]).await.expect("a checkpoint");
+
+    // Given a switch under way, holding the projector's checkpoint row,
+    let mut switcher = pg::client(&url).await;
+    let switch = switcher.transaction().await.expect("begin the switch");
+    switch
+        .execute("SELECT 1 FROM checkpoints WHERE consumer = $1 FOR UPDATE", &[&PROJECTOR])
+        .await
+        .expect("hold the checkpoint row");
+
+    // when a step commits meanwhile, it waits at that row,
+    let step = Commit {
+        ops: vec![WriteOp::Put {
+            collection: "customers".into(),
+            key: "c1".into(),
+            body: json!({ "id": "c1" }),
+        }],
+        checkpoint: Some(Checkpoint {
+            consumer: PROJECTOR.into(),
+            position: u64::try_from(position).expect("a position"),
+        }),
+        ..Commit::default()
+    };
+    let committing = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.commit(step).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(
+        &db,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO checkpoints%'",
+    )
+    .await
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the step never waited at the checkpoint row");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // and the switch stamps the row and commits,
+    switch
+        .execute("UPDATE checkpoints SET switched_at = clock_timestamp() WHERE consumer = $1", &[&PROJECTOR])
+        .await
+        .expect("stamp the switch");
+    switch.commit().await.expect("commit the switch");
+
+    // then the step conflicts and writes nothing.
+    match tokio::time::timeout(Duration::from_secs(60), committing).await {
+        Ok(Ok(Err(StoreError::Conflict(why)))) => {
+            assert!(why.contains("switched to a new generation"), "{why}")
+        }
+        other => panic!("a conflict, not {other:?}"),
+    }
+    assert_eq!(count(&db, "SELECT count(*) FROM documents").await, 0, "nothing written");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM checkpoints WHERE position > 0").await,
+        0,
+        "the checkpoint did not move"
+    );
 }

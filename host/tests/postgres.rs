@@ -10,7 +10,7 @@ use host::backend::postgres::database::Database;
 use host::backend::{Bus, Requests, Subscription};
 use host::backend::{Checkpoint, Commit, Store};
 use host::{Project, Shell};
-use low_contract::{WriteOp, json};
+use low_contract::{Query, WriteOp, json};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -239,6 +239,46 @@ async fn integrity_is_enforced_by_postgres_not_by_reading_first() {
     assert!(store.commit(mixed).await.is_err());
     assert!(store.get("c", "other").await.expect("get").is_none(), "nothing of a failed commit is applied");
     assert_eq!(store.get("c", "k").await.expect("get").expect("k").version, 2);
+}
+
+/// A lookup plan's reads go to Postgres together (one connection, one
+/// flight) and each answers as it would alone, in the plan's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_plan_answers_each_read_in_order() {
+    let url = pg::database().await;
+    let store = PgStore::new(Arc::new(Database::connect(&url).await.expect("connect")));
+    let put = |key: &str, plan: &str| WriteOp::Put {
+        collection: "customers".into(),
+        key: key.into(),
+        body: json!({ "id": key, "plan": plan }),
+    };
+    store
+        .commit(Commit {
+            ops: vec![put("c1", "gold"), put("c2", "free"), put("c3", "gold")],
+            ..Commit::default()
+        })
+        .await
+        .expect("write the customers");
+    let key = |key: &str| Query::Key { collection: "customers".into(), key: key.into() };
+    let field = |plan: &str| Query::Field {
+        collection: "customers".into(),
+        field: "plan".into(),
+        value: json!(plan),
+    };
+    let plan = [key("c2"), field("gold"), key("missing"), field("none"), key("c1")];
+    let queries: Vec<&Query> = plan.iter().collect();
+
+    let found = store.lookup(&queries, 10).await.expect("lookup");
+
+    let keys: Vec<Vec<&str>> =
+        found.iter().map(|documents| documents.iter().map(|d| d.key.as_str()).collect()).collect();
+    assert_eq!(keys, vec![vec!["c2"], vec!["c1", "c3"], vec![], vec![], vec!["c1"]]);
+    // Each the same as read alone.
+    assert_eq!(found[0], store.get("customers", "c2").await.expect("get").into_iter().collect::<Vec<_>>());
+    assert_eq!(found[1], store.find("customers", "plan", &json!("gold"), 10).await.expect("find"));
+    // A capped find is capped in the plan too.
+    let capped = store.lookup(&[&field("gold")], 1).await.expect("lookup");
+    assert_eq!(capped[0].iter().map(|d| d.key.as_str()).collect::<Vec<_>>(), vec!["c1"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,6 +578,21 @@ async fn a_step_committed_twice_is_applied_once() {
     store.commit(step(2)).await.expect("the duplicate is dropped, not an error");
     assert!(store.get("c", "k1").await.expect("get").is_some());
     assert!(store.get("c", "k2").await.expect("get").is_none(), "the duplicate step was applied");
+    // A conflict too is rolled back before its connection is lent again:
+    // none of the shell's connections is left inside a transaction.
+    let conflicting = Commit {
+        ops: vec![WriteOp::Insert { collection: "c".into(), key: "k1".into(), body: json!({}) }],
+        ..Commit::default()
+    };
+    assert!(matches!(store.commit(conflicting).await, Err(host::backend::StoreError::Conflict(_))));
+    let watcher = pg::client(&url).await;
+    let open = count(
+        &watcher,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+    )
+    .await;
+    assert_eq!(open, 0, "a connection was left inside a transaction");
 }
 
 /// The shell's sessions end a transaction left idle (a stuck step cannot hold

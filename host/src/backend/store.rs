@@ -11,7 +11,7 @@
 //! until a retry applies them ([`Parked`]).
 
 use async_trait::async_trait;
-use low_contract::{Document, Message, Value, WriteOp};
+use low_contract::{Document, Message, Query, Value, WriteOp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -135,6 +135,22 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Document>, StoreError>;
+    /// What each of `queries` finds, in order (a [`Query::Field`] up to
+    /// `limit` documents, as [`find`](Self::find)): the reads of a lookup
+    /// plan. A store that can have several reads under way at once sends
+    /// them together; by default they run one after another.
+    async fn lookup(&self, queries: &[&Query], limit: usize) -> Result<Vec<Vec<Document>>, StoreError> {
+        let mut found = Vec::with_capacity(queries.len());
+        for query in queries {
+            found.push(match query {
+                Query::Key { collection, key } => self.get(collection, key).await?.into_iter().collect(),
+                Query::Field { collection, field, value } => {
+                    self.find(collection, field, value, limit).await?
+                }
+            });
+        }
+        Ok(found)
+    }
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
     /// The parked events (of `consumer`, or of all), by consumer and position.
     async fn parked(&self, consumer: Option<&str>) -> Result<Vec<Parked>, StoreError>;

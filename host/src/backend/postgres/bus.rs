@@ -59,6 +59,8 @@ const RECONNECT: Duration = Duration::from_secs(1);
 /// How far back, in notification ids, a reconnected listener looks again
 /// (ids are taken before commit, so recent ones can commit out of order).
 const CATCH_UP: i64 = 1000;
+/// Between the topic and the sending bus's tag in a NOTIFY of appended events.
+const TAG_MARK: &str = " lowshell-";
 
 #[derive(Clone)]
 pub struct PgBus {
@@ -67,8 +69,16 @@ pub struct PgBus {
 
 struct Inner {
     db: Arc<Database>,
-    /// Bumped on every NOTIFY of new events (and on reconnects).
+    /// Bumped on every NOTIFY of new events (and on reconnects): what the
+    /// tail of the log for the watchers waits on.
     wake: watch::Sender<u64>,
+    /// The consumers' wake-ups, each with the topics it reads: bumped when
+    /// one of them gets events (on reconnects: all).
+    wakers: Mutex<Vec<(Vec<String>, watch::Sender<u64>)>>,
+    /// Marks this bus's own NOTIFYs of appended events (after the topic,
+    /// see [`echo_tag`](PgBus::echo_tag)): it has woken its consumers for
+    /// them already, so their echo is ignored.
+    tag: String,
     notify: NotificationSink,
     /// The highest notification id forwarded, to catch up after a reconnect.
     last_notification: AtomicI64,
@@ -85,6 +95,20 @@ struct Inner {
 }
 
 impl Inner {
+    /// Wakes the consumers reading `topic` (every consumer for `None`),
+    /// and the tail of the log.
+    fn wake(&self, topic: Option<&str>) {
+        self.wake.send_modify(|n| *n += 1);
+        let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        // A subscription dropped: its waker goes.
+        wakers.retain(|(_, tx)| !tx.is_closed());
+        for (topics, tx) in wakers.iter() {
+            if topic.is_none_or(|topic| topics.iter().any(|t| t == topic)) {
+                tx.send_modify(|n| *n += 1);
+            }
+        }
+    }
+
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -137,6 +161,8 @@ impl PgBus {
             inner: Arc::new(Inner {
                 db,
                 wake,
+                wakers: Mutex::default(),
+                tag: uuid::Uuid::new_v4().simple().to_string(),
                 notify: NotificationSink::default(),
                 last_notification: AtomicI64::new(0),
                 watchers: broadcast::Sender::new(WATCH_BUFFER),
@@ -156,6 +182,8 @@ impl PgBus {
         topics: &[String],
         partition: Option<(String, Partition)>,
     ) -> PgSubscription {
+        let (tx, wake) = watch::channel(0);
+        self.inner.wakers.lock().unwrap_or_else(|p| p.into_inner()).push((topics.to_vec(), tx));
         PgSubscription {
             inner: Arc::clone(&self.inner),
             consumer,
@@ -165,14 +193,25 @@ impl PgBus {
             lease_id: None,
             candidate: None,
             buffer: VecDeque::new(),
-            wake: self.inner.wake.subscribe(),
+            caught_up: false,
+            wake,
         }
     }
 
-    /// Wakes this shell's consumers at once after it appended events,
-    /// rather than when Postgres echoes the NOTIFY back.
-    pub(crate) fn wake_local(&self) {
-        self.inner.wake.send_modify(|n| *n += 1);
+    /// Wakes this shell's consumers of `topics` at once after it appended
+    /// events to them, rather than when Postgres echoes the NOTIFY back
+    /// (which, tagged with [`echo_tag`](Self::echo_tag), is then ignored).
+    pub(crate) fn wake_local<'t>(&self, topics: impl IntoIterator<Item = &'t str>) {
+        for topic in topics {
+            self.inner.wake(Some(topic));
+        }
+    }
+
+    /// What follows the topic in the NOTIFY of events this shell appends
+    /// and wakes its consumers for itself ([`wake_local`](Self::wake_local)):
+    /// its listener ignores that echo, the other shells wake on the topic.
+    pub(crate) fn echo_tag(&self) -> String {
+        format!("{TAG_MARK}{}", self.inner.tag)
     }
 
     /// Hands notifications this shell has just committed to its waiting
@@ -346,6 +385,16 @@ fn read_error(e: &tokio_postgres::Error) -> BusError {
     }
 }
 
+/// A NOTIFY of appended events: its topic, and whether the bus tagged
+/// `tag` sent it (see [`PgBus::echo_tag`]). A bare topic comes from a store
+/// without a bus, or from a shell that does not tag its NOTIFYs.
+fn heard<'p>(payload: &'p str, tag: &str) -> (&'p str, bool) {
+    match payload.rsplit_once(TAG_MARK) {
+        Some((topic, sender)) => (topic, sender == tag),
+        None => (payload, false),
+    }
+}
+
 /// The listener: one dedicated connection with LISTEN on both channels.
 async fn listen(inner: std::sync::Weak<Inner>) {
     loop {
@@ -389,7 +438,7 @@ async fn listen(inner: std::sync::Weak<Inner>) {
         tracing::debug!("listening for events and notifications");
         // Whatever was missed while not listening, the consumers find by
         // polling, and the responses by catching up.
-        strong.wake.send_modify(|n| *n += 1);
+        strong.wake(None);
         catch_up(&strong, &client).await;
         let mut closed = strong.closed.subscribe();
         drop(strong);
@@ -399,7 +448,11 @@ async fn listen(inner: std::sync::Weak<Inner>) {
                     let Some((channel, payload)) = message else { break };
                     let Some(strong) = inner.upgrade() else { return };
                     if channel == EVENTS_CHANNEL {
-                        strong.wake.send_modify(|n| *n += 1);
+                        match heard(&payload, &strong.tag) {
+                            // Woken already, when it committed.
+                            (_, true) => {}
+                            (topic, false) => strong.wake(Some(topic)),
+                        }
                     } else if channel == NOTIFICATIONS_CHANNEL {
                         forward_notification(&strong, &client, &payload).await;
                     }
@@ -553,18 +606,19 @@ const SEED_PARTITION: &str = "INSERT INTO checkpoints (consumer, tx, position)
      SELECT $1, tx, position FROM checkpoints WHERE consumer = $2
      ON CONFLICT (consumer) DO NOTHING";
 
-/// Appends a command once (a repeated id appends nothing) and wakes the consumers.
+/// Appends a command once (a repeated id appends nothing) and wakes the
+/// consumers (the NOTIFY tagged with `$10`, see [`PgBus::echo_tag`]).
 const SUBMIT: &str = "WITH e AS (
          INSERT INTO events (id, topic, kind, payload, correlation_id, causation_id, command_id, subject, claims)
          VALUES ($1, $2, $3, $4, $5, $6, $1, $8, $9)
          ON CONFLICT (id) WHERE topic = 'commands' DO NOTHING
          RETURNING position)
-     SELECT pg_notify($7, $2) FROM e";
+     SELECT pg_notify($7, $2 || $10::text) FROM e";
 
 /// [`SUBMIT`] for an idempotent command: its fingerprint ($8) is kept in
 /// `command_results` when — and in the same statement as — the command is
 /// appended, so a duplicate (which waits for the first's transaction on the
-/// unique index) always finds it.
+/// unique index) always finds it. `$11`: the NOTIFY's tag.
 const SUBMIT_IDEMPOTENT: &str = "WITH e AS (
          INSERT INTO events (id, topic, kind, payload, correlation_id, causation_id, command_id, subject, claims)
          VALUES ($1, $2, $3, $4, $5, $6, $1, $9, $10)
@@ -573,7 +627,7 @@ const SUBMIT_IDEMPOTENT: &str = "WITH e AS (
      k AS (
          INSERT INTO command_results (command_id, fingerprint) SELECT id, $8 FROM e
          ON CONFLICT (command_id) DO NOTHING)
-     SELECT pg_notify($7, $2) FROM e";
+     SELECT pg_notify($7, $2 || $11::text) FROM e";
 
 /// What a duplicate is compared with: the logged command, and its
 /// fingerprint and first answer when kept (not for commands logged before
@@ -601,6 +655,10 @@ struct PgSubscription {
     /// A connection waiting to get the lease.
     candidate: Option<Client>,
     buffer: VecDeque<Delivery>,
+    /// The last read returned every event there was (a short batch, all of
+    /// it readable): once the buffer is handed out, only a wake that came
+    /// after that read (or the poll) can bring more.
+    caught_up: bool,
     wake: watch::Receiver<u64>,
 }
 
@@ -711,6 +769,7 @@ impl PgSubscription {
 
     /// Reads the next batch after the stored checkpoint.
     async fn fill(&mut self) -> Result<(), FillError> {
+        self.caught_up = false;
         if !self.lease().await? {
             return Ok(());
         }
@@ -722,6 +781,7 @@ impl PgSubscription {
             }
             None => client.query(read, &[&self.consumer, &self.topics, &BATCH]).await?,
         };
+        let mut readable = true;
         for row in &rows {
             match delivery(row) {
                 Ok((_, d)) => self.buffer.push_back(d),
@@ -730,9 +790,13 @@ impl PgSubscription {
                 Err(error) if self.buffer.is_empty() => {
                     return Err(FillError::Unreadable { position: row.try_get(0).ok(), error });
                 }
-                Err(_) => break,
+                Err(_) => {
+                    readable = false;
+                    break;
+                }
             }
         }
+        self.caught_up = readable && (rows.len() as i64) < BATCH;
         // Consumer lag: what waits after the checkpoint. A short batch is all
         // of it; behind a full one (a backlog), the distance in positions from
         // the last one read to the end of the log (an upper bound: other
@@ -779,7 +843,25 @@ impl Subscription for PgSubscription {
         self.buffer.pop_front()
     }
 
+    /// The stored checkpoint has it: what is buffered goes (it follows the
+    /// delivery given back), and the next call reads from the checkpoint.
+    async fn put_back(&mut self, _delivery: Delivery) {
+        self.buffer.clear();
+        self.caught_up = false;
+    }
+
     async fn next(&mut self) -> Option<Delivery> {
+        // Caught up and not woken since the last read (the wake is marked
+        // seen before each read, so whatever committed after it wakes this
+        // one): another read would find nothing. Wait for a wake or the poll,
+        // which also notices a lost lease.
+        if self.buffer.is_empty() && self.caught_up && !self.wake.has_changed().unwrap_or(true) {
+            // The last read's deliveries are all handed out: nothing waits.
+            crate::metrics::consumer_lag(&self.consumer, 0);
+            if let Ok(Err(_)) = tokio::time::timeout(POLL, self.wake.changed()).await {
+                return None;
+            }
+        }
         loop {
             if let Some(d) = self.buffer.pop_front() {
                 return Some(d);
@@ -832,9 +914,10 @@ impl Bus for PgBus {
         let m = &command.message;
         let print = fingerprint(&m.kind, &m.payload);
         let (subject, claims) = audit(m);
+        let tag = self.echo_tag();
         let rows = if idempotent {
             let submit = client.prepare_cached(SUBMIT_IDEMPOTENT).await.map_err(refused)?;
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
                 &m.id,
                 &command.topic,
                 &m.kind,
@@ -845,11 +928,12 @@ impl Bus for PgBus {
                 &print,
                 &subject,
                 &claims,
+                &tag,
             ];
             client.query(&submit, &params).await
         } else {
             let submit = client.prepare_cached(SUBMIT).await.map_err(refused)?;
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
                 &m.id,
                 &command.topic,
                 &m.kind,
@@ -859,12 +943,13 @@ impl Bus for PgBus {
                 &EVENTS_CHANNEL,
                 &subject,
                 &claims,
+                &tag,
             ];
             client.query(&submit, &params).await
         }
         .map_err(refused)?;
         if !rows.is_empty() {
-            self.wake_local();
+            self.wake_local([command.topic.as_str()]);
             return Ok(Submitted::Accepted);
         }
         // A duplicate id: the same command again, or the key reused for another.
@@ -964,5 +1049,20 @@ impl Bus for PgBus {
             .filter_map(|r| r.try_get::<_, serde_json::Value>(0).ok())
             .filter_map(|v| serde_json::from_value(v).ok())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TAG_MARK, heard};
+
+    #[test]
+    fn a_notify_names_its_topic_and_tells_this_shells_own_echo() {
+        let mine = "0123abcd";
+        assert_eq!(heard(&format!("customer{TAG_MARK}{mine}"), mine), ("customer", true));
+        assert_eq!(heard(&format!("customer{TAG_MARK}feedbeef"), mine), ("customer", false));
+        // A bare topic: from a store without a bus, or an older shell.
+        assert_eq!(heard("customer", mine), ("customer", false));
+        assert_eq!(heard("a topic with spaces", mine), ("a topic with spaces", false));
     }
 }

@@ -28,7 +28,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::time::Duration;
 use tokio_postgres::{Client, NoTls};
 
-/// Channel woken when events are appended; the payload is the topic.
+/// Channel woken when events are appended; the payload is the topic, then
+/// the appending shell's tag when that shell wakes its own consumers (see
+/// `PgBus::echo_tag`).
 pub const EVENTS_CHANNEL: &str = "lowshell_events";
 /// Channel carrying the id of each new row of `notifications`.
 pub const NOTIFICATIONS_CHANNEL: &str = "lowshell_notifications";
@@ -64,6 +66,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (5, "parked events", MIGRATION_5),
     (6, "generations of the read models", MIGRATION_6),
     (7, "who caused each event: subject and claims", MIGRATION_7),
+    (8, "switches of a read model, stamped on its consumer's checkpoint", MIGRATION_8),
 ];
 
 const MIGRATION_1: &str = r#"
@@ -116,6 +119,14 @@ CREATE INDEX notifications_correlation ON notifications (correlation_id, id);
 const MIGRATION_7: &str = r#"
 ALTER TABLE events ADD COLUMN subject text, ADD COLUMN claims jsonb;
 CREATE INDEX events_subject ON events (subject, position) WHERE subject IS NOT NULL;
+"#;
+
+/// A rebuild's switch stamps the live consumer's checkpoint row (which it
+/// holds locked) with its clock: the step that waited for that row reads the
+/// stamp in the same statement that advances the checkpoint (see
+/// `store::sql::ADVANCE`), rather than in a separate query of `read_models`.
+const MIGRATION_8: &str = r#"
+ALTER TABLE checkpoints ADD COLUMN switched_at timestamptz;
 "#;
 
 /// Cluster-wide deploys (see [`crate::backend::postgres::deployments`]).
@@ -184,9 +195,10 @@ CREATE TABLE parked (
 /// this table (as `lowshell_collection` does, for queries by hand) in the
 /// statement's own snapshot, so a switch (one transaction updating the
 /// rows) is seen at once by every reader and writer of every shell.
-/// `switched_at` (the switch's clock just before it commits): a consumer
-/// step whose transaction began before it decided on the previous
-/// generation, and is retried. `previous` is the generation kept after a switch
+/// `switched_at` (the switch's clock just before it commits; since
+/// migration 8 stamped on the consumer's checkpoint too, where the step's
+/// advance reads it): a consumer step whose transaction began before it
+/// decided on the previous generation, and is retried. `previous` is the generation kept after a switch
 /// until `host replay --drop-previous`.
 const MIGRATION_6: &str = r#"
 CREATE TABLE read_models (

@@ -532,6 +532,11 @@ async fn rebuild_one(
         .await
         .map_err(db_error)?;
     }
+    // The live step waiting for this row finds the stamp in its advance: it
+    // began before the switch, so it conflicts and looks up again.
+    tx.execute("UPDATE checkpoints SET switched_at = clock_timestamp() WHERE consumer = $1", &[&name])
+        .await
+        .map_err(db_error)?;
     tx.execute("DELETE FROM checkpoints WHERE consumer = $1", &[&consumer]).await.map_err(db_error)?;
     let deployed = match &bytes {
         Some(bytes) if function.version != live.version => {

@@ -1,6 +1,7 @@
 //! The Postgres store. A [`Commit`] is one transaction: the checkpoint
 //! advance (first, so that a second processor of the same delivery waits on
-//! the row and then finds it already advanced), the write ops (integrity by
+//! the row and then finds it already advanced; it also tells whether a
+//! rebuild switched the read model under the step), the write ops (integrity by
 //! constraints and version conditions, never read-then-write), the events
 //! appended to the log, and the notifications (kept, and announced with
 //! `pg_notify`, which is transactional). Parking an event (the `parked`
@@ -12,7 +13,7 @@ use crate::backend::postgres::database::{
 };
 use crate::backend::{Commit, Parked, Store, StoreError};
 use async_trait::async_trait;
-use low_contract::{Document, Value, WriteOp};
+use low_contract::{Document, Query, Value, WriteOp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio_postgres::error::SqlState;
@@ -98,18 +99,27 @@ mod sql {
     /// Moves the consumer's checkpoint to the event at `$2`, if it is not
     /// there or beyond already (then: no row). On a concurrent step for the
     /// same consumer it waits for the row, then sees the other's checkpoint.
+    ///
+    /// Its one column: whether a rebuild switched the consumer's read model
+    /// since this transaction began (`now()` is its start, after the step's
+    /// lookups): a step that waited at the switch for this row decided on
+    /// the previous generation's documents. The switch stamps the row it
+    /// holds (`switched_at`), so the advance, which updates the row's latest
+    /// version once the switch commits, returns the stamp with it.
     pub const ADVANCE: &str = "INSERT INTO checkpoints (consumer, tx, position)
          SELECT $1, e.tx, e.position FROM events e WHERE e.position = $2
          ON CONFLICT (consumer) DO UPDATE
          SET tx = EXCLUDED.tx, position = EXCLUDED.position, updated_at = now()
-         WHERE (checkpoints.tx, checkpoints.position) < (EXCLUDED.tx, EXCLUDED.position)";
+         WHERE (checkpoints.tx, checkpoints.position) < (EXCLUDED.tx, EXCLUDED.position)
+         RETURNING coalesce(checkpoints.switched_at > now(), false)";
     /// [`ADVANCE`] for a group commit: to the event at `$2` only if the
     /// checkpoint is before the group's first event, at `$3`.
     pub const ADVANCE_FROM: &str = "INSERT INTO checkpoints (consumer, tx, position)
          SELECT $1, e.tx, e.position FROM events e WHERE e.position = $2
          ON CONFLICT (consumer) DO UPDATE
          SET tx = EXCLUDED.tx, position = EXCLUDED.position, updated_at = now()
-         WHERE (checkpoints.tx, checkpoints.position) < (SELECT f.tx, f.position FROM events f WHERE f.position = $3)";
+         WHERE (checkpoints.tx, checkpoints.position) < (SELECT f.tx, f.position FROM events f WHERE f.position = $3)
+         RETURNING coalesce(checkpoints.switched_at > now(), false)";
     // Every statement on `documents` names the collection through
     // `served!`: the generation served now.
     pub const INSERT: &str = concat!(
@@ -132,10 +142,15 @@ mod sql {
         concat!("DELETE FROM documents WHERE collection = ", served!("$1"), " AND key = $2");
     pub const DELETE_IF_VERSION: &str =
         concat!("DELETE FROM documents WHERE collection = ", served!("$1"), " AND key = $2 AND version = $3");
-    pub const APPEND: &str = "INSERT INTO events
-         (id, topic, kind, payload, correlation_id, causation_id, command_id, function, version, subject, claims)
-         VALUES ($1, $2, $3, $4, $5, $6, $5, $7, $8, $9, $10)";
-    pub const WAKE: &str = "SELECT pg_notify($1, $2)";
+    /// Appends an event and wakes its topic's consumers (`$11` the channel,
+    /// `$12` the tag of a shell that wakes its own, see `PgBus::echo_tag`);
+    /// the equal NOTIFYs of a transaction's events on one topic go as one.
+    pub const APPEND: &str = "WITH e AS (
+             INSERT INTO events
+             (id, topic, kind, payload, correlation_id, causation_id, command_id, function, version, subject, claims)
+             VALUES ($1, $2, $3, $4, $5, $6, $5, $7, $8, $9, $10)
+             RETURNING topic)
+         SELECT pg_notify($11, e.topic || $12::text) FROM e";
     /// Keeps the notification and announces it; the announcement carries
     /// the message itself when it fits in a NOTIFY payload (8000 bytes),
     /// so the shells need not read it back.
@@ -148,13 +163,13 @@ mod sql {
         served!("$1"),
         " AND key = $2"
     );
-    /// A consumer's read model switched to a new generation since this
-    /// transaction began (`now()` is its start, after the step's lookups):
-    /// a step that waited at the switch for the checkpoint row decided on
-    /// the previous generation's documents. Runs after the advance, so it
-    /// sees the switch that advance waited for.
-    pub const SWITCHED: &str =
-        "SELECT 1 FROM read_models WHERE function = $1 AND switched_at > now() LIMIT 1";
+    /// `COLLATE "C"`: the same key order as the memory store's, so a capped
+    /// answer holds the same documents in both.
+    pub const FIND: &str = concat!(
+        "SELECT $1::text, key, version, body FROM documents WHERE collection = ",
+        served!("$1"),
+        r#" AND body -> $2::text = $3::jsonb ORDER BY key COLLATE "C" LIMIT $4"#
+    );
     /// Removes the record of the parked event a retry applies (first, so
     /// that a concurrent retry of the same event waits, then finds none).
     pub const UNPARK: &str = "DELETE FROM parked WHERE consumer = $1 AND position = $2";
@@ -168,13 +183,12 @@ type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
 /// What a statement's row count must be.
 enum Expect {
-    /// The checkpoint moved; else the step was done already.
+    /// The checkpoint moved; else the step was done already. Moved while
+    /// its read model switched: a conflict, retried with a fresh lookup.
     Advanced,
     /// The checkpoint moved past a group; else some of it was done already.
+    /// The read model switched: as for [`Expect::Advanced`].
     AdvancedGroup,
-    /// No row: the read model did not switch under the step; else a
-    /// conflict, retried with a fresh lookup.
-    Unswitched,
     /// The parked record was removed; else another retry applied it.
     Unparked,
     /// A row was written; else this conflict.
@@ -203,14 +217,15 @@ struct Bound<'c> {
     expected: Vec<i64>,
     unpark: Option<(&'c str, i64)>,
     park: Option<(&'c Parked, i64, Value, i32)>,
-    topics: BTreeSet<&'c str>,
+    /// After the topic in the NOTIFYs of the events (see `PgBus::echo_tag`).
+    tag: String,
     notifications: Vec<(&'c String, Value)>,
     /// Per event, who caused it: its `subject` and `claims` columns.
     audit: Vec<(Option<&'c str>, Option<&'c Value>)>,
 }
 
 impl<'c> Bound<'c> {
-    fn new(commit: &'c Commit) -> Result<Self, StoreError> {
+    fn new(commit: &'c Commit, tag: String) -> Result<Self, StoreError> {
         let position = commit.checkpoint.as_ref().map(|c| i64_of(c.position, "log position")).transpose()?;
         let batch_from = commit.batch_from.map(|p| i64_of(p, "log position")).transpose()?;
         let expected = commit
@@ -239,7 +254,6 @@ impl<'c> Bound<'c> {
                 Ok::<_, StoreError>((p, i64_of(p.position, "log position")?, event, attempts))
             })
             .transpose()?;
-        let topics = commit.events.iter().map(|e| e.topic.as_str()).collect();
         let notifications = commit
             .notify
             .iter()
@@ -251,15 +265,15 @@ impl<'c> Bound<'c> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let audit = commit.events.iter().map(|e| super::bus::audit(&e.message)).collect();
-        Ok(Self { commit, position, batch_from, expected, unpark, park, topics, notifications, audit })
+        Ok(Self { commit, position, batch_from, expected, unpark, park, tag, notifications, audit })
     }
 
     /// The statements, in order, each with what its row count must be: the
     /// checkpoint advance first, then the parked record, the write ops, the
-    /// events and their wake-ups, the notifications.
+    /// events (each waking its topic), the notifications.
     async fn statements(
         &self,
-        tx: &deadpool_postgres::Transaction<'_>,
+        tx: &deadpool_postgres::ClientWrapper,
     ) -> Result<Vec<(Statement, Params<'_>, Expect)>, StoreError> {
         let commit = self.commit;
         let mut statements: Vec<(Statement, Params, Expect)> = vec![];
@@ -273,10 +287,6 @@ impl<'c> Bound<'c> {
                 statements.push((sql, vec![&checkpoint.consumer, position, from], Expect::AdvancedGroup));
             }
             _ => {}
-        }
-        if let Some(checkpoint) = &commit.checkpoint {
-            let sql = tx.prepare_cached(sql::SWITCHED).await.map_err(store_error)?;
-            statements.push((sql, vec![&checkpoint.consumer], Expect::Unswitched));
         }
         if let Some((consumer, position)) = &self.unpark {
             let sql = tx.prepare_cached(sql::UNPARK).await.map_err(store_error)?;
@@ -306,12 +316,10 @@ impl<'c> Bound<'c> {
                 &event.version,
                 subject,
                 claims,
+                &EVENTS_CHANNEL,
+                &self.tag,
             ];
             statements.push((sql, params, Expect::Any));
-        }
-        for topic in &self.topics {
-            let sql = tx.prepare_cached(sql::WAKE).await.map_err(store_error)?;
-            statements.push((sql, vec![&EVENTS_CHANNEL, topic], Expect::Any));
         }
         for (correlation, message) in &self.notifications {
             let sql = tx.prepare_cached(sql::NOTIFY).await.map_err(store_error)?;
@@ -350,16 +358,51 @@ fn write_op<'a>(op: &'a WriteOp, expected: &'a i64) -> (&'static str, Params<'a>
     }
 }
 
+/// What a statement of a commit did.
+struct Done {
+    /// Rows written (or, for the checkpoint advance, moved).
+    rows: u64,
+    /// The checkpoint advance found its read model switched under the step.
+    switched: bool,
+}
+
+impl Done {
+    fn rows(rows: u64) -> Self {
+        Self { rows, switched: false }
+    }
+}
+
+/// Runs one statement of a commit: the checkpoint advance returns its row
+/// (with the switch's verdict), every other statement only its count.
+async fn run(
+    tx: &tokio_postgres::Client,
+    sql: &Statement,
+    params: &[&(dyn ToSql + Sync)],
+    expect: &Expect,
+) -> Result<Done, tokio_postgres::Error> {
+    match expect {
+        Expect::Advanced | Expect::AdvancedGroup => {
+            let rows = tx.query(sql, params).await?;
+            let switched = match rows.first() {
+                Some(row) => row.try_get::<_, bool>(0)?,
+                None => false,
+            };
+            Ok(Done { rows: rows.len() as u64, switched })
+        }
+        _ => tx.execute(sql, params).await.map(Done::rows),
+    }
+}
+
 /// Reads the statements' row counts against what each must be: the first
 /// failure (a conflict, or the database's error), or whether to apply.
 fn settle<'e>(
     commit: &Commit,
-    results: impl IntoIterator<Item = (Result<u64, tokio_postgres::Error>, &'e Expect)>,
+    results: impl IntoIterator<Item = (Result<Done, tokio_postgres::Error>, &'e Expect)>,
 ) -> Result<Verdict, StoreError> {
     let mut failure = None;
     for (result, expect) in results {
         match (result, expect) {
-            (Ok(0), Expect::Advanced) => {
+            (Ok(Done { rows: 0, .. }), Expect::Advanced) => {
                 let checkpoint = commit.checkpoint.as_ref();
                 tracing::info!(
                     consumer = checkpoint.map_or("", |c| c.consumer.as_str()),
@@ -368,13 +411,13 @@ fn settle<'e>(
                 );
                 return Ok(Verdict::Duplicate);
             }
-            (Ok(0), Expect::AdvancedGroup) => {
+            (Ok(Done { rows: 0, .. }), Expect::AdvancedGroup) => {
                 return Err(StoreError::Conflict(
                     "the checkpoint is not before the group's first event: some of it was processed already"
                         .into(),
                 ));
             }
-            (Ok(0), Expect::Unparked) => {
+            (Ok(Done { rows: 0, .. }), Expect::Unparked) => {
                 let unpark = commit.unpark.as_ref();
                 tracing::info!(
                     consumer = unpark.map_or("", |u| u.consumer.as_str()),
@@ -383,14 +426,14 @@ fn settle<'e>(
                 );
                 return Ok(Verdict::Duplicate);
             }
-            (Ok(n), Expect::Unswitched) if n > 0 => {
+            (Ok(Done { switched: true, .. }), Expect::Advanced | Expect::AdvancedGroup) => {
                 failure.get_or_insert_with(|| {
                     StoreError::Conflict(
                         "the read model switched to a new generation during the step (`host replay`)".into(),
                     )
                 });
             }
-            (Ok(0), Expect::Row(conflict)) => {
+            (Ok(Done { rows: 0, .. }), Expect::Row(conflict)) => {
                 failure.get_or_insert_with(|| StoreError::Conflict(conflict.clone()));
             }
             (Ok(_), _) => {}
@@ -437,6 +480,47 @@ fn unsigned(v: i64) -> u64 {
 
 fn i64_of(n: u64, what: &str) -> Result<i64, StoreError> {
     i64::try_from(n).map_err(|_| StoreError::Invalid(format!("{what} {n} is out of range")))
+}
+
+/// A commit's connection while its transaction is open. `BEGIN` goes in
+/// the same flight as the statements (`Client::transaction` would wait for
+/// it: a round trip more). Dropped before it [ended](Self::end) (the commit
+/// given up on, or its connection failed), the connection leaves the pool,
+/// and closing it ends the transaction on the server: the pool never lends
+/// a connection inside a transaction.
+struct Flight {
+    client: Option<deadpool_postgres::Object>,
+    /// `BEGIN` may have been sent (from the start: the statements are
+    /// prepared first): not back to the pool before it ended.
+    open: bool,
+}
+
+impl Flight {
+    fn new(client: deadpool_postgres::Object) -> Self {
+        Self { client: Some(client), open: true }
+    }
+
+    fn client(&self) -> Result<&deadpool_postgres::ClientWrapper, StoreError> {
+        self.client.as_deref().ok_or_else(|| StoreError::Unavailable("the connection was given up".into()))
+    }
+
+    /// Ends the transaction with `COMMIT` or `ROLLBACK`; the connection goes
+    /// back to the pool only once that is done.
+    async fn end(&mut self, how: &str) -> Result<(), StoreError> {
+        self.client()?.batch_execute(how).await.map_err(store_error)?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if self.open
+            && let Some(client) = self.client.take()
+        {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
 }
 
 /// A pooled connection lent for a read that its caller may give up on (a
@@ -516,23 +600,41 @@ impl Store for PgStore {
     ) -> Result<Vec<Document>, StoreError> {
         let mut read = Read::new(self.client().await?);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        // `COLLATE "C"`: the same key order as the memory store's, so a
-        // capped answer holds the same documents in both.
         let rows = read
             .run(|client| async move {
-                client
-                    .query(
-                        concat!(
-                            "SELECT $1::text, key, version, body FROM documents WHERE collection = ",
-                            served!("$1"),
-                            r#" AND body -> $2::text = $3::jsonb ORDER BY key COLLATE "C" LIMIT $4"#
-                        ),
-                        &[&collection, &field, value, &limit],
-                    )
-                    .await
+                let find = client.prepare_cached(sql::FIND).await?;
+                client.query(&find, &[&collection, &field, value, &limit]).await
             })
             .await?;
         rows.iter().map(document).collect()
+    }
+
+    /// The reads sent together on one connection (pipelined: the server
+    /// answers them in order), a round trip for the plan rather than one a
+    /// read.
+    async fn lookup(&self, queries: &[&Query], limit: usize) -> Result<Vec<Vec<Document>>, StoreError> {
+        if queries.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut read = Read::new(self.client().await?);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let found = read
+            .run(|client| async move {
+                let get = client.prepare_cached(sql::GET).await?;
+                let find = client.prepare_cached(sql::FIND).await?;
+                let reads = queries.iter().map(|query| {
+                    let (statement, params): (_, Params) = match query {
+                        Query::Key { collection, key } => (&get, vec![collection, key]),
+                        Query::Field { collection, field, value } => {
+                            (&find, vec![collection, field, value, &limit])
+                        }
+                    };
+                    async move { client.query(statement, &params).await }
+                });
+                futures::future::try_join_all(reads).await
+            })
+            .await?;
+        found.iter().map(|rows| rows.iter().map(document).collect()).collect()
     }
 
     async fn list(
@@ -559,27 +661,39 @@ impl Store for PgStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let bound = Bound::new(&commit)?;
-        let tx = client.transaction().await.map_err(store_error)?;
-        let statements = bound.statements(&tx).await?;
-        // One flight: tokio-postgres pipelines requests polled together, and
-        // the server runs them in order, so the checkpoint row is still
-        // taken first. A failed statement fails the ones after it.
-        let results = futures::future::join_all(
-            statements.iter().map(|(sql, params, _)| tx.execute(sql, params.as_slice())),
-        )
-        .await;
+        // Untagged without a bus: the NOTIFY's echo is what wakes this shell.
+        let tag = self.bus.as_ref().map(PgBus::echo_tag).unwrap_or_default();
+        let bound = Bound::new(&commit, tag)?;
+        let mut tx = Flight::new(self.client().await?);
+        let client = tx.client()?;
+        let statements = bound.statements(client).await?;
+        // One flight, `BEGIN` included: tokio-postgres pipelines requests
+        // polled together, and the server runs them in order, so the
+        // checkpoint row is still taken first. A failed statement fails the
+        // ones after it.
+        let (begun, results) = futures::join!(
+            client.batch_execute("BEGIN"),
+            futures::future::join_all(statements.iter().map(|(sql, params, expect)| run(
+                client,
+                sql,
+                params.as_slice(),
+                expect
+            )),)
+        );
         let expected = statements.iter().map(|(_, _, expect)| expect);
-        if settle(&commit, results.into_iter().zip(expected))? == Verdict::Duplicate {
-            // Dropping the transaction rolls it back.
-            return Ok(());
-        }
-        tx.commit().await.map_err(store_error)?;
-        if let Some(bus) = &self.bus {
-            if !commit.events.is_empty() {
-                bus.wake_local();
+        let verdict =
+            begun.map_err(store_error).and_then(|()| settle(&commit, results.into_iter().zip(expected)));
+        if !matches!(verdict, Ok(Verdict::Apply)) {
+            // What the statements said wins over a failed rollback (whose
+            // connection then leaves the pool, see `Flight`).
+            if let Err(e) = tx.end("ROLLBACK").await {
+                tracing::debug!("could not roll back a commit not applied: {e}");
             }
+            return verdict.map(drop);
+        }
+        tx.end("COMMIT").await?;
+        if let Some(bus) = &self.bus {
+            bus.wake_local(commit.events.iter().map(|e| e.topic.as_str()).collect::<BTreeSet<_>>());
             let written = commit.written();
             bus.notify_local(commit.notify.into_iter().filter(|n| n.correlation_id.is_some()), written);
         }
