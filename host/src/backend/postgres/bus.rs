@@ -53,6 +53,8 @@ use tokio_postgres::{AsyncMessage, Client, Row, Statement};
 
 /// How often consumers look at the log when no NOTIFY woke them.
 pub const POLL: Duration = Duration::from_millis(500);
+/// The first re-read after a wake that found nothing (see `PgSubscription::recheck`).
+const HELD_BACK: Duration = Duration::from_millis(2);
 /// Deliveries read at once.
 const BATCH: i64 = 100;
 const RECONNECT: Duration = Duration::from_secs(1);
@@ -195,6 +197,7 @@ impl PgBus {
             buffer: VecDeque::new(),
             caught_up: false,
             wake,
+            recheck: HELD_BACK,
         }
     }
 
@@ -660,6 +663,13 @@ struct PgSubscription {
     /// after that read (or the poll) can bring more.
     caught_up: bool,
     wake: watch::Receiver<u64>,
+    /// How soon to read again after a wake found nothing: the event that
+    /// woke this consumer is held back behind an older transaction still
+    /// open (the read stops at the oldest one), and that transaction's own
+    /// commit may wake nobody here (it appended to other topics, or
+    /// nothing). Doubles from [`HELD_BACK`] to [`POLL`]; back to
+    /// [`HELD_BACK`] once a read finds something.
+    recheck: Duration,
 }
 
 impl PgSubscription {
@@ -855,11 +865,13 @@ impl Subscription for PgSubscription {
         // seen before each read, so whatever committed after it wakes this
         // one): another read would find nothing. Wait for a wake or the poll,
         // which also notices a lost lease.
+        let mut woken = true;
         if self.buffer.is_empty() && self.caught_up && !self.wake.has_changed().unwrap_or(true) {
             // The last read's deliveries are all handed out: nothing waits.
             crate::metrics::consumer_lag(&self.consumer, 0);
-            if let Ok(Err(_)) = tokio::time::timeout(POLL, self.wake.changed()).await {
-                return None;
+            match tokio::time::timeout(POLL, self.wake.changed()).await {
+                Ok(Err(_)) => return None,
+                waited => woken = waited.is_ok(),
             }
         }
         loop {
@@ -867,8 +879,18 @@ impl Subscription for PgSubscription {
                 return Some(d);
             }
             self.wake.borrow_and_update();
+            let mut wait = POLL;
             match self.fill().await {
-                Ok(()) if !self.buffer.is_empty() => continue,
+                Ok(()) if !self.buffer.is_empty() => {
+                    self.recheck = HELD_BACK;
+                    continue;
+                }
+                // Woken for nothing visible: held back (or another
+                // partition's event); look again soon, then less often.
+                Ok(()) if woken && self.lease.is_some() => {
+                    wait = self.recheck;
+                    self.recheck = (self.recheck * 2).min(POLL);
+                }
                 Ok(()) => {}
                 Err(FillError::Database(e)) => {
                     tracing::warn!(consumer = %self.consumer, "cannot read the log, retrying: {}", describe(&e));
@@ -884,8 +906,10 @@ impl Subscription for PgSubscription {
                 ),
             }
             // Woken by a NOTIFY, or polling; `Err` inside: the bus is gone.
-            if let Ok(Err(_)) = tokio::time::timeout(POLL, self.wake.changed()).await {
-                return None;
+            // A re-read that found nothing yet keeps looking (less often).
+            match tokio::time::timeout(wait, self.wake.changed()).await {
+                Ok(Err(_)) => return None,
+                waited => woken = waited.is_ok() || wait < POLL,
             }
         }
     }
