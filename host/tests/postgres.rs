@@ -644,3 +644,65 @@ async fn reads_cannot_starve_commits() {
     let doc = reads.get("c", "k").await.expect("read").expect("the document");
     assert_eq!(doc.version, 1);
 }
+
+/// Given a request waiting in a shell, when that shell's projector commits
+/// the customer and notifies the request, then the answer is the customer
+/// as the commit wrote it — not read back: the request's own store here
+/// has nothing (the statement it would send is the answer's only read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_notifying_commit_wrote_is_not_read_back() {
+    use host::backend::memory::{MemoryBus, MemoryStore};
+    use host::registry::{Functions, Registry};
+    use host::responses::{MAX_PENDING, ResponseError, Responses};
+
+    let url = pg::database().await;
+    let db = Arc::new(Database::connect(&url).await.expect("connect"));
+    let bus = PgBus::start(Arc::clone(&db));
+    let committing = PgStore::with_bus(db, bus.clone());
+    let empty: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryBus::new()));
+    let registry = Arc::new(Registry::new(Functions::new([]).expect("no functions")));
+    let responses = Responses::start(registry, empty, Arc::new(bus), Duration::from_secs(10), MAX_PENDING)
+        .await
+        .expect("responses");
+    let ask = |id: &'static str| {
+        let responses = Arc::clone(&responses);
+        let command = low_contract::Message::new(id, "InviteCustomer", json!({ "email": "a@b.c" }));
+        tokio::spawn(async move { responses.request(command, false).await })
+    };
+    let projected = |id: &str, key: &str| {
+        low_contract::Message::new(
+            format!("n-{id}"),
+            "ProjectionComplete",
+            json!({ "collection": "customers", "key": key }),
+        )
+        .correlated(id)
+    };
+    let put = |key: &str, body: Value| WriteOp::Put { collection: "customers".into(), key: key.into(), body };
+
+    let customer = json!({ "id": "cust-1", "email": "a@b.c", "invited": true });
+    let request = ask("c-1");
+    while responses.pending_requests() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let commit = Commit {
+        ops: vec![put("cust-1", customer.clone())],
+        notify: vec![projected("c-1", "cust-1")],
+        ..Commit::default()
+    };
+    committing.commit(commit).await.expect("commit");
+    assert_eq!(request.await.expect("the request").expect("an answer"), customer);
+
+    // A document the commit did not write is read — from the empty store.
+    let request = ask("c-2");
+    while responses.pending_requests() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let commit = Commit {
+        ops: vec![put("cust-9", json!({}))],
+        notify: vec![projected("c-2", "cust-2")],
+        ..Commit::default()
+    };
+    committing.commit(commit).await.expect("commit");
+    let answer = request.await.expect("the request");
+    assert_eq!(answer, Err(ResponseError::Failed("document `customers/cust-2` does not exist".into())));
+}
