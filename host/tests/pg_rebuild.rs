@@ -536,6 +536,35 @@ async fn a_partitioned_projector_a_second_rebuild_or_a_foreign_candidate_is_refu
     assert_eq!(count(&db, "SELECT count(*) FROM read_models").await, 0);
 }
 
+/// `CustomerInvited` for `c1` appended to the log; its position.
+async fn an_invitation(db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        r#"INSERT INTO events (id, topic, kind, payload)
+           VALUES ('e1', 'customer', 'CustomerInvited', '{"customer-id": "c1", "email": "c1@example.com"}')
+           RETURNING position"#,
+        &[],
+    )
+    .await
+    .expect("append an event")
+    .get(0)
+}
+
+/// The projector's step for the event at `position`: `c1` written, its checkpoint advanced.
+fn projected(position: i64) -> Commit {
+    Commit {
+        ops: vec![WriteOp::Put {
+            collection: "customers".into(),
+            key: "c1".into(),
+            body: json!({ "id": "c1" }),
+        }],
+        checkpoint: Some(Checkpoint {
+            consumer: PROJECTOR.into(),
+            position: u64::try_from(position).expect("a position"),
+        }),
+        ..Commit::default()
+    }
+}
+
 /// The store's side of a switch: the projector's writes go to the
 /// generation served, and a step whose transaction began before the switch
 /// (it looked up the previous generation) conflicts, writing nothing, to be
@@ -545,16 +574,7 @@ async fn a_step_begun_before_a_switch_conflicts_and_writes_follow_the_switch() {
     let url = pg::database().await;
     let store = PgStore::new(Arc::new(Database::connect(&url).await.expect("migrate")));
     let db = pg::client(&url).await;
-    let position: i64 = db
-        .query_one(
-            r#"INSERT INTO events (id, topic, kind, payload)
-               VALUES ('e1', 'customer', 'CustomerInvited', '{"customer-id": "c1", "email": "c1@example.com"}')
-               RETURNING position"#,
-            &[],
-        )
-        .await
-        .expect("append an event")
-        .get(0);
+    let position = an_invitation(&db).await;
     // A switch later than any transaction that begins now: the collection
     // pointed at generation 1, the consumer's checkpoint stamped.
     db.execute(
@@ -570,18 +590,7 @@ async fn a_step_begun_before_a_switch_conflicts_and_writes_follow_the_switch() {
     )
     .await
     .expect("stamp the checkpoint");
-    let step = Commit {
-        ops: vec![WriteOp::Put {
-            collection: "customers".into(),
-            key: "c1".into(),
-            body: json!({ "id": "c1" }),
-        }],
-        checkpoint: Some(Checkpoint {
-            consumer: PROJECTOR.into(),
-            position: u64::try_from(position).expect("a position"),
-        }),
-        ..Commit::default()
-    };
+    let step = projected(position);
     match store.commit(step.clone()).await {
         Err(StoreError::Conflict(why)) => assert!(why.contains("switched to a new generation"), "{why}"),
         other => panic!("a conflict, not {other:?}"),
@@ -614,16 +623,7 @@ async fn a_step_waiting_at_a_switch_conflicts_once_the_switch_commits() {
     let url = pg::database().await;
     let store = Arc::new(PgStore::new(Arc::new(Database::connect(&url).await.expect("migrate"))));
     let db = pg::client(&url).await;
-    let position: i64 = db
-        .query_one(
-            r#"INSERT INTO events (id, topic, kind, payload)
-               VALUES ('e1', 'customer', 'CustomerInvited', '{"customer-id": "c1", "email": "c1@example.com"}')
-               RETURNING position"#,
-            &[],
-        )
-        .await
-        .expect("append an event")
-        .get(0);
+    let position = an_invitation(&db).await;
     db.execute("INSERT INTO checkpoints (consumer) VALUES ($1)", &[&PROJECTOR]).await.expect("a checkpoint");
 
     // Given a switch under way, holding the projector's checkpoint row,
@@ -635,18 +635,7 @@ async fn a_step_waiting_at_a_switch_conflicts_once_the_switch_commits() {
         .expect("hold the checkpoint row");
 
     // when a step commits meanwhile, it waits at that row,
-    let step = Commit {
-        ops: vec![WriteOp::Put {
-            collection: "customers".into(),
-            key: "c1".into(),
-            body: json!({ "id": "c1" }),
-        }],
-        checkpoint: Some(Checkpoint {
-            consumer: PROJECTOR.into(),
-            position: u64::try_from(position).expect("a position"),
-        }),
-        ..Commit::default()
-    };
+    let step = projected(position);
     let committing = tokio::spawn({
         let store = Arc::clone(&store);
         async move { store.commit(step).await }
