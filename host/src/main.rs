@@ -9,6 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
+/// Every step allocates on whichever worker runs it: mimalloc's per-thread
+/// heaps keep that off glibc's shared arena locks (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// lowshell — runs LOW-pattern business functions (WebAssembly components)
 /// and serves them over GraphQL.
 #[derive(Parser)]

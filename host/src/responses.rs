@@ -11,7 +11,7 @@ use low_contract::{COMMANDS_TOPIC, FAILED, Message, PROJECTION_COMPLETE, REJECTE
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tracing::Instrument;
 
 /// Why a request got no value. The texts are for the log: GraphQL clients
@@ -52,6 +52,10 @@ impl From<Answer> for Result<Value, ResponseError> {
     }
 }
 
+/// What a resolver is shown: the command, the notifications seen, whether
+/// the command's first answer is kept, and what their commits wrote.
+type Snapshot = (Message, Vec<Message>, bool, Vec<Arc<Written>>);
+
 /// The default of [`Responses::start`]'s `max_pending`.
 pub const MAX_PENDING: usize = 10_000;
 
@@ -65,6 +69,10 @@ struct Pending {
     written: Vec<Arc<Written>>,
     /// Everyone waiting on this request (a repeated command waits too).
     replies: Vec<oneshot::Sender<Result<Value, ResponseError>>>,
+    /// Tells one waiting request that there is something new to resolve.
+    /// The resolver runs on the request's own task, not on one spawned per
+    /// notification: a task and a hop less on every answer.
+    wake: Arc<Notify>,
 }
 
 /// The requests waiting in this shell, by correlation id.
@@ -151,7 +159,7 @@ impl Responses {
     ) -> Result<Value, ResponseError> {
         let id = command.correlation_id.get_or_insert_with(|| command.id.clone()).clone();
         let (reply, response) = oneshot::channel();
-        {
+        let wake = {
             let mut table = self.pending();
             if table.waiting >= self.max_pending {
                 return Err(ResponseError::Overloaded { limit: self.max_pending });
@@ -162,12 +170,15 @@ impl Responses {
                 seen: vec![],
                 written: vec![],
                 replies: vec![],
+                wake: Arc::default(),
             });
             entry.idempotent |= idempotent;
             entry.replies.push(reply);
+            let wake = Arc::clone(&entry.wake);
             table.waiting += 1;
             crate::metrics::pending_requests(table.waiting);
-        }
+            wake
+        };
         let mut waiting = Waiting { responses: self, id: &id, response: Some(response) };
         // A request for the same id may have registered first with another
         // payload: the logged command is the one to resolve with.
@@ -215,13 +226,52 @@ impl Responses {
         let Some(response) = waiting.response.as_mut() else {
             return Err(ResponseError::Internal(format!("command {id} lost its reply")));
         };
-        match tokio::time::timeout(self.timeout, response).await {
+        match tokio::time::timeout(self.timeout, self.answer(&id, &wake, response)).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => {
                 Err(ResponseError::Internal(format!("the shell stopped before command {id} was answered")))
             }
             Err(_) => Err(ResponseError::Timeout { command_id: id.clone(), after: self.timeout }),
         }
+    }
+
+    /// Waits for the answer to `id`, resolving on this task each time
+    /// `wake` says a notification came (any of the request's waiters may
+    /// resolve; whichever finishes answers them all).
+    async fn answer(
+        &self,
+        id: &str,
+        wake: &Notify,
+        response: &mut oneshot::Receiver<Result<Value, ResponseError>>,
+    ) -> Result<Result<Value, ResponseError>, oneshot::error::RecvError> {
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut *response => return result,
+                () = wake.notified() => {}
+            }
+            // Answered meanwhile: the reply is on its way.
+            let Some((command, seen, idempotent, written)) = self.snapshot(id) else { continue };
+            let span = tracing::debug_span!(
+                "resolve",
+                command = %command.kind,
+                command_id = %command.id,
+                correlation_id = %id,
+                notification = seen.last().map_or("", |n| n.kind.as_str()),
+            );
+            let resolved = self.resolve(&command, &seen, &written).instrument(span).await;
+            if let Some(result) = resolved {
+                let result = if idempotent { self.keep(&command, result).await } else { result };
+                self.finish(id, result);
+            }
+        }
+    }
+
+    /// What a resolver of `id` is shown now.
+    fn snapshot(&self, id: &str) -> Option<Snapshot> {
+        let pending = self.pending();
+        let p = pending.by_id.get(id)?;
+        Some((p.command.clone(), p.seen.clone(), p.idempotent, p.written.clone()))
     }
 
     /// Forgets the waiters of `id` that stopped waiting.
@@ -233,14 +283,17 @@ impl Responses {
         let (gone, empty) = (before - p.replies.len(), p.replies.is_empty());
         if empty {
             table.by_id.remove(id);
+        } else if gone > 0 && !p.seen.is_empty() {
+            // The one that left may have been resolving: another waiter takes over.
+            p.wake.notify_one();
         }
         table.forget(gone);
     }
 
     /// Shows a notification to the request it belongs to, if it waits here.
-    fn deliver(self: &Arc<Self>, notification: Message, written: &Arc<Written>) {
+    fn deliver(&self, notification: Message, written: &Arc<Written>) {
         let Some(id) = notification.correlation_id.clone() else { return };
-        let snapshot = {
+        let wake = {
             let mut pending = self.pending();
             // Not waiting here: another shell holds the request, or it timed out.
             let Some(p) = pending.by_id.get_mut(&id) else { return };
@@ -252,31 +305,15 @@ impl Responses {
             if !written.is_empty() {
                 p.written.push(Arc::clone(written));
             }
-            (p.command.clone(), p.seen.clone(), p.idempotent, p.written.clone())
+            Arc::clone(&p.wake)
         };
         if notification.kind == FAILED {
             let reason = notification.text("reason").unwrap_or("the command failed").to_owned();
             self.finish(&id, Err(ResponseError::Failed(reason)));
             return;
         }
-        let this = Arc::clone(self);
-        let span = tracing::debug_span!(
-            "resolve",
-            command = %snapshot.0.kind,
-            command_id = %snapshot.0.id,
-            correlation_id = %id,
-            notification = %notification.kind,
-        );
-        tokio::spawn(
-            async move {
-                let (command, seen, idempotent, written) = snapshot;
-                if let Some(result) = this.resolve(&command, &seen, &written).await {
-                    let result = if idempotent { this.keep(&command, result).await } else { result };
-                    this.finish(&id, result);
-                }
-            }
-            .instrument(span),
-        );
+        // One waiter resolves; a permit is kept if none is waiting this instant.
+        wake.notify_one();
     }
 
     /// Keeps an idempotent command's first answer (a value or a
@@ -450,6 +487,33 @@ mod tests {
         let commit = Commit { ops: vec![put], notify: vec![projected("c-1", "cust-1")], ..Commit::default() };
         committed.commit(commit).await.expect("commit");
         assert_eq!(request.await.expect("the request").expect("an answer"), customer);
+    }
+
+    #[tokio::test]
+    async fn every_waiter_on_a_command_gets_the_answer_though_one_left() {
+        let (responses, committed) = shell().await;
+        let command = || Message::new("c-3", "InviteCustomer", json!({ "email": "a@b.c" }));
+        let ask = || {
+            let responses = Arc::clone(&responses);
+            tokio::spawn(async move { responses.request(command(), false).await })
+        };
+        let (left, first, second) = (ask(), ask(), ask());
+        while responses.pending_requests() < 3 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // A client goes away: the others still resolve and are answered.
+        left.abort();
+        while responses.pending_requests() > 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let customer = json!({ "id": "cust-3", "email": "a@b.c", "invited": true });
+        let put =
+            WriteOp::Put { collection: "customers".into(), key: "cust-3".into(), body: customer.clone() };
+        let commit = Commit { ops: vec![put], notify: vec![projected("c-3", "cust-3")], ..Commit::default() };
+        committed.commit(commit).await.expect("commit");
+        assert_eq!(first.await.expect("the first request").expect("an answer"), customer);
+        assert_eq!(second.await.expect("the second request").expect("an answer"), customer);
+        assert_eq!(responses.pending_requests(), 0);
     }
 
     #[tokio::test]
