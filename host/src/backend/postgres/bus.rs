@@ -61,8 +61,14 @@ const RECONNECT: Duration = Duration::from_secs(1);
 /// How far back, in notification ids, a reconnected listener looks again
 /// (ids are taken before commit, so recent ones can commit out of order).
 const CATCH_UP: i64 = 1000;
-/// Between the topic and the sending bus's tag in a NOTIFY of appended events.
+/// Between the topic and the sending bus's tag in a NOTIFY of appended
+/// events; after the id in a NOTIFY of a notification.
 const TAG_MARK: &str = " lowshell-";
+/// How long the echo of a notification this shell committed waits before it
+/// is handed to the responses: the committing task hands it over first, with
+/// the documents its commit wrote; the echo only matters when that task
+/// never learnt its commit went through (the connection failed at `COMMIT`).
+const ECHO_GRACE: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
 pub struct PgBus {
@@ -218,8 +224,8 @@ impl PgBus {
     }
 
     /// Hands notifications this shell has just committed to its waiting
-    /// requests at once. The NOTIFY brings them again; the responses ignore
-    /// notifications they have seen.
+    /// requests at once. The NOTIFY brings them again, [`ECHO_GRACE`] later;
+    /// the responses ignore notifications they have seen.
     pub(crate) fn notify_local(&self, messages: impl IntoIterator<Item = Message>, written: Written) {
         self.inner.notify.send(messages, written);
     }
@@ -457,7 +463,23 @@ async fn listen(inner: std::sync::Weak<Inner>) {
                             (topic, false) => strong.wake(Some(topic)),
                         }
                     } else if channel == NOTIFICATIONS_CHANNEL {
-                        forward_notification(&strong, &client, &payload).await;
+                        if own_notification(&payload, &strong.tag) {
+                            // Racing the committing task (the listener may hear
+                            // the NOTIFY before it hears `COMMIT` succeed): let
+                            // it hand the notification over first, with its writes.
+                            let inner = Arc::downgrade(&strong);
+                            tokio::spawn(async move {
+                                tokio::time::sleep(ECHO_GRACE).await;
+                                let Some(inner) = inner.upgrade() else { return };
+                                let Some(id) = forward_carried(&inner, &payload) else { return };
+                                match inner.db.pool().get().await {
+                                    Ok(client) => forward_since(&inner, &client, READ_NOTIFICATION, id).await,
+                                    Err(e) => tracing::warn!(id, "cannot read a notification: {}", describe_pool(&e)),
+                                }
+                            });
+                        } else {
+                            forward_notification(&strong, &client, &payload).await;
+                        }
                     }
                 }
                 // The shell stopped: close the connection, so that the
@@ -471,17 +493,48 @@ async fn listen(inner: std::sync::Weak<Inner>) {
     }
 }
 
-/// Hands the notification announced by a NOTIFY to the responses: the
-/// payload is its id and, when it fits, the message itself; else it is read.
-async fn forward_notification(inner: &Inner, client: &Client, payload: &str) {
-    let (id, message) = payload.split_once(' ').unwrap_or((payload, ""));
-    let Ok(id) = id.parse::<i64>() else { return };
-    if let Ok(message) = serde_json::from_str::<Message>(message) {
-        inner.last_notification.fetch_max(id, Ordering::Relaxed);
-        inner.forward([message]);
-        return;
+/// Whether the NOTIFY of a notification (`id lowshell-TAG [message]`) is
+/// the echo of one the bus tagged `tag` committed.
+fn own_notification(payload: &str, tag: &str) -> bool {
+    let Some((id, rest)) = payload.split_once(TAG_MARK) else { return false };
+    // The message is JSON: it never starts with the mark, so an id before it is one.
+    let sender = rest.split_once(' ').map_or(rest, |(sender, _)| sender);
+    sender == tag && id.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The id and the message (empty when it did not fit) of a notification's NOTIFY.
+fn notification_payload(payload: &str) -> (&str, &str) {
+    let (id, rest) = payload.split_once(' ').unwrap_or((payload, ""));
+    match rest.strip_prefix(TAG_MARK.trim_start()) {
+        Some(tagged) => (id, tagged.split_once(' ').map_or("", |(_, message)| message)),
+        None => (id, rest),
     }
-    forward_since(inner, client, "SELECT id, message FROM notifications WHERE id = $1", id).await;
+}
+
+/// Hands the notification announced by a NOTIFY to the responses: the
+/// payload is its id, the committing shell's tag (older shells send none)
+/// and, when it fits, the message itself; else it is read.
+async fn forward_notification(inner: &Inner, client: &Client, payload: &str) {
+    if let Some(id) = forward_carried(inner, payload) {
+        forward_since(inner, client, READ_NOTIFICATION, id).await;
+    }
+}
+
+const READ_NOTIFICATION: &str = "SELECT id, message FROM notifications WHERE id = $1";
+
+/// Hands the notification a NOTIFY carries to the responses; `Some(id)`
+/// when it carries only its id (too large), to be read by that.
+fn forward_carried(inner: &Inner, payload: &str) -> Option<i64> {
+    let (id, message) = notification_payload(payload);
+    let id = id.parse::<i64>().ok()?;
+    match serde_json::from_str::<Message>(message) {
+        Ok(message) => {
+            inner.last_notification.fetch_max(id, Ordering::Relaxed);
+            inner.forward([message]);
+            None
+        }
+        Err(_) => Some(id),
+    }
 }
 
 /// After a reconnect: notifications committed while not listening (the
@@ -1078,7 +1131,28 @@ impl Bus for PgBus {
 
 #[cfg(test)]
 mod tests {
-    use super::{TAG_MARK, heard};
+    use super::{TAG_MARK, heard, notification_payload, own_notification};
+
+    #[test]
+    fn a_notification_names_its_shell_and_may_carry_the_message() {
+        let mine = "0123abcd";
+        let message = r#"{"id":"n-1","kind":"Done"}"#;
+        let tagged = format!("42{TAG_MARK}{mine} {message}");
+        assert!(own_notification(&tagged, mine));
+        assert_eq!(notification_payload(&tagged), ("42", message));
+        // Too large to carry: only the id, to read.
+        let bare = format!("42{TAG_MARK}{mine}");
+        assert!(own_notification(&bare, mine));
+        assert_eq!(notification_payload(&bare), ("42", ""));
+        // Another shell's, and an older shell's (untagged).
+        assert!(!own_notification(&format!("42{TAG_MARK}feedbeef {message}"), mine));
+        let untagged = format!("42 {message}");
+        assert!(!own_notification(&untagged, mine));
+        assert_eq!(notification_payload(&untagged), ("42", message));
+        // A message mentioning the mark is still someone's message.
+        let sly = format!(r#"42 {{"text":"x{TAG_MARK}{mine} y"}}"#);
+        assert!(!own_notification(&sly, mine));
+    }
 
     #[test]
     fn a_notify_names_its_topic_and_tells_this_shells_own_echo() {

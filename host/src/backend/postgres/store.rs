@@ -151,12 +151,14 @@ mod sql {
              VALUES ($1, $2, $3, $4, $5, $6, $5, $7, $8, $9, $10)
              RETURNING topic)
          SELECT pg_notify($11, e.topic || $12::text) FROM e";
-    /// Keeps the notification and announces it; the announcement carries
-    /// the message itself when it fits in a NOTIFY payload (8000 bytes),
-    /// so the shells need not read it back.
+    /// Keeps the notification and announces it: its id, the committing
+    /// shell's tag (`$4`, see `PgBus::echo_tag`; empty without a bus), and
+    /// the message itself when it fits in a NOTIFY payload (8000 bytes), so
+    /// the shells need not read it back.
     pub const NOTIFY: &str = "WITH n AS (
              INSERT INTO notifications (correlation_id, message) VALUES ($1, $2) RETURNING id, message::text AS text)
-         SELECT pg_notify($3, CASE WHEN octet_length(n.text) < 7900 THEN n.id || ' ' || n.text ELSE n.id::text END)
+         SELECT pg_notify($3, n.id || $4::text
+             || CASE WHEN octet_length(n.text) < 7900 THEN ' ' || n.text ELSE '' END)
          FROM n";
     pub const GET: &str = concat!(
         "SELECT $1::text, key, version, body FROM documents WHERE collection = ",
@@ -217,7 +219,8 @@ struct Bound<'c> {
     expected: Vec<i64>,
     unpark: Option<(&'c str, i64)>,
     park: Option<(&'c Parked, i64, Value, i32)>,
-    /// After the topic in the NOTIFYs of the events (see `PgBus::echo_tag`).
+    /// After the topic in the NOTIFYs of the events, and after the id in
+    /// those of the notifications (see `PgBus::echo_tag`).
     tag: String,
     notifications: Vec<(&'c String, Value)>,
     /// Per event, who caused it: its `subject` and `claims` columns.
@@ -323,7 +326,11 @@ impl<'c> Bound<'c> {
         }
         for (correlation, message) in &self.notifications {
             let sql = tx.prepare_cached(sql::NOTIFY).await.map_err(store_error)?;
-            statements.push((sql, vec![correlation, message, &NOTIFICATIONS_CHANNEL], Expect::Any));
+            statements.push((
+                sql,
+                vec![correlation, message, &NOTIFICATIONS_CHANNEL, &self.tag],
+                Expect::Any,
+            ));
         }
         Ok(statements)
     }
