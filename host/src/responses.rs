@@ -453,19 +453,31 @@ mod tests {
         (responses, committed)
     }
 
+    /// A request for the command `id`, once it waits (beside any waiting already).
     async fn waiting(
         responses: &Arc<Responses>,
         id: &str,
     ) -> tokio::task::JoinHandle<Result<Value, ResponseError>> {
+        let before = responses.pending_requests();
         let command = Message::new(id, "InviteCustomer", json!({ "email": "a@b.c" }));
         let request = tokio::spawn({
             let responses = Arc::clone(responses);
             async move { responses.request(command, false).await }
         });
-        while responses.pending_requests() == 0 {
+        while responses.pending_requests() == before {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         request
+    }
+
+    /// The projector's commit of the customer `key`, notifying `request`;
+    /// the customer it wrote.
+    async fn project(committed: &MemoryStore, request: &str, key: &str) -> Value {
+        let customer = json!({ "id": key, "email": "a@b.c", "invited": true });
+        let put = WriteOp::Put { collection: "customers".into(), key: key.into(), body: customer.clone() };
+        let commit = Commit { ops: vec![put], notify: vec![projected(request, key)], ..Commit::default() };
+        committed.commit(commit).await.expect("commit");
+        customer
     }
 
     fn projected(request: &str, key: &str) -> Message {
@@ -481,36 +493,22 @@ mod tests {
     async fn the_answer_is_the_document_as_the_notifying_commit_wrote_it() {
         let (responses, committed) = shell().await;
         let request = waiting(&responses, "c-1").await;
-        let customer = json!({ "id": "cust-1", "email": "a@b.c", "invited": true });
-        let put =
-            WriteOp::Put { collection: "customers".into(), key: "cust-1".into(), body: customer.clone() };
-        let commit = Commit { ops: vec![put], notify: vec![projected("c-1", "cust-1")], ..Commit::default() };
-        committed.commit(commit).await.expect("commit");
+        let customer = project(&committed, "c-1", "cust-1").await;
         assert_eq!(request.await.expect("the request").expect("an answer"), customer);
     }
 
     #[tokio::test]
     async fn every_waiter_on_a_command_gets_the_answer_though_one_left() {
         let (responses, committed) = shell().await;
-        let command = || Message::new("c-3", "InviteCustomer", json!({ "email": "a@b.c" }));
-        let ask = || {
-            let responses = Arc::clone(&responses);
-            tokio::spawn(async move { responses.request(command(), false).await })
-        };
-        let (left, first, second) = (ask(), ask(), ask());
-        while responses.pending_requests() < 3 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let left = waiting(&responses, "c-3").await;
+        let first = waiting(&responses, "c-3").await;
+        let second = waiting(&responses, "c-3").await;
         // A client goes away: the others still resolve and are answered.
         left.abort();
         while responses.pending_requests() > 2 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let customer = json!({ "id": "cust-3", "email": "a@b.c", "invited": true });
-        let put =
-            WriteOp::Put { collection: "customers".into(), key: "cust-3".into(), body: customer.clone() };
-        let commit = Commit { ops: vec![put], notify: vec![projected("c-3", "cust-3")], ..Commit::default() };
-        committed.commit(commit).await.expect("commit");
+        let customer = project(&committed, "c-3", "cust-3").await;
         assert_eq!(first.await.expect("the first request").expect("an answer"), customer);
         assert_eq!(second.await.expect("the second request").expect("an answer"), customer);
         assert_eq!(responses.pending_requests(), 0);

@@ -463,7 +463,7 @@ async fn listen(inner: std::sync::Weak<Inner>) {
                             (topic, false) => strong.wake(Some(topic)),
                         }
                     } else if channel == NOTIFICATIONS_CHANNEL {
-                        if own_notification(&payload, &strong.tag) {
+                        if Announced::parse(&payload).sender == Some(strong.tag.as_str()) {
                             // Racing the committing task (the listener may hear
                             // the NOTIFY before it hears `COMMIT` succeed): let
                             // it hand the notification over first, with its writes.
@@ -493,21 +493,26 @@ async fn listen(inner: std::sync::Weak<Inner>) {
     }
 }
 
-/// Whether the NOTIFY of a notification (`id lowshell-TAG [message]`) is
-/// the echo of one the bus tagged `tag` committed.
-fn own_notification(payload: &str, tag: &str) -> bool {
-    let Some((id, rest)) = payload.split_once(TAG_MARK) else { return false };
-    // The message is JSON: it never starts with the mark, so an id before it is one.
-    let sender = rest.split_once(' ').map_or(rest, |(sender, _)| sender);
-    sender == tag && id.bytes().all(|b| b.is_ascii_digit())
+/// A notification's NOTIFY (`id [lowshell-TAG] [message]`): its id, the
+/// committing shell's tag (none from older shells), and the message (empty
+/// when it did not fit). The message is JSON, so never starts with the mark.
+#[derive(Debug, PartialEq)]
+struct Announced<'p> {
+    id: &'p str,
+    sender: Option<&'p str>,
+    message: &'p str,
 }
 
-/// The id and the message (empty when it did not fit) of a notification's NOTIFY.
-fn notification_payload(payload: &str) -> (&str, &str) {
-    let (id, rest) = payload.split_once(' ').unwrap_or((payload, ""));
-    match rest.strip_prefix(TAG_MARK.trim_start()) {
-        Some(tagged) => (id, tagged.split_once(' ').map_or("", |(_, message)| message)),
-        None => (id, rest),
+impl<'p> Announced<'p> {
+    fn parse(payload: &'p str) -> Self {
+        let (id, rest) = payload.split_once(' ').unwrap_or((payload, ""));
+        match rest.strip_prefix(TAG_MARK.trim_start()) {
+            Some(tagged) => {
+                let (sender, message) = tagged.split_once(' ').unwrap_or((tagged, ""));
+                Self { id, sender: Some(sender), message }
+            }
+            None => Self { id, sender: None, message: rest },
+        }
     }
 }
 
@@ -525,7 +530,7 @@ const READ_NOTIFICATION: &str = "SELECT id, message FROM notifications WHERE id 
 /// Hands the notification a NOTIFY carries to the responses; `Some(id)`
 /// when it carries only its id (too large), to be read by that.
 fn forward_carried(inner: &Inner, payload: &str) -> Option<i64> {
-    let (id, message) = notification_payload(payload);
+    let Announced { id, message, .. } = Announced::parse(payload);
     let id = id.parse::<i64>().ok()?;
     match serde_json::from_str::<Message>(message) {
         Ok(message) => {
@@ -1131,27 +1136,25 @@ impl Bus for PgBus {
 
 #[cfg(test)]
 mod tests {
-    use super::{TAG_MARK, heard, notification_payload, own_notification};
+    use super::{Announced, TAG_MARK, heard};
 
     #[test]
     fn a_notification_names_its_shell_and_may_carry_the_message() {
-        let mine = "0123abcd";
-        let message = r#"{"id":"n-1","kind":"Done"}"#;
+        let (mine, message) = ("0123abcd", r#"{"id":"n-1","kind":"Done"}"#);
+        let announced = |sender, message| Announced { id: "42", sender, message };
         let tagged = format!("42{TAG_MARK}{mine} {message}");
-        assert!(own_notification(&tagged, mine));
-        assert_eq!(notification_payload(&tagged), ("42", message));
+        assert_eq!(Announced::parse(&tagged), announced(Some(mine), message));
         // Too large to carry: only the id, to read.
         let bare = format!("42{TAG_MARK}{mine}");
-        assert!(own_notification(&bare, mine));
-        assert_eq!(notification_payload(&bare), ("42", ""));
+        assert_eq!(Announced::parse(&bare), announced(Some(mine), ""));
         // Another shell's, and an older shell's (untagged).
-        assert!(!own_notification(&format!("42{TAG_MARK}feedbeef {message}"), mine));
+        let other = format!("42{TAG_MARK}feedbeef {message}");
+        assert_eq!(Announced::parse(&other), announced(Some("feedbeef"), message));
         let untagged = format!("42 {message}");
-        assert!(!own_notification(&untagged, mine));
-        assert_eq!(notification_payload(&untagged), ("42", message));
+        assert_eq!(Announced::parse(&untagged), announced(None, message));
         // A message mentioning the mark is still someone's message.
         let sly = format!(r#"42 {{"text":"x{TAG_MARK}{mine} y"}}"#);
-        assert!(!own_notification(&sly, mine));
+        assert_eq!(Announced::parse(&sly).sender, None);
     }
 
     #[test]
