@@ -139,3 +139,18 @@ async fn two_shells_share_a_function_and_one_takes_over_when_the_other_goes() {
     assert_eq!(invited, 50);
     a.stop().await.expect("A stops");
 }
+
+/// Another project's shell on the same Postgres server (another database)
+/// neither counts as sharing the function nor shows as holding its
+/// partitions: advisory locks are per database, `pg_locks` is not.
+#[tokio::test]
+async fn a_shell_on_another_database_of_the_server_takes_no_share() {
+    let (other, _) = shell(&pg::database().await).await;
+    let url = pg::database().await;
+    let (a, client_a) = shell(&url).await;
+    let shares = split(&client_a, |s| s.len() == 1).await;
+    assert_eq!(shares.values().copied().collect::<Vec<_>>(), [4], "{shares:?}");
+    invite_all(&[&client_a], 0, 8).await;
+    a.stop().await.expect("A stops");
+    other.stop().await.expect("the other project's shell stops");
+}

@@ -241,13 +241,26 @@ fn shell_name() -> String {
     format!("lowshell {host}/{}/{n}", std::process::id())
 }
 
+/// The `pg_locks` rows of this database: advisory locks are per database,
+/// but `pg_locks` shows the whole cluster's, and shells of other projects
+/// (other databases on the same server) must not count.
+macro_rules! this_database {
+    () => {
+        "(SELECT oid FROM pg_database WHERE datname = current_database())"
+    };
+}
+
 /// How many shells run on the database now: the sessions holding the
 /// shared presence lock. At least one when called from a shell.
 pub async fn live_shells(client: &Client) -> Result<usize, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' AND granted
-             AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 2",
+            concat!(
+                "SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' AND granted
+                 AND database = ",
+                this_database!(),
+                " AND classid::bigint = $1 AND objid::bigint = $2 AND objsubid = 2"
+            ),
             &[&i64::from(LOCK_NAMESPACE), &i64::from(PRESENCE)],
         )
         .await?;
@@ -259,11 +272,15 @@ pub async fn live_shells(client: &Client) -> Result<usize, tokio_postgres::Error
 pub async fn lease_holders(client: &Client) -> Result<Vec<(String, Option<String>)>, tokio_postgres::Error> {
     let rows = client
         .query(
-            "SELECT l.name, a.application_name FROM leases l
-             LEFT JOIN pg_locks k ON k.locktype = 'advisory' AND k.granted AND k.objsubid = 2
-                  AND k.classid::bigint = $1 AND k.objid::bigint = l.id
-             LEFT JOIN pg_stat_activity a ON a.pid = k.pid
-             ORDER BY l.name",
+            concat!(
+                "SELECT l.name, a.application_name FROM leases l
+                 LEFT JOIN pg_locks k ON k.locktype = 'advisory' AND k.granted AND k.objsubid = 2
+                      AND k.database = ",
+                this_database!(),
+                " AND k.classid::bigint = $1 AND k.objid::bigint = l.id
+                 LEFT JOIN pg_stat_activity a ON a.pid = k.pid
+                 ORDER BY l.name"
+            ),
             &[&i64::from(LOCK_NAMESPACE)],
         )
         .await?;
