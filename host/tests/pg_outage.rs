@@ -1,4 +1,4 @@
-//! Postgres stopped under load and started again: the shell stays up,
+//! Postgres stopped (or crashed) under load and started again: the shell stays up,
 //! reports not-ready and answers with clear errors meanwhile, reconnects on
 //! its own, and afterwards every acknowledged command is in the log and the
 //! read model, exactly once. Runs on a cluster of its own (see
@@ -79,6 +79,26 @@ async fn wait_readyz(http: &reqwest::Client, base: &str, want: u16, within: Dura
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_under_load_and_started_again() {
+    outage(Stop::Fast).await;
+}
+
+/// Commands are appended without waiting for the WAL flush: a crash may
+/// lose one that was never answered, never one that was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_crashed_under_load_and_started_again() {
+    outage(Stop::Crash).await;
+}
+
+/// How Postgres goes away.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// A clean shutdown (`-m fast`): what was committed is kept.
+    Fast,
+    /// A crash (`-m immediate`): WAL not yet written out is lost.
+    Crash,
+}
+
+async fn outage(how: Stop) {
     let cluster = pg::OwnCluster::start();
     let url = cluster.database().await;
     let shell = Shell::start(project(&url)).await.expect("start the shell (run `make guest` first)");
@@ -115,7 +135,10 @@ async fn postgres_stopped_under_load_and_started_again() {
 
     // Stop Postgres under load.
     down.store(true, Ordering::Relaxed);
-    tokio::task::block_in_place(|| cluster.stop());
+    tokio::task::block_in_place(|| match how {
+        Stop::Fast => cluster.stop(),
+        Stop::Crash => cluster.crash(),
+    });
     let not_ready = wait_readyz(&http, &base, 503, Duration::from_secs(15)).await;
     eprintln!("/readyz 503 {not_ready:?} after the stop");
     // A deploy cannot be recorded, so it is refused, plainly.

@@ -156,6 +156,13 @@ impl OwnCluster {
         self.pg_ctl("-m fast stop");
     }
 
+    /// `pg_ctl stop -m immediate`: a crash — no shutdown checkpoint, and
+    /// WAL not yet written out (asynchronous commits) is lost; the restart
+    /// recovers.
+    pub fn crash(&self) {
+        self.pg_ctl("-m immediate stop");
+    }
+
     /// Starts the stopped cluster again, on the same data and port.
     pub fn restart(&self) {
         self.pg_ctl("start");

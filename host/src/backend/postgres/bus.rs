@@ -669,18 +669,27 @@ const SEED_PARTITION: &str = "INSERT INTO checkpoints (consumer, tx, position)
 
 /// Appends a command once (a repeated id appends nothing) and wakes the
 /// consumers (the NOTIFY tagged with `$10`, see [`PgBus::echo_tag`]).
-const SUBMIT: &str = "WITH e AS (
+///
+/// Committed without waiting for the WAL flush (`synchronous_commit` off
+/// for this transaction only, `s`): nobody is told of a command until a
+/// step it caused has committed — synchronously, which flushes the WAL
+/// up to that commit and so this one's too. A crash before that loses
+/// a command whose request got an error, never one that was answered.
+const SUBMIT: &str = "WITH s AS (SELECT set_config('synchronous_commit', 'off', true)),
+     e AS (
          INSERT INTO events (id, topic, kind, payload, correlation_id, causation_id, command_id, subject, claims)
          VALUES ($1, $2, $3, $4, $5, $6, $1, $8, $9)
          ON CONFLICT (id) WHERE topic = 'commands' DO NOTHING
          RETURNING position)
-     SELECT pg_notify($7, $2 || $10::text) FROM e";
+     SELECT pg_notify($7, $2 || $10::text) FROM e, s";
 
 /// [`SUBMIT`] for an idempotent command: its fingerprint ($8) is kept in
 /// `command_results` when — and in the same statement as — the command is
 /// appended, so a duplicate (which waits for the first's transaction on the
-/// unique index) always finds it. `$11`: the NOTIFY's tag.
-const SUBMIT_IDEMPOTENT: &str = "WITH e AS (
+/// unique index) always finds it. `$11`: the NOTIFY's tag. Not waiting
+/// for the WAL flush, as [`SUBMIT`].
+const SUBMIT_IDEMPOTENT: &str = "WITH s AS (SELECT set_config('synchronous_commit', 'off', true)),
+     e AS (
          INSERT INTO events (id, topic, kind, payload, correlation_id, causation_id, command_id, subject, claims)
          VALUES ($1, $2, $3, $4, $5, $6, $1, $9, $10)
          ON CONFLICT (id) WHERE topic = 'commands' DO NOTHING
@@ -688,7 +697,7 @@ const SUBMIT_IDEMPOTENT: &str = "WITH e AS (
      k AS (
          INSERT INTO command_results (command_id, fingerprint) SELECT id, $8 FROM e
          ON CONFLICT (command_id) DO NOTHING)
-     SELECT pg_notify($7, $2 || $11::text) FROM e";
+     SELECT pg_notify($7, $2 || $11::text) FROM e, s";
 
 /// What a duplicate is compared with: the logged command, and its
 /// fingerprint and first answer when kept (not for commands logged before
