@@ -706,3 +706,46 @@ async fn an_answer_the_notifying_commit_wrote_is_not_read_back() {
     let answer = request.await.expect("the request");
     assert_eq!(answer, Err(ResponseError::Failed("document `customers/cust-2` does not exist".into())));
 }
+
+/// Commands submitted at once are appended together; one Postgres refuses
+/// (a NUL in its payload) fails alone, the others are appended once each,
+/// in the log as submitted, and a repeat of one is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_submitted_together_are_appended_each_once_and_a_bad_one_fails_alone() {
+    let url = pg::database().await;
+    let db = Arc::new(Database::connect(&url).await.expect("connect"));
+    let bus = PgBus::start(Arc::clone(&db));
+    let command = |id: String, payload: Value| host::backend::Event {
+        topic: low_contract::COMMANDS_TOPIC.into(),
+        message: low_contract::Message::new(&id, "InviteCustomer", payload).correlated(&id),
+        function: None,
+        version: None,
+        at_ms: 0,
+    };
+    let submits = (0..40).map(|n| {
+        let payload = if n == 17 { json!({ "email": "nul\u{0}@example.com" }) } else { json!({ "n": n }) };
+        bus.submit(command(format!("c-{n}"), payload), false)
+    });
+    let outcomes = futures::future::join_all(submits).await;
+    for (n, outcome) in outcomes.iter().enumerate() {
+        match (n, outcome) {
+            (17, Err(host::backend::BusError::Invalid(e))) => assert!(e.contains("Unicode"), "{e}"),
+            (17, other) => panic!("the bad command: {other:?}"),
+            (_, Ok(host::backend::Submitted::Accepted)) => {}
+            (n, other) => panic!("command {n}: {other:?}"),
+        }
+    }
+    let raw = pg::client(&url).await;
+    let logged: Vec<String> = raw
+        .query("SELECT id FROM events WHERE topic = 'commands' ORDER BY position", &[])
+        .await
+        .expect("read the log")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let expected: Vec<String> = (0..40).filter(|&n| n != 17).map(|n| format!("c-{n}")).collect();
+    assert_eq!(logged, expected, "each once, in the order submitted");
+    let repeat = bus.submit(command("c-3".into(), json!({ "n": 3 })), false).await.expect("a repeat");
+    assert!(matches!(repeat, host::backend::Submitted::Duplicate { .. }), "{repeat:?}");
+    assert_eq!(count(&raw, "SELECT count(*) FROM events WHERE topic = 'commands'").await, 39);
+}

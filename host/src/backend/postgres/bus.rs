@@ -44,11 +44,11 @@ use crate::backend::{
 };
 use async_trait::async_trait;
 use low_contract::{Message, Principal};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_postgres::{AsyncMessage, Client, Row, Statement};
 
 /// How often consumers look at the log when no NOTIFY woke them.
@@ -64,6 +64,10 @@ const CATCH_UP: i64 = 1000;
 /// Between the topic and the sending bus's tag in a NOTIFY of appended
 /// events; after the id in a NOTIFY of a notification.
 const TAG_MARK: &str = " lowshell-";
+/// Commands appended in one statement at most (see [`append_commands`]).
+const APPEND_BATCH: usize = 64;
+/// Commands waiting for the appender before submitters wait for room.
+const APPEND_QUEUE: usize = 1024;
 /// How long the echo of a notification this shell committed waits before it
 /// is handed to the responses: the committing task hands it over first, with
 /// the documents its commit wrote; the echo only matters when that task
@@ -100,6 +104,8 @@ struct Inner {
     shells: Mutex<Option<(Instant, usize)>>,
     /// Set when the shell stops: the listener lets its connection go.
     closed: watch::Sender<bool>,
+    /// Commands waiting to be appended (see [`append_commands`]).
+    appends: mpsc::Sender<Append>,
 }
 
 impl Inner {
@@ -165,12 +171,15 @@ impl PgBus {
     /// Starts listening (and keeps reconnecting the listener while the shell runs).
     pub fn start(db: Arc<Database>) -> Self {
         let (wake, _) = watch::channel(0);
+        let (appends, queue) = mpsc::channel(APPEND_QUEUE);
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        tokio::spawn(append_commands(Arc::clone(&db), format!("{TAG_MARK}{tag}"), queue));
         let bus = Self {
             inner: Arc::new(Inner {
                 db,
                 wake,
                 wakers: Mutex::default(),
-                tag: uuid::Uuid::new_v4().simple().to_string(),
+                tag,
                 notify: NotificationSink::default(),
                 last_notification: AtomicI64::new(0),
                 watchers: broadcast::Sender::new(WATCH_BUFFER),
@@ -178,6 +187,7 @@ impl PgBus {
                 held: Mutex::default(),
                 shells: Mutex::default(),
                 closed: watch::Sender::new(false),
+                appends,
             }),
         };
         tokio::spawn(listen(Arc::downgrade(&bus.inner)));
@@ -228,6 +238,32 @@ impl PgBus {
     /// the responses ignore notifications they have seen.
     pub(crate) fn notify_local(&self, messages: impl IntoIterator<Item = Message>, written: Written) {
         self.inner.notify.send(messages, written);
+    }
+
+    /// Appends an idempotent command, alone ([`SUBMIT_IDEMPOTENT`]): whether
+    /// it was appended (else its id was in the log).
+    async fn append_idempotent(&self, command: &Event) -> Result<bool, BusError> {
+        let client = self.inner.db.pool().get().await.map_err(no_connection)?;
+        let m = &command.message;
+        let print = fingerprint(&m.kind, &m.payload);
+        let (subject, claims) = audit(m);
+        let tag = self.echo_tag();
+        let submit = client.prepare_cached(SUBMIT_IDEMPOTENT).await.map_err(refused)?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
+            &m.id,
+            &command.topic,
+            &m.kind,
+            &m.payload,
+            &m.correlation_id,
+            &m.causation_id,
+            &EVENTS_CHANNEL,
+            &print,
+            &subject,
+            &claims,
+            &tag,
+        ];
+        let rows = client.query(&submit, &params).await.map_err(refused)?;
+        Ok(!rows.is_empty())
     }
 
     /// Where a replay of the log started now ends: the oldest transaction
@@ -667,27 +703,33 @@ const SEED_PARTITION: &str = "INSERT INTO checkpoints (consumer, tx, position)
      SELECT $1, tx, position FROM checkpoints WHERE consumer = $2
      ON CONFLICT (consumer) DO NOTHING";
 
-/// Appends a command once (a repeated id appends nothing) and wakes the
-/// consumers (the NOTIFY tagged with `$10`, see [`PgBus::echo_tag`]).
+/// Appends commands ($1..$8: arrays of their columns, in arrival order),
+/// each once (a repeated id appends nothing), and wakes the consumers with
+/// one NOTIFY per topic (tagged with `$10`, see [`PgBus::echo_tag`]);
+/// returns the ids appended.
 ///
 /// Committed without waiting for the WAL flush (`synchronous_commit` off
 /// for this transaction only, `s`): nobody is told of a command until a
 /// step it caused has committed — synchronously, which flushes the WAL
 /// up to that commit and so this one's too. A crash before that loses
 /// a command whose request got an error, never one that was answered.
-const SUBMIT: &str = "WITH s AS (SELECT set_config('synchronous_commit', 'off', true)),
+const APPEND: &str = "WITH s AS (SELECT set_config('synchronous_commit', 'off', true)),
      e AS (
          INSERT INTO events (id, topic, kind, payload, correlation_id, causation_id, command_id, subject, claims)
-         VALUES ($1, $2, $3, $4, $5, $6, $1, $8, $9)
+         SELECT c.id, c.topic, c.kind, c.payload, c.correlation_id, c.causation_id, c.id, c.subject, c.claims
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[], $7::text[], $8::jsonb[])
+              WITH ORDINALITY AS c(id, topic, kind, payload, correlation_id, causation_id, subject, claims, n)
+         ORDER BY c.n
          ON CONFLICT (id) WHERE topic = 'commands' DO NOTHING
-         RETURNING position)
-     SELECT pg_notify($7, $2 || $10::text) FROM e, s";
+         RETURNING id, topic),
+     n AS (SELECT count(pg_notify($9, t.topic || $10::text)) FROM (SELECT DISTINCT topic FROM e) t, s)
+     SELECT e.id, (SELECT count FROM n) FROM e";
 
-/// [`SUBMIT`] for an idempotent command: its fingerprint ($8) is kept in
+/// [`APPEND`] for one idempotent command: its fingerprint ($8) is kept in
 /// `command_results` when — and in the same statement as — the command is
 /// appended, so a duplicate (which waits for the first's transaction on the
 /// unique index) always finds it. `$11`: the NOTIFY's tag. Not waiting
-/// for the WAL flush, as [`SUBMIT`].
+/// for the WAL flush, as [`APPEND`].
 const SUBMIT_IDEMPOTENT: &str = "WITH s AS (SELECT set_config('synchronous_commit', 'off', true)),
      e AS (
          INSERT INTO events (id, topic, kind, payload, correlation_id, causation_id, command_id, subject, claims)
@@ -710,6 +752,71 @@ const LOGGED_COMMAND: &str = "SELECT e.kind, e.payload, r.fingerprint, r.result
 const REMEMBER: &str = "INSERT INTO command_results (command_id, fingerprint, result) VALUES ($1, $2, $3)
      ON CONFLICT (command_id) DO UPDATE SET result = coalesce(command_results.result, EXCLUDED.result)
      RETURNING result";
+
+/// A command on its way to [`append_commands`], and where the outcome
+/// goes: the command back, and whether it was appended (else its id was
+/// in the log already).
+struct Append {
+    command: Event,
+    done: oneshot::Sender<(Event, Result<bool, BusError>)>,
+}
+
+/// Appends the commands this shell's requests submit: those that came
+/// while a statement ran go together in the next one ([`APPEND`]), so a
+/// busy shell spends one statement, transaction and NOTIFY on many
+/// commands, an idle one waits for nothing. When a statement fails for
+/// another reason than the database being away (a payload Postgres
+/// refuses, say), its commands are appended one by one, so that only the
+/// bad one fails. Ends when the bus is gone.
+async fn append_commands(db: Arc<Database>, tag: String, mut queue: mpsc::Receiver<Append>) {
+    let mut batch = Vec::with_capacity(APPEND_BATCH);
+    while queue.recv_many(&mut batch, APPEND_BATCH).await > 0 {
+        let mut outcome = append(&db, &tag, &batch).await;
+        if matches!(outcome, Err(BusError::Invalid(_))) && batch.len() > 1 {
+            for one in batch.drain(..) {
+                let mut alone = append(&db, &tag, std::slice::from_ref(&one)).await;
+                reply(one, &mut alone);
+            }
+        } else {
+            for one in batch.drain(..) {
+                reply(one, &mut outcome);
+            }
+        }
+    }
+}
+
+/// Tells a submitter whether its command was appended (taking its id from
+/// the appended, so that a repeat in the same statement counts once).
+fn reply(append: Append, outcome: &mut Result<HashSet<String>, BusError>) {
+    let appended = match outcome {
+        Ok(ids) => Ok(ids.remove(&append.command.message.id)),
+        Err(e) => Err(e.clone()),
+    };
+    // The request went away meanwhile: its command is appended all the same.
+    let _ = append.done.send((append.command, appended));
+}
+
+/// One [`APPEND`] of `batch`: the ids it appended.
+async fn append(db: &Database, tag: &str, batch: &[Append]) -> Result<HashSet<String>, BusError> {
+    let client = db.pool().get().await.map_err(no_connection)?;
+    let statement = client.prepare_cached(APPEND).await.map_err(refused)?;
+    let messages = || batch.iter().map(|a| &a.command.message);
+    let ids: Vec<&str> = messages().map(|m| m.id.as_str()).collect();
+    let topics: Vec<&str> = batch.iter().map(|a| a.command.topic.as_str()).collect();
+    let kinds: Vec<&str> = messages().map(|m| m.kind.as_str()).collect();
+    let payloads: Vec<&serde_json::Value> = messages().map(|m| &m.payload).collect();
+    let correlations: Vec<Option<&str>> = messages().map(|m| m.correlation_id.as_deref()).collect();
+    let causations: Vec<Option<&str>> = messages().map(|m| m.causation_id.as_deref()).collect();
+    let (subjects, claims): (Vec<_>, Vec<_>) = messages().map(audit).unzip();
+    let rows = client
+        .query(
+            &statement,
+            &[&ids, &topics, &kinds, &payloads, &correlations, &causations, &subjects, &claims, &EVENTS_CHANNEL, &tag],
+        )
+        .await
+        .map_err(refused)?;
+    rows.iter().map(|r| r.try_get::<_, String>(0)).collect::<Result<_, _>>().map_err(refused)
+}
 
 struct PgSubscription {
     inner: Arc<Inner>,
@@ -1001,48 +1108,23 @@ impl Bus for PgBus {
     }
 
     async fn submit(&self, command: Event, idempotent: bool) -> Result<Submitted, BusError> {
-        let client = self.inner.db.pool().get().await.map_err(no_connection)?;
-        let m = &command.message;
-        let print = fingerprint(&m.kind, &m.payload);
-        let (subject, claims) = audit(m);
-        let tag = self.echo_tag();
-        let rows = if idempotent {
-            let submit = client.prepare_cached(SUBMIT_IDEMPOTENT).await.map_err(refused)?;
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
-                &m.id,
-                &command.topic,
-                &m.kind,
-                &m.payload,
-                &m.correlation_id,
-                &m.causation_id,
-                &EVENTS_CHANNEL,
-                &print,
-                &subject,
-                &claims,
-                &tag,
-            ];
-            client.query(&submit, &params).await
+        let (command, appended) = if idempotent {
+            let appended = self.append_idempotent(&command).await?;
+            (command, appended)
         } else {
-            let submit = client.prepare_cached(SUBMIT).await.map_err(refused)?;
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
-                &m.id,
-                &command.topic,
-                &m.kind,
-                &m.payload,
-                &m.correlation_id,
-                &m.causation_id,
-                &EVENTS_CHANNEL,
-                &subject,
-                &claims,
-                &tag,
-            ];
-            client.query(&submit, &params).await
-        }
-        .map_err(refused)?;
-        if !rows.is_empty() {
+            let stopping = || BusError::Unavailable("the shell is stopping".into());
+            let (done, outcome) = oneshot::channel();
+            self.inner.appends.send(Append { command, done }).await.map_err(|_| stopping())?;
+            let (command, appended) = outcome.await.map_err(|_| stopping())?;
+            (command, appended?)
+        };
+        if appended {
             self.wake_local([command.topic.as_str()]);
             return Ok(Submitted::Accepted);
         }
+        let client = self.inner.db.pool().get().await.map_err(no_connection)?;
+        let m = &command.message;
+        let print = fingerprint(&m.kind, &m.payload);
         // A duplicate id: the same command again, or the key reused for another.
         let logged = client.prepare_cached(LOGGED_COMMAND).await.map_err(refused)?;
         let Some(row) = client.query_opt(&logged, &[&m.id]).await.map_err(refused)? else {
