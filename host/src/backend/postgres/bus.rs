@@ -811,7 +811,18 @@ async fn append(db: &Database, tag: &str, batch: &[Append]) -> Result<HashSet<St
     let rows = client
         .query(
             &statement,
-            &[&ids, &topics, &kinds, &payloads, &correlations, &causations, &subjects, &claims, &EVENTS_CHANNEL, &tag],
+            &[
+                &ids,
+                &topics,
+                &kinds,
+                &payloads,
+                &correlations,
+                &causations,
+                &subjects,
+                &claims,
+                &EVENTS_CHANNEL,
+                &tag,
+            ],
         )
         .await
         .map_err(refused)?;
