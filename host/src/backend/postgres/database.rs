@@ -341,6 +341,10 @@ impl Database {
                 .wait_timeout(Some(CONNECT_TIMEOUT))
                 .create_timeout(Some(CONNECT_TIMEOUT))
                 .runtime(deadpool_postgres::Runtime::Tokio1)
+                // The connection returned last is lent first: a few busy
+                // backends stay warm rather than every one of them being
+                // woken in turn (the rest idle until a burst needs them).
+                .queue_mode(deadpool_postgres::QueueMode::Lifo)
                 .build()
                 .map_err(|e| anyhow::anyhow!("cannot create the connection pool: {e}"))
         };
