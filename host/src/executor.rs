@@ -476,8 +476,8 @@ impl Executor {
         let overlay = Arc::new(Overlay::new(Arc::clone(&self.store)));
         let view: Arc<dyn Store> = overlay.clone();
         let mut commit = Commit {
-            checkpoint: Some(Checkpoint { consumer: lane.consumer.clone(), position: last.position }),
-            batch_from: Some(first.position),
+            checkpoint: Some(Checkpoint::past(&lane.consumer, last)),
+            batch_from: Some((first.position, first.event.message.id.clone())),
             ..Commit::default()
         };
         let mut offers = vec![];
@@ -509,7 +509,7 @@ impl Executor {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<(), Interrupted> {
         let function = lane.function.as_str();
-        let checkpoint = Checkpoint { consumer: lane.consumer.clone(), position: delivery.position };
+        let checkpoint = Checkpoint::past(&lane.consumer, delivery);
         let advance = || Commit { checkpoint: Some(checkpoint.clone()), ..Commit::default() };
         let message = &delivery.event.message;
         let policy = self.policy(function);
@@ -723,7 +723,7 @@ impl Executor {
         }
         for record in parked {
             let delivery = Delivery { position: record.position, event: record.event.clone() };
-            let settled = Checkpoint { consumer: function.to_owned(), position: record.position };
+            let settled = Checkpoint::past(function, &delivery);
             let base = Commit { unpark: Some(settled), ..Commit::default() };
             let outcome =
                 self.attempt(function, &delivery, base).instrument(step_span(function, &delivery)).await;

@@ -560,6 +560,7 @@ fn projected(position: i64) -> Commit {
         checkpoint: Some(Checkpoint {
             consumer: PROJECTOR.into(),
             position: u64::try_from(position).expect("a position"),
+            event: "e1".into(),
         }),
         ..Commit::default()
     }

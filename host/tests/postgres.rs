@@ -84,12 +84,9 @@ async fn next(sub: &mut Box<dyn Subscription>, within: Duration) -> Option<host:
     tokio::time::timeout(within, sub.next()).await.ok().flatten()
 }
 
-async fn processed(store: &PgStore, consumer: &str, position: u64) {
+async fn processed(store: &PgStore, consumer: &str, delivery: &host::backend::Delivery) {
     store
-        .commit(Commit {
-            checkpoint: Some(Checkpoint { consumer: consumer.into(), position }),
-            ..Commit::default()
-        })
+        .commit(Commit { checkpoint: Some(Checkpoint::past(consumer, delivery)), ..Commit::default() })
         .await
         .expect("advance the checkpoint");
 }
@@ -100,7 +97,7 @@ async fn processed_next(sub: &mut Box<dyn Subscription>, store: &PgStore, n: usi
     for _ in 0..n {
         let d = next(sub, Duration::from_secs(10)).await.expect("a delivery");
         seen.push(d.event.message.id.clone());
-        processed(store, "probe", d.position).await;
+        processed(store, "probe", &d).await;
     }
     seen
 }
@@ -131,12 +128,12 @@ async fn out_of_order_commits_skip_nothing_and_rollbacks_do_not_stall() {
     b.batch_execute(&format!("{INSERT} ('d', 't', 'D', '{{}}'); COMMIT")).await.expect("B commits");
     let d = next(&mut sub, Duration::from_secs(10)).await.expect("B's event, from the older transaction");
     assert_eq!(d.event.message.id, "d");
-    processed(&store, "probe", d.position).await;
+    processed(&store, "probe", &d).await;
     a.batch_execute("COMMIT").await.expect("A commits");
     let c = next(&mut sub, Duration::from_secs(10)).await.expect("A's event is not skipped");
     assert_eq!(c.event.message.id, "c");
     assert!(c.position < d.position, "A's event has the earlier position");
-    processed(&store, "probe", c.position).await;
+    processed(&store, "probe", &c).await;
 
     // 3. A rolled-back writer leaves no stall.
     a.batch_execute(&format!("BEGIN; {INSERT} ('e', 't', 'E', '{{}}')")).await.expect("A writes");
@@ -144,7 +141,7 @@ async fn out_of_order_commits_skip_nothing_and_rollbacks_do_not_stall() {
     a.batch_execute("ROLLBACK").await.expect("A rolls back");
     let f = next(&mut sub, Duration::from_secs(10)).await.expect("B's event after A's rollback");
     assert_eq!(f.event.message.id, "f");
-    processed(&store, "probe", f.position).await;
+    processed(&store, "probe", &f).await;
     assert!(next(&mut sub, Duration::from_millis(1200)).await.is_none(), "nothing else");
 
     // 4. A step committed twice (a second processor, or a retried commit
@@ -153,7 +150,7 @@ async fn out_of_order_commits_skip_nothing_and_rollbacks_do_not_stall() {
     let g = next(&mut sub, Duration::from_secs(10)).await.expect("g");
     let step = Commit {
         ops: vec![WriteOp::Put { collection: "probe".into(), key: "k".into(), body: json!({ "n": 1 }) }],
-        checkpoint: Some(Checkpoint { consumer: "probe".into(), position: g.position }),
+        checkpoint: Some(Checkpoint::past("probe", &g)),
         ..Commit::default()
     };
     store.commit(step.clone()).await.expect("first commit");
@@ -184,7 +181,7 @@ async fn an_unreadable_event_stops_the_consumer_and_is_never_skipped() {
 
     let a = next(&mut sub, Duration::from_secs(10)).await.expect("the event before it");
     assert_eq!(a.event.message.id, "a");
-    processed(&store, "probe", a.position).await;
+    processed(&store, "probe", &a).await;
     assert!(
         next(&mut sub, Duration::from_millis(1500)).await.is_none(),
         "neither `b` nor `c`: nothing skipped"
@@ -569,7 +566,7 @@ async fn a_step_committed_twice_is_applied_once() {
     let delivery = next(&mut sub, Duration::from_secs(10)).await.expect("the command");
     let step = |n: u32| Commit {
         ops: vec![WriteOp::Put { collection: "c".into(), key: format!("k{n}"), body: json!({}) }],
-        checkpoint: Some(Checkpoint { consumer: "f".into(), position: delivery.position }),
+        checkpoint: Some(Checkpoint::past("f", &delivery)),
         ..Commit::default()
     };
     // Two processors of the same delivery (a lease handed over mid-step):
@@ -593,6 +590,62 @@ async fn a_step_committed_twice_is_applied_once() {
     )
     .await;
     assert_eq!(open, 0, "a connection was left inside a transaction");
+}
+
+/// After a crash, an event read before it may be gone — its append was
+/// never flushed, nor answered — and its position taken by the next event.
+/// A step decided on the lost event, committed after the restart, is
+/// dropped (it never passes over the event now there), alone or in a group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_on_an_event_a_crash_lost_never_passes_over_the_event_now_at_its_position() {
+    let url = pg::database().await;
+    let db = Arc::new(Database::connect(&url).await.expect("connect"));
+    let store = PgStore::new(Arc::clone(&db));
+    let log = pg::client(&url).await;
+    let bus = PgBus::start(Arc::clone(&db));
+    log.batch_execute(&format!("{INSERT} ('a', 't', 'A', '{{}}'), ('lost', 't', 'L', '{{}}')"))
+        .await
+        .expect("append");
+    let mut sub = bus.subscribe("f", &["t".into()]).await.expect("subscribe");
+    let a = next(&mut sub, Duration::from_secs(10)).await.expect("a");
+    let lost = next(&mut sub, Duration::from_secs(10)).await.expect("lost");
+    // The crash: `lost` is gone, and its position went to `b`.
+    log.batch_execute(&format!(
+        "DELETE FROM events WHERE id = 'lost';
+         INSERT INTO events (position, id, topic, kind, payload) OVERRIDING SYSTEM VALUE
+             VALUES ({}, 'b', 't', 'B', '{{}}')",
+        lost.position
+    ))
+    .await
+    .expect("lose an event, reuse its position");
+    let step = |key: &str| vec![WriteOp::Put { collection: "c".into(), key: key.into(), body: json!({}) }];
+
+    // Alone: dropped, nothing written, the checkpoint where it was.
+    let alone =
+        Commit { ops: step("lost"), checkpoint: Some(Checkpoint::past("f", &lost)), ..Commit::default() };
+    store.commit(alone).await.expect("dropped, not an error");
+    assert!(store.get("c", "lost").await.expect("get").is_none(), "a step on a lost event was applied");
+    let stored = "SELECT count(*) FROM checkpoints WHERE consumer = 'f'";
+    assert_eq!(count(&log, stored).await, 0, "the checkpoint passed over `b`");
+
+    // In a group with `a`: refused as a whole, to be committed one by one.
+    let group = Commit {
+        ops: [step("a"), step("lost")].concat(),
+        checkpoint: Some(Checkpoint::past("f", &lost)),
+        batch_from: Some((a.position, a.event.message.id.clone())),
+        ..Commit::default()
+    };
+    assert!(matches!(store.commit(group).await, Err(host::backend::StoreError::Conflict(_))));
+    assert!(store.get("c", "a").await.expect("get").is_none(), "a refused group was applied");
+
+    // `a` alone applies; the consumer then reads `b` at the lost event's position.
+    let a_alone = Commit { ops: step("a"), checkpoint: Some(Checkpoint::past("f", &a)), ..Commit::default() };
+    store.commit(a_alone).await.expect("a");
+    assert!(store.get("c", "a").await.expect("get").is_some());
+    drop(sub);
+    let mut sub = bus.subscribe("f", &["t".into()]).await.expect("subscribe again");
+    let b = next(&mut sub, Duration::from_secs(10)).await.expect("b");
+    assert_eq!((b.position, b.event.message.id.as_str()), (lost.position, "b"));
 }
 
 /// The shell's sessions end a transaction left idle (a stuck step cannot hold

@@ -44,6 +44,23 @@ pub struct Event {
 pub struct Checkpoint {
     pub consumer: String,
     pub position: u64,
+    /// The id of the event processed at `position`. A store whose log can
+    /// lose an unanswered event in a crash (and hand its position to the
+    /// next) advances only while the event there is still this one, so a
+    /// step decided on an event read before the crash never passes over
+    /// another.
+    pub event: String,
+}
+
+impl Checkpoint {
+    /// `consumer` has processed `delivery`.
+    pub fn past(consumer: impl Into<String>, delivery: &crate::backend::bus::Delivery) -> Self {
+        Checkpoint {
+            consumer: consumer.into(),
+            position: delivery.position,
+            event: delivery.event.message.id.clone(),
+        }
+    }
 }
 
 /// Everything one step changes, applied atomically.
@@ -58,8 +75,9 @@ pub struct Commit {
     /// if the consumer's stored checkpoint is before it; otherwise some of
     /// them were processed already and the store refuses the whole commit
     /// with a [`StoreError::Conflict`], for the steps to be committed one by
-    /// one. `None`: one delivery, `checkpoint`'s own.
-    pub batch_from: Option<u64>,
+    /// one. `None`: one delivery, `checkpoint`'s own. (The first
+    /// delivery's position and event id, as in [`Checkpoint`].)
+    pub batch_from: Option<(u64, String)>,
     /// An event set aside by its consumer (with `checkpoint` past it);
     /// replaces a record at the same consumer and position.
     pub park: Option<Parked>,

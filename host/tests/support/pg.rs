@@ -62,7 +62,17 @@ fn is_root() -> bool {
     Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
 }
 
-fn start_cluster() -> Cluster {
+/// The shared clusters' settings: fast rather than durable (a test's
+/// database is thrown away; nothing here survives a crash).
+const FAST: &str = "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400";
+
+/// An [`OwnCluster`]'s settings: a commit is durable once answered, as on a
+/// production server (`synchronous_commit` on), against the crash the tests
+/// cause — a killed server, not a lost machine: the WAL a commit wrote is in
+/// the operating system's cache, so `fsync` and full page writes can stay off.
+const DURABLE: &str = "-c fsync=off -c full_page_writes=off -c max_connections=400";
+
+fn start_cluster(settings: &str) -> Cluster {
     let dir = std::env::temp_dir().join(format!("lowshell-pg-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).expect("create the cluster directory");
     let port = free_port();
@@ -79,7 +89,7 @@ fn start_cluster() -> Cluster {
     let script = format!(
         r#"set -e
 {as_pg} {bin}initdb -D {d}/data -A trust -U postgres --no-sync >{d}/initdb.log 2>&1 || {{ cat {d}/initdb.log >&2; exit 1; }}
-{as_pg} {bin}pg_ctl -D {d}/data -l {d}/server.log -w -t 60 -o "-p {port} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" start >/dev/null || {{ cat {d}/server.log >&2; exit 1; }}
+{as_pg} {bin}pg_ctl -D {d}/data -l {d}/server.log -w -t 60 -o "-p {port} -k {d} -c listen_addresses=127.0.0.1 {settings}" start >/dev/null || {{ cat {d}/server.log >&2; exit 1; }}
 echo ready
 cat >/dev/null || true
 {as_pg} {bin}pg_ctl -D {d}/data -m immediate stop >/dev/null 2>&1 || true
@@ -117,18 +127,19 @@ rm -rf {d}
 fn server() -> &'static Server {
     SERVER.get_or_init(|| match std::env::var("DATABASE_URL") {
         Ok(url) if !url.trim().is_empty() => Server::External(url),
-        _ => Server::Local(start_cluster()),
+        _ => Server::Local(start_cluster(FAST)),
     })
 }
 
 /// A cluster of the test's own, which it may stop and start again (an
 /// outage). Always local, whatever `DATABASE_URL` says; removed when
-/// dropped or when the test process ends.
+/// dropped or when the test process ends. Durable as a production server
+/// is (see [`DURABLE`]), since tests crash it.
 pub struct OwnCluster(Cluster);
 
 impl OwnCluster {
     pub fn start() -> Self {
-        OwnCluster(start_cluster())
+        OwnCluster(start_cluster(DURABLE))
     }
 
     /// A fresh, empty database on this cluster; its URL.
@@ -139,7 +150,7 @@ impl OwnCluster {
     fn pg_ctl(&self, args: &str) {
         let (dir, port) = (self.0.dir.display(), self.0.port);
         let script = format!(
-            r#"{} -D {dir}/data -l {dir}/server.log -w -t 60 -o "-p {port} -k {dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=400" {args}"#,
+            r#"{} -D {dir}/data -l {dir}/server.log -w -t 60 -o "-p {port} -k {dir} -c listen_addresses=127.0.0.1 {DURABLE}" {args}"#,
             self.0.pg_ctl
         );
         let output = Command::new("sh").arg("-c").arg(&script).output().expect("run pg_ctl");
@@ -157,8 +168,8 @@ impl OwnCluster {
     }
 
     /// `pg_ctl stop -m immediate`: a crash — no shutdown checkpoint, and
-    /// WAL not yet written out (asynchronous commits) is lost; the restart
-    /// recovers.
+    /// WAL not yet written out (asynchronous commits: the shell's command
+    /// appends) is lost; the restart recovers.
     pub fn crash(&self) {
         self.pg_ctl("-m immediate stop");
     }

@@ -334,10 +334,7 @@ impl Builder {
             let attempt = async {
                 let cycle =
                     run_cycle(&self.functions, &self.function, &self.store, &delivery.event.message).await?;
-                let checkpoint = self
-                    .consumer
-                    .as_ref()
-                    .map(|consumer| Checkpoint { consumer: consumer.clone(), position: delivery.position });
+                let checkpoint = self.consumer.as_ref().map(|consumer| Checkpoint::past(consumer, delivery));
                 // Nobody waits for a rebuild's answers, and its input is in
                 // the log already: only the writes and the checkpoint.
                 let commit = Commit { notify: vec![], events: vec![], checkpoint, ..cycle.commit };

@@ -379,7 +379,7 @@ impl Run {
     /// for its answers any more: no notifications.
     async fn step(&self, delivery: &Delivery) -> Result<(), Failure> {
         let cycle = run_cycle(&self.functions, &self.function, &self.store, &delivery.event.message).await?;
-        let checkpoint = Checkpoint { consumer: self.name().to_owned(), position: delivery.position };
+        let checkpoint = Checkpoint::past(self.name(), delivery);
         let commit = Commit { notify: vec![], checkpoint: Some(checkpoint), ..cycle.commit };
         self.store.commit(commit).await.map_err(|e| Failure::from(StepError::from(e)))
     }

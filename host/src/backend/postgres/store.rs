@@ -99,6 +99,9 @@ mod sql {
     /// Moves the consumer's checkpoint to the event at `$2`, if it is not
     /// there or beyond already (then: no row). On a concurrent step for the
     /// same consumer it waits for the row, then sees the other's checkpoint.
+    /// No row either when the event at `$2` is not the step's (`$3`): a
+    /// crash lost it (its append was never flushed, nor answered) and the
+    /// position went to another event, which this step must not pass over.
     ///
     /// Its one column: whether a rebuild switched the consumer's read model
     /// since this transaction began (`now()` is its start, after the step's
@@ -107,18 +110,19 @@ mod sql {
     /// holds (`switched_at`), so the advance, which updates the row's latest
     /// version once the switch commits, returns the stamp with it.
     pub const ADVANCE: &str = "INSERT INTO checkpoints (consumer, tx, position)
-         SELECT $1, e.tx, e.position FROM events e WHERE e.position = $2
+         SELECT $1, e.tx, e.position FROM events e WHERE e.position = $2 AND e.id = $3
          ON CONFLICT (consumer) DO UPDATE
          SET tx = EXCLUDED.tx, position = EXCLUDED.position, updated_at = now()
          WHERE (checkpoints.tx, checkpoints.position) < (EXCLUDED.tx, EXCLUDED.position)
          RETURNING coalesce(checkpoints.switched_at > now(), false)";
-    /// [`ADVANCE`] for a group commit: to the event at `$2` only if the
-    /// checkpoint is before the group's first event, at `$3`.
+    /// [`ADVANCE`] for a group commit: to the event at `$2` (id `$3`) only
+    /// if the checkpoint is before the group's first event, at `$4` (id `$5`).
     pub const ADVANCE_FROM: &str = "INSERT INTO checkpoints (consumer, tx, position)
-         SELECT $1, e.tx, e.position FROM events e WHERE e.position = $2
+         SELECT $1, e.tx, e.position FROM events e WHERE e.position = $2 AND e.id = $3
          ON CONFLICT (consumer) DO UPDATE
          SET tx = EXCLUDED.tx, position = EXCLUDED.position, updated_at = now()
-         WHERE (checkpoints.tx, checkpoints.position) < (SELECT f.tx, f.position FROM events f WHERE f.position = $3)
+         WHERE (checkpoints.tx, checkpoints.position) <
+             (SELECT f.tx, f.position FROM events f WHERE f.position = $4 AND f.id = $5)
          RETURNING coalesce(checkpoints.switched_at > now(), false)";
     // Every statement on `documents` names the collection through
     // `served!`: the generation served now.
@@ -214,7 +218,7 @@ enum Verdict {
 struct Bound<'c> {
     commit: &'c Commit,
     position: Option<i64>,
-    batch_from: Option<i64>,
+    batch_from: Option<(i64, &'c String)>,
     /// Per write op, its expected version (0 for ops without one).
     expected: Vec<i64>,
     unpark: Option<(&'c str, i64)>,
@@ -230,7 +234,11 @@ struct Bound<'c> {
 impl<'c> Bound<'c> {
     fn new(commit: &'c Commit, tag: String) -> Result<Self, StoreError> {
         let position = commit.checkpoint.as_ref().map(|c| i64_of(c.position, "log position")).transpose()?;
-        let batch_from = commit.batch_from.map(|p| i64_of(p, "log position")).transpose()?;
+        let batch_from = commit
+            .batch_from
+            .as_ref()
+            .map(|(p, id)| i64_of(*p, "log position").map(|p| (p, id)))
+            .transpose()?;
         let expected = commit
             .ops
             .iter()
@@ -283,11 +291,16 @@ impl<'c> Bound<'c> {
         match (&commit.checkpoint, &self.position, &self.batch_from) {
             (Some(checkpoint), Some(position), None) => {
                 let sql = tx.prepare_cached(sql::ADVANCE).await.map_err(store_error)?;
-                statements.push((sql, vec![&checkpoint.consumer, position], Expect::Advanced));
+                statements.push((
+                    sql,
+                    vec![&checkpoint.consumer, position, &checkpoint.event],
+                    Expect::Advanced,
+                ));
             }
-            (Some(checkpoint), Some(position), Some(from)) => {
+            (Some(checkpoint), Some(position), Some((from, first))) => {
                 let sql = tx.prepare_cached(sql::ADVANCE_FROM).await.map_err(store_error)?;
-                statements.push((sql, vec![&checkpoint.consumer, position, from], Expect::AdvancedGroup));
+                let params: Params = vec![&checkpoint.consumer, position, &checkpoint.event, from, first];
+                statements.push((sql, params, Expect::AdvancedGroup));
             }
             _ => {}
         }
@@ -414,7 +427,7 @@ fn settle<'e>(
                 tracing::info!(
                     consumer = checkpoint.map_or("", |c| c.consumer.as_str()),
                     position = checkpoint.map_or(0, |c| c.position),
-                    "already processed; discarding the duplicate step"
+                    "already processed (or its event is no longer in the log); discarding the step"
                 );
                 return Ok(Verdict::Duplicate);
             }
