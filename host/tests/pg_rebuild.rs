@@ -318,6 +318,9 @@ async fn the_previous_generation_is_kept_until_dropped() {
     assert!(output.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("reads switched to generation 1"), "{stdout}");
     assert_eq!((stored(&db, "customers").await, stored(&db, "customers~gen1").await), (5, 5));
+    // Built as the live consumer builds: the steps at hand in one commit.
+    let commits = "SELECT count(DISTINCT xmin::text) FROM documents WHERE collection = 'customers~gen1'";
+    assert_eq!(count(&db, commits).await, 1, "the five events are rebuilt in one commit");
 
     // Every read goes to generation 1: a change to the previous one shows nowhere.
     db.execute(

@@ -28,6 +28,7 @@
 //!   not run at once (an advisory lock).
 
 use crate::backend::memory::{MemoryBus, MemoryStore};
+use crate::backend::overlay::Overlay;
 use crate::backend::postgres::PgStore;
 use crate::backend::postgres::bus::{delivery, event_columns};
 use crate::backend::postgres::database::{
@@ -54,6 +55,8 @@ use tokio_postgres::Client;
 pub const REBUILD_LOCKS: i32 = LOCK_NAMESPACE + 1;
 /// Events read from the log at once.
 const BATCH: i64 = 500;
+/// Events applied in one commit (the live consumers' group size).
+const GROUP: usize = 32;
 /// How close to the live consumer a rebuild gets (events left after a
 /// round of catching up) before it pauses it to switch; and how many
 /// rounds it tries for that before switching anyway, when the live
@@ -274,25 +277,67 @@ impl Builder {
         let mut applied = 0;
         loop {
             let batch = self.read(until).await?;
-            for (tx, delivery) in &batch {
-                self.apply(delivery).await.map_err(|cause| {
-                    anyhow::anyhow!(
-                        "the rebuild of `{}` stopped at log position {}: {cause}. Nothing was switched: \
-                         the generation served is unchanged",
-                        self.name(),
-                        delivery.position
-                    )
-                })?;
-                self.at =
-                    At { tx: tx.clone(), position: i64::try_from(delivery.position).unwrap_or(i64::MAX) };
-                applied += 1;
-                self.applied += 1;
+            for group in batch.chunks(GROUP) {
+                if group.len() > 1 {
+                    match self.apply_group(group).await {
+                        Ok(()) => {
+                            if let Some((tx, last)) = group.last() {
+                                let position = i64::try_from(last.position).unwrap_or(i64::MAX);
+                                self.at = At { tx: tx.clone(), position };
+                            }
+                            applied += group.len() as u64;
+                            self.applied += group.len() as u64;
+                            continue;
+                        }
+                        Err(e) => tracing::debug!(function = self.name(), "applying one by one: {e}"),
+                    }
+                }
+                self.apply_each(group).await?;
+                applied += group.len() as u64;
             }
             if (batch.len() as i64) < BATCH {
                 return Ok(applied);
             }
             tracing::info!(function = self.name(), applied = self.applied, "rebuilding");
         }
+    }
+
+    /// Applies `group` one event per commit, each retried on its own.
+    async fn apply_each(&mut self, group: &[(String, Delivery)]) -> anyhow::Result<()> {
+        for (tx, delivery) in group {
+            self.apply(delivery).await.map_err(|cause| {
+                anyhow::anyhow!(
+                    "the rebuild of `{}` stopped at log position {}: {cause}. Nothing was switched: \
+                         the generation served is unchanged",
+                    self.name(),
+                    delivery.position
+                )
+            })?;
+            self.at = At { tx: tx.clone(), position: i64::try_from(delivery.position).unwrap_or(i64::MAX) };
+            self.applied += 1;
+        }
+        Ok(())
+    }
+
+    /// Applies `group` in one commit, as a live consumer does (each step
+    /// looking up through the writes of the steps before it): a rebuild
+    /// keeps up with a busy live consumer only so. Nothing is committed
+    /// when a step or the commit fails; then the events go one by one.
+    async fn apply_group(&self, group: &[(String, Delivery)]) -> Result<(), StepError> {
+        let (Some((_, first)), Some((_, last))) = (group.first(), group.last()) else { return Ok(()) };
+        let overlay = Arc::new(Overlay::new(Arc::clone(&self.store)));
+        let view: Arc<dyn Store> = overlay.clone();
+        let mut commit = Commit {
+            checkpoint: self.consumer.as_ref().map(|consumer| Checkpoint::past(consumer, last)),
+            batch_from: self.consumer.as_ref().map(|_| (first.position, first.event.message.id.clone())),
+            ..Commit::default()
+        };
+        for (_, delivery) in group {
+            let cycle = run_cycle(&self.functions, &self.function, &view, &delivery.event.message).await?;
+            overlay.apply(&cycle.commit.ops);
+            commit.ops.extend(cycle.commit.ops);
+        }
+        self.store.commit(commit).await.map_err(StepError::from)
     }
 
     async fn read(&self, until: &At) -> anyhow::Result<Vec<(String, Delivery)>> {
