@@ -97,3 +97,41 @@ async fn a_backlog_is_committed_in_one_transaction_and_later_steps_see_earlier_w
     assert_eq!(customers(&db).await, 3);
     shell.stop().await.expect("clean stop");
 }
+
+/// A group's lookups are read ahead together (one round trip for the
+/// group): what was stored before the group is seen, and what an earlier
+/// step of the group wrote still comes first.
+#[tokio::test]
+async fn a_group_reads_ahead_what_was_stored_before_it_and_sees_its_own_writes_first() {
+    let url = pg::database().await;
+    let db = pg::client(&url).await;
+    let (shell, client) = support::start(project(&url)).await;
+    let first = client.invite("old@example.com").await;
+    assert!(first["data"]["InviteCustomer"]["id"].is_string(), "{first}");
+    shell.stop().await.expect("stop");
+    backlog(&db, &["old@example.com", "x@example.com", "old@example.com", "y@example.com", "x@example.com"])
+        .await;
+
+    let shell = Shell::start(project(&url)).await.expect("start again");
+    let decided = decided(&db, 6).await;
+    let what: Vec<(&str, &str)> =
+        decided.iter().map(|[_, kind, email, _]| (kind.as_str(), email.as_str())).collect();
+    assert_eq!(
+        what,
+        [
+            ("CustomerInvited", "old@example.com"),
+            ("CustomerInviteFailed", "old@example.com"),
+            ("CustomerInvited", "x@example.com"),
+            ("CustomerInviteFailed", "old@example.com"),
+            ("CustomerInvited", "y@example.com"),
+            ("CustomerInviteFailed", "x@example.com"),
+        ]
+    );
+    assert!(
+        decided[1..].iter().all(|[tx, ..]| *tx == decided[1][0]),
+        "one transaction for the group: {decided:?}"
+    );
+    assert_eq!(decided[1][3], decided[0][3], "the repeat names the customer stored before");
+    assert_eq!(decided[5][3], decided[2][3], "and the one the group invited");
+    shell.stop().await.expect("clean stop");
+}

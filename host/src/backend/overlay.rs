@@ -28,15 +28,40 @@ enum Pending {
 pub struct Overlay {
     base: Arc<dyn Store>,
     pending: Mutex<HashMap<(String, String), Pending>>,
+    /// Stored documents read ahead for the group (`None`: absent), served
+    /// instead of asking `base` again (see [`Overlay::read_ahead`]).
+    ahead: Mutex<HashMap<(String, String), Option<Document>>>,
 }
 
 impl Overlay {
     pub fn new(base: Arc<dyn Store>) -> Self {
-        Self { base, pending: Mutex::default() }
+        Self { base, pending: Mutex::default(), ahead: Mutex::default() }
     }
 
     fn pending(&self) -> MutexGuard<'_, HashMap<(String, String), Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Documents of `base` fetched together before the group's steps run
+    /// (the keys they will look up): reads of them are answered from here.
+    /// As fresh as reading them step by step would be — a read outside the
+    /// commit's transaction either way, its versions checked at commit.
+    pub fn read_ahead(&self, found: impl IntoIterator<Item = ((String, String), Option<Document>)>) {
+        self.ahead.lock().unwrap_or_else(|p| p.into_inner()).extend(found);
+    }
+
+    /// A document as `base` holds it: read ahead, else asked for.
+    async fn stored(&self, collection: &str, key: &str) -> Result<Option<Document>, StoreError> {
+        let ahead = self
+            .ahead
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(collection.to_owned(), key.to_owned()))
+            .cloned();
+        match ahead {
+            Some(document) => Ok(document),
+            None => self.base.get(collection, key).await,
+        }
     }
 
     /// Adds a step's write ops, in order, on top of what is pending. Ops
@@ -85,7 +110,7 @@ impl Overlay {
         };
         let version = match version {
             Version::Known(v) => v,
-            Version::AfterStored(n) => self.base.get(collection, key).await?.map_or(0, |d| d.version) + n,
+            Version::AfterStored(n) => self.stored(collection, key).await?.map_or(0, |d| d.version) + n,
         };
         Ok(Some(Document { collection: collection.to_owned(), key: key.to_owned(), version, body }))
     }
@@ -97,7 +122,7 @@ impl Store for Overlay {
         let pending = self.pending().get(&(collection.to_owned(), key.to_owned())).cloned();
         match pending {
             Some(pending) => self.resolve(collection, key, pending).await,
-            None => self.base.get(collection, key).await,
+            None => self.stored(collection, key).await,
         }
     }
 
@@ -205,5 +230,37 @@ mod tests {
         assert!(overlay.find("c", "n", &json!(1), 10).await.expect("find").is_empty());
         // Nothing reached the store.
         assert_eq!(base.get("c", "a").await.expect("get").map(|d| d.version), Some(2));
+    }
+
+    /// What was read ahead answers reads without asking the store again
+    /// (here the store has changed since: the read ahead wins, as a read
+    /// earlier in the step would have); pending writes still come first,
+    /// with versions counted from the document read ahead.
+    #[tokio::test]
+    async fn reads_ahead_answer_in_place_of_the_store_and_pending_writes_come_first() {
+        let base: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryBus::new()));
+        base.commit(Commit {
+            ops: vec![put("a", json!({ "n": 1 })), put("b", json!({ "n": 1 }))],
+            ..Commit::default()
+        })
+        .await
+        .expect("seeded");
+        let overlay = Overlay::new(Arc::clone(&base));
+        let read = |key: &str, version| Document {
+            collection: "c".into(),
+            key: key.into(),
+            version,
+            body: json!({ "n": 0 }),
+        };
+        overlay
+            .read_ahead([(("c".into(), "a".into()), None), (("c".into(), "b".into()), Some(read("b", 7)))]);
+        assert!(overlay.get("c", "a").await.expect("get").is_none(), "read ahead as absent");
+        let b = overlay.get("c", "b").await.expect("get").expect("b");
+        assert_eq!((b.version, &b.body), (7, &json!({ "n": 0 })));
+        overlay.apply(&[put("b", json!({ "n": 2 })), put("a", json!({ "n": 2 }))]);
+        let b = overlay.get("c", "b").await.expect("get").expect("b");
+        assert_eq!((b.version, &b.body), (8, &json!({ "n": 2 })), "a put after the version read ahead");
+        let a = overlay.get("c", "a").await.expect("get").expect("a");
+        assert_eq!(a.version, 1, "a put on what was read ahead as absent");
     }
 }

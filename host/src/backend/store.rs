@@ -177,6 +177,12 @@ pub trait Store: Send + Sync + 'static {
     /// A retry of the parked event failed again: counts the attempt and
     /// keeps `error`. Nothing when the record is gone (applied meanwhile).
     async fn parked_failed(&self, consumer: &str, position: u64, error: &str) -> Result<(), StoreError>;
+    /// Whether each read is a round trip to another process (a database):
+    /// then the keys a group of steps will look up are worth fetching
+    /// together, ahead of the steps.
+    fn reads_are_remote(&self) -> bool {
+        false
+    }
     /// Whether the store can be used now (for `/readyz`); the reason when not.
     async fn ready(&self) -> Result<(), String> {
         Ok(())

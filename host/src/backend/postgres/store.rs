@@ -600,6 +600,10 @@ impl Store for PgStore {
             .map_err(|e| format!("the database does not answer: {e}"))
     }
 
+    fn reads_are_remote(&self) -> bool {
+        true
+    }
+
     async fn get(&self, collection: &str, key: &str) -> Result<Option<Document>, StoreError> {
         let mut read = Read::new(self.client().await?);
         let row = read
