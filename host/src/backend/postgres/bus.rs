@@ -91,6 +91,8 @@ struct Inner {
     /// see [`echo_tag`](PgBus::echo_tag)): it has woken its consumers for
     /// them already, so their echo is ignored.
     tag: String,
+    /// [`TAG_MARK`] and `tag`: what follows the topic in those NOTIFYs.
+    echo: String,
     notify: NotificationSink,
     /// The highest notification id forwarded, to catch up after a reconnect.
     last_notification: AtomicI64,
@@ -173,13 +175,15 @@ impl PgBus {
         let (wake, _) = watch::channel(0);
         let (appends, queue) = mpsc::channel(APPEND_QUEUE);
         let tag = uuid::Uuid::new_v4().simple().to_string();
-        tokio::spawn(append_commands(Arc::clone(&db), format!("{TAG_MARK}{tag}"), queue));
+        let echo = format!("{TAG_MARK}{tag}");
+        tokio::spawn(append_commands(Arc::clone(&db), echo.clone(), queue));
         let bus = Self {
             inner: Arc::new(Inner {
                 db,
                 wake,
                 wakers: Mutex::default(),
                 tag,
+                echo,
                 notify: NotificationSink::default(),
                 last_notification: AtomicI64::new(0),
                 watchers: broadcast::Sender::new(WATCH_BUFFER),
@@ -229,8 +233,8 @@ impl PgBus {
     /// What follows the topic in the NOTIFY of events this shell appends
     /// and wakes its consumers for itself ([`wake_local`](Self::wake_local)):
     /// its listener ignores that echo, the other shells wake on the topic.
-    pub(crate) fn echo_tag(&self) -> String {
-        format!("{TAG_MARK}{}", self.inner.tag)
+    pub(crate) fn echo_tag(&self) -> &str {
+        &self.inner.echo
     }
 
     /// Hands notifications this shell has just committed to its waiting

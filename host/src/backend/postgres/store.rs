@@ -225,14 +225,14 @@ struct Bound<'c> {
     park: Option<(&'c Parked, i64, Value, i32)>,
     /// After the topic in the NOTIFYs of the events, and after the id in
     /// those of the notifications (see `PgBus::echo_tag`).
-    tag: String,
+    tag: &'c str,
     notifications: Vec<(&'c String, Value)>,
     /// Per event, who caused it: its `subject` and `claims` columns.
     audit: Vec<(Option<&'c str>, Option<&'c Value>)>,
 }
 
 impl<'c> Bound<'c> {
-    fn new(commit: &'c Commit, tag: String) -> Result<Self, StoreError> {
+    fn new(commit: &'c Commit, tag: &'c str) -> Result<Self, StoreError> {
         let position = commit.checkpoint.as_ref().map(|c| i64_of(c.position, "log position")).transpose()?;
         let batch_from = commit
             .batch_from
@@ -686,7 +686,7 @@ impl Store for PgStore {
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         // Untagged without a bus: the NOTIFY's echo is what wakes this shell.
-        let tag = self.bus.as_ref().map(PgBus::echo_tag).unwrap_or_default();
+        let tag = self.bus.as_ref().map_or("", PgBus::echo_tag);
         let bound = Bound::new(&commit, tag)?;
         let mut tx = Flight::new(self.client().await?);
         let client = tx.client()?;
