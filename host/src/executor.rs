@@ -25,8 +25,8 @@ use crate::deploy::shadow::{Offer, Shadows};
 use crate::registry::{Functions, Registry};
 use crate::runtime::{Function, GuestError, HostEnv, StepLimits};
 use low_contract::{
-    COMMANDS_TOPIC, Data, FAILED, Found, FunctionKind, Lookup, Message, Outcome, Query, REJECTED, WritePlan,
-    json,
+    COMMANDS_TOPIC, Data, FAILED, Found, FunctionKind, Lookup, Message, Outcome, Query, REJECTED, WriteOp,
+    WritePlan, json,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -878,6 +878,28 @@ async fn read_ahead(
         }
         Query::Field { .. } => None,
     }));
+}
+
+/// Runs `function`'s LOW cycle on each of `inputs` in order, each step
+/// looking up through the writes of the steps before it (an [`Overlay`] on
+/// `store`): the group's write ops, for one commit. For a replay of the log,
+/// whose events are in it already and whose answers nobody waits for.
+/// Commits nothing.
+pub async fn replay_group(
+    functions: &Functions,
+    function: &Arc<Function>,
+    store: &Arc<dyn Store>,
+    inputs: &[&Message],
+) -> Result<Vec<WriteOp>, StepError> {
+    let overlay = Arc::new(Overlay::new(Arc::clone(store)));
+    let view: Arc<dyn Store> = overlay.clone();
+    let mut ops = vec![];
+    for input in inputs {
+        let cycle = run_cycle(functions, function, &view, input).await?;
+        overlay.apply(&cycle.commit.ops);
+        ops.extend(cycle.commit.ops);
+    }
+    Ok(ops)
 }
 
 /// Runs lookup → lookup plan → operate → write on a fresh instance of

@@ -185,6 +185,9 @@ async fn replay_rebuilds_the_live_read_model() {
     assert_eq!(done.events, 10);
     assert_eq!(done.from, 0);
     assert_eq!(customers(&db).await, live);
+    // Replayed as the live consumer runs: the steps at hand in one commit.
+    let commits = "SELECT count(DISTINCT xmin::text) FROM documents WHERE collection = 'customers'";
+    assert_eq!(count(&db, commits).await, 1, "the ten events are replayed in one commit");
     // Resumed at the end: nothing left, nothing cleared.
     let again = replay(&url, Start::Checkpoint).await.expect("resume");
     assert_eq!((again.events, again.cleared), (0, None));

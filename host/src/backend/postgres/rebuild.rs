@@ -28,7 +28,6 @@
 //!   not run at once (an advisory lock).
 
 use crate::backend::memory::{MemoryBus, MemoryStore};
-use crate::backend::overlay::Overlay;
 use crate::backend::postgres::PgStore;
 use crate::backend::postgres::bus::{delivery, event_columns};
 use crate::backend::postgres::database::{
@@ -38,12 +37,12 @@ use crate::backend::postgres::replay::{VersionSource, durable, load};
 use crate::backend::{Checkpoint, Commit, Delivery, Parked, Store, StoreError};
 use crate::config::Project;
 use crate::deploy::Deployments;
-use crate::executor::{StepError, run_cycle};
+use crate::executor::{StepError, replay_group, run_cycle};
 use crate::registry::{Functions, Registry};
 use crate::runtime::{Function, Runtime, Version};
 use anyhow::Context;
 use async_trait::async_trait;
-use low_contract::{Document, FunctionKind, Value, WriteOp};
+use low_contract::{Document, FunctionKind, Message, Value, WriteOp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -325,18 +324,14 @@ impl Builder {
     /// when a step or the commit fails; then the events go one by one.
     async fn apply_group(&self, group: &[(String, Delivery)]) -> Result<(), StepError> {
         let (Some((_, first)), Some((_, last))) = (group.first(), group.last()) else { return Ok(()) };
-        let overlay = Arc::new(Overlay::new(Arc::clone(&self.store)));
-        let view: Arc<dyn Store> = overlay.clone();
-        let mut commit = Commit {
+        let inputs: Vec<&Message> = group.iter().map(|(_, d)| &d.event.message).collect();
+        let ops = replay_group(&self.functions, &self.function, &self.store, &inputs).await?;
+        let commit = Commit {
+            ops,
             checkpoint: self.consumer.as_ref().map(|consumer| Checkpoint::past(consumer, last)),
             batch_from: self.consumer.as_ref().map(|_| (first.position, first.event.message.id.clone())),
             ..Commit::default()
         };
-        for (_, delivery) in group {
-            let cycle = run_cycle(&self.functions, &self.function, &view, &delivery.event.message).await?;
-            overlay.apply(&cycle.commit.ops);
-            commit.ops.extend(cycle.commit.ops);
-        }
         self.store.commit(commit).await.map_err(StepError::from)
     }
 

@@ -28,12 +28,12 @@ use crate::backend::{BusError, Delivery};
 use crate::backend::{Checkpoint, Commit, Store, StoreError};
 use crate::config::{BackendKind, Project};
 use crate::deploy::{Deployer, Deployments};
-use crate::executor::{StepError, run_cycle};
+use crate::executor::{StepError, replay_group, run_cycle};
 use crate::registry::{Functions, Registry};
 use crate::runtime::{Function, Runtime, Version};
 use crate::shell::{load_file, module_files};
 use anyhow::Context;
-use low_contract::FunctionKind;
+use low_contract::{FunctionKind, Message};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::Client;
@@ -99,6 +99,8 @@ pub struct Stopped {
 
 /// Events read from the log at once.
 const BATCH: i64 = 500;
+/// Events applied in one commit (the live consumers' group size).
+const GROUP: usize = 32;
 /// Retries of a step (or a read) while the store is unavailable, the wait
 /// doubling from [`BACKOFF`] (about 8 s in all) before the replay stops.
 const OUTAGE_RETRIES: u32 = 5;
@@ -294,8 +296,16 @@ impl Run {
             if batch.is_empty() {
                 break;
             }
-            for delivery in &batch {
-                self.apply(delivery).await.map_err(|cause| (Some(delivery.position), cause))?;
+            for group in batch.chunks(GROUP) {
+                if group.len() > 1 {
+                    match self.apply_group(group).await {
+                        Ok(()) => continue,
+                        Err(e) => tracing::debug!(function = %name, "applying one by one: {}", reason(e)),
+                    }
+                }
+                for delivery in group {
+                    self.apply(delivery).await.map_err(|cause| (Some(delivery.position), cause))?;
+                }
             }
             tracing::info!(function = %name, applied = self.applied, of = pending, "replaying");
         }
@@ -373,6 +383,28 @@ impl Run {
                 Err(Failure::Fatal(cause)) => return Err(cause),
             }
         }
+    }
+
+    /// Applies `group` in one commit, as a live consumer does (each step
+    /// looking up through the writes of the steps before it), then checks
+    /// it. Nothing is committed when a step or the commit fails; then the
+    /// events go one by one, each retried on its own.
+    async fn apply_group(&mut self, group: &[Delivery]) -> Result<(), Failure> {
+        let (Some(first), Some(last)) = (group.first(), group.last()) else { return Ok(()) };
+        self.hold_lease().await?;
+        let inputs: Vec<&Message> = group.iter().map(|d| &d.event.message).collect();
+        let ops = replay_group(&self.functions, &self.function, &self.store, &inputs).await?;
+        let commit = Commit {
+            ops,
+            checkpoint: Some(Checkpoint::past(self.name(), last)),
+            batch_from: Some((first.position, first.event.message.id.clone())),
+            ..Commit::default()
+        };
+        self.store.commit(commit).await.map_err(|e| Failure::from(StepError::from(e)))?;
+        self.check(last.position).await?;
+        self.applied += group.len() as u64;
+        self.checkpoint = last.position;
+        Ok(())
     }
 
     /// One LOW cycle, committed with the checkpoint advance. Nobody waits
