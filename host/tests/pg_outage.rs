@@ -302,3 +302,81 @@ async fn outage(how: Stop) {
     shell.stop().await.expect("clean stop");
     drop(cluster);
 }
+
+/// The `events` subscription across a crash that lost appends it had
+/// shown: the restarted server hands their transaction ids and positions
+/// out again, and the watchers still see what is appended afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchers_see_what_is_appended_after_a_crash_that_lost_what_they_saw() {
+    use host::backend::Bus;
+    use host::backend::postgres::PgBus;
+    use host::backend::postgres::database::Database;
+    // The WAL writer waits 10 s: the last appends below are still unwritten at the crash.
+    let cluster = pg::OwnCluster::start_with("-c wal_writer_delay=10s");
+    let url = cluster.database().await;
+    let bus = PgBus::start(Arc::new(Database::connect(&url).await.expect("migrate")));
+    let mut watcher = bus.watch_events().expect("watch the log");
+    let db = pg::client(&url).await;
+    // The tail starts at the end of the log, in a task of its own: appends
+    // until one is shown tell that it runs.
+    for k in 0.. {
+        let probe = format!("probe-{k}");
+        db.batch_execute(&format!(
+            "INSERT INTO events (id, topic, kind, payload) VALUES ('{probe}', 't', 'K', '{{}}')"
+        ))
+        .await
+        .expect("append a probe");
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(1500), watcher.recv()).await {
+            break;
+        }
+        assert!(k < 20, "the watcher shows nothing");
+    }
+    db.batch_execute("SET synchronous_commit = off").await.expect("asynchronous commits");
+    for i in 0..20 {
+        db.batch_execute(&format!(
+            "INSERT INTO events (id, topic, kind, payload) VALUES ('before-{i}', 't', 'K', '{{}}')"
+        ))
+        .await
+        .expect("append");
+    }
+    next_id(&mut watcher, "before-19").await;
+    tokio::task::block_in_place(|| {
+        cluster.crash();
+        cluster.restart();
+    });
+    let db = pg::client(&url).await;
+    let kept: i64 = db
+        .query_one("SELECT count(*) FROM events WHERE id LIKE 'before-%'", &[])
+        .await
+        .expect("count")
+        .get(0);
+    eprintln!("{kept} of 20 appends survived the crash");
+    for i in 0..3 {
+        db.batch_execute(&format!(
+            "INSERT INTO events (id, topic, kind, payload) VALUES ('after-{i}', 't', 'K', '{{}}')"
+        ))
+        .await
+        .expect("append after the restart");
+    }
+    let shown = next_id(&mut watcher, "after-2").await;
+    assert_eq!(shown, ["after-0", "after-1"], "shown after the restart, in order, before after-2");
+}
+
+/// Waits (up to 30 s) for the watcher to show the event `id`; the ids it
+/// showed before it.
+async fn next_id(
+    watcher: &mut tokio::sync::broadcast::Receiver<host::backend::Event>,
+    id: &str,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut shown = vec![];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, watcher.recv()).await {
+            Ok(Ok(event)) if event.message.id == id => return shown,
+            Ok(Ok(event)) => shown.push(event.message.id),
+            Ok(Err(e)) => panic!("the watcher: {e}"),
+            Err(_) => panic!("{id} was not shown within 30 s; shown: {shown:?}"),
+        }
+    }
+}

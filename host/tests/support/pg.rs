@@ -135,11 +135,17 @@ fn server() -> &'static Server {
 /// outage). Always local, whatever `DATABASE_URL` says; removed when
 /// dropped or when the test process ends. Durable as a production server
 /// is (see [`DURABLE`]), since tests crash it.
-pub struct OwnCluster(Cluster);
+pub struct OwnCluster(Cluster, String);
 
 impl OwnCluster {
     pub fn start() -> Self {
-        OwnCluster(start_cluster(DURABLE))
+        Self::start_with("")
+    }
+
+    /// A cluster with `settings` (`-c name=value …`) besides [`DURABLE`]'s.
+    pub fn start_with(settings: &str) -> Self {
+        let settings = format!("{DURABLE} {settings}");
+        OwnCluster(start_cluster(&settings), settings)
     }
 
     /// A fresh, empty database on this cluster; its URL.
@@ -150,8 +156,8 @@ impl OwnCluster {
     fn pg_ctl(&self, args: &str) {
         let (dir, port) = (self.0.dir.display(), self.0.port);
         let script = format!(
-            r#"{} -D {dir}/data -l {dir}/server.log -w -t 60 -o "-p {port} -k {dir} -c listen_addresses=127.0.0.1 {DURABLE}" {args}"#,
-            self.0.pg_ctl
+            r#"{} -D {dir}/data -l {dir}/server.log -w -t 60 -o "-p {port} -k {dir} -c listen_addresses=127.0.0.1 {}" {args}"#,
+            self.0.pg_ctl, self.1
         );
         let output = Command::new("sh").arg("-c").arg(&script).output().expect("run pg_ctl");
         assert!(

@@ -362,12 +362,33 @@ const TAIL_START: &str = "SELECT e.tx::text, e.position FROM events e
      WHERE e.tx < pg_snapshot_xmin(pg_current_snapshot())
      ORDER BY e.tx DESC, e.position DESC LIMIT 1";
 
+/// When the server started: a tail's cursor is checked against it.
+const STARTED: &str = "SELECT pg_postmaster_start_time()::text";
+
+/// After the server restarted: the last event at or before the cursor
+/// `($1, $2)` that was appended before it started. A crash loses the
+/// appends not yet flushed (commands are appended without waiting for the
+/// flush), and the restarted server hands their transaction ids and
+/// positions out again: a cursor past a lost event would sort the new
+/// events below itself and never show them.
+const TAIL_ANCHOR: &str = "SELECT e.tx::text, e.position FROM events e
+     WHERE (e.tx, e.position) <= ($1::text::xid8, $2) AND e.at < pg_postmaster_start_time()
+     ORDER BY e.tx DESC, e.position DESC LIMIT 1";
+
+/// Where a tail has got to in the log, and the start of the server it read
+/// that from.
+struct Cursor {
+    tx: String,
+    position: i64,
+    started: String,
+}
+
 /// Reads the log as it grows and hands every event to the watchers, woken
 /// like the consumers (NOTIFY, polling). Stops when the last watcher has
 /// gone; the next watcher starts it again, from the end of the log then.
 async fn tail(inner: Arc<Inner>) {
     let mut wake = inner.wake.subscribe();
-    let mut cursor: Option<(String, i64)> = None;
+    let mut cursor: Option<Cursor> = None;
     loop {
         while inner.watchers.receiver_count() > 0 {
             wake.borrow_and_update();
@@ -388,24 +409,35 @@ async fn tail(inner: Arc<Inner>) {
 }
 
 /// Forwards what was appended after `cursor` (everything, in batches).
-async fn tail_once(inner: &Inner, cursor: &mut Option<(String, i64)>) -> Result<(), BusError> {
+async fn tail_once(inner: &Inner, cursor: &mut Option<Cursor>) -> Result<(), BusError> {
     let client = inner.db.pool().get().await.map_err(no_connection)?;
-    let (tx, position) = match cursor {
-        Some(at) => at.clone(),
-        None => {
-            let end = client.query_opt(TAIL_START, &[]).await.map_err(|e| unavailable(&e))?;
-            let end = match end {
-                Some(row) => (
-                    row.try_get::<_, String>(0).map_err(|e| unavailable(&e))?,
-                    row.try_get::<_, i64>(1).map_err(|e| unavailable(&e))?,
-                ),
+    let text = |row: &Row, i| row.try_get::<_, String>(i).map_err(|e| unavailable(&e));
+    let started = client.query_one(STARTED, &[]).await.map_err(|e| unavailable(&e))?;
+    let started = text(&started, 0)?;
+    let at = match cursor.as_ref() {
+        Some(at) if at.started == started => (at.tx.clone(), at.position),
+        Some(at) => {
+            let anchor =
+                client.query_opt(TAIL_ANCHOR, &[&at.tx, &at.position]).await.map_err(|e| unavailable(&e))?;
+            let anchor = match anchor {
+                Some(row) => (text(&row, 0)?, row.try_get::<_, i64>(1).map_err(|e| unavailable(&e))?),
                 None => ("0".to_owned(), 0),
             };
-            cursor.insert(end).clone()
+            tracing::info!(
+                from = ?(&at.tx, at.position),
+                to = ?anchor,
+                "the database restarted: event watchers go on after the last event appended before"
+            );
+            anchor
         }
+        None => match client.query_opt(TAIL_START, &[]).await.map_err(|e| unavailable(&e))? {
+            Some(row) => (text(&row, 0)?, row.try_get::<_, i64>(1).map_err(|e| unavailable(&e))?),
+            None => ("0".to_owned(), 0),
+        },
     };
+    let (mut tx, mut position) = at;
+    *cursor = Some(Cursor { tx: tx.clone(), position, started: started.clone() });
     let read = client.prepare_cached(TAIL).await.map_err(|e| unavailable(&e))?;
-    let (mut tx, mut position) = (tx, position);
     loop {
         let rows = client.query(&read, &[&tx, &position, &BATCH]).await.map_err(|e| unavailable(&e))?;
         for row in &rows {
@@ -414,7 +446,7 @@ async fn tail_once(inner: &Inner, cursor: &mut Option<(String, i64)>) -> Result<
             // Nobody watching any more is fine: the loop ends at its next turn.
             let _ = inner.watchers.send(delivery.event);
         }
-        *cursor = Some((tx.clone(), position));
+        *cursor = Some(Cursor { tx: tx.clone(), position, started: started.clone() });
         if (rows.len() as i64) < BATCH {
             return Ok(());
         }
