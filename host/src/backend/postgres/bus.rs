@@ -358,29 +358,50 @@ const TAIL: &str = concat!(
 );
 
 /// Where the log ends now (below the running transactions): watching starts there.
-const TAIL_START: &str = "SELECT e.tx::text, e.position FROM events e
+const TAIL_START: &str = "SELECT e.tx::text, e.position, e.id FROM events e
      WHERE e.tx < pg_snapshot_xmin(pg_current_snapshot())
      ORDER BY e.tx DESC, e.position DESC LIMIT 1";
 
 /// When the server started: a tail's cursor is checked against it.
 const STARTED: &str = "SELECT pg_postmaster_start_time()::text";
 
-/// After the server restarted: the last event at or before the cursor
-/// `($1, $2)` that was appended before it started. A crash loses the
-/// appends not yet flushed (commands are appended without waiting for the
-/// flush), and the restarted server hands their transaction ids and
-/// positions out again: a cursor past a lost event would sort the new
-/// events below itself and never show them.
-const TAIL_ANCHOR: &str = "SELECT e.tx::text, e.position FROM events e
-     WHERE (e.tx, e.position) <= ($1::text::xid8, $2) AND e.at < pg_postmaster_start_time()
+/// After the server restarted: the cursor `($1, $2)` if its event (`$3`)
+/// is still there, else the last event before it that was appended before the
+/// server started. A crash loses the appends not yet flushed (commands are
+/// appended without waiting for the flush), and the restarted server hands
+/// their transaction ids and positions out again: a cursor past a lost
+/// event would sort the new events below itself and never show them.
+const TAIL_ANCHOR: &str = "SELECT e.tx::text, e.position, e.id FROM events e
+     WHERE (e.tx, e.position) <= ($1::text::xid8, $2)
+       AND (e.at < pg_postmaster_start_time() OR ((e.tx, e.position) = ($1::text::xid8, $2) AND e.id = $3))
      ORDER BY e.tx DESC, e.position DESC LIMIT 1";
 
-/// Where a tail has got to in the log, and the start of the server it read
-/// that from.
+/// Where a tail has got to in the log (the last event shown), and the
+/// start of the server it read that from.
+#[derive(Clone)]
 struct Cursor {
     tx: String,
     position: i64,
+    id: String,
     started: String,
+}
+
+impl Cursor {
+    /// The start of the log.
+    fn start(started: &str) -> Self {
+        Cursor { tx: "0".into(), position: 0, id: String::new(), started: started.to_owned() }
+    }
+
+    /// At the event of `row` ([`TAIL_START`], [`TAIL_ANCHOR`]).
+    fn at(row: &Row, started: &str) -> Result<Self, BusError> {
+        let bad = |e: tokio_postgres::Error| unavailable(&e);
+        Ok(Cursor {
+            tx: row.try_get(0).map_err(bad)?,
+            position: row.try_get(1).map_err(bad)?,
+            id: row.try_get(2).map_err(bad)?,
+            started: started.to_owned(),
+        })
+    }
 }
 
 /// Reads the log as it grows and hands every event to the watchers, woken
@@ -411,42 +432,42 @@ async fn tail(inner: Arc<Inner>) {
 /// Forwards what was appended after `cursor` (everything, in batches).
 async fn tail_once(inner: &Inner, cursor: &mut Option<Cursor>) -> Result<(), BusError> {
     let client = inner.db.pool().get().await.map_err(no_connection)?;
-    let text = |row: &Row, i| row.try_get::<_, String>(i).map_err(|e| unavailable(&e));
     let started = client.query_one(STARTED, &[]).await.map_err(|e| unavailable(&e))?;
-    let started = text(&started, 0)?;
-    let at = match cursor.as_ref() {
-        Some(at) if at.started == started => (at.tx.clone(), at.position),
+    let started: String = started.try_get(0).map_err(|e| unavailable(&e))?;
+    let mut at = match cursor.as_ref() {
+        Some(at) if at.started == started => at.clone(),
         Some(at) => {
-            let anchor =
-                client.query_opt(TAIL_ANCHOR, &[&at.tx, &at.position]).await.map_err(|e| unavailable(&e))?;
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&at.tx, &at.position, &at.id];
+            let anchor = client.query_opt(TAIL_ANCHOR, &params).await.map_err(|e| unavailable(&e))?;
             let anchor = match anchor {
-                Some(row) => (text(&row, 0)?, row.try_get::<_, i64>(1).map_err(|e| unavailable(&e))?),
-                None => ("0".to_owned(), 0),
+                Some(row) => Cursor::at(&row, &started)?,
+                None => Cursor::start(&started),
             };
             tracing::info!(
                 from = ?(&at.tx, at.position),
-                to = ?anchor,
+                to = ?(&anchor.tx, anchor.position),
                 "the database restarted: event watchers go on after the last event appended before"
             );
             anchor
         }
         None => match client.query_opt(TAIL_START, &[]).await.map_err(|e| unavailable(&e))? {
-            Some(row) => (text(&row, 0)?, row.try_get::<_, i64>(1).map_err(|e| unavailable(&e))?),
-            None => ("0".to_owned(), 0),
+            Some(row) => Cursor::at(&row, &started)?,
+            None => Cursor::start(&started),
         },
     };
-    let (mut tx, mut position) = at;
-    *cursor = Some(Cursor { tx: tx.clone(), position, started: started.clone() });
+    *cursor = Some(at.clone());
     let read = client.prepare_cached(TAIL).await.map_err(|e| unavailable(&e))?;
     loop {
-        let rows = client.query(&read, &[&tx, &position, &BATCH]).await.map_err(|e| unavailable(&e))?;
+        let rows = client.query(&read, &[&at.tx, &at.position, &BATCH]).await.map_err(|e| unavailable(&e))?;
         for row in &rows {
-            let (row_tx, delivery) = delivery(row)?;
-            (tx, position) = (row_tx, i64::try_from(delivery.position).unwrap_or(i64::MAX));
+            let (tx, delivery) = delivery(row)?;
+            at.tx = tx;
+            at.position = i64::try_from(delivery.position).unwrap_or(i64::MAX);
+            at.id.clone_from(&delivery.event.message.id);
             // Nobody watching any more is fine: the loop ends at its next turn.
             let _ = inner.watchers.send(delivery.event);
         }
-        *cursor = Some(Cursor { tx: tx.clone(), position, started: started.clone() });
+        *cursor = Some(at.clone());
         if (rows.len() as i64) < BATCH {
             return Ok(());
         }
