@@ -5,8 +5,10 @@
 //! ([`Graphql::check`]), so the swap never leaves a stale schema serving,
 //! and refreshes it before it answers.
 
+pub mod documents;
 pub mod schema;
 
+pub use documents::Documents;
 pub use schema::{QueryLimits, Services};
 
 use crate::deploy::SchemaHook;
@@ -25,6 +27,8 @@ pub struct Graphql {
     registry: Arc<Registry>,
     services: Services,
     limits: QueryLimits,
+    /// Parsed queries, whatever the schema: parsing needs none.
+    documents: Documents,
 }
 
 impl Graphql {
@@ -46,6 +50,7 @@ impl Graphql {
             registry,
             services,
             limits,
+            documents: Documents::default(),
         });
         let weak = Arc::downgrade(&graphql);
         // Changes made other than through the deployer, which refreshes itself.
@@ -80,6 +85,11 @@ impl Graphql {
 
     pub fn schema(&self) -> Arc<Schema> {
         self.schema.load_full()
+    }
+
+    /// The parsed-documents cache requests go through.
+    pub fn documents(&self) -> &Documents {
+        &self.documents
     }
 
     /// The schema in SDL, for `host schema` and docs.

@@ -21,7 +21,8 @@ use crate::graphql::Graphql;
 use crate::graphql::schema::IdempotencyKey;
 use crate::graphql::schema::code::UNAUTHENTICATED;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql::parser::types::OperationType;
+use async_graphql::parser::Positioned;
+use async_graphql::parser::types::{ExecutableDocument, OperationDefinition, OperationType};
 use async_graphql::{Request as GqlRequest, Response as GqlResponse, Variables};
 use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
 use axum::Router;
@@ -186,15 +187,22 @@ fn request_from(params: &Map<String, Value>) -> Result<GqlRequest, String> {
     Ok(request)
 }
 
-/// The type of the operation the request would run, when its document parses.
-fn operation_type(request: &GqlRequest) -> Option<OperationType> {
-    let document = async_graphql::parser::parse_query(&request.query).ok()?;
+/// The operation `request` runs in `document` (its query, parsed).
+fn operation<'d>(
+    request: &GqlRequest,
+    document: &'d ExecutableDocument,
+) -> Option<&'d Positioned<OperationDefinition>> {
     let mut operations = document.operations.iter();
     match &request.operation_name {
         Some(name) => operations.find(|(n, _)| n.is_some_and(|n| n.as_str() == name)),
         None => operations.next(),
     }
-    .map(|(_, op)| op.node.ty)
+    .map(|(_, op)| op)
+}
+
+/// The type of the operation the request would run, when its document parses.
+fn operation_type(request: &GqlRequest, document: Option<&ExecutableDocument>) -> Option<OperationType> {
+    operation(request, document?).map(|op| op.node.ty)
 }
 
 /// The `Idempotency-Key` header's key. The draft
@@ -229,15 +237,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
 /// How many fields the request's mutation selects at its root (through
 /// fragments; `__typename` aside); `None` when the operation to run is not
 /// a mutation or does not parse (execution reports that).
-fn mutation_fields(request: &GqlRequest) -> Option<usize> {
+fn mutation_fields(request: &GqlRequest, document: Option<&ExecutableDocument>) -> Option<usize> {
     use async_graphql::parser::types::{Selection, SelectionSet};
-    let document = async_graphql::parser::parse_query(&request.query).ok()?;
-    let mut operations = document.operations.iter();
-    let operation = match &request.operation_name {
-        Some(name) => operations.find(|(n, _)| n.is_some_and(|n| n.as_str() == name)),
-        None => operations.next(),
-    }?
-    .1;
+    let document = document?;
+    let operation = operation(request, document)?;
     if operation.node.ty != OperationType::Mutation {
         return None;
     }
@@ -268,7 +271,7 @@ fn mutation_fields(request: &GqlRequest) -> Option<usize> {
             })
             .sum()
     }
-    Some(count(&operation.node.selection_set.node, &document, &mut vec![]))
+    Some(count(&operation.node.selection_set.node, document, &mut vec![]))
 }
 
 /// A response to an `Idempotency-Key` request refused for its key: `status`
@@ -280,7 +283,15 @@ fn refuse_key(status: StatusCode, media: Media, errors: Value) -> Response {
     response
 }
 
-async fn execute(app: &App, headers: &HeaderMap, media: Media, mut request: GqlRequest) -> Response {
+/// Runs `request`; `document` is its query parsed, `None` when it does not
+/// parse (execution then reports why).
+async fn execute(
+    app: &App,
+    headers: &HeaderMap,
+    media: Media,
+    mut request: GqlRequest,
+    document: Option<ExecutableDocument>,
+) -> Response {
     // Who calls, before anything runs: a bad token is refused whatever the
     // request; without one, only queries (of models that do not require
     // authentication) may run.
@@ -288,7 +299,9 @@ async fn execute(app: &App, headers: &HeaderMap, media: Media, mut request: GqlR
         Ok(caller) => caller,
         Err(message) => return unauthorized(media, message),
     };
-    if caller == Caller::Anonymous && operation_type(&request).is_some_and(|ty| ty != OperationType::Query) {
+    if caller == Caller::Anonymous
+        && operation_type(&request, document.as_ref()).is_some_and(|ty| ty != OperationType::Query)
+    {
         return unauthorized(media, "this request needs a token: send `Authorization: Bearer <token>`");
     }
     request = request.data(caller);
@@ -299,13 +312,16 @@ async fn execute(app: &App, headers: &HeaderMap, media: Media, mut request: GqlR
         Err(message) => return refuse(StatusCode::BAD_REQUEST, media, message),
     };
     if let Some(key) = &key {
-        if mutation_fields(&request).is_some_and(|n| n > 1) {
+        if mutation_fields(&request, document.as_ref()).is_some_and(|n| n > 1) {
             let message = "an Idempotency-Key names one command: send one mutation per request with it \
                            (or give each mutation its own `commandId`)";
             let errors = json!([{ "message": message, "extensions": { "code": crate::graphql::schema::code::IDEMPOTENCY_KEY_MULTIPLE_MUTATIONS } }]);
             return refuse_key(StatusCode::BAD_REQUEST, media, errors);
         }
         request = request.data(IdempotencyKey(key.clone()));
+    }
+    if let Some(document) = document {
+        request.set_parsed_query(document);
     }
     let schema = app.graphql.schema();
     match tokio::time::timeout(app.options.request_timeout, schema.execute(request)).await {
@@ -391,7 +407,10 @@ async fn post_graphql(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
         }
     };
     match request_from(&params) {
-        Ok(request) => execute(&app, &headers, media, request).await,
+        Ok(request) => {
+            let document = app.graphql.documents().parse(&request.query).ok();
+            execute(&app, &headers, media, request, document).await
+        }
         Err(message) => refuse(StatusCode::BAD_REQUEST, media, message),
     }
 }
@@ -449,7 +468,8 @@ async fn get_graphql(State(app): State<Arc<App>>, method: Method, headers: Heade
         Ok(request) => request,
         Err(message) => return refuse(StatusCode::BAD_REQUEST, media, message),
     };
-    if operation_type(&request).is_some_and(|ty| ty != OperationType::Query) {
+    let document = app.graphql.documents().parse(&request.query).ok();
+    if operation_type(&request, document.as_ref()).is_some_and(|ty| ty != OperationType::Query) {
         let mut response = refuse(
             StatusCode::METHOD_NOT_ALLOWED,
             media,
@@ -458,7 +478,7 @@ async fn get_graphql(State(app): State<Arc<App>>, method: Method, headers: Heade
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    execute(&app, &headers, media, request).await
+    execute(&app, &headers, media, request, document).await
 }
 
 /// Subscriptions over WebSocket, with the schema current when the connection
@@ -532,7 +552,7 @@ mod tests {
         let op = |q: &str, name: Option<&str>| {
             let mut r = GqlRequest::new(q);
             r.operation_name = name.map(str::to_owned);
-            operation_type(&r)
+            operation_type(&r, async_graphql::parser::parse_query(q).ok().as_ref())
         };
         assert_eq!(op("{ a }", None), Some(OperationType::Query));
         assert_eq!(op("mutation { a }", None), Some(OperationType::Mutation));
