@@ -23,7 +23,7 @@ use crate::backend::{Checkpoint, Commit, Event, Parked, Store, StoreError};
 use crate::config::{ConsumerPolicy, MAX_BACKOFF, OnFailure};
 use crate::deploy::shadow::{Offer, Shadows};
 use crate::registry::{Functions, Registry};
-use crate::runtime::{Function, GuestError, HostEnv, StepLimits};
+use crate::runtime::{Function, Guest, GuestError, HostEnv, StepLimits};
 use low_contract::{
     COMMANDS_TOPIC, Data, FAILED, Found, FunctionKind, Lookup, Message, Outcome, Query, REJECTED, WriteOp,
     WritePlan, json,
@@ -480,17 +480,28 @@ impl Executor {
             batch_from: Some((first.position, first.event.message.id.clone())),
             ..Commit::default()
         };
-        if self.store.reads_are_remote()
-            && let Some(f) = functions.get(function)
-        {
-            read_ahead(&self.store, f, &overlay, &view, group).await;
-        }
+        let mut prepared = match functions.get(function) {
+            Some(f) if self.store.reads_are_remote() => {
+                read_ahead(&self.store, f, &overlay, &view, group).await
+            }
+            _ => vec![],
+        };
         let mut offers = vec![];
-        for delivery in group {
+        for (index, delivery) in group.iter().enumerate() {
             // Not ours (another handler's command, or the function is gone): only passed.
             let Some(f) = functions.get(function).filter(|f| wants(f, delivery)) else { continue };
             let span = step_span(function, delivery);
-            let cycle = run_cycle(&functions, f, &view, &delivery.event.message).instrument(span).await?;
+            let input = &delivery.event.message;
+            let cycle = match prepared.get_mut(index).and_then(Option::take) {
+                // Its `lookup` ran ahead (bounded by its own call deadline);
+                // the step's clock starts at its turn.
+                Some(ready) => {
+                    finish_cycle(&functions, f, &view, input, ready, &Budget::start(f))
+                        .instrument(span)
+                        .await?
+                }
+                None => run_cycle(&functions, f, &view, input).instrument(span).await?,
+            };
             offers.extend(self.shadows.take(function, &delivery.event.message, &cycle));
             overlay.apply(&cycle.commit.ops);
             commit.ops.extend(cycle.commit.ops);
@@ -828,56 +839,78 @@ pub struct Cycle {
 
 /// Keys one group reads ahead at most.
 const READ_AHEAD: usize = 256;
-/// The fewest steps a group reads ahead for: learning a step's plan costs
-/// an instance and a `lookup`, about what the round trip it saves costs
-/// on a busy machine — so only a bigger group gains.
-const READ_AHEAD_FROM: usize = 4;
+/// Instances one group holds at most while its steps wait for their turn.
+const READ_AHEAD_STEPS: usize = GROUP;
+
+/// A step whose `lookup` ran before its turn, on the instance it goes on
+/// with: its plan holds when `lookup` read no documents (it is then a
+/// function of the input alone), and the data it names is read at its
+/// turn, through the writes of the steps before it.
+struct Prepared {
+    call: Box<dyn Guest>,
+    lookups: Vec<Lookup>,
+}
 
 /// Fetches, in one round trip, the documents the steps of `group` will look
 /// up by key, into `overlay` ([`Overlay::read_ahead`]), rather than one
-/// round trip per step. Each step's plan is learnt from `lookup` on a
-/// throwaway instance; the step calls it again on its own, with the
-/// group's earlier writes in view, so a plan that turns out different only
-/// means that step reads for itself. Anything failing here just ends the
-/// reading ahead: the steps meet it themselves.
+/// round trip per step: each wanted step (up to [`READ_AHEAD_STEPS`]) gets
+/// its instance and runs `lookup` now, and goes on from there at its turn
+/// (the returned [`Prepared`], by index in `group`). Preparing stops at the
+/// first step whose `lookup` reads documents (its plan could change with
+/// the writes of the steps before it) or fails, and when no instance slot
+/// is free: a group never waits for a slot while it holds one, and the
+/// steps after run as usual, each once every prepared one is done.
+/// Anything failing here only ends the reading ahead.
 async fn read_ahead(
     store: &Arc<dyn Store>,
     function: &Arc<Function>,
     overlay: &Overlay,
     view: &Arc<dyn Store>,
     group: &[Delivery],
-) {
-    let wanted: Vec<&Delivery> = group.iter().filter(|d| wants(function, d)).collect();
-    if wanted.len() < READ_AHEAD_FROM {
-        return;
+) -> Vec<Option<Prepared>> {
+    let mut prepared: Vec<Option<Prepared>> = group.iter().map(|_| None).collect();
+    if group.iter().filter(|d| wants(function, d)).nth(1).is_none() {
+        return prepared;
     }
     let mut keys: Vec<Query> = vec![];
-    for delivery in wanted {
-        let plan = match function.start(Some(Arc::clone(view))).await {
-            Ok(mut call) => call.lookup(&delivery.event.message).await,
-            Err(e) => Err(e),
-        };
-        let Ok(plan) = plan else { break };
-        for lookup in plan {
-            if matches!(lookup.query, Query::Key { .. }) && !keys.contains(&lookup.query) {
-                keys.push(lookup.query);
-            }
+    let mut held = 0;
+    for (index, delivery) in group.iter().enumerate() {
+        if !wants(function, delivery) {
+            continue;
         }
-        if keys.len() >= READ_AHEAD {
+        if held == READ_AHEAD_STEPS || keys.len() >= READ_AHEAD {
             break;
         }
+        let started = if held == 0 {
+            function.start(Some(Arc::clone(view))).await.map(Some)
+        } else {
+            function.try_start(Some(Arc::clone(view))).await
+        };
+        let Ok(Some(mut call)) = started else { break };
+        let Ok(lookups) = call.lookup(&delivery.event.message).await else { break };
+        if call.lookup_read_documents() {
+            break;
+        }
+        for lookup in &lookups {
+            if matches!(lookup.query, Query::Key { .. }) && !keys.contains(&lookup.query) {
+                keys.push(lookup.query.clone());
+            }
+        }
+        prepared[index] = Some(Prepared { call, lookups });
+        held += 1;
     }
     if keys.is_empty() {
-        return;
+        return prepared;
     }
     let queries: Vec<&Query> = keys.iter().collect();
-    let Ok(found) = store.lookup(&queries, 1).await else { return };
+    let Ok(found) = store.lookup(&queries, 1).await else { return prepared };
     overlay.read_ahead(keys.iter().zip(found).filter_map(|(query, documents)| match query {
         Query::Key { collection, key } => {
             Some(((collection.clone(), key.clone()), documents.into_iter().next()))
         }
         Query::Field { .. } => None,
     }));
+    prepared
 }
 
 /// Runs `function`'s LOW cycle on each of `inputs` in order, each step
@@ -921,6 +954,20 @@ pub async fn run_cycle(
     // slot is the shell's load, not the step's doing.
     let budget = Budget::start(function);
     let lookups = budget.within("`lookup`", async { Ok(call.lookup(input).await?) }).await?;
+    finish_cycle(functions, function, store, input, Prepared { call, lookups }, &budget).await
+}
+
+/// The rest of [`run_cycle`] once `lookup` has said what the step needs:
+/// the plan read, then `operate` and `write` on the same instance.
+async fn finish_cycle(
+    functions: &Functions,
+    function: &Arc<Function>,
+    store: &Arc<dyn Store>,
+    input: &Message,
+    prepared: Prepared,
+    budget: &Budget<'_>,
+) -> Result<Cycle, StepError> {
+    let Prepared { mut call, lookups } = prepared;
     let data = budget.within("its lookup plan", run_lookups(functions, function, store, &lookups)).await?;
     let outcome = budget.within("`operate`", async { Ok(call.operate(input, &data).await?) }).await?;
     let emitted = emitted(function, &outcome, input)?;

@@ -135,3 +135,56 @@ async fn a_group_reads_ahead_what_was_stored_before_it_and_sees_its_own_writes_f
     assert_eq!(decided[5][3], decided[2][3], "and the one the group invited");
     shell.stop().await.expect("clean stop");
 }
+
+/// A step whose `lookup` reads documents itself plans at its turn, with
+/// the writes of the steps before it in its group in view — never from a
+/// plan made ahead of them.
+#[tokio::test]
+async fn a_lookup_that_reads_the_store_plans_after_the_steps_before_it() {
+    let url = pg::database().await;
+    let db = pg::client(&url).await;
+    let mut project = project(&url);
+    project.functions = Some(vec!["fixtures/misbehave".into(), "fixtures/misbehave-resolver".into()]);
+    support::module("fixtures/misbehave");
+    Shell::start(project.clone()).await.expect("start (run `make guest` first)").stop().await.expect("stop");
+    let actions = ["ok", "ok", "read-count", "ok"];
+    let values: Vec<String> = actions
+        .iter()
+        .enumerate()
+        .map(|(n, action)| {
+            format!(
+                "('cmd-{n}', 'commands', 'Misbehave', '{{\"action\": \"{action}\", \"phase\": \"\"}}', 'request-{n}')"
+            )
+        })
+        .collect();
+    db.batch_execute(&format!(
+        "INSERT INTO events (id, topic, kind, payload, correlation_id) VALUES {}",
+        values.join(", ")
+    ))
+    .await
+    .expect("append the commands");
+
+    let shell = Shell::start(project).await.expect("start again");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let rows = db
+            .query(
+                "SELECT tx::text, payload->>'action', payload->>'detail' FROM events
+                 WHERE function = 'misbehave' ORDER BY position",
+                &[],
+            )
+            .await
+            .expect("read the log");
+        if rows.len() >= actions.len() {
+            break rows;
+        }
+        assert!(Instant::now() < deadline, "only {} of {} decided", rows.len(), actions.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let decided: Vec<(String, String, String)> =
+        rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert!(decided.iter().all(|(tx, ..)| *tx == decided[0].0), "one transaction for the group: {decided:?}");
+    assert_eq!(decided[2].1, "read-count");
+    assert_eq!(decided[2].2, "seen-2", "the two `ok` steps before it were in view: {decided:?}");
+    shell.stop().await.expect("clean stop");
+}

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use low_contract::{Data, FunctionKind, Lookup, Message, Meta, Outcome, Resolution, WritePlan};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 use wasmtime::component::{Func, TypedFunc};
 use wasmtime::{Trap, UpdateDeadline};
 
@@ -66,10 +66,20 @@ impl WasmCall {
         f: &Function,
         pre: &WasmPre,
         store: Option<Arc<dyn Store>>,
-    ) -> Result<Self, GuestError> {
+        wait: bool,
+    ) -> Result<Option<Self>, GuestError> {
         let name = f.meta.name.clone();
         let runtime = &f.runtime;
-        let slot = Arc::clone(&runtime.slots).acquire_owned().await.map_err(|_| GuestError::Trap {
+        let slots = Arc::clone(&runtime.slots);
+        let slot = if wait {
+            slots.acquire_owned().await.ok()
+        } else {
+            match slots.try_acquire_owned() {
+                Err(TryAcquireError::NoPermits) => return Ok(None),
+                slot => slot.ok(),
+            }
+        };
+        let slot = slot.ok_or_else(|| GuestError::Trap {
             function: name.clone(),
             phase: "instantiate",
             message: "the runtime is shutting down".into(),
@@ -111,7 +121,7 @@ impl WasmCall {
             });
         };
         f.metrics.instance_created();
-        Ok(Self {
+        Ok(Some(Self {
             store: wasm,
             instance,
             function: name,
@@ -119,7 +129,7 @@ impl WasmCall {
             deadline,
             metrics: Arc::clone(&f.metrics),
             _slot: slot,
-        })
+        }))
     }
 
     fn arm(&mut self) {
@@ -145,8 +155,10 @@ impl Instantiate for WasmPre {
         &self,
         function: &Function,
         store: Option<Arc<dyn Store>>,
-    ) -> Result<Box<dyn Guest>, GuestError> {
-        Ok(Box::new(WasmCall::start(function, self, store).await?))
+        wait: bool,
+    ) -> Result<Option<Box<dyn Guest>>, GuestError> {
+        let call = WasmCall::start(function, self, store, wait).await?;
+        Ok(call.map(|call| Box::new(call) as Box<dyn Guest>))
     }
 }
 
@@ -221,6 +233,10 @@ impl Guest for WasmCall {
             .await
             .map_err(|e| self.fail("resolve", &e))?;
         convert::resolution_from_wit(resolution).map_err(|m| self.invalid("resolve", m))
+    }
+
+    fn lookup_read_documents(&self) -> bool {
+        self.store.data().read_in_lookup
     }
 }
 

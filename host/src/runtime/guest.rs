@@ -19,14 +19,20 @@ pub trait Guest: Send {
     async fn operate(&mut self, input: &Message, data: &Data) -> Result<Outcome, GuestError>;
     async fn write(&mut self, output: &Message) -> Result<WritePlan, GuestError>;
     async fn resolve(&mut self, command: &Message, seen: &[Message]) -> Result<Resolution, GuestError>;
+    /// Whether `lookup` read documents from the store: its plan may then
+    /// depend on what the store held at that moment.
+    fn lookup_read_documents(&self) -> bool;
 }
 
 /// What a loaded [`Function`] keeps to start executions cheaply.
 #[async_trait]
 pub(super) trait Instantiate: Send + Sync {
+    /// A fresh execution; with `wait` false, `None` rather than waiting
+    /// for a free instance slot.
     async fn start(
         &self,
         function: &Function,
         store: Option<Arc<dyn Store>>,
-    ) -> Result<Box<dyn Guest>, GuestError>;
+        wait: bool,
+    ) -> Result<Option<Box<dyn Guest>>, GuestError>;
 }

@@ -497,6 +497,20 @@ impl Function {
     /// A fresh instance for one execution. `store` is readable by the guest
     /// during `lookup` only. Waits while every instance slot is taken.
     pub async fn start(&self, store: Option<Arc<dyn Store>>) -> Result<Box<dyn Guest>, GuestError> {
-        self.pre.start(self, store).await
+        self.pre.start(self, store, true).await?.ok_or_else(|| GuestError::Trap {
+            function: self.meta.name.clone(),
+            phase: "instantiate",
+            message: "no instance slot was given".into(),
+        })
+    }
+
+    /// [`Function::start`] if an instance slot is free now, else `None`:
+    /// for work that may hold other instances meanwhile, which must never
+    /// wait for a slot (those waiting could be holding every one).
+    pub async fn try_start(
+        &self,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Option<Box<dyn Guest>>, GuestError> {
+        self.pre.start(self, store, false).await
     }
 }

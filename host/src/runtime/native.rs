@@ -164,6 +164,10 @@ impl Guest for NativeCall {
     async fn resolve(&mut self, command: &Message, seen: &[Message]) -> Result<Resolution, GuestError> {
         self.run("resolve", |g, env| g.resolve(command, seen, env))
     }
+    /// A native `lookup` is given no store.
+    fn lookup_read_documents(&self) -> bool {
+        false
+    }
 }
 
 /// A native function, loaded: each execution calls it directly.
@@ -175,13 +179,15 @@ impl Instantiate for NativePre {
         &self,
         function: &Function,
         _store: Option<Arc<dyn Store>>,
-    ) -> Result<Box<dyn Guest>, GuestError> {
-        Ok(Box::new(NativeCall::new(
+        _wait: bool,
+    ) -> Result<Option<Box<dyn Guest>>, GuestError> {
+        // Native calls take no instance slot.
+        Ok(Some(Box::new(NativeCall::new(
             Arc::clone(&self.0),
             function.meta.name.clone(),
             function.meta.kind,
             Arc::clone(&function.runtime.env),
-        )))
+        ))))
     }
 }
 

@@ -25,6 +25,8 @@ pub struct CallState {
     /// Readable by the guest only while `lookup` runs.
     pub(super) store: Option<Arc<dyn Store>>,
     pub(super) in_lookup: bool,
+    /// `lookup` asked the store for documents (its plan may depend on them).
+    pub(super) read_in_lookup: bool,
     /// Most documents one `find` may return (`limits.find-documents`).
     pub(super) find_documents: usize,
     pub(super) stderr: MemoryOutputPipe,
@@ -57,6 +59,7 @@ impl CallState {
             function,
             store,
             in_lookup: false,
+            read_in_lookup: false,
             find_documents,
             stderr,
             env,
@@ -140,7 +143,8 @@ impl env::Host for CallState {
 }
 
 impl CallState {
-    fn readable_store(&self) -> Result<Arc<dyn Store>, String> {
+    fn readable_store(&mut self) -> Result<Arc<dyn Store>, String> {
+        self.read_in_lookup |= self.in_lookup;
         match (&self.store, self.in_lookup) {
             (Some(store), true) => Ok(Arc::clone(store)),
             (_, false) => Err("the store is readable during `lookup` only".into()),
