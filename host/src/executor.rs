@@ -19,7 +19,7 @@
 
 use crate::backend::overlay::Overlay;
 use crate::backend::{Bus, BusError, Delivery, Partition, Subscription};
-use crate::backend::{Checkpoint, Commit, Event, Parked, Store, StoreError};
+use crate::backend::{Chained, Checkpoint, Commit, Event, Parked, Store, StoreError};
 use crate::config::{ConsumerPolicy, MAX_BACKOFF, OnFailure};
 use crate::deploy::shadow::{Offer, Shadows};
 use crate::registry::{Functions, Registry};
@@ -29,7 +29,7 @@ use low_contract::{
     WritePlan, json,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, oneshot, watch};
@@ -171,11 +171,22 @@ pub struct Executor {
     gauges: Mutex<BTreeSet<String>>,
     /// Candidates run beside the live versions on the steps committed here.
     shadows: Arc<Shadows>,
+    /// The consumers of this shell waiting for deliveries: those worth
+    /// chaining a commit's events to (see [`Executor::chain`]).
+    idle: Mutex<HashSet<String>>,
 }
 
 /// Most deliveries committed together (group commit), when the bus has
 /// that many at hand.
 const GROUP: usize = 32;
+/// Most events a commit carries another consumer's steps on (chained):
+/// chaining saves that consumer a read of the log and a commit, but puts its
+/// steps on the emitting consumer's path, so a large group (a busy shell)
+/// is left to the two consumers working side by side.
+const CHAIN_MOST: usize = 8;
+/// How long the chained steps of one commit may take before the commit
+/// goes without them.
+const CHAIN_BUDGET: Duration = Duration::from_millis(100);
 /// How long to wait before retrying when the store is unreachable.
 const UNAVAILABLE_BACKOFF: Duration = Duration::from_millis(500);
 /// How often the parked-events gauges are read from the store (other shells
@@ -228,6 +239,7 @@ impl Executor {
             stopped: Mutex::default(),
             wakers: Mutex::default(),
             gauges: Mutex::default(),
+            idle: Mutex::default(),
         }
     }
 
@@ -405,6 +417,7 @@ impl Executor {
             if *stop.borrow_and_update() {
                 break;
             }
+            lock(&self.idle).insert(lane.consumer.clone());
             let next = tokio::select! {
                 biased;
                 changed = stop.changed() => match changed {
@@ -413,6 +426,7 @@ impl Executor {
                 },
                 next = subscription.next() => next,
             };
+            lock(&self.idle).remove(&lane.consumer);
             let Some(delivery) = next else { break };
             // What else is at hand joins it in one commit.
             let mut group = vec![delivery];
@@ -429,6 +443,7 @@ impl Executor {
                 break;
             }
         }
+        lock(&self.idle).remove(&lane.consumer);
         tracing::debug!(consumer = %lane.consumer, "consumer stopped");
         // Nobody takes it when the function is gone or the shell stops.
         let _ = handover.send(subscription);
@@ -482,7 +497,8 @@ impl Executor {
         };
         let mut prepared = match functions.get(function) {
             Some(f) if self.store.reads_are_remote() => {
-                read_ahead(&self.store, f, &overlay, &view, group).await
+                let inputs: Vec<_> = group.iter().map(|d| wants(f, d).then_some(&d.event.message)).collect();
+                read_ahead(&self.store, f, &overlay, &view, &inputs).await
             }
             _ => vec![],
         };
@@ -508,9 +524,98 @@ impl Executor {
             commit.events.extend(cycle.commit.events);
             commit.notify.extend(cycle.commit.notify);
         }
-        self.store.commit(commit).await?;
+        self.commit_chaining(&functions, function, Some(&overlay), commit).await?;
         offers.into_iter().for_each(Offer::send);
         Ok(())
+    }
+
+    /// Commits `commit` (the steps of `function`, decided on `overlay`,
+    /// which holds their writes; none: on the store), with another consumer's steps on its
+    /// events chained when the store can apply them together.
+    async fn commit_chaining(
+        &self,
+        functions: &Functions,
+        function: &str,
+        overlay: Option<&Arc<Overlay>>,
+        commit: Commit,
+    ) -> Result<(), StoreError> {
+        let Some((chained, steps)) = self.chain(functions, function, overlay, &commit).await else {
+            return self.store.commit(commit).await;
+        };
+        let consumer = chained.consumer.clone();
+        if self.store.commit_chained(commit, chained).await? {
+            crate::metrics::steps(&consumer, steps);
+        }
+        Ok(())
+    }
+
+    /// The steps of one other consumer of this shell on the events `commit`
+    /// appends, for the store to apply in the same transaction — so a
+    /// command's handler and its projector take one commit rather than two
+    /// (and one read of the log fewer). Only for a consumer waiting for
+    /// deliveries (busy, it would have others before these) that reads them
+    /// unpartitioned; its steps see `overlay` (the writes of the steps that
+    /// emitted them, then their own). The store applies them only if the
+    /// consumer had processed everything before these events; a step that
+    /// fails here chains nothing, and the consumer meets it as usual.
+    /// With the number of steps.
+    async fn chain(
+        &self,
+        functions: &Functions,
+        from: &str,
+        overlay: Option<&Arc<Overlay>>,
+        commit: &Commit,
+    ) -> Option<(Chained, u64)> {
+        // A partitioned function's consumers commit side by side: chained
+        // to one consumer, they would queue at its checkpoint.
+        if commit.events.is_empty()
+            || commit.events.len() > CHAIN_MOST
+            || !self.store.chains()
+            || self.policy(from).partitions > 1
+        {
+            return None;
+        }
+        let target = {
+            let idle = lock(&self.idle);
+            functions.consumers().find(|f| {
+                f.name() != from
+                    && idle.contains(f.name())
+                    && self.policy(f.name()).partitions <= 1
+                    && commit.events.iter().any(|e| wants_event(f, e))
+            })?
+        };
+        let overlay = match overlay {
+            Some(overlay) => Arc::clone(overlay),
+            None => {
+                let overlay = Arc::new(Overlay::new(Arc::clone(&self.store)));
+                overlay.apply(&commit.ops);
+                overlay
+            }
+        };
+        let chained = Chained {
+            consumer: target.name().to_owned(),
+            topics: target.meta.inputs.clone(),
+            ..Chained::default()
+        };
+        // A slow step of the chained consumer must not hold up the commit.
+        let steps = chained_steps(functions, &self.store, target, &overlay, commit, chained);
+        match tokio::time::timeout(CHAIN_BUDGET, steps).await {
+            Ok(Ok(chained)) => Some(chained),
+            Ok(Err(e)) => {
+                tracing::debug!(
+                    consumer = target.name(),
+                    "not chained, the consumer takes the steps itself: {e}"
+                );
+                None
+            }
+            Err(_) => {
+                tracing::debug!(
+                    consumer = target.name(),
+                    "not chained within {CHAIN_BUDGET:?}, the consumer takes the steps itself"
+                );
+                None
+            }
+        }
     }
 
     /// Processes one delivery to completion: committed; or, failing, a
@@ -690,7 +795,7 @@ impl Executor {
             let offer = self.shadows.take(function.name(), &delivery.event.message, &cycle);
             let commit =
                 Commit { checkpoint: base.checkpoint.clone(), unpark: base.unpark.clone(), ..cycle.commit };
-            match self.store.commit(commit).await {
+            match self.commit_chaining(functions, function.name(), None, commit).await {
                 Ok(()) => {
                     offer.into_iter().for_each(Offer::send);
                     return Ok(());
@@ -837,6 +942,49 @@ pub struct Cycle {
     pub commit: Commit,
 }
 
+/// The steps of `target` on the events of `commit` it wants, in order, on
+/// `overlay` (the writes of the steps that emitted them, then each one's
+/// own): what [`Executor::chain`] hands the store.
+async fn chained_steps(
+    functions: &Functions,
+    store: &Arc<dyn Store>,
+    target: &Arc<Function>,
+    overlay: &Arc<Overlay>,
+    commit: &Commit,
+    mut chained: Chained,
+) -> Result<(Chained, u64), StepError> {
+    let view: Arc<dyn Store> = overlay.clone();
+    let inputs: Vec<_> = commit.events.iter().map(|e| wants_event(target, e).then_some(&e.message)).collect();
+    let mut prepared = read_ahead(store, target, overlay, &view, &inputs).await;
+    let mut steps = 0;
+    for (index, event) in commit.events.iter().enumerate().filter(|(_, e)| wants_event(target, e)) {
+        let message = &event.message;
+        let span = tracing::debug_span!(
+            "step",
+            function = target.name(),
+            kind = %message.kind,
+            message_id = %message.id,
+            correlation_id = message.correlation_id.as_deref().unwrap_or(""),
+            chained = true,
+        );
+        let cycle = match prepared.get_mut(index).and_then(Option::take) {
+            Some(ready) => {
+                finish_cycle(functions, target, &view, message, ready, &Budget::start(target))
+                    .instrument(span)
+                    .await
+            }
+            None => run_cycle(functions, target, &view, message).instrument(span).await,
+        };
+        let cycle = cycle?;
+        overlay.apply(&cycle.commit.ops);
+        chained.ops.extend(cycle.commit.ops);
+        chained.events.extend(cycle.commit.events);
+        chained.notify.extend(cycle.commit.notify);
+        steps += 1;
+    }
+    Ok((chained, steps))
+}
+
 /// Keys one group reads ahead at most.
 const READ_AHEAD: usize = 256;
 /// Instances one group holds at most while its steps wait for their turn.
@@ -866,18 +1014,16 @@ async fn read_ahead(
     function: &Arc<Function>,
     overlay: &Overlay,
     view: &Arc<dyn Store>,
-    group: &[Delivery],
+    group: &[Option<&Message>],
 ) -> Vec<Option<Prepared>> {
     let mut prepared: Vec<Option<Prepared>> = group.iter().map(|_| None).collect();
-    if group.iter().filter(|d| wants(function, d)).nth(1).is_none() {
+    if group.iter().flatten().nth(1).is_none() {
         return prepared;
     }
     let mut keys: Vec<Query> = vec![];
     let mut held = 0;
-    for (index, delivery) in group.iter().enumerate() {
-        if !wants(function, delivery) {
-            continue;
-        }
+    for (index, input) in group.iter().enumerate() {
+        let Some(input) = input else { continue };
         if held == READ_AHEAD_STEPS || keys.len() >= READ_AHEAD {
             break;
         }
@@ -887,7 +1033,7 @@ async fn read_ahead(
             function.try_start(Some(Arc::clone(view))).await
         };
         let Ok(Some(mut call)) = started else { break };
-        let Ok(lookups) = call.lookup(&delivery.event.message).await else { break };
+        let Ok(lookups) = call.lookup(input).await else { break };
         if call.lookup_read_documents() {
             break;
         }
@@ -1174,8 +1320,18 @@ fn invalid(function: &Function, message: String) -> StepError {
 /// Whether the delivery is for this function: commands only reach the
 /// handler that declares them.
 fn wants(function: &Function, delivery: &Delivery) -> bool {
-    delivery.event.topic != COMMANDS_TOPIC
-        || function.meta.commands.iter().any(|c| c.name == delivery.event.message.kind)
+    handles(function, &delivery.event)
+}
+
+/// Whether `function` reads `event` (its topic is an input) and wants it.
+fn wants_event(function: &Function, event: &Event) -> bool {
+    function.meta.inputs.contains(&event.topic) && handles(function, event)
+}
+
+/// Every event of a function's inputs is for it; a command only for the
+/// handler of its kind.
+fn handles(function: &Function, event: &Event) -> bool {
+    event.topic != COMMANDS_TOPIC || function.meta.commands.iter().any(|c| c.name == event.message.kind)
 }
 
 /// An emitted message carries the request it serves, the message that

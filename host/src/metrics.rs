@@ -173,6 +173,14 @@ pub fn steps(function: &str, n: u64) {
     counter!("lowshell_steps_total", "function" => function.to_owned()).increment(n);
 }
 
+/// A commit carried `consumer`'s steps on its events (chained): `applied`
+/// with it, or `declined` (the consumer had not processed everything before
+/// them, or an older transaction was still open; it processes them itself).
+pub fn chained(consumer: &str, applied: bool) {
+    let outcome = if applied { "applied" } else { "declined" };
+    counter!("lowshell_chained_total", "consumer" => consumer.to_owned(), "outcome" => outcome).increment(1);
+}
+
 /// A shadow candidate of `function` compared with a live step: `same`,
 /// `different`, `failed`; or `skipped` (its queue was full).
 pub fn shadow(function: &str, outcome: &'static str) {

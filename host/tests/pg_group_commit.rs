@@ -1,7 +1,9 @@
 //! Group commit on Postgres: the deliveries a consumer has at hand are
 //! committed in one transaction, each step's lookups seeing the writes of
 //! the steps before it; a group whose commit cannot apply is committed one
-//! step at a time. Needs `make guest`; see `support/pg.rs` for the database.
+//! step at a time. And chained commits: a handler's steps and its
+//! projector's steps on their events in one transaction. Needs `make
+//! guest`; see `support/pg.rs` for the database.
 
 #[path = "support/pg.rs"]
 mod pg;
@@ -186,5 +188,97 @@ async fn a_lookup_that_reads_the_store_plans_after_the_steps_before_it() {
     assert!(decided.iter().all(|(tx, ..)| *tx == decided[0].0), "one transaction for the group: {decided:?}");
     assert_eq!(decided[2].1, "read-count");
     assert_eq!(decided[2].2, "seen-2", "the two `ok` steps before it were in view: {decided:?}");
+    shell.stop().await.expect("clean stop");
+}
+
+/// A command's handler step and its projector's step on the event it
+/// emitted commit in one transaction (chained), the customer answered from
+/// it; nothing is doubled.
+#[tokio::test]
+async fn a_handler_and_its_projector_commit_in_one_transaction() {
+    // Its own cluster: other tests' transactions would often be open, and a
+    // commit chains only when no older transaction is.
+    let cluster = pg::OwnCluster::start();
+    let url = cluster.database().await;
+    let db = pg::client(&url).await;
+    let (shell, client) = support::start(project(&url)).await;
+    let emails = ["a@example.com", "b@example.com", "c@example.com", "d@example.com"];
+    for (n, email) in emails.into_iter().enumerate() {
+        let answer = client.invite(email).await;
+        assert_eq!(answer["data"]["InviteCustomer"]["email"], email, "{answer}");
+        // Both checkpoints moved in one transaction: `now()` is its start.
+        let together: bool = db
+            .query_one(
+                "SELECT (SELECT updated_at FROM checkpoints WHERE consumer = 'invite-customer')
+                      = (SELECT updated_at FROM checkpoints WHERE consumer = 'customer-projector')",
+                &[],
+            )
+            .await
+            .expect("read the checkpoints")
+            .get(0);
+        // The first one's projector step starts the projector's checkpoint
+        // (a chained commit moves one there is).
+        assert_eq!(together, n > 0, "invite {n}: handler and projector in one transaction");
+    }
+    assert_eq!(customers(&db).await, 4);
+    let row = db
+        .query_one(
+            "SELECT (SELECT position FROM checkpoints WHERE consumer = 'customer-projector'),
+                    (SELECT max(position) FROM events WHERE kind = 'CustomerInvited')",
+            &[],
+        )
+        .await
+        .expect("read the checkpoint");
+    assert_eq!(
+        row.get::<_, i64>(0),
+        row.get::<_, i64>(1),
+        "the projector's checkpoint is past the last event"
+    );
+    shell.stop().await.expect("clean stop");
+}
+
+/// A chained step that takes too long is left to its own consumer: the
+/// handler's commit does not wait for it (the projector's guest deadline
+/// here is far longer than the wait allowed).
+#[tokio::test]
+async fn a_slow_chained_step_does_not_hold_up_the_handler() {
+    let cluster = pg::OwnCluster::start();
+    let url = cluster.database().await;
+    let db = pg::client(&url).await;
+    let mut project = project(&url);
+    project.functions = Some(vec![
+        "fixtures/misbehave".into(),
+        "fixtures/misbehave-resolver".into(),
+        "fixtures/misbehave-projector".into(),
+    ]);
+    support::module("fixtures/misbehave-projector");
+    project.limits.deadline_ms = 20_000;
+    project.limits.step_deadline_ms = 20_000;
+    project.response_timeout_ms = 1_000;
+    let (shell, client) = support::start(project).await;
+    // Starts the projector's checkpoint, so that the next one may chain.
+    let body = client.graphql(r#"mutation { Misbehave(action: "ok", phase: "") { id } }"#).await;
+    assert!(body["data"]["Misbehave"]["id"].is_string(), "{body}");
+
+    let sent = Instant::now();
+    let looping = client.clone();
+    let request = tokio::spawn(async move {
+        looping.graphql(r#"mutation { Misbehave(action: "loop", phase: "project-operate") { id } }"#).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let decided: i64 = db
+            .query_one("SELECT count(*) FROM events WHERE function = 'misbehave'", &[])
+            .await
+            .expect("read the log")
+            .get(0);
+        if decided == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the handler's step waited for the looping projector");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(sent.elapsed() < Duration::from_secs(10));
+    request.abort();
     shell.stop().await.expect("clean stop");
 }

@@ -8,7 +8,7 @@ use host::backend::postgres::PgBus;
 use host::backend::postgres::PgStore;
 use host::backend::postgres::database::Database;
 use host::backend::{Bus, Requests, Subscription};
-use host::backend::{Checkpoint, Commit, Store};
+use host::backend::{Chained, Checkpoint, Commit, Store};
 use host::{Project, Shell};
 use low_contract::{Query, WriteOp, json};
 use serde_json::Value;
@@ -93,11 +93,21 @@ async fn processed(store: &PgStore, consumer: &str, delivery: &host::backend::De
 
 /// The ids of the probe's next `n` deliveries, each processed in turn.
 async fn processed_next(sub: &mut Box<dyn Subscription>, store: &PgStore, n: usize) -> Vec<String> {
+    processed_by(sub, store, "probe", n).await
+}
+
+/// The ids of `consumer`'s next `n` deliveries, each processed in turn.
+async fn processed_by(
+    sub: &mut Box<dyn Subscription>,
+    store: &PgStore,
+    consumer: &str,
+    n: usize,
+) -> Vec<String> {
     let mut seen = vec![];
     for _ in 0..n {
         let d = next(sub, Duration::from_secs(10)).await.expect("a delivery");
         seen.push(d.event.message.id.clone());
-        processed(store, "probe", &d).await;
+        processed(store, consumer, &d).await;
     }
     seen
 }
@@ -801,4 +811,76 @@ async fn commands_submitted_together_are_appended_each_once_and_a_bad_one_fails_
     let repeat = bus.submit(command("c-3".into(), json!({ "n": 3 })), false).await.expect("a repeat");
     assert!(matches!(repeat, host::backend::Submitted::Duplicate { .. }), "{repeat:?}");
     assert_eq!(count(&raw, "SELECT count(*) FROM events WHERE topic = 'commands'").await, 39);
+}
+
+/// A commit carries another consumer's steps on the events it appends
+/// (chained) only when that consumer misses nothing by it: it had processed
+/// every event of its topics before them, and no older transaction, which
+/// could still append one ordered before them, is open. Otherwise the
+/// commit applies alone and the consumer reads the events as usual.
+#[tokio::test]
+async fn a_chained_part_applies_only_when_its_consumer_misses_nothing() {
+    // Its own cluster: transactions of other tests' databases would hold
+    // the oldest running transaction back.
+    let cluster = pg::OwnCluster::start();
+    let url = cluster.database().await;
+    let db = Arc::new(Database::connect(&url).await.expect("connect"));
+    let bus = PgBus::start(Arc::clone(&db));
+    let store = PgStore::with_bus(Arc::clone(&db), bus.clone());
+    let event = |id: &str| host::backend::Event {
+        topic: "t".into(),
+        message: low_contract::Message::new(id, "Happened", json!({})),
+        function: Some("h".into()),
+        version: None,
+        at_ms: 0,
+    };
+    let put = |key: &str| WriteOp::Put { collection: "c".into(), key: key.into(), body: json!({}) };
+    let emitted =
+        |id: &str, key: &str| Commit { events: vec![event(id)], ops: vec![put(key)], ..Commit::default() };
+    let chained = |key: &str| Chained {
+        consumer: "p".into(),
+        topics: vec!["t".into()],
+        ops: vec![put(key)],
+        ..Chained::default()
+    };
+    let stored = |key: &'static str| {
+        let store = &store;
+        async move { store.get("c", key).await.expect("get").is_some() }
+    };
+    // `p` reads `t` and has processed its first event.
+    store.commit(emitted("e0", "h0")).await.expect("append e0");
+    let mut p = bus.subscribe("p", &["t".into()]).await.expect("subscribe");
+    assert_eq!(processed_by(&mut p, &store, "p", 1).await, ["e0"]);
+
+    assert!(
+        store.commit_chained(emitted("e1", "h1"), chained("p1")).await.expect("commit"),
+        "caught up: chained"
+    );
+    assert!(stored("h1").await && stored("p1").await);
+    assert!(next(&mut p, Duration::from_secs(1)).await.is_none(), "p's checkpoint is past e1");
+
+    // An event of `t` that `p` has not processed yet.
+    store.commit(emitted("e2", "h2")).await.expect("append e2");
+    assert!(
+        !store.commit_chained(emitted("e3", "h3"), chained("p3")).await.expect("commit"),
+        "e2 not processed"
+    );
+    assert!(stored("h3").await && !stored("p3").await, "the commit applies alone");
+    assert_eq!(processed_by(&mut p, &store, "p", 2).await, ["e2", "e3"], "p reads both itself");
+
+    // An older transaction still open (it holds a transaction id).
+    let open = pg::client(&url).await;
+    open.batch_execute("BEGIN; SELECT pg_current_xact_id()").await.expect("open a transaction");
+    assert!(
+        !store.commit_chained(emitted("e4", "h4"), chained("p4")).await.expect("commit"),
+        "older one open"
+    );
+    assert!(stored("h4").await && !stored("p4").await);
+    open.batch_execute("COMMIT").await.expect("end it");
+    assert_eq!(processed_by(&mut p, &store, "p", 1).await, ["e4"]);
+
+    // Caught up again, nothing open: chained, and nothing left for `p`.
+    assert!(store.commit_chained(emitted("e5", "h5"), chained("p5")).await.expect("commit"));
+    assert!(stored("p5").await);
+    assert!(next(&mut p, Duration::from_secs(1)).await.is_none(), "p's checkpoint is past e5");
 }

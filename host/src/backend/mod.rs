@@ -19,7 +19,7 @@ pub use bus::{
     Answer, Bus, BusError, Delivery, Holder, NotificationSink, Partition, Requests, Submitted, Subscription,
     fingerprint,
 };
-pub use store::{Checkpoint, Commit, Event, Parked, Store, StoreError, Written};
+pub use store::{Chained, Checkpoint, Commit, Event, Parked, Store, StoreError, Written};
 
 use crate::config::{BackendKind, Project};
 use crate::deploy::Deployments;

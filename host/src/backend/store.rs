@@ -87,6 +87,20 @@ pub struct Commit {
     pub unpark: Option<Checkpoint>,
 }
 
+/// Another consumer's steps on the events a [`Commit`] appends, decided
+/// before it commits and applied with it ([`Store::commit_chained`]): a
+/// command's handler and its projector in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Chained {
+    /// The consumer whose steps these are, and the topics it reads.
+    pub consumer: String,
+    pub topics: Vec<String>,
+    /// What its steps write, append and notify, as in a [`Commit`].
+    pub ops: Vec<WriteOp>,
+    pub events: Vec<Event>,
+    pub notify: Vec<Message>,
+}
+
 /// The documents a commit wrote, by collection and key (`None`: deleted),
 /// the last write of each; handed with the commit's notifications so that
 /// an answer naming one of them needs no read of the store.
@@ -170,6 +184,22 @@ pub trait Store: Send + Sync + 'static {
         Ok(found)
     }
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
+    /// Whether [`commit_chained`](Self::commit_chained) can apply a chained
+    /// part: only then is one worth deciding.
+    fn chains(&self) -> bool {
+        false
+    }
+    /// Applies `commit`, and with it `chained` — if its consumer had
+    /// processed everything of its topics before the events `commit`
+    /// appends, and no transaction that could still append some is open:
+    /// then its checkpoint moves past those events, in the same
+    /// transaction. `Ok(true)`: both applied; `Ok(false)`: `commit` alone
+    /// (the consumer then processes the events as usual). A store that
+    /// does not chain applies `commit` alone.
+    async fn commit_chained(&self, commit: Commit, chained: Chained) -> Result<bool, StoreError> {
+        drop(chained);
+        self.commit(commit).await.map(|()| false)
+    }
     /// The parked events (of `consumer`, or of all), by consumer and position.
     async fn parked(&self, consumer: Option<&str>) -> Result<Vec<Parked>, StoreError>;
     /// How many events each consumer has parked (consumers with none are absent).

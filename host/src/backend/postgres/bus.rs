@@ -84,9 +84,9 @@ struct Inner {
     /// Bumped on every NOTIFY of new events (and on reconnects): what the
     /// tail of the log for the watchers waits on.
     wake: watch::Sender<u64>,
-    /// The consumers' wake-ups, each with the topics it reads: bumped when
-    /// one of them gets events (on reconnects: all).
-    wakers: Mutex<Vec<(Vec<String>, watch::Sender<u64>)>>,
+    /// The consumers' wake-ups: bumped when one of their topics gets
+    /// events (on reconnects: all).
+    wakers: Mutex<Vec<Waker>>,
     /// Marks this bus's own NOTIFYs of appended events (after the topic,
     /// see [`echo_tag`](PgBus::echo_tag)): it has woken its consumers for
     /// them already, so their echo is ignored.
@@ -110,15 +110,31 @@ struct Inner {
     appends: mpsc::Sender<Append>,
 }
 
+/// A consumer of this shell's wake-up: its name, the topics it reads.
+struct Waker {
+    consumer: String,
+    topics: Vec<String>,
+    wake: watch::Sender<u64>,
+}
+
 impl Inner {
     /// Wakes the consumers reading `topic` (every consumer for `None`),
     /// and the tail of the log.
     fn wake(&self, topic: Option<&str>) {
+        self.wake_but(topic, None);
+    }
+
+    /// [`wake`](Self::wake), but not the consumer `done`, which has
+    /// processed what woke the others already (a chained commit).
+    fn wake_but(&self, topic: Option<&str>, done: Option<&str>) {
         self.wake.send_modify(|n| *n += 1);
         let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
         // A subscription dropped: its waker goes.
-        wakers.retain(|(_, tx)| !tx.is_closed());
-        for (topics, tx) in wakers.iter() {
+        wakers.retain(|w| !w.wake.is_closed());
+        for Waker { consumer, topics, wake: tx } in wakers.iter() {
+            if done == Some(consumer.as_str()) {
+                continue;
+            }
             if topic.is_none_or(|topic| topics.iter().any(|t| t == topic)) {
                 tx.send_modify(|n| *n += 1);
             }
@@ -205,7 +221,8 @@ impl PgBus {
         partition: Option<(String, Partition)>,
     ) -> PgSubscription {
         let (tx, wake) = watch::channel(0);
-        self.inner.wakers.lock().unwrap_or_else(|p| p.into_inner()).push((topics.to_vec(), tx));
+        let waker = Waker { consumer: consumer.clone(), topics: topics.to_vec(), wake: tx };
+        self.inner.wakers.lock().unwrap_or_else(|p| p.into_inner()).push(waker);
         PgSubscription {
             inner: Arc::clone(&self.inner),
             consumer,
@@ -225,8 +242,13 @@ impl PgBus {
     /// events to them, rather than when Postgres echoes the NOTIFY back
     /// (which, tagged with [`echo_tag`](Self::echo_tag), is then ignored).
     pub(crate) fn wake_local<'t>(&self, topics: impl IntoIterator<Item = &'t str>) {
+        self.wake_local_but(topics, None);
+    }
+
+    /// [`wake_local`](Self::wake_local), but not the consumer `done`.
+    pub(crate) fn wake_local_but<'t>(&self, topics: impl IntoIterator<Item = &'t str>, done: Option<&str>) {
         for topic in topics {
-            self.inner.wake(Some(topic));
+            self.inner.wake_but(Some(topic), done);
         }
     }
 

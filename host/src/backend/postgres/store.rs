@@ -11,7 +11,7 @@ use crate::backend::postgres::PgBus;
 use crate::backend::postgres::database::{
     Database, EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, describe, describe_pool, is_unavailable,
 };
-use crate::backend::{Commit, Parked, Store, StoreError};
+use crate::backend::{Chained, Commit, Parked, Store, StoreError};
 use async_trait::async_trait;
 use low_contract::{Document, Query, Value, WriteOp};
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,6 +50,105 @@ impl PgStore {
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         let pool = if self.reads { self.db.read_pool() } else { self.db.pool() };
         pool.get().await.map_err(|e| StoreError::Unavailable(describe_pool(&e)))
+    }
+
+    /// A commit, with a chained part when given: `Ok(true)` when that
+    /// applied too.
+    async fn commit_with(&self, commit: Commit, chained: Option<Chained>) -> Result<bool, StoreError> {
+        // Untagged without a bus: the NOTIFY's echo is what wakes this shell.
+        let tag = self.bus.as_ref().map_or("", PgBus::echo_tag);
+        let bound = Bound::new(&commit, tag)?;
+        // The chained part is a commit of its own inside the transaction,
+        // after a savepoint, its checkpoint moved by `CHAIN` rather than
+        // `ADVANCE`.
+        let chain = chained.map(|c| {
+            let part = Commit { ops: c.ops, events: c.events, notify: c.notify, ..Commit::default() };
+            (c.consumer, c.topics, part)
+        });
+        let chain_bound = chain.as_ref().map(|(_, _, part)| Bound::new(part, tag)).transpose()?;
+        let mut tx = Flight::new(self.client().await?);
+        let client = tx.client()?;
+        let statements = bound.statements(client).await?;
+        let mut chained_statements = vec![];
+        if let (Some((consumer, topics, _)), Some(part)) = (&chain, &chain_bound) {
+            let savepoint = client.prepare_cached(sql::SAVEPOINT).await.map_err(store_error)?;
+            let advance = client.prepare_cached(sql::CHAIN).await.map_err(store_error)?;
+            chained_statements.push((savepoint, vec![], Expect::Any));
+            chained_statements.push((
+                advance,
+                vec![consumer as &(dyn ToSql + Sync), topics],
+                Expect::Chained,
+            ));
+            chained_statements.extend(part.statements(client).await?);
+        }
+        // One flight, `BEGIN` included: tokio-postgres pipelines requests
+        // polled together, and the server runs them in order, so the
+        // checkpoint row is still taken first. A failed statement fails the
+        // ones after it.
+        let (begun, results, chained_results) = futures::join!(
+            client.batch_execute("BEGIN"),
+            futures::future::join_all(statements.iter().map(|(sql, params, expect)| run(
+                client,
+                sql,
+                params.as_slice(),
+                expect
+            ))),
+            futures::future::join_all(chained_statements.iter().map(|(sql, params, expect)| run(
+                client,
+                sql,
+                params.as_slice(),
+                expect
+            )))
+        );
+        let expected = statements.iter().map(|(_, _, expect)| expect);
+        let verdict =
+            begun.map_err(store_error).and_then(|()| settle(&commit, results.into_iter().zip(expected)));
+        if !matches!(verdict, Ok(Verdict::Apply)) {
+            // What the statements said wins over a failed rollback (whose
+            // connection then leaves the pool, see `Flight`).
+            if let Err(e) = tx.end("ROLLBACK").await {
+                tracing::debug!("could not roll back a commit not applied: {e}");
+            }
+            return verdict.map(|_| false);
+        }
+        let chain_applied = match &chain {
+            None => false,
+            Some((consumer, _, part)) => {
+                let expected = chained_statements.iter().map(|(_, _, expect)| expect);
+                match settle(part, chained_results.into_iter().zip(expected)) {
+                    Ok(Verdict::Apply) => true,
+                    outcome => {
+                        tracing::debug!(%consumer, "the chained steps do not apply, their events go to the consumer: {outcome:?}");
+                        false
+                    }
+                }
+            }
+        };
+        tx.end(if chain_applied || chain.is_none() {
+            "COMMIT"
+        } else {
+            "ROLLBACK TO SAVEPOINT chained; COMMIT"
+        })
+        .await?;
+        if let Some((consumer, _, _)) = &chain {
+            crate::metrics::chained(consumer, chain_applied);
+        }
+        if let Some(bus) = &self.bus {
+            let done = chain.as_ref().filter(|_| chain_applied).map(|(consumer, _, _)| consumer.as_str());
+            bus.wake_local_but(commit.events.iter().map(|e| e.topic.as_str()).collect::<BTreeSet<_>>(), done);
+            let written = commit.written();
+            bus.notify_local(commit.notify.into_iter().filter(|n| n.correlation_id.is_some()), written);
+            if let Some((_, _, part)) = chain.filter(|_| chain_applied) {
+                bus.wake_local(part.events.iter().map(|e| e.topic.as_str()).collect::<BTreeSet<_>>());
+                // An answer may name what either part wrote; the chained
+                // part's writes are the later ones.
+                let mut written =
+                    Commit { ops: commit.ops, notify: part.notify.clone(), ..Commit::default() }.written();
+                written.extend(part.written());
+                bus.notify_local(part.notify.into_iter().filter(|n| n.correlation_id.is_some()), written);
+            }
+        }
+        Ok(chain_applied)
     }
 
     /// Deletes every document of `collections` and moves `consumer` back to
@@ -124,6 +223,24 @@ mod sql {
          WHERE (checkpoints.tx, checkpoints.position) <
              (SELECT f.tx, f.position FROM events f WHERE f.position = $4 AND f.id = $5)
          RETURNING coalesce(checkpoints.switched_at > now(), false)";
+    /// Moves a chained consumer's checkpoint (`$1`, reading the topics
+    /// `$2`) to the last event this transaction has appended so far — only
+    /// if it had processed every event of its topics before: none but this
+    /// transaction's follows its checkpoint, and no older transaction is
+    /// still running (one could yet append some, ordered before these).
+    /// No row otherwise (nor when the consumer has no checkpoint yet). Its
+    /// one column: as [`ADVANCE`]'s.
+    pub const CHAIN: &str = "UPDATE checkpoints c SET tx = e.tx, position = e.position, updated_at = now()
+         FROM (SELECT tx, position FROM events WHERE tx = pg_current_xact_id()
+               ORDER BY position DESC LIMIT 1) e
+         WHERE c.consumer = $1
+           AND pg_snapshot_xmin(pg_current_snapshot()) = pg_current_xact_id()
+           AND NOT EXISTS (SELECT 1 FROM events f WHERE f.topic = ANY($2)
+               AND (f.tx, f.position) > (c.tx, c.position) AND f.tx <> pg_current_xact_id())
+         RETURNING coalesce(c.switched_at > now(), false)";
+    /// Where a commit's chained part starts: rolled back to, alone, when it
+    /// cannot apply.
+    pub const SAVEPOINT: &str = "SAVEPOINT chained";
     // Every statement on `documents` names the collection through
     // `served!`: the generation served now.
     pub const INSERT: &str = concat!(
@@ -195,6 +312,9 @@ enum Expect {
     /// The checkpoint moved past a group; else some of it was done already.
     /// The read model switched: as for [`Expect::Advanced`].
     AdvancedGroup,
+    /// A chained consumer's checkpoint moved ([`sql::CHAIN`]); else, or
+    /// when its read model switched, the chained part does not apply.
+    Chained,
     /// The parked record was removed; else another retry applied it.
     Unparked,
     /// A row was written; else this conflict.
@@ -401,7 +521,7 @@ async fn run(
     expect: &Expect,
 ) -> Result<Done, tokio_postgres::Error> {
     match expect {
-        Expect::Advanced | Expect::AdvancedGroup => {
+        Expect::Advanced | Expect::AdvancedGroup | Expect::Chained => {
             let rows = tx.query(sql, params).await?;
             let switched = match rows.first() {
                 Some(row) => row.try_get::<_, bool>(0)?,
@@ -446,7 +566,14 @@ fn settle<'e>(
                 );
                 return Ok(Verdict::Duplicate);
             }
-            (Ok(Done { switched: true, .. }), Expect::Advanced | Expect::AdvancedGroup) => {
+            (Ok(Done { rows: 0, .. }), Expect::Chained) => {
+                failure.get_or_insert_with(|| {
+                    StoreError::Conflict(
+                        "the chained consumer had not processed everything before these events".into(),
+                    )
+                });
+            }
+            (Ok(Done { switched: true, .. }), Expect::Advanced | Expect::AdvancedGroup | Expect::Chained) => {
                 failure.get_or_insert_with(|| {
                     StoreError::Conflict(
                         "the read model switched to a new generation during the step (`host replay`)".into(),
@@ -685,43 +812,15 @@ impl Store for PgStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        // Untagged without a bus: the NOTIFY's echo is what wakes this shell.
-        let tag = self.bus.as_ref().map_or("", PgBus::echo_tag);
-        let bound = Bound::new(&commit, tag)?;
-        let mut tx = Flight::new(self.client().await?);
-        let client = tx.client()?;
-        let statements = bound.statements(client).await?;
-        // One flight, `BEGIN` included: tokio-postgres pipelines requests
-        // polled together, and the server runs them in order, so the
-        // checkpoint row is still taken first. A failed statement fails the
-        // ones after it.
-        let (begun, results) = futures::join!(
-            client.batch_execute("BEGIN"),
-            futures::future::join_all(statements.iter().map(|(sql, params, expect)| run(
-                client,
-                sql,
-                params.as_slice(),
-                expect
-            )),)
-        );
-        let expected = statements.iter().map(|(_, _, expect)| expect);
-        let verdict =
-            begun.map_err(store_error).and_then(|()| settle(&commit, results.into_iter().zip(expected)));
-        if !matches!(verdict, Ok(Verdict::Apply)) {
-            // What the statements said wins over a failed rollback (whose
-            // connection then leaves the pool, see `Flight`).
-            if let Err(e) = tx.end("ROLLBACK").await {
-                tracing::debug!("could not roll back a commit not applied: {e}");
-            }
-            return verdict.map(drop);
-        }
-        tx.end("COMMIT").await?;
-        if let Some(bus) = &self.bus {
-            bus.wake_local(commit.events.iter().map(|e| e.topic.as_str()).collect::<BTreeSet<_>>());
-            let written = commit.written();
-            bus.notify_local(commit.notify.into_iter().filter(|n| n.correlation_id.is_some()), written);
-        }
-        Ok(())
+        self.commit_with(commit, None).await.map(drop)
+    }
+
+    fn chains(&self) -> bool {
+        true
+    }
+
+    async fn commit_chained(&self, commit: Commit, chained: Chained) -> Result<bool, StoreError> {
+        self.commit_with(commit, Some(chained)).await
     }
 
     async fn parked(&self, consumer: Option<&str>) -> Result<Vec<Parked>, StoreError> {
