@@ -955,7 +955,10 @@ async fn chained_steps(
 ) -> Result<(Chained, u64), StepError> {
     let view: Arc<dyn Store> = overlay.clone();
     let inputs: Vec<_> = commit.events.iter().map(|e| wants_event(target, e).then_some(&e.message)).collect();
-    let mut prepared = read_ahead(store, target, overlay, &view, &inputs).await;
+    let mut prepared = match store.reads_are_remote() {
+        true => read_ahead(store, target, overlay, &view, &inputs).await,
+        false => vec![],
+    };
     let mut steps = 0;
     for (index, event) in commit.events.iter().enumerate().filter(|(_, e)| wants_event(target, e)) {
         let message = &event.message;
