@@ -67,6 +67,10 @@ fn describe() {
     describe_counter!("lowshell_events_total", "Events and commands appended, by topic");
     describe_counter!("lowshell_steps_total", "Steps committed by this shell's consumers, by function");
     describe_counter!(
+        "lowshell_chained_total",
+        "Commits that carried a consumer's steps on their events (Postgres), applied or declined"
+    );
+    describe_counter!(
         "lowshell_shadow_total",
         "Live steps a shadow candidate was run on, by function and outcome (same, different, failed, skipped)"
     );
