@@ -508,16 +508,8 @@ impl Executor {
             let Some(f) = functions.get(function).filter(|f| wants(f, delivery)) else { continue };
             let span = step_span(function, delivery);
             let input = &delivery.event.message;
-            let cycle = match prepared.get_mut(index).and_then(Option::take) {
-                // Its `lookup` ran ahead (bounded by its own call deadline);
-                // the step's clock starts at its turn.
-                Some(ready) => {
-                    finish_cycle(&functions, f, &view, input, ready, &Budget::start(f))
-                        .instrument(span)
-                        .await?
-                }
-                None => run_cycle(&functions, f, &view, input).instrument(span).await?,
-            };
+            let ready = prepared.get_mut(index).and_then(Option::take);
+            let cycle = step_cycle(&functions, f, &view, input, ready).instrument(span).await?;
             offers.extend(self.shadows.take(function, &delivery.event.message, &cycle));
             overlay.apply(&cycle.commit.ops);
             commit.ops.extend(cycle.commit.ops);
@@ -970,15 +962,8 @@ async fn chained_steps(
             correlation_id = message.correlation_id.as_deref().unwrap_or(""),
             chained = true,
         );
-        let cycle = match prepared.get_mut(index).and_then(Option::take) {
-            Some(ready) => {
-                finish_cycle(functions, target, &view, message, ready, &Budget::start(target))
-                    .instrument(span)
-                    .await
-            }
-            None => run_cycle(functions, target, &view, message).instrument(span).await,
-        };
-        let cycle = cycle?;
+        let ready = prepared.get_mut(index).and_then(Option::take);
+        let cycle = step_cycle(functions, target, &view, message, ready).instrument(span).await?;
         overlay.apply(&cycle.commit.ops);
         chained.ops.extend(cycle.commit.ops);
         chained.events.extend(cycle.commit.events);
@@ -986,6 +971,21 @@ async fn chained_steps(
         steps += 1;
     }
     Ok((chained, steps))
+}
+
+/// One step's cycle: from its `lookup` run ahead when `ready` (bounded by
+/// its own call deadline; the step's clock starts at its turn), else whole.
+async fn step_cycle(
+    functions: &Functions,
+    function: &Arc<Function>,
+    store: &Arc<dyn Store>,
+    input: &Message,
+    ready: Option<Prepared>,
+) -> Result<Cycle, StepError> {
+    match ready {
+        Some(ready) => finish_cycle(functions, function, store, input, ready, &Budget::start(function)).await,
+        None => run_cycle(functions, function, store, input).await,
+    }
 }
 
 /// Keys one group reads ahead at most.

@@ -19,12 +19,18 @@ fn project(url: &str) -> Project {
 /// Commands appended to the log by hand, in one transaction, while no
 /// shell runs: the handler finds them all at hand when it starts.
 async fn backlog(db: &tokio_postgres::Client, emails: &[&str]) {
-    let mut values = vec![];
-    for (n, email) in emails.iter().enumerate() {
-        values.push(format!(
-            "('cmd-{n}', 'commands', 'InviteCustomer', '{{\"email\": \"{email}\"}}', 'request-{n}')"
-        ));
-    }
+    let payloads: Vec<String> = emails.iter().map(|email| format!(r#"{{"email": "{email}"}}"#)).collect();
+    append_commands(db, "InviteCustomer", &payloads).await;
+}
+
+/// Commands of `kind` with `payloads` (JSON), appended by hand in one
+/// transaction.
+async fn append_commands(db: &tokio_postgres::Client, kind: &str, payloads: &[String]) {
+    let values: Vec<String> = payloads
+        .iter()
+        .enumerate()
+        .map(|(n, payload)| format!("('cmd-{n}', 'commands', '{kind}', '{payload}', 'request-{n}')"))
+        .collect();
     db.batch_execute(&format!(
         "INSERT INTO events (id, topic, kind, payload, correlation_id) VALUES {}",
         values.join(", ")
@@ -150,21 +156,9 @@ async fn a_lookup_that_reads_the_store_plans_after_the_steps_before_it() {
     support::module("fixtures/misbehave");
     Shell::start(project.clone()).await.expect("start (run `make guest` first)").stop().await.expect("stop");
     let actions = ["ok", "ok", "read-count", "ok"];
-    let values: Vec<String> = actions
-        .iter()
-        .enumerate()
-        .map(|(n, action)| {
-            format!(
-                "('cmd-{n}', 'commands', 'Misbehave', '{{\"action\": \"{action}\", \"phase\": \"\"}}', 'request-{n}')"
-            )
-        })
-        .collect();
-    db.batch_execute(&format!(
-        "INSERT INTO events (id, topic, kind, payload, correlation_id) VALUES {}",
-        values.join(", ")
-    ))
-    .await
-    .expect("append the commands");
+    let payloads: Vec<String> =
+        actions.iter().map(|action| format!(r#"{{"action": "{action}", "phase": ""}}"#)).collect();
+    append_commands(&db, "Misbehave", &payloads).await;
 
     let shell = Shell::start(project).await.expect("start again");
     let deadline = Instant::now() + Duration::from_secs(30);
