@@ -18,7 +18,7 @@
 //! nothing about the technology behind them.
 
 use crate::backend::overlay::Overlay;
-use crate::backend::{Bus, BusError, Delivery, Partition, Subscription};
+use crate::backend::{Bus, BusError, CommandChain, Delivery, Partition, Subscription};
 use crate::backend::{Chained, Checkpoint, Commit, Event, Parked, Store, StoreError};
 use crate::config::{ConsumerPolicy, MAX_BACKOFF, OnFailure};
 use crate::deploy::shadow::{Offer, Shadows};
@@ -31,10 +31,26 @@ use low_contract::{
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
+
+/// A batch of submitted commands appended with the steps they cause here:
+/// the handler's, chained, and its projector's on those — one transaction
+/// for a command at low load (see [`Executor::chain`]).
+#[async_trait::async_trait]
+impl CommandChain for Executor {
+    async fn append(&self, commands: &[Event]) -> Option<Result<(), StoreError>> {
+        let functions = self.registry.current();
+        let commit = Commit { events: commands.to_vec(), ..Commit::default() };
+        let chain = self.chain(&functions, None, None, &commit).await;
+        if chain.is_empty() {
+            return None;
+        }
+        Some(self.commit_chain(commit, chain).await.map(drop))
+    }
+}
 
 /// One step of one function, carrying the request's correlation id so a
 /// command can be followed through its handler, projectors and resolver.
@@ -174,6 +190,8 @@ pub struct Executor {
     /// The consumers of this shell waiting for deliveries: those worth
     /// chaining a commit's events to (see [`Executor::chain`]).
     idle: Mutex<HashSet<String>>,
+    /// Consumers not chained to until then (their chained steps failed).
+    cooling: Mutex<HashMap<String, Instant>>,
 }
 
 /// Most deliveries committed together (group commit), when the bus has
@@ -187,6 +205,12 @@ const CHAIN_MOST: usize = 8;
 /// How long the chained steps of one commit may take before the commit
 /// goes without them.
 const CHAIN_BUDGET: Duration = Duration::from_millis(100);
+/// How long a consumer whose chained steps failed or ran out of time is not
+/// chained to: its steps are taken as usual meanwhile.
+const CHAIN_COOLDOWN: Duration = Duration::from_secs(1);
+/// Most consumers one commit chains, each on the events of the one before
+/// (a submitted command's handler, then the projector of its events).
+const CHAIN_DEPTH: usize = 3;
 /// How long to wait before retrying when the store is unreachable.
 const UNAVAILABLE_BACKOFF: Duration = Duration::from_millis(500);
 /// How often the parked-events gauges are read from the store (other shells
@@ -240,6 +264,7 @@ impl Executor {
             wakers: Mutex::default(),
             gauges: Mutex::default(),
             idle: Mutex::default(),
+            cooling: Mutex::default(),
         }
     }
 
@@ -280,6 +305,8 @@ impl Executor {
     pub async fn start(self: &Arc<Self>, bus: Arc<dyn Bus>) -> Result<JoinHandle<()>, BusError> {
         let mut consumers = Consumers::default();
         self.reconcile(&bus, &mut consumers).await?;
+        let chain: std::sync::Weak<dyn CommandChain> = Arc::downgrade(self) as std::sync::Weak<Self>;
+        bus.chain_commands(chain);
         self.refresh_parked().await;
         let this = Arc::clone(self);
         let mut changes = self.registry.watch();
@@ -522,8 +549,8 @@ impl Executor {
     }
 
     /// Commits `commit` (the steps of `function`, decided on `overlay`,
-    /// which holds their writes; none: on the store), with another consumer's steps on its
-    /// events chained when the store can apply them together.
+    /// which holds their writes; none: on the store), with other consumers'
+    /// steps on its events chained when the store can apply them together.
     async fn commit_chaining(
         &self,
         functions: &Functions,
@@ -531,83 +558,120 @@ impl Executor {
         overlay: Option<&Arc<Overlay>>,
         commit: Commit,
     ) -> Result<(), StoreError> {
-        let Some((chained, steps)) = self.chain(functions, function, overlay, &commit).await else {
+        let chain = self.chain(functions, Some(function), overlay, &commit).await;
+        if chain.is_empty() {
             return self.store.commit(commit).await;
-        };
-        let consumer = chained.consumer.clone();
-        if self.store.commit_chained(commit, chained).await? {
-            crate::metrics::steps(&consumer, steps);
         }
-        Ok(())
+        self.commit_chain(commit, chain).await.map(drop)
     }
 
-    /// The steps of one other consumer of this shell on the events `commit`
+    /// Commits `commit` with the parts of `chain` ([`Store::commit_chained`]),
+    /// counting the steps of those that applied: how many did.
+    async fn commit_chain(&self, commit: Commit, chain: Vec<(Chained, u64)>) -> Result<usize, StoreError> {
+        let steps: Vec<(String, u64)> =
+            chain.iter().map(|(part, steps)| (part.consumer.clone(), *steps)).collect();
+        let applied =
+            self.store.commit_chained(commit, chain.into_iter().map(|(part, _)| part).collect()).await?;
+        for (consumer, steps) in steps.into_iter().take(applied) {
+            crate::metrics::steps(&consumer, steps);
+        }
+        Ok(applied)
+    }
+
+    /// The steps of other consumers of this shell on the events `commit`
     /// appends, for the store to apply in the same transaction — so a
     /// command's handler and its projector take one commit rather than two
-    /// (and one read of the log fewer). Only for a consumer waiting for
-    /// deliveries (busy, it would have others before these) that reads them
-    /// unpartitioned; its steps see `overlay` (the writes of the steps that
-    /// emitted them, then their own). The store applies them only if the
-    /// consumer had processed everything before these events; a step that
-    /// fails here chains nothing, and the consumer meets it as usual.
-    /// With the number of steps.
+    /// (and one read of the log fewer), and a submitted command (`from`
+    /// none) its handler's and projector's. Each part is one consumer's
+    /// steps on the events of the part before it (the first: `commit`'s),
+    /// with the number of steps. Only for a consumer waiting for deliveries
+    /// (busy, it would have others before these) that reads them
+    /// unpartitioned, and that reads none of the transaction's other
+    /// events (its checkpoint moves past them all); its steps see `overlay`
+    /// (the writes of the steps that emitted them, then their own). The
+    /// store applies a part only if its consumer had processed everything
+    /// before these events; a step that fails here ends the chain, and the
+    /// consumer meets it as usual.
     async fn chain(
         &self,
         functions: &Functions,
-        from: &str,
+        from: Option<&str>,
         overlay: Option<&Arc<Overlay>>,
         commit: &Commit,
-    ) -> Option<(Chained, u64)> {
+    ) -> Vec<(Chained, u64)> {
         // A partitioned function's consumers commit side by side: chained
         // to one consumer, they would queue at its checkpoint.
-        if commit.events.is_empty()
-            || commit.events.len() > CHAIN_MOST
-            || !self.store.chains()
-            || self.policy(from).partitions > 1
-        {
-            return None;
+        if !self.store.chains() || from.is_some_and(|from| self.policy(from).partitions > 1) {
+            return vec![];
         }
-        let target = {
-            let idle = lock(&self.idle);
-            functions.consumers().find(|f| {
-                f.name() != from
-                    && idle.contains(f.name())
-                    && self.policy(f.name()).partitions <= 1
-                    && commit.events.iter().any(|e| wants_event(f, e))
-            })?
-        };
-        let overlay = match overlay {
-            Some(overlay) => Arc::clone(overlay),
-            None => {
+        let mut parts: Vec<(Chained, u64)> = vec![];
+        let mut chained: Vec<&Arc<Function>> = vec![];
+        let mut overlay = overlay.cloned();
+        while parts.len() < CHAIN_DEPTH {
+            let (layer, before) = match parts.split_last() {
+                None => (&commit.events, vec![]),
+                Some(((last, _), earlier)) => {
+                    let before =
+                        commit.events.iter().chain(earlier.iter().flat_map(|(p, _)| &p.events)).collect();
+                    (&last.events, before)
+                }
+            };
+            if layer.is_empty() || layer.len() > CHAIN_MOST {
+                break;
+            }
+            let target = {
+                let idle = lock(&self.idle);
+                let cooling = lock(&self.cooling);
+                let now = Instant::now();
+                functions.consumers().find(|f| {
+                    Some(f.name()) != from
+                        && !chained.iter().any(|c| c.name() == f.name())
+                        && idle.contains(f.name())
+                        && cooling.get(f.name()).is_none_or(|until| now >= *until)
+                        && self.policy(f.name()).partitions <= 1
+                        && layer.iter().any(|e| wants_event(f, e))
+                        && !before.iter().any(|e| wants_event(f, e))
+                })
+            };
+            let Some(target) = target else { break };
+            let overlay = Arc::clone(overlay.get_or_insert_with(|| {
                 let overlay = Arc::new(Overlay::new(Arc::clone(&self.store)));
                 overlay.apply(&commit.ops);
                 overlay
+            }));
+            let part = Chained {
+                consumer: target.name().to_owned(),
+                topics: target.meta.inputs.clone(),
+                ..Chained::default()
+            };
+            // A slow step of the chained consumer must not hold up the commit.
+            let steps = chained_steps(functions, &self.store, target, &overlay, layer, part);
+            let part = match tokio::time::timeout(CHAIN_BUDGET, steps).await {
+                Ok(Ok(part)) => part,
+                failed => {
+                    match failed {
+                        Ok(Err(e)) => tracing::debug!(
+                            consumer = target.name(),
+                            "not chained, the consumer takes the steps itself: {e}"
+                        ),
+                        _ => tracing::debug!(
+                            consumer = target.name(),
+                            "not chained within {CHAIN_BUDGET:?}, the consumer takes the steps itself"
+                        ),
+                    }
+                    // Nor for a while: each commit would wait for it again.
+                    lock(&self.cooling).insert(target.name().to_owned(), Instant::now() + CHAIN_COOLDOWN);
+                    break;
+                }
+            };
+            // A chained consumer reading these events would pass them over.
+            chained.push(target);
+            if chained.iter().any(|c| part.0.events.iter().any(|e| wants_event(c, e))) {
+                break;
             }
-        };
-        let chained = Chained {
-            consumer: target.name().to_owned(),
-            topics: target.meta.inputs.clone(),
-            ..Chained::default()
-        };
-        // A slow step of the chained consumer must not hold up the commit.
-        let steps = chained_steps(functions, &self.store, target, &overlay, commit, chained);
-        match tokio::time::timeout(CHAIN_BUDGET, steps).await {
-            Ok(Ok(chained)) => Some(chained),
-            Ok(Err(e)) => {
-                tracing::debug!(
-                    consumer = target.name(),
-                    "not chained, the consumer takes the steps itself: {e}"
-                );
-                None
-            }
-            Err(_) => {
-                tracing::debug!(
-                    consumer = target.name(),
-                    "not chained within {CHAIN_BUDGET:?}, the consumer takes the steps itself"
-                );
-                None
-            }
+            parts.push(part);
         }
+        parts
     }
 
     /// Processes one delivery to completion: committed; or, failing, a
@@ -934,7 +998,7 @@ pub struct Cycle {
     pub commit: Commit,
 }
 
-/// The steps of `target` on the events of `commit` it wants, in order, on
+/// The steps of `target` on the `events` it wants, in order, on
 /// `overlay` (the writes of the steps that emitted them, then each one's
 /// own): what [`Executor::chain`] hands the store.
 async fn chained_steps(
@@ -942,17 +1006,17 @@ async fn chained_steps(
     store: &Arc<dyn Store>,
     target: &Arc<Function>,
     overlay: &Arc<Overlay>,
-    commit: &Commit,
+    events: &[Event],
     mut chained: Chained,
 ) -> Result<(Chained, u64), StepError> {
     let view: Arc<dyn Store> = overlay.clone();
-    let inputs: Vec<_> = commit.events.iter().map(|e| wants_event(target, e).then_some(&e.message)).collect();
+    let inputs: Vec<_> = events.iter().map(|e| wants_event(target, e).then_some(&e.message)).collect();
     let mut prepared = match store.reads_are_remote() {
         true => read_ahead(store, target, overlay, &view, &inputs).await,
         false => vec![],
     };
     let mut steps = 0;
-    for (index, event) in commit.events.iter().enumerate().filter(|(_, e)| wants_event(target, e)) {
+    for (index, event) in events.iter().enumerate().filter(|(_, e)| wants_event(target, e)) {
         let message = &event.message;
         let span = tracing::debug_span!(
             "step",

@@ -185,11 +185,11 @@ async fn a_lookup_that_reads_the_store_plans_after_the_steps_before_it() {
     shell.stop().await.expect("clean stop");
 }
 
-/// A command's handler step and its projector's step on the event it
-/// emitted commit in one transaction (chained), the customer answered from
-/// it; nothing is doubled.
+/// A submitted command, its handler's step and its projector's step on the
+/// event that emitted commit in one transaction (chained), the customer
+/// answered from it; nothing is doubled.
 #[tokio::test]
-async fn a_handler_and_its_projector_commit_in_one_transaction() {
+async fn a_command_its_handler_and_its_projector_commit_in_one_transaction() {
     // Its own cluster: other tests' transactions would often be open, and a
     // commit chains only when no older transaction is.
     let cluster = pg::OwnCluster::start();
@@ -210,9 +210,21 @@ async fn a_handler_and_its_projector_commit_in_one_transaction() {
             .await
             .expect("read the checkpoints")
             .get(0);
-        // The first one's projector step starts the projector's checkpoint
-        // (a chained commit moves one there is).
+        // The first one's steps start the consumers' checkpoints (a chained
+        // commit moves one there is).
         assert_eq!(together, n > 0, "invite {n}: handler and projector in one transaction");
+        // And the command was appended in that transaction too (with the
+        // event its handler emitted): one transaction for the whole command.
+        let appended_with: bool = db
+            .query_one(
+                "SELECT (SELECT tx FROM events WHERE topic = 'commands' ORDER BY position DESC LIMIT 1)
+                      = (SELECT tx FROM events WHERE kind = 'CustomerInvited' ORDER BY position DESC LIMIT 1)",
+                &[],
+            )
+            .await
+            .expect("read the log")
+            .get(0);
+        assert_eq!(appended_with, n > 0, "invite {n}: the command appended with its steps");
     }
     assert_eq!(customers(&db).await, 4);
     let row = db
@@ -273,6 +285,49 @@ async fn a_slow_chained_step_does_not_hold_up_the_handler() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(sent.elapsed() < Duration::from_secs(10));
+    request.abort();
+    shell.stop().await.expect("clean stop");
+}
+
+/// A submitted command's handler step that takes too long is left to the
+/// handler's own consumer: appending commands does not wait for it, so
+/// another function's commands are still appended and answered (the
+/// looping handler's guest deadline here is far longer than that).
+#[tokio::test]
+async fn a_slow_handler_does_not_hold_up_other_commands() {
+    let cluster = pg::OwnCluster::start();
+    let url = cluster.database().await;
+    let mut project = project(&url);
+    project.functions = Some(vec![
+        "invite-customer".into(),
+        "customer-projector".into(),
+        "invite-resolver".into(),
+        "fixtures/misbehave".into(),
+        "fixtures/misbehave-resolver".into(),
+    ]);
+    project.limits.deadline_ms = 20_000;
+    project.limits.step_deadline_ms = 20_000;
+    project.response_timeout_ms = 15_000;
+    let (shell, client) = support::start(project).await;
+    // Starts both handlers' checkpoints, so that the next commands may chain.
+    let body = client.graphql(r#"mutation { Misbehave(action: "ok", phase: "") { id } }"#).await;
+    assert!(body["data"]["Misbehave"]["id"].is_string(), "{body}");
+    assert_eq!(
+        client.invite("first@example.com").await["data"]["InviteCustomer"]["email"],
+        "first@example.com"
+    );
+
+    let looping = client.clone();
+    let request = tokio::spawn(async move {
+        looping.graphql(r#"mutation { Misbehave(action: "loop", phase: "operate") { id } }"#).await
+    });
+    for n in 0..5 {
+        let email = format!("u{n}@example.com");
+        let sent = Instant::now();
+        let answer = client.invite(&email).await;
+        assert_eq!(answer["data"]["InviteCustomer"]["email"], email.as_str(), "{answer}");
+        assert!(sent.elapsed() < Duration::from_secs(10), "invite {n} waited for the looping handler");
+    }
     request.abort();
     shell.stop().await.expect("clean stop");
 }

@@ -852,8 +852,9 @@ async fn a_chained_part_applies_only_when_its_consumer_misses_nothing() {
     let mut p = bus.subscribe("p", &["t".into()]).await.expect("subscribe");
     assert_eq!(processed_by(&mut p, &store, "p", 1).await, ["e0"]);
 
-    assert!(
-        store.commit_chained(emitted("e1", "h1"), chained("p1")).await.expect("commit"),
+    assert_eq!(
+        store.commit_chained(emitted("e1", "h1"), vec![chained("p1")]).await.expect("commit"),
+        1,
         "caught up: chained"
     );
     assert!(stored("h1").await && stored("p1").await);
@@ -861,8 +862,9 @@ async fn a_chained_part_applies_only_when_its_consumer_misses_nothing() {
 
     // An event of `t` that `p` has not processed yet.
     store.commit(emitted("e2", "h2")).await.expect("append e2");
-    assert!(
-        !store.commit_chained(emitted("e3", "h3"), chained("p3")).await.expect("commit"),
+    assert_eq!(
+        store.commit_chained(emitted("e3", "h3"), vec![chained("p3")]).await.expect("commit"),
+        0,
         "e2 not processed"
     );
     assert!(stored("h3").await && !stored("p3").await, "the commit applies alone");
@@ -871,8 +873,9 @@ async fn a_chained_part_applies_only_when_its_consumer_misses_nothing() {
     // An older transaction still open (it holds a transaction id).
     let open = pg::client(&url).await;
     open.batch_execute("BEGIN; SELECT pg_current_xact_id()").await.expect("open a transaction");
-    assert!(
-        !store.commit_chained(emitted("e4", "h4"), chained("p4")).await.expect("commit"),
+    assert_eq!(
+        store.commit_chained(emitted("e4", "h4"), vec![chained("p4")]).await.expect("commit"),
+        0,
         "older one open"
     );
     assert!(stored("h4").await && !stored("p4").await);
@@ -880,7 +883,36 @@ async fn a_chained_part_applies_only_when_its_consumer_misses_nothing() {
     assert_eq!(processed_by(&mut p, &store, "p", 1).await, ["e4"]);
 
     // Caught up again, nothing open: chained, and nothing left for `p`.
-    assert!(store.commit_chained(emitted("e5", "h5"), chained("p5")).await.expect("commit"));
+    assert_eq!(store.commit_chained(emitted("e5", "h5"), vec![chained("p5")]).await.expect("commit"), 1);
     assert!(stored("p5").await);
     assert!(next(&mut p, Duration::from_secs(1)).await.is_none(), "p's checkpoint is past e5");
+
+    // Two parts, the second on the first one's events (`q` reads `u`, what
+    // `p` emits): they apply in order, up to the first that cannot.
+    let mut q = bus.subscribe("q", &["u".into()]).await.expect("subscribe");
+    let on = |topic: &str, id: &str| host::backend::Event { topic: topic.into(), ..event(id) };
+    let emitting = |key: &str, id: &str| Chained { events: vec![on("u", id)], ..chained(key) };
+    let on_u = |key: &str| Chained { consumer: "q".into(), topics: vec!["u".into()], ..chained(key) };
+    store.commit(Commit { events: vec![on("u", "u0")], ..Commit::default() }).await.expect("append u0");
+    assert_eq!(processed_by(&mut q, &store, "q", 1).await, ["u0"]);
+    let parts = vec![emitting("p6", "u6"), on_u("q6")];
+    assert_eq!(store.commit_chained(emitted("e6", "h6"), parts).await.expect("commit"), 2, "both caught up");
+    assert!(stored("p6").await && stored("q6").await);
+    assert!(next(&mut p, Duration::from_millis(500)).await.is_none(), "p is past e6");
+    assert!(next(&mut q, Duration::from_millis(500)).await.is_none(), "q is past u6");
+
+    // `q` has an event it has not processed: the first part applies alone.
+    store.commit(Commit { events: vec![on("u", "u7")], ..Commit::default() }).await.expect("append u7");
+    let parts = vec![emitting("p8", "u8"), on_u("q8")];
+    assert_eq!(store.commit_chained(emitted("e8", "h8"), parts).await.expect("commit"), 1, "q is behind");
+    assert!(stored("p8").await && !stored("q8").await);
+    assert!(next(&mut p, Duration::from_millis(500)).await.is_none(), "p is past e8");
+    assert_eq!(processed_by(&mut q, &store, "q", 2).await, ["u7", "u8"], "q reads both itself");
+
+    // `p` is behind: neither part applies (the second is on the first's events).
+    store.commit(emitted("e9", "h9")).await.expect("append e9");
+    let parts = vec![emitting("p10", "u10"), on_u("q10")];
+    assert_eq!(store.commit_chained(emitted("e10", "h10"), parts).await.expect("commit"), 0, "p is behind");
+    assert!(stored("h10").await && !stored("p10").await && !stored("q10").await);
+    assert_eq!(processed_by(&mut p, &store, "p", 2).await, ["e9", "e10"]);
 }

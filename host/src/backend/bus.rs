@@ -5,7 +5,7 @@
 //! appended to each consumer, in order, and carries notifications back to the
 //! shell holding the request.
 
-use super::{Event, Written};
+use super::{Event, StoreError, Written};
 use async_trait::async_trait;
 use low_contract::{Message, Value};
 use serde::{Deserialize, Serialize};
@@ -60,6 +60,18 @@ impl NotificationSink {
             }
         }
     }
+}
+
+/// Appends submitted commands together with the steps they cause in this
+/// shell: the executor, handed to the bus with [`Bus::chain_commands`].
+#[async_trait]
+pub trait CommandChain: Send + Sync {
+    /// Appends `commands` in one commit with the steps of this shell's
+    /// consumers on them (and on what those steps emit), where the store
+    /// can apply them together; the steps that do not apply are left to
+    /// their consumers, which are woken. `None`: no consumer here takes
+    /// them now, and nothing was appended.
+    async fn append(&self, commands: &[Event]) -> Option<Result<(), StoreError>>;
 }
 
 /// One event handed to one consumer.
@@ -227,6 +239,11 @@ pub trait Bus: Send + Sync + 'static {
     ) -> Result<Box<dyn Subscription>, BusError> {
         Err(BusError::Invalid("this bus does not split a function's work into partitions".into()))
     }
+    /// Hands the commands this shell submits to `chain` to be appended with
+    /// their handlers' steps (one transaction for a command, its handler
+    /// and its projector), when it takes them. Buses that append commands
+    /// only by themselves ignore it.
+    fn chain_commands(&self, _chain: Weak<dyn CommandChain>) {}
     /// The shell stops: let go of what tells other shells it is there.
     fn close(&self) {}
     /// Who holds each consumer's lease, across the shells on this bus.

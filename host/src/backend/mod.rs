@@ -16,8 +16,8 @@ pub mod postgres;
 pub mod store;
 
 pub use bus::{
-    Answer, Bus, BusError, Delivery, Holder, NotificationSink, Partition, Requests, Submitted, Subscription,
-    fingerprint,
+    Answer, Bus, BusError, CommandChain, Delivery, Holder, NotificationSink, Partition, Requests, Submitted,
+    Subscription, fingerprint,
 };
 pub use store::{Chained, Checkpoint, Commit, Event, Parked, Store, StoreError, Written};
 

@@ -89,7 +89,9 @@ pub struct Commit {
 
 /// Another consumer's steps on the events a [`Commit`] appends, decided
 /// before it commits and applied with it ([`Store::commit_chained`]): a
-/// command's handler and its projector in one transaction.
+/// command's handler and its projector in one transaction. Parts chain on
+/// each other: the second one's steps are on the first one's events (a
+/// submitted command, its handler's steps, then its projector's).
 #[derive(Debug, Clone, Default)]
 pub struct Chained {
     /// The consumer whose steps these are, and the topics it reads.
@@ -113,6 +115,11 @@ impl Commit {
         if self.notify.is_empty() {
             return Written::new();
         }
+        self.writes()
+    }
+
+    /// What this commit writes.
+    pub fn writes(&self) -> Written {
         self.ops
             .iter()
             .map(|op| {
@@ -189,16 +196,18 @@ pub trait Store: Send + Sync + 'static {
     fn chains(&self) -> bool {
         false
     }
-    /// Applies `commit`, and with it `chained` — if its consumer had
-    /// processed everything of its topics before the events `commit`
-    /// appends, and no transaction that could still append some is open:
-    /// then its checkpoint moves past those events, in the same
-    /// transaction. `Ok(true)`: both applied; `Ok(false)`: `commit` alone
-    /// (the consumer then processes the events as usual). A store that
-    /// does not chain applies `commit` alone.
-    async fn commit_chained(&self, commit: Commit, chained: Chained) -> Result<bool, StoreError> {
+    /// Applies `commit`, and with it the parts of `chained` in order, each
+    /// only if its consumer had processed everything of its topics before
+    /// the events this transaction appends, and no transaction that could
+    /// still append some is open: then its checkpoint moves past those
+    /// events, in the same transaction. A part that cannot apply leaves out
+    /// the parts after it (they are steps on its events). `Ok(n)`: `commit`
+    /// and the first `n` parts applied; the consumers of the others process
+    /// their events as usual. A store that does not chain applies `commit`
+    /// alone.
+    async fn commit_chained(&self, commit: Commit, chained: Vec<Chained>) -> Result<usize, StoreError> {
         drop(chained);
-        self.commit(commit).await.map(|()| false)
+        self.commit(commit).await.map(|()| 0)
     }
     /// The parked events (of `consumer`, or of all), by consumer and position.
     async fn parked(&self, consumer: Option<&str>) -> Result<Vec<Parked>, StoreError>;

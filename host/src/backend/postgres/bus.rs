@@ -39,8 +39,8 @@ use crate::backend::postgres::database::{
     lease_holders, lease_id, live_shells, try_lease,
 };
 use crate::backend::{
-    Answer, Bus, BusError, Delivery, Holder, NotificationSink, Partition, Requests, Submitted, Subscription,
-    Written, fingerprint,
+    Answer, Bus, BusError, CommandChain, Delivery, Holder, NotificationSink, Partition, Requests, Submitted,
+    Subscription, Written, fingerprint,
 };
 use async_trait::async_trait;
 use low_contract::{Message, Principal};
@@ -108,7 +108,12 @@ struct Inner {
     closed: watch::Sender<bool>,
     /// Commands waiting to be appended (see [`append_commands`]).
     appends: mpsc::Sender<Append>,
+    chain: Chain,
 }
+
+/// Where the appender hands commands to be appended with their steps
+/// ([`Bus::chain_commands`]), once the executor took them.
+type Chain = Mutex<Option<Weak<dyn CommandChain>>>;
 
 /// A consumer of this shell's wake-up: its name, the topics it reads.
 struct Waker {
@@ -121,18 +126,18 @@ impl Inner {
     /// Wakes the consumers reading `topic` (every consumer for `None`),
     /// and the tail of the log.
     fn wake(&self, topic: Option<&str>) {
-        self.wake_but(topic, None);
+        self.wake_but(topic, &[]);
     }
 
-    /// [`wake`](Self::wake), but not the consumer `done`, which has
+    /// [`wake`](Self::wake), but not the consumers `done`, which have
     /// processed what woke the others already (a chained commit).
-    fn wake_but(&self, topic: Option<&str>, done: Option<&str>) {
+    fn wake_but(&self, topic: Option<&str>, done: &[&str]) {
         self.wake.send_modify(|n| *n += 1);
         let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
         // A subscription dropped: its waker goes.
         wakers.retain(|w| !w.wake.is_closed());
         for Waker { consumer, topics, wake: tx } in wakers.iter() {
-            if done == Some(consumer.as_str()) {
+            if done.contains(&consumer.as_str()) {
                 continue;
             }
             if topic.is_none_or(|topic| topics.iter().any(|t| t == topic)) {
@@ -192,7 +197,6 @@ impl PgBus {
         let (appends, queue) = mpsc::channel(APPEND_QUEUE);
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let echo = format!("{TAG_MARK}{tag}");
-        tokio::spawn(append_commands(Arc::clone(&db), echo.clone(), queue));
         let bus = Self {
             inner: Arc::new(Inner {
                 db,
@@ -208,8 +212,10 @@ impl PgBus {
                 shells: Mutex::default(),
                 closed: watch::Sender::new(false),
                 appends,
+                chain: Chain::default(),
             }),
         };
+        tokio::spawn(append_commands(Arc::downgrade(&bus.inner), queue));
         tokio::spawn(listen(Arc::downgrade(&bus.inner)));
         bus
     }
@@ -242,11 +248,11 @@ impl PgBus {
     /// events to them, rather than when Postgres echoes the NOTIFY back
     /// (which, tagged with [`echo_tag`](Self::echo_tag), is then ignored).
     pub(crate) fn wake_local<'t>(&self, topics: impl IntoIterator<Item = &'t str>) {
-        self.wake_local_but(topics, None);
+        self.wake_local_but(topics, &[]);
     }
 
-    /// [`wake_local`](Self::wake_local), but not the consumer `done`.
-    pub(crate) fn wake_local_but<'t>(&self, topics: impl IntoIterator<Item = &'t str>, done: Option<&str>) {
+    /// [`wake_local`](Self::wake_local), but not the consumers `done`.
+    pub(crate) fn wake_local_but<'t>(&self, topics: impl IntoIterator<Item = &'t str>, done: &[&str]) {
         for topic in topics {
             self.inner.wake_but(Some(topic), done);
         }
@@ -837,51 +843,93 @@ const REMEMBER: &str = "INSERT INTO command_results (command_id, fingerprint, re
 /// in the log already).
 struct Append {
     command: Event,
-    done: oneshot::Sender<(Event, Result<bool, BusError>)>,
+    done: Reply,
 }
+
+type Reply = oneshot::Sender<(Event, Result<bool, BusError>)>;
 
 /// Appends the commands this shell's requests submit: those that came
 /// while a statement ran go together in the next one ([`APPEND`]), so a
 /// busy shell spends one statement, transaction and NOTIFY on many
-/// commands, an idle one waits for nothing. When a statement fails for
-/// another reason than the database being away (a payload Postgres
-/// refuses, say), its commands are appended one by one, so that only the
-/// bad one fails. Ends when the bus is gone.
-async fn append_commands(db: Arc<Database>, tag: String, mut queue: mpsc::Receiver<Append>) {
+/// commands, an idle one waits for nothing. When the executor takes them
+/// ([`Bus::chain_commands`]), they are appended in one transaction with
+/// their handler's steps instead. When a statement fails for another
+/// reason than the database being away (a payload Postgres refuses, say),
+/// its commands are appended one by one, so that only the bad one fails.
+/// Ends when the bus is gone.
+async fn append_commands(inner: Weak<Inner>, mut queue: mpsc::Receiver<Append>) {
     let mut batch = Vec::with_capacity(APPEND_BATCH);
     while queue.recv_many(&mut batch, APPEND_BATCH).await > 0 {
-        let mut outcome = append(&db, &tag, &batch).await;
-        if matches!(outcome, Err(BusError::Invalid(_))) && batch.len() > 1 {
-            for one in batch.drain(..) {
-                let mut alone = append(&db, &tag, std::slice::from_ref(&one)).await;
-                reply(one, &mut alone);
+        let Some(inner) = inner.upgrade() else { break };
+        let (commands, replies): (Vec<Event>, Vec<_>) = batch.drain(..).map(|a| (a.command, a.done)).unzip();
+        // With more commands already waiting, the appender stays quick
+        // (the consumers take the steps side by side with it).
+        if queue.is_empty() && chained(&inner, &commands).await {
+            for (command, reply) in commands.into_iter().zip(replies) {
+                let _ = reply.send((command, Ok(true)));
+            }
+            continue;
+        }
+        let mut outcome = append(&inner.db, &inner.echo, &commands).await;
+        if matches!(outcome, Err(BusError::Invalid(_))) && commands.len() > 1 {
+            for (command, reply) in commands.into_iter().zip(replies) {
+                let mut alone = append(&inner.db, &inner.echo, std::slice::from_ref(&command)).await;
+                wake_appended(&inner, std::slice::from_ref(&command), &alone);
+                answer(command, reply, &mut alone);
             }
         } else {
-            for one in batch.drain(..) {
-                reply(one, &mut outcome);
+            wake_appended(&inner, &commands, &outcome);
+            for (command, reply) in commands.into_iter().zip(replies) {
+                answer(command, reply, &mut outcome);
             }
         }
     }
 }
 
+/// Appends `commands` with the steps they cause in this shell, when the
+/// executor takes them: whether it did (the store then woke the consumers
+/// that did not take their steps).
+async fn chained(inner: &Inner, commands: &[Event]) -> bool {
+    let chain = inner.chain.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(Weak::upgrade);
+    let Some(chain) = chain else { return false };
+    match chain.append(commands).await {
+        Some(Ok(())) => true,
+        Some(Err(e)) => {
+            tracing::debug!("commands not appended with their steps, appending them alone: {e}");
+            false
+        }
+        None => false,
+    }
+}
+
+/// Wakes this shell's consumers of the commands appended.
+fn wake_appended(inner: &Inner, commands: &[Event], outcome: &Result<HashSet<String>, BusError>) {
+    let Ok(appended) = outcome else { return };
+    let topics: HashSet<&str> =
+        commands.iter().filter(|c| appended.contains(&c.message.id)).map(|c| c.topic.as_str()).collect();
+    for topic in topics {
+        inner.wake(Some(topic));
+    }
+}
+
 /// Tells a submitter whether its command was appended (taking its id from
 /// the appended, so that a repeat in the same statement counts once).
-fn reply(append: Append, outcome: &mut Result<HashSet<String>, BusError>) {
+fn answer(command: Event, reply: Reply, outcome: &mut Result<HashSet<String>, BusError>) {
     let appended = match outcome {
-        Ok(ids) => Ok(ids.remove(&append.command.message.id)),
+        Ok(ids) => Ok(ids.remove(&command.message.id)),
         Err(e) => Err(e.clone()),
     };
     // The request went away meanwhile: its command is appended all the same.
-    let _ = append.done.send((append.command, appended));
+    let _ = reply.send((command, appended));
 }
 
 /// One [`APPEND`] of `batch`: the ids it appended.
-async fn append(db: &Database, tag: &str, batch: &[Append]) -> Result<HashSet<String>, BusError> {
+async fn append(db: &Database, tag: &str, batch: &[Event]) -> Result<HashSet<String>, BusError> {
     let client = db.pool().get().await.map_err(no_connection)?;
     let statement = client.prepare_cached(APPEND).await.map_err(refused)?;
-    let messages = || batch.iter().map(|a| &a.command.message);
+    let messages = || batch.iter().map(|c| &c.message);
     let ids: Vec<&str> = messages().map(|m| m.id.as_str()).collect();
-    let topics: Vec<&str> = batch.iter().map(|a| a.command.topic.as_str()).collect();
+    let topics: Vec<&str> = batch.iter().map(|c| c.topic.as_str()).collect();
     let kinds: Vec<&str> = messages().map(|m| m.kind.as_str()).collect();
     let payloads: Vec<&serde_json::Value> = messages().map(|m| &m.payload).collect();
     let correlations: Vec<Option<&str>> = messages().map(|m| m.correlation_id.as_deref()).collect();
@@ -1209,7 +1257,10 @@ impl Bus for PgBus {
             (command, appended?)
         };
         if appended {
-            self.wake_local([command.topic.as_str()]);
+            // The appender woke them for the others.
+            if idempotent {
+                self.wake_local([command.topic.as_str()]);
+            }
             return Ok(Submitted::Accepted);
         }
         let client = self.inner.db.pool().get().await.map_err(no_connection)?;
@@ -1262,6 +1313,10 @@ impl Bus for PgBus {
 
     fn shares_work(&self) -> bool {
         true
+    }
+
+    fn chain_commands(&self, chain: Weak<dyn CommandChain>) {
+        *self.inner.chain.lock().unwrap_or_else(|p| p.into_inner()) = Some(chain);
     }
 
     fn close(&self) {

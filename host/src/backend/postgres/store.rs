@@ -11,9 +11,9 @@ use crate::backend::postgres::PgBus;
 use crate::backend::postgres::database::{
     Database, EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, describe, describe_pool, is_unavailable,
 };
-use crate::backend::{Chained, Commit, Parked, Store, StoreError};
+use crate::backend::{Chained, Commit, Parked, Store, StoreError, Written};
 use async_trait::async_trait;
-use low_contract::{Document, Query, Value, WriteOp};
+use low_contract::{COMMANDS_TOPIC, Document, Query, Value, WriteOp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio_postgres::error::SqlState;
@@ -52,39 +52,42 @@ impl PgStore {
         pool.get().await.map_err(|e| StoreError::Unavailable(describe_pool(&e)))
     }
 
-    /// A commit, with a chained part when given: `Ok(true)` when that
-    /// applied too.
-    async fn commit_with(&self, commit: Commit, chained: Option<Chained>) -> Result<bool, StoreError> {
+    /// A commit, with its chained parts (see [`Store::commit_chained`]):
+    /// how many of them applied.
+    async fn commit_with(&self, commit: Commit, chained: Vec<Chained>) -> Result<usize, StoreError> {
         // Untagged without a bus: the NOTIFY's echo is what wakes this shell.
         let tag = self.bus.as_ref().map_or("", PgBus::echo_tag);
         let bound = Bound::new(&commit, tag)?;
-        // The chained part is a commit of its own inside the transaction,
-        // after a savepoint, its checkpoint moved by `CHAIN` rather than
-        // `ADVANCE`.
-        let chain = chained.map(|c| {
-            let part = Commit { ops: c.ops, events: c.events, notify: c.notify, ..Commit::default() };
-            (c.consumer, c.topics, part)
-        });
-        let chain_bound = chain.as_ref().map(|(_, _, part)| Bound::new(part, tag)).transpose()?;
+        // Each chained part is a commit of its own inside the transaction,
+        // after a savepoint of its own, its checkpoint moved by `CHAIN`
+        // rather than `ADVANCE`.
+        let parts: Vec<(String, Vec<String>, Commit)> = chained
+            .into_iter()
+            .take(sql::SAVEPOINTS.len())
+            .map(|c| {
+                let part = Commit { ops: c.ops, events: c.events, notify: c.notify, ..Commit::default() };
+                (c.consumer, c.topics, part)
+            })
+            .collect();
+        let parts_bound =
+            parts.iter().map(|(_, _, part)| Bound::new(part, tag)).collect::<Result<Vec<_>, _>>()?;
         let mut tx = Flight::new(self.client().await?);
         let client = tx.client()?;
         let statements = bound.statements(client).await?;
         let mut chained_statements = vec![];
-        if let (Some((consumer, topics, _)), Some(part)) = (&chain, &chain_bound) {
-            let savepoint = client.prepare_cached(sql::SAVEPOINT).await.map_err(store_error)?;
+        for (((consumer, topics, _), part), savepoint) in parts.iter().zip(&parts_bound).zip(sql::SAVEPOINTS)
+        {
+            let savepoint = client.prepare_cached(savepoint).await.map_err(store_error)?;
             let advance = client.prepare_cached(sql::CHAIN).await.map_err(store_error)?;
-            chained_statements.push((savepoint, vec![], Expect::Any));
-            chained_statements.push((
-                advance,
-                vec![consumer as &(dyn ToSql + Sync), topics],
-                Expect::Chained,
-            ));
-            chained_statements.extend(part.statements(client).await?);
+            let mut part_statements = vec![(savepoint, vec![], Expect::Any)];
+            part_statements.push((advance, vec![consumer as &(dyn ToSql + Sync), topics], Expect::Chained));
+            part_statements.extend(part.statements(client).await?);
+            chained_statements.push(part_statements);
         }
         // One flight, `BEGIN` included: tokio-postgres pipelines requests
         // polled together, and the server runs them in order, so the
         // checkpoint row is still taken first. A failed statement fails the
-        // ones after it.
+        // ones after it (a savepoint's rollback recovers the transaction).
         let (begun, results, chained_results) = futures::join!(
             client.batch_execute("BEGIN"),
             futures::future::join_all(statements.iter().map(|(sql, params, expect)| run(
@@ -93,7 +96,7 @@ impl PgStore {
                 params.as_slice(),
                 expect
             ))),
-            futures::future::join_all(chained_statements.iter().map(|(sql, params, expect)| run(
+            futures::future::join_all(chained_statements.iter().flatten().map(|(sql, params, expect)| run(
                 client,
                 sql,
                 params.as_slice(),
@@ -109,46 +112,56 @@ impl PgStore {
             if let Err(e) = tx.end("ROLLBACK").await {
                 tracing::debug!("could not roll back a commit not applied: {e}");
             }
-            return verdict.map(|_| false);
+            return verdict.map(|_| 0);
         }
-        let chain_applied = match &chain {
-            None => false,
-            Some((consumer, _, part)) => {
-                let expected = chained_statements.iter().map(|(_, _, expect)| expect);
-                match settle(part, chained_results.into_iter().zip(expected)) {
-                    Ok(Verdict::Apply) => true,
-                    outcome => {
-                        tracing::debug!(%consumer, "the chained steps do not apply, their events go to the consumer: {outcome:?}");
-                        false
-                    }
+        // The parts apply up to the first that cannot.
+        let mut results = chained_results.into_iter();
+        let mut applied = 0;
+        for ((consumer, _, part), part_statements) in parts.iter().zip(&chained_statements) {
+            let outcome = results.by_ref().take(part_statements.len());
+            match settle(part, outcome.zip(part_statements.iter().map(|(_, _, expect)| expect))) {
+                Ok(Verdict::Apply) => applied += 1,
+                outcome => {
+                    tracing::debug!(%consumer, "the chained steps do not apply, their events go to the consumer: {outcome:?}");
+                    break;
                 }
             }
-        };
-        tx.end(if chain_applied || chain.is_none() {
-            "COMMIT"
-        } else {
-            "ROLLBACK TO SAVEPOINT chained; COMMIT"
+        }
+        tx.end(match sql::ROLLBACK_TO.get(applied) {
+            Some(rollback) if applied < parts.len() => rollback,
+            _ => "COMMIT",
         })
         .await?;
-        if let Some((consumer, _, _)) = &chain {
-            crate::metrics::chained(consumer, chain_applied);
+        for (index, (consumer, _, _)) in parts.iter().enumerate() {
+            crate::metrics::chained(consumer, index < applied);
         }
         if let Some(bus) = &self.bus {
-            let done = chain.as_ref().filter(|_| chain_applied).map(|(consumer, _, _)| consumer.as_str());
-            bus.wake_local_but(commit.events.iter().map(|e| e.topic.as_str()).collect::<BTreeSet<_>>(), done);
-            let written = commit.written();
-            bus.notify_local(commit.notify.into_iter().filter(|n| n.correlation_id.is_some()), written);
-            if let Some((_, _, part)) = chain.filter(|_| chain_applied) {
-                bus.wake_local(part.events.iter().map(|e| e.topic.as_str()).collect::<BTreeSet<_>>());
-                // An answer may name what either part wrote; the chained
-                // part's writes are the later ones.
-                let mut written =
-                    Commit { ops: commit.ops, notify: part.notify.clone(), ..Commit::default() }.written();
-                written.extend(part.written());
-                bus.notify_local(part.notify.into_iter().filter(|n| n.correlation_id.is_some()), written);
+            let mut parts = parts;
+            parts.truncate(applied);
+            // The chained consumers have processed every event of this
+            // transaction: the others are woken for them.
+            let done: Vec<&str> = parts.iter().map(|(consumer, _, _)| consumer.as_str()).collect();
+            let topics: BTreeSet<&str> = std::iter::once(&commit)
+                .chain(parts.iter().map(|(_, _, part)| part))
+                .flat_map(|c| c.events.iter().map(|e| e.topic.as_str()))
+                .collect();
+            bus.wake_local_but(topics, &done);
+            // An answer may name what its part or any before it wrote.
+            let answers = std::iter::once(commit).chain(parts.into_iter().map(|(_, _, part)| part));
+            let mut written = Written::new();
+            let mut answers = answers.peekable();
+            while let Some(answer) = answers.next() {
+                if answers.peek().is_some() || !answer.notify.is_empty() {
+                    written.extend(answer.writes());
+                }
+                let notify: Vec<_> =
+                    answer.notify.into_iter().filter(|n| n.correlation_id.is_some()).collect();
+                if !notify.is_empty() {
+                    bus.notify_local(notify, written.clone());
+                }
             }
         }
-        Ok(chain_applied)
+        Ok(applied)
     }
 
     /// Deletes every document of `collections` and moves `consumer` back to
@@ -238,9 +251,19 @@ mod sql {
            AND NOT EXISTS (SELECT 1 FROM events f WHERE f.topic = ANY($2)
                AND (f.tx, f.position) > (c.tx, c.position) AND f.tx <> pg_current_xact_id())
          RETURNING coalesce(c.switched_at > now(), false)";
-    /// Where a commit's chained part starts: rolled back to, alone, when it
-    /// cannot apply.
-    pub const SAVEPOINT: &str = "SAVEPOINT chained";
+    /// Where each of a commit's chained parts starts (one per part, so
+    /// many parts at most): rolled back to, with the parts after it, when
+    /// it cannot apply.
+    pub const SAVEPOINTS: [&str; 4] =
+        ["SAVEPOINT chained_0", "SAVEPOINT chained_1", "SAVEPOINT chained_2", "SAVEPOINT chained_3"];
+    /// How a transaction ends whose chained parts apply up to the one at
+    /// that index.
+    pub const ROLLBACK_TO: [&str; 4] = [
+        "ROLLBACK TO SAVEPOINT chained_0; COMMIT",
+        "ROLLBACK TO SAVEPOINT chained_1; COMMIT",
+        "ROLLBACK TO SAVEPOINT chained_2; COMMIT",
+        "ROLLBACK TO SAVEPOINT chained_3; COMMIT",
+    ];
     // Every statement on `documents` names the collection through
     // `served!`: the generation served now.
     pub const INSERT: &str = concat!(
@@ -272,6 +295,16 @@ mod sql {
              VALUES ($1, $2, $3, $4, $5, $6, $5, $7, $8, $9, $10)
              RETURNING topic)
          SELECT pg_notify($11, e.topic || $12::text) FROM e";
+    /// Appends a submitted command (a commit that carries its handler's
+    /// steps, see `Store::commit_chained`) as the bus's own append does:
+    /// the command names itself. An id in the log already fails the
+    /// commit (the bus then appends it alone, which tells a repeat).
+    pub const APPEND_COMMAND: &str = "WITH e AS (
+             INSERT INTO events
+             (id, topic, kind, payload, correlation_id, causation_id, command_id, subject, claims)
+             VALUES ($1, $2, $3, $4, $5, $6, $1, $7, $8)
+             RETURNING topic)
+         SELECT pg_notify($9, e.topic || $10::text) FROM e";
     /// Keeps the notification and announces it: its id, the committing
     /// shell's tag (`$4`, see `PgBus::echo_tag`; empty without a bus), and
     /// the message itself when it fits in a NOTIFY payload (8000 bytes), so
@@ -440,21 +473,26 @@ impl<'c> Bound<'c> {
         }
         for (event, (subject, claims)) in commit.events.iter().zip(&self.audit) {
             let m = &event.message;
-            let sql = tx.prepare_cached(sql::APPEND).await.map_err(store_error)?;
-            let params: Params = vec![
-                &m.id,
-                &event.topic,
-                &m.kind,
-                &m.payload,
-                &m.correlation_id,
-                &m.causation_id,
-                &event.function,
-                &event.version,
-                subject,
-                claims,
-                &EVENTS_CHANNEL,
-                &self.tag,
-            ];
+            let (text, mut params): (_, Params) = if event.topic == COMMANDS_TOPIC {
+                (
+                    sql::APPEND_COMMAND,
+                    vec![&m.id, &event.topic, &m.kind, &m.payload, &m.correlation_id, &m.causation_id],
+                )
+            } else {
+                let params: Params = vec![
+                    &m.id,
+                    &event.topic,
+                    &m.kind,
+                    &m.payload,
+                    &m.correlation_id,
+                    &m.causation_id,
+                    &event.function,
+                    &event.version,
+                ];
+                (sql::APPEND, params)
+            };
+            params.extend([subject as &(dyn ToSql + Sync), claims, &EVENTS_CHANNEL, &self.tag]);
+            let sql = tx.prepare_cached(text).await.map_err(store_error)?;
             statements.push((sql, params, Expect::Any));
         }
         for (correlation, message) in &self.notifications {
@@ -812,15 +850,15 @@ impl Store for PgStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        self.commit_with(commit, None).await.map(drop)
+        self.commit_with(commit, vec![]).await.map(drop)
     }
 
     fn chains(&self) -> bool {
         true
     }
 
-    async fn commit_chained(&self, commit: Commit, chained: Chained) -> Result<bool, StoreError> {
-        self.commit_with(commit, Some(chained)).await
+    async fn commit_chained(&self, commit: Commit, chained: Vec<Chained>) -> Result<usize, StoreError> {
+        self.commit_with(commit, chained).await
     }
 
     async fn parked(&self, consumer: Option<&str>) -> Result<Vec<Parked>, StoreError> {
