@@ -566,14 +566,16 @@ impl Executor {
     }
 
     /// Commits `commit` with the parts of `chain` ([`Store::commit_chained`]),
-    /// counting the steps of those that applied: how many did.
-    async fn commit_chain(&self, commit: Commit, chain: Vec<(Chained, u64)>) -> Result<usize, StoreError> {
-        let steps: Vec<(String, u64)> =
-            chain.iter().map(|(part, steps)| (part.consumer.clone(), *steps)).collect();
-        let applied =
-            self.store.commit_chained(commit, chain.into_iter().map(|(part, _)| part).collect()).await?;
-        for (consumer, steps) in steps.into_iter().take(applied) {
-            crate::metrics::steps(&consumer, steps);
+    /// counting the steps of those that applied and offering them to their
+    /// consumers' shadows: how many did.
+    async fn commit_chain(&self, commit: Commit, chain: Vec<Part>) -> Result<usize, StoreError> {
+        let (parts, done): (Vec<Chained>, Vec<_>) =
+            chain.into_iter().map(|part| (part.chained, (part.steps, part.offers))).unzip();
+        let consumers: Vec<String> = parts.iter().map(|part| part.consumer.clone()).collect();
+        let applied = self.store.commit_chained(commit, parts).await?;
+        for (consumer, (steps, offers)) in consumers.iter().zip(done).take(applied) {
+            crate::metrics::steps(consumer, steps);
+            offers.into_iter().for_each(Offer::send);
         }
         Ok(applied)
     }
@@ -598,22 +600,22 @@ impl Executor {
         from: Option<&str>,
         overlay: Option<&Arc<Overlay>>,
         commit: &Commit,
-    ) -> Vec<(Chained, u64)> {
+    ) -> Vec<Part> {
         // A partitioned function's consumers commit side by side: chained
         // to one consumer, they would queue at its checkpoint.
         if !self.store.chains() || from.is_some_and(|from| self.policy(from).partitions > 1) {
             return vec![];
         }
-        let mut parts: Vec<(Chained, u64)> = vec![];
+        let mut parts: Vec<Part> = vec![];
         let mut chained: Vec<&Arc<Function>> = vec![];
         let mut overlay = overlay.cloned();
         while parts.len() < CHAIN_DEPTH {
             let (layer, before) = match parts.split_last() {
                 None => (&commit.events, vec![]),
-                Some(((last, _), earlier)) => {
+                Some((last, earlier)) => {
                     let before =
-                        commit.events.iter().chain(earlier.iter().flat_map(|(p, _)| &p.events)).collect();
-                    (&last.events, before)
+                        commit.events.iter().chain(earlier.iter().flat_map(|p| &p.chained.events)).collect();
+                    (&last.chained.events, before)
                 }
             };
             if layer.is_empty() || layer.len() > CHAIN_MOST {
@@ -645,7 +647,7 @@ impl Executor {
                 ..Chained::default()
             };
             // A slow step of the chained consumer must not hold up the commit.
-            let steps = chained_steps(functions, &self.store, target, &overlay, layer, part);
+            let steps = chained_steps(functions, &self.store, &self.shadows, target, &overlay, layer, part);
             let part = match tokio::time::timeout(CHAIN_BUDGET, steps).await {
                 Ok(Ok(part)) => part,
                 failed => {
@@ -666,7 +668,7 @@ impl Executor {
             };
             // A chained consumer reading these events would pass them over.
             chained.push(target);
-            if chained.iter().any(|c| part.0.events.iter().any(|e| wants_event(c, e))) {
+            if chained.iter().any(|c| part.chained.events.iter().any(|e| wants_event(c, e))) {
                 break;
             }
             parts.push(part);
@@ -998,24 +1000,35 @@ pub struct Cycle {
     pub commit: Commit,
 }
 
+/// One part of a chain ([`Executor::chain`]): what the store applies, with
+/// what to do once it has.
+struct Part {
+    chained: Chained,
+    /// Its steps, for the metrics.
+    steps: u64,
+    /// Its steps for the consumer's shadow, sent once they are committed.
+    offers: Vec<Offer>,
+}
+
 /// The steps of `target` on the `events` it wants, in order, on
 /// `overlay` (the writes of the steps that emitted them, then each one's
 /// own): what [`Executor::chain`] hands the store.
 async fn chained_steps(
     functions: &Functions,
     store: &Arc<dyn Store>,
+    shadows: &Shadows,
     target: &Arc<Function>,
     overlay: &Arc<Overlay>,
     events: &[Event],
     mut chained: Chained,
-) -> Result<(Chained, u64), StepError> {
+) -> Result<Part, StepError> {
     let view: Arc<dyn Store> = overlay.clone();
     let inputs: Vec<_> = events.iter().map(|e| wants_event(target, e).then_some(&e.message)).collect();
     let mut prepared = match store.reads_are_remote() {
         true => read_ahead(store, target, overlay, &view, &inputs).await,
         false => vec![],
     };
-    let mut steps = 0;
+    let (mut steps, mut offers) = (0, vec![]);
     for (index, event) in events.iter().enumerate().filter(|(_, e)| wants_event(target, e)) {
         let message = &event.message;
         let span = tracing::debug_span!(
@@ -1028,13 +1041,14 @@ async fn chained_steps(
         );
         let ready = prepared.get_mut(index).and_then(Option::take);
         let cycle = step_cycle(functions, target, &view, message, ready).instrument(span).await?;
+        offers.extend(shadows.take(target.name(), message, &cycle));
         overlay.apply(&cycle.commit.ops);
         chained.ops.extend(cycle.commit.ops);
         chained.events.extend(cycle.commit.events);
         chained.notify.extend(cycle.commit.notify);
         steps += 1;
     }
-    Ok((chained, steps))
+    Ok(Part { chained, steps, offers })
 }
 
 /// One step's cycle: from its `lookup` run ahead when `ready` (bounded by
