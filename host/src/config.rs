@@ -269,6 +269,8 @@ pub struct LimitsConfig {
     pub memory_mib: usize,
     /// Guest instances alive at once.
     pub instances: u32,
+    /// Executions one guest instance serves before a fresh one replaces it (1: always fresh).
+    pub executions_per_instance: u32,
     /// Wall-clock budget of one step: its guest calls and its lookup plan, in milliseconds.
     pub step_deadline_ms: u64,
     /// Lookups in one lookup plan.
@@ -290,6 +292,7 @@ impl Default for LimitsConfig {
             deadline_ms: d.deadline.as_millis() as u64,
             memory_mib: d.memory_bytes >> 20,
             instances: d.instances,
+            executions_per_instance: d.executions_per_instance,
             step_deadline_ms: d.step.deadline.as_millis() as u64,
             lookups: d.step.lookups,
             find_documents: d.step.find_documents,
@@ -465,10 +468,14 @@ impl Project {
                 *file = dir.join(&*file);
             }
         }
-        if project.limits.instances == 0 || project.limits.memory_mib == 0 || project.limits.deadline_ms == 0
+        if project.limits.instances == 0
+            || project.limits.memory_mib == 0
+            || project.limits.deadline_ms == 0
+            || project.limits.executions_per_instance == 0
         {
             anyhow::bail!(
-                "limits.instances, limits.memory-mib and limits.deadline-ms must be greater than 0"
+                "limits.instances, limits.memory-mib, limits.deadline-ms and \
+                 limits.executions-per-instance must be greater than 0"
             );
         }
         let l = &project.limits;
@@ -514,6 +521,7 @@ impl Project {
             deadline: Duration::from_millis(self.limits.deadline_ms),
             memory_bytes: self.limits.memory_mib << 20,
             instances: self.limits.instances,
+            executions_per_instance: self.limits.executions_per_instance,
             step: StepLimits {
                 deadline: Duration::from_millis(self.limits.step_deadline_ms),
                 lookups: self.limits.lookups,

@@ -169,3 +169,45 @@ async fn looping_guests_do_not_stall_the_shell() {
     }
     shell.stop().await.expect("clean stop");
 }
+
+/// What `count` says: the `operate` calls its instance has served.
+async fn served(client: &Client) -> String {
+    let body = misbehave(client, "count", "operate").await;
+    body["data"]["Misbehave"]["detail"].as_str().unwrap_or_else(|| panic!("a count: {body}")).to_owned()
+}
+
+/// An instance that served a step cleanly serves the next ones (so a
+/// global of the guest's lives on between them, up to
+/// `limits.executions-per-instance`); one whose call failed — trapped,
+/// interrupted at its deadline, out of memory — is dropped, and the next
+/// step gets a fresh one.
+#[tokio::test]
+async fn an_instance_serves_further_steps_until_one_fails() {
+    let (shell, client) = start(fixture_project()).await;
+    assert_eq!([served(&client).await, served(&client).await, served(&client).await], ["1", "2", "3"]);
+    for (action, phase) in [("trap", "operate"), ("loop", "write"), ("alloc", "lookup")] {
+        let body = misbehave(&client, action, phase).await;
+        assert!(error(&body).is_some(), "{action} fails: {body}");
+        assert_eq!(served(&client).await, "1", "after a failing {action}, a fresh instance");
+        assert_eq!(served(&client).await, "2");
+    }
+    shell.stop().await.expect("clean stop");
+
+    let mut project = fixture_project();
+    project.limits.executions_per_instance = 2;
+    let (shell, client) = start(project).await;
+    let mut counts = vec![];
+    for _ in 0..6 {
+        counts.push(served(&client).await);
+    }
+    // (Reading its `meta` when it was loaded was one execution too.)
+    assert!(counts.iter().all(|c| c == "1" || c == "2"), "an instance serves two executions: {counts:?}");
+    assert!(counts.contains(&"2".to_owned()), "{counts:?}");
+    shell.stop().await.expect("clean stop");
+
+    let mut project = fixture_project();
+    project.limits.executions_per_instance = 1;
+    let (shell, client) = start(project).await;
+    assert_eq!([served(&client).await, served(&client).await], ["1", "1"], "a fresh instance every step");
+    shell.stop().await.expect("clean stop");
+}

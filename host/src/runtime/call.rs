@@ -1,22 +1,28 @@
-//! One execution of a guest: a fresh wasmtime `Store` and instance, so no
-//! state survives from one command to the next, with the deadline re-armed
-//! before every export call.
+//! One execution of a guest: a wasmtime `Store` and instance, with the
+//! deadline re-armed before every export call. An instance that served an
+//! execution cleanly is kept for the next one of the same component (up to
+//! `limits.executions-per-instance`): creating and dropping an instance is
+//! most of a short execution's cost. One that failed, was interrupted, wrote
+//! to stderr or grew its memory is dropped.
 
 use super::bindings::wit;
 use super::convert;
 use super::guest::{Guest, Instantiate};
 use super::state::CallState;
-use super::{Exports, Function, GuestError, WasmPre};
+use super::{Exports, Function, GuestError, KEEP_RESIDENT, WasmPre};
 use crate::backend::Store;
 use async_trait::async_trait;
 use low_contract::{Data, FunctionKind, Lookup, Message, Meta, Outcome, Resolution, WritePlan};
-use std::sync::Arc;
+use std::mem::ManuallyDrop;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
 use wasmtime::component::{Func, TypedFunc};
 use wasmtime::{Trap, UpdateDeadline};
 
 /// The exports of a live instance.
+#[derive(Clone, Copy)]
 enum Instance {
     Function { meta: Func, lookup: Func, operate: Func, write: Func },
     Resolver { meta: Func, resolve: Func },
@@ -49,10 +55,60 @@ impl Instance {
     }
 }
 
-/// A live instance of a component, for one command or one resolution.
-pub struct WasmCall {
+/// An instance with its store, and the executions it served.
+struct Kept {
     store: wasmtime::Store<CallState>,
     instance: Instance,
+    executions: u32,
+}
+
+/// The instances of one component kept between executions, most recently
+/// used last. Dropped with the component's version, so an instance never
+/// serves another version.
+pub(super) struct Idle {
+    kept: Mutex<Vec<Kept>>,
+    /// Kept instances of the whole runtime, at most `most`.
+    count: Arc<AtomicUsize>,
+    most: usize,
+}
+
+impl Idle {
+    pub(super) fn new(count: Arc<AtomicUsize>, most: usize) -> Arc<Self> {
+        Arc::new(Self { kept: Mutex::default(), count, most })
+    }
+
+    fn take(&self) -> Option<Kept> {
+        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        Some(kept)
+    }
+
+    /// Keeps `kept` if the runtime has room for it, else drops it.
+    fn put(&self, kept: Kept) {
+        if self.count.fetch_add(1, Ordering::Relaxed) >= self.most {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        self.kept.lock().unwrap_or_else(|p| p.into_inner()).push(kept);
+    }
+}
+
+impl Drop for Idle {
+    fn drop(&mut self) {
+        let kept = self.kept.get_mut().unwrap_or_else(|p| p.into_inner()).len();
+        self.count.fetch_sub(kept, Ordering::Relaxed);
+    }
+}
+
+/// A live instance of a component, for one command or one resolution.
+pub struct WasmCall {
+    /// Taken back only when the call is dropped.
+    kept: ManuallyDrop<Kept>,
+    /// No export call failed or was left unfinished: the instance may serve
+    /// another execution.
+    clean: bool,
+    idle: Arc<Idle>,
+    executions_per_instance: u32,
     function: String,
     kind: FunctionKind,
     deadline: Duration,
@@ -84,8 +140,42 @@ impl WasmCall {
             phase: "instantiate",
             message: "the runtime is shutting down".into(),
         })?;
+        let deadline = runtime.limits.deadline;
+        let kept = match pre.idle.take() {
+            Some(mut kept) => {
+                let state = kept.store.data_mut();
+                state.store = store;
+                // The instance that read `meta` at load did not know the name yet.
+                if *state.function != *name {
+                    state.function = name.as_str().into();
+                }
+                kept
+            }
+            None => Self::instantiate(f, pre, store).await?,
+        };
+        Ok(Some(Self {
+            kept: ManuallyDrop::new(kept),
+            clean: true,
+            idle: Arc::clone(&pre.idle),
+            executions_per_instance: runtime.limits.executions_per_instance,
+            function: name,
+            kind: f.meta.kind,
+            deadline,
+            metrics: Arc::clone(&f.metrics),
+            _slot: slot,
+        }))
+    }
+
+    /// A fresh instance of `pre`.
+    async fn instantiate(
+        f: &Function,
+        pre: &WasmPre,
+        store: Option<Arc<dyn Store>>,
+    ) -> Result<Kept, GuestError> {
+        let name = f.meta.name.as_str();
+        let runtime = &f.runtime;
         let state = CallState::new(
-            name.as_str().into(),
+            name.into(),
             runtime.limits.memory_bytes,
             store,
             runtime.limits.step.find_documents,
@@ -112,32 +202,33 @@ impl WasmCall {
         let instance = pre.pre.instantiate_async(&mut wasm).await;
         drop(timer);
         let instance =
-            instance.map_err(|e| failure(&name, "instantiate", deadline, &e, &wasm.data().last_words()))?;
+            instance.map_err(|e| failure(name, "instantiate", deadline, &e, &wasm.data().last_words()))?;
         let Some(instance) = Instance::of(&mut wasm, &instance, pre.exports) else {
             return Err(GuestError::Trap {
-                function: name,
+                function: name.into(),
                 phase: "instantiate",
                 message: "the instance lacks an export its component was checked for".into(),
             });
         };
         f.metrics.instance_created();
-        Ok(Some(Self {
-            store: wasm,
-            instance,
-            function: name,
-            kind: f.meta.kind,
-            deadline,
-            metrics: Arc::clone(&f.metrics),
-            _slot: slot,
-        }))
+        Ok(Kept { store: wasm, instance, executions: 0 })
     }
 
+    /// Arms the deadline of the export call about to start; the instance is
+    /// clean again only once the call has returned.
     fn arm(&mut self) {
-        arm(&mut self.store, self.deadline);
+        self.clean = false;
+        arm(&mut self.kept.store, self.deadline);
+    }
+
+    /// The call returned: the instance is as its guest left it.
+    fn returned<T>(&mut self, result: wasmtime::Result<T>) -> wasmtime::Result<T> {
+        self.clean = result.is_ok();
+        result
     }
 
     fn fail(&self, phase: &'static str, e: &wasmtime::Error) -> GuestError {
-        failure(&self.function, phase, self.deadline, e, &self.store.data().last_words())
+        failure(&self.function, phase, self.deadline, e, &self.kept.store.data().last_words())
     }
 
     fn invalid(&self, phase: &'static str, message: String) -> GuestError {
@@ -171,19 +262,23 @@ impl Guest for WasmCall {
     async fn meta(&mut self) -> Result<Meta, GuestError> {
         self.arm();
         let _timer = self.metrics.timer("meta");
-        let meta = unsafe { TypedFunc::<(), (wit::Meta,)>::new_unchecked(self.instance.meta()) };
-        let meta = meta.call_async(&mut self.store, ()).await;
+        let meta = unsafe { TypedFunc::<(), (wit::Meta,)>::new_unchecked(self.kept.instance.meta()) };
+        let meta = meta.call_async(&mut self.kept.store, ()).await;
+        let meta = self.returned(meta);
         meta.map(|(m,)| convert::meta_from_wit(m)).map_err(|e| self.fail("meta", &e))
     }
 
     async fn lookup(&mut self, input: &Message) -> Result<Vec<Lookup>, GuestError> {
         self.arm();
         let _timer = self.metrics.timer("lookup");
-        let Instance::Function { lookup, .. } = self.instance else { return Err(self.wrong_kind("lookup")) };
+        let Instance::Function { lookup, .. } = self.kept.instance else {
+            return Err(self.wrong_kind("lookup"));
+        };
         let lookup = unsafe { TypedFunc::<(&wit::Message,), (Vec<wit::Lookup>,)>::new_unchecked(lookup) };
-        self.store.data_mut().in_lookup = true;
-        let plan = lookup.call_async(&mut self.store, (&convert::message_to_wit(input),)).await;
-        self.store.data_mut().in_lookup = false;
+        self.kept.store.data_mut().in_lookup = true;
+        let plan = lookup.call_async(&mut self.kept.store, (&convert::message_to_wit(input),)).await;
+        self.kept.store.data_mut().in_lookup = false;
+        let plan = self.returned(plan);
         let (plan,) = plan.map_err(|e| self.fail("lookup", &e))?;
         plan.into_iter()
             .map(convert::lookup_from_wit)
@@ -194,49 +289,63 @@ impl Guest for WasmCall {
     async fn operate(&mut self, input: &Message, data: &Data) -> Result<Outcome, GuestError> {
         self.arm();
         let _timer = self.metrics.timer("operate");
-        let Instance::Function { operate, .. } = self.instance else {
+        let Instance::Function { operate, .. } = self.kept.instance else {
             return Err(self.wrong_kind("operate"));
         };
         let operate =
             unsafe { TypedFunc::<(&wit::Message, &[wit::Found]), (wit::Outcome,)>::new_unchecked(operate) };
-        let (outcome,) = operate
-            .call_async(&mut self.store, (&convert::message_to_wit(input), &convert::data_to_wit(data)))
-            .await
-            .map_err(|e| self.fail("operate", &e))?;
+        let returned = operate
+            .call_async(&mut self.kept.store, (&convert::message_to_wit(input), &convert::data_to_wit(data)))
+            .await;
+        let (outcome,) = self.returned(returned).map_err(|e| self.fail("operate", &e))?;
         convert::outcome_from_wit(outcome).map_err(|m| self.invalid("operate", m))
     }
 
     async fn write(&mut self, output: &Message) -> Result<WritePlan, GuestError> {
         self.arm();
         let _timer = self.metrics.timer("write");
-        let Instance::Function { write, .. } = self.instance else { return Err(self.wrong_kind("write")) };
+        let Instance::Function { write, .. } = self.kept.instance else {
+            return Err(self.wrong_kind("write"));
+        };
         let write = unsafe { TypedFunc::<(&wit::Message,), (wit::WritePlan,)>::new_unchecked(write) };
-        let (plan,) = write
-            .call_async(&mut self.store, (&convert::message_to_wit(output),))
-            .await
-            .map_err(|e| self.fail("write", &e))?;
+        let returned = write.call_async(&mut self.kept.store, (&convert::message_to_wit(output),)).await;
+        let (plan,) = self.returned(returned).map_err(|e| self.fail("write", &e))?;
         convert::plan_from_wit(plan).map_err(|m| self.invalid("write", m))
     }
 
     async fn resolve(&mut self, command: &Message, seen: &[Message]) -> Result<Resolution, GuestError> {
         self.arm();
         let _timer = self.metrics.timer("resolve");
-        let Instance::Resolver { resolve, .. } = self.instance else {
+        let Instance::Resolver { resolve, .. } = self.kept.instance else {
             return Err(self.wrong_kind("resolve"));
         };
         let resolve = unsafe {
             TypedFunc::<(&wit::Message, &[wit::Message]), (wit::Resolution,)>::new_unchecked(resolve)
         };
         let seen: Vec<_> = seen.iter().map(convert::message_to_wit).collect();
-        let (resolution,) = resolve
-            .call_async(&mut self.store, (&convert::message_to_wit(command), &seen))
-            .await
-            .map_err(|e| self.fail("resolve", &e))?;
+        let returned =
+            resolve.call_async(&mut self.kept.store, (&convert::message_to_wit(command), &seen)).await;
+        let (resolution,) = self.returned(returned).map_err(|e| self.fail("resolve", &e))?;
         convert::resolution_from_wit(resolution).map_err(|m| self.invalid("resolve", m))
     }
 
     fn lookup_read_documents(&self) -> bool {
-        self.store.data().read_in_lookup
+        self.kept.store.data().read_in_lookup
+    }
+}
+
+impl Drop for WasmCall {
+    /// Keeps the instance for the next execution when it may serve one.
+    fn drop(&mut self) {
+        // SAFETY: `kept` is taken once, here, and not touched after.
+        let mut kept = unsafe { ManuallyDrop::take(&mut self.kept) };
+        kept.executions += 1;
+        if self.clean
+            && kept.executions < self.executions_per_instance
+            && kept.store.data_mut().renew(None, KEEP_RESIDENT)
+        {
+            self.idle.put(kept);
+        }
     }
 }
 

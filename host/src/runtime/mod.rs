@@ -1,6 +1,7 @@
 //! The WebAssembly runtime: one wasmtime [`Engine`] for the process, a
 //! [`Function`] per loaded component (its `InstancePre` built once), and a
-//! fresh, limited [`Guest`] (a wasmtime `Store` plus instance) per execution.
+//! limited [`Guest`] (a wasmtime `Store` plus instance) per execution, kept
+//! for further executions of the same version while it serves them cleanly.
 //!
 //! Guests get no files, network, environment or clock: WASI is linked with an
 //! empty context whose clocks stand still; ids, time and logging come from
@@ -14,6 +15,7 @@ mod guest;
 pub mod native;
 mod state;
 
+use call::Idle;
 pub use call::WasmCall;
 pub use guest::Guest;
 pub use native::{NativeCall, NativeGuest};
@@ -27,6 +29,7 @@ use sha2::{Digest, Sha256};
 use state::CallState;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, ComponentExportIndex, HasSelf, InstancePre, Linker};
@@ -41,6 +44,10 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Instances alive at once; further calls wait for a free slot.
     pub instances: u32,
+    /// Executions one instance serves before a fresh one replaces it; 1: a
+    /// fresh instance for every execution. An instance that failed, wrote to
+    /// stderr or grew its memory past [`KEEP_RESIDENT`] is never reused.
+    pub executions_per_instance: u32,
     /// What one step of a function may ask the shell to do.
     pub step: StepLimits,
 }
@@ -51,6 +58,7 @@ impl Default for Limits {
             deadline: Duration::from_secs(1),
             memory_bytes: 64 << 20,
             instances: 256,
+            executions_per_instance: 1000,
             step: StepLimits::default(),
         }
     }
@@ -157,14 +165,21 @@ pub struct Runtime {
     resolver_linker: Linker<CallState>,
     limits: Limits,
     slots: Arc<Semaphore>,
+    /// Instances kept between executions, of all functions (at most `idle_most`).
+    idle: Arc<AtomicUsize>,
+    idle_most: usize,
     env: Arc<dyn HostEnv>,
     /// Compiled components by content hash, so a restart does not recompile.
     cache: Option<Arc<cache::Cache>>,
 }
 
 /// Bytes of a linear memory (and of a table) kept mapped when its slot is
-/// freed; what a guest dirties beyond this is given back to the kernel.
-const KEEP_RESIDENT: usize = 4 << 20;
+/// freed; what a guest dirties beyond this is given back to the kernel. An
+/// instance whose memories grew past it is not kept for another execution.
+pub const KEEP_RESIDENT: usize = 4 << 20;
+/// Instances kept between executions, of all functions together, at most
+/// (and never more than `limits.instances`).
+const IDLE_MOST: u32 = 64;
 /// Slots whose memory is given back with one batch of `madvise` calls.
 const DECOMMIT_BATCH: usize = 16;
 
@@ -187,12 +202,19 @@ impl Runtime {
         let mut pool = PoolingAllocationConfig::default();
         // A Rust wasip2 component is a handful of core instances, memories
         // and tables; size the pool for `instances` of them.
+        // Kept instances hold their slots (and their store's fiber stack)
+        // beside the `instances` running.
         let n = limits.instances.max(1);
-        pool.total_component_instances(n)
-            .total_stacks(n)
-            .total_core_instances(n * 8)
-            .total_memories(n * 2)
-            .total_tables(n * 4)
+        let idle_most = match limits.executions_per_instance {
+            0 | 1 => 0,
+            _ => n.min(IDLE_MOST),
+        };
+        let total = n + idle_most;
+        pool.total_component_instances(total)
+            .total_stacks(total)
+            .total_core_instances(total * 8)
+            .total_memories(total * 2)
+            .total_tables(total * 4)
             .max_core_instances_per_component(16)
             .max_memories_per_component(4)
             .max_tables_per_component(8)
@@ -228,7 +250,17 @@ impl Runtime {
                 None
             }
         });
-        Ok(Arc::new(Self { engine, function_linker, resolver_linker, limits, slots, env, cache }))
+        Ok(Arc::new(Self {
+            engine,
+            function_linker,
+            resolver_linker,
+            limits,
+            slots,
+            idle: Arc::default(),
+            idle_most: idle_most as usize,
+            env,
+            cache,
+        }))
     }
 
     pub fn limits(&self) -> &Limits {
@@ -257,8 +289,9 @@ impl Runtime {
             component.component_type().exports(&self.engine).any(|(name, _)| name == "resolve");
         let linker = if exports_resolve { &self.resolver_linker } else { &self.function_linker };
         let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let idle = Idle::new(Arc::clone(&self.idle), self.idle_most);
         let pre: Box<dyn Instantiate> = Box::new(
-            WasmPre::new(pre, exports_resolve).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?,
+            WasmPre::new(pre, exports_resolve, idle).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?,
         );
         let mut function = Function {
             meta: Meta::resolver("", Vec::<String>::new()),
@@ -408,10 +441,12 @@ impl std::fmt::Display for Version {
     }
 }
 
-/// A component ready to instantiate, and where its exports are.
+/// A component ready to instantiate, where its exports are, and its
+/// instances kept for further executions.
 struct WasmPre {
     pre: InstancePre<CallState>,
     exports: Exports,
+    idle: Arc<Idle>,
 }
 
 /// The exports of one of the contract's worlds, found (and type-checked)
@@ -432,7 +467,7 @@ pub(super) enum Exports {
 }
 
 impl WasmPre {
-    fn new(pre: InstancePre<CallState>, resolver: bool) -> wasmtime::Result<Self> {
+    fn new(pre: InstancePre<CallState>, resolver: bool, idle: Arc<Idle>) -> wasmtime::Result<Self> {
         // The generated bindings check every export's type against the
         // world; instances then call them unchecked (see `call.rs`).
         if resolver {
@@ -456,7 +491,7 @@ impl WasmPre {
                 write: export("write")?,
             }
         };
-        Ok(Self { pre, exports })
+        Ok(Self { pre, exports, idle })
     }
 }
 

@@ -8,7 +8,7 @@ use low_contract::Level;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
@@ -20,7 +20,7 @@ const STDERR_CAPACITY: usize = 8192;
 pub struct CallState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: Limiter,
     pub(super) function: Arc<str>,
     /// Readable by the guest only while `lookup` runs.
     pub(super) store: Option<Arc<dyn Store>>,
@@ -51,7 +51,10 @@ impl CallState {
             .wall_clock(StoppedClock)
             .monotonic_clock(StoppedClock)
             .build();
-        let limits = StoreLimitsBuilder::new().memory_size(memory_bytes).trap_on_grow_failure(true).build();
+        let limits = Limiter {
+            limits: StoreLimitsBuilder::new().memory_size(memory_bytes).trap_on_grow_failure(true).build(),
+            memory_bytes: 0,
+        };
         Self {
             wasi,
             table: ResourceTable::new(),
@@ -66,6 +69,18 @@ impl CallState {
             last_error: None,
             deadline_at: Instant::now(),
         }
+    }
+
+    /// Makes the state ready for the instance's next execution, with `store`
+    /// readable during its `lookup`: whether the instance can serve one
+    /// (it wrote nothing to stderr, which is kept for its last words and
+    /// fills up, and its memory stayed within `memory_kept` bytes).
+    pub(super) fn renew(&mut self, store: Option<Arc<dyn Store>>, memory_kept: usize) -> bool {
+        self.store = store;
+        self.in_lookup = false;
+        self.read_in_lookup = false;
+        self.last_error = None;
+        self.limits.memory_bytes <= memory_kept && self.stderr.contents().is_empty()
     }
 
     /// What the guest said before it failed: its last logged error and
@@ -83,6 +98,57 @@ impl CallState {
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// The store's limits, noting how much linear memory the instance holds.
+pub struct Limiter {
+    limits: StoreLimits,
+    /// Bytes of linear memory created and grown (all the instance's memories).
+    memory_bytes: usize,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let grows = self.limits.memory_growing(current, desired, maximum)?;
+        if grows {
+            self.memory_bytes += desired.saturating_sub(current);
+        }
+        Ok(grows)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
     }
 }
 

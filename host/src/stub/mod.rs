@@ -114,6 +114,7 @@ pub fn limits() -> Limits {
         deadline: Duration::from_secs(10),
         memory_bytes: shell.memory_bytes,
         instances: 4,
+        executions_per_instance: shell.executions_per_instance,
         step: StepLimits { deadline: Duration::from_secs(30), ..shell.step },
     }
 }
