@@ -44,7 +44,7 @@ impl CommandChain for Executor {
     async fn append(&self, commands: &[Event]) -> Option<Result<(), StoreError>> {
         let functions = self.registry.current();
         let commit = Commit { events: commands.to_vec(), ..Commit::default() };
-        let chain = self.chain(&functions, None, None, &commit).await;
+        let (chain, _claimed) = self.chain(&functions, None, None, &commit).await;
         if chain.is_empty() {
             return None;
         }
@@ -192,6 +192,26 @@ pub struct Executor {
     idle: Mutex<HashSet<String>>,
     /// Consumers not chained to until then (their chained steps failed).
     cooling: Mutex<HashMap<String, Instant>>,
+    /// Consumers whose steps a commit is taking (chained) now: one such
+    /// commit at a time per consumer, so that each decides on what the one
+    /// before it committed.
+    chaining: Mutex<HashSet<String>>,
+}
+
+/// The consumers one commit is taking steps for ([`Executor::chain`]),
+/// given back when it has committed or given up.
+struct Claimed<'a> {
+    chaining: &'a Mutex<HashSet<String>>,
+    consumers: Vec<String>,
+}
+
+impl Drop for Claimed<'_> {
+    fn drop(&mut self) {
+        let mut chaining = lock(self.chaining);
+        for consumer in &self.consumers {
+            chaining.remove(consumer);
+        }
+    }
 }
 
 /// Most deliveries committed together (group commit), when the bus has
@@ -265,6 +285,7 @@ impl Executor {
             gauges: Mutex::default(),
             idle: Mutex::default(),
             cooling: Mutex::default(),
+            chaining: Mutex::default(),
         }
     }
 
@@ -558,7 +579,7 @@ impl Executor {
         overlay: Option<&Arc<Overlay>>,
         commit: Commit,
     ) -> Result<(), StoreError> {
-        let chain = self.chain(functions, Some(function), overlay, &commit).await;
+        let (chain, _claimed) = self.chain(functions, Some(function), overlay, &commit).await;
         if chain.is_empty() {
             return self.store.commit(commit).await;
         }
@@ -600,11 +621,12 @@ impl Executor {
         from: Option<&str>,
         overlay: Option<&Arc<Overlay>>,
         commit: &Commit,
-    ) -> Vec<Part> {
+    ) -> (Vec<Part>, Claimed<'_>) {
+        let mut claimed = Claimed { chaining: &self.chaining, consumers: vec![] };
         // A partitioned function's consumers commit side by side: chained
         // to one consumer, they would queue at its checkpoint.
         if !self.store.chains() || from.is_some_and(|from| self.policy(from).partitions > 1) {
-            return vec![];
+            return (vec![], claimed);
         }
         let mut parts: Vec<Part> = vec![];
         let mut chained: Vec<&Arc<Function>> = vec![];
@@ -624,16 +646,23 @@ impl Executor {
             let target = {
                 let idle = lock(&self.idle);
                 let cooling = lock(&self.cooling);
+                let mut chaining = lock(&self.chaining);
                 let now = Instant::now();
-                functions.consumers().find(|f| {
+                let target = functions.consumers().find(|f| {
                     Some(f.name()) != from
                         && !chained.iter().any(|c| c.name() == f.name())
                         && idle.contains(f.name())
+                        && !chaining.contains(f.name())
                         && cooling.get(f.name()).is_none_or(|until| now >= *until)
                         && self.policy(f.name()).partitions <= 1
                         && layer.iter().any(|e| wants_event(f, e))
                         && !before.iter().any(|e| wants_event(f, e))
-                })
+                });
+                if let Some(target) = target {
+                    chaining.insert(target.name().to_owned());
+                    claimed.consumers.push(target.name().to_owned());
+                }
+                target
             };
             let Some(target) = target else { break };
             let overlay = Arc::clone(overlay.get_or_insert_with(|| {
@@ -673,7 +702,7 @@ impl Executor {
             }
             parts.push(part);
         }
-        parts
+        (parts, claimed)
     }
 
     /// Processes one delivery to completion: committed; or, failing, a

@@ -68,7 +68,7 @@ fn describe() {
     describe_counter!("lowshell_steps_total", "Steps committed by this shell's consumers, by function");
     describe_counter!(
         "lowshell_chained_total",
-        "Commits that carried a consumer's steps on their events (Postgres), applied or declined"
+        "Commits that carried a consumer's steps on their events, applied or declined"
     );
     describe_counter!(
         "lowshell_shadow_total",

@@ -413,6 +413,10 @@ impl Requests for Responses {
     fn notified(self: Arc<Self>, notification: Message, written: &Arc<Written>) {
         self.deliver(notification, written);
     }
+
+    fn waiting(&self) -> usize {
+        self.pending_requests()
+    }
 }
 
 /// For a command without a resolver: a rejection fails, a projected

@@ -185,3 +185,42 @@ async fn graphiql_is_served_to_browsers_and_health_is_reported() {
     assert_eq!(body["data"]["functions"].as_array().map(Vec::len), Some(3), "{body}");
     shell.stop().await.expect("clean stop");
 }
+
+/// At rest a command's steps are taken on its own request, in one commit
+/// with its append (chained): its handler's, then its projector's on what
+/// the handler emitted. Neither consumer is sent what it took, so no step
+/// runs twice; a step too slow to wait for is left to its consumer.
+#[tokio::test]
+async fn at_rest_a_commands_steps_are_taken_on_its_request() {
+    let mut project = support::basic_project();
+    let fixtures = ["fixtures/misbehave", "fixtures/misbehave-resolver", "fixtures/misbehave-projector"];
+    project.functions = Some(fixtures.iter().map(|f| (*f).into()).collect());
+    for name in fixtures {
+        support::module(name);
+    }
+    project.watch = false;
+    let (shell, client) = support::start(project).await;
+    let chained = |consumer: &'static str| {
+        let client = client.clone();
+        async move {
+            let labels = [("consumer", consumer), ("outcome", "applied")];
+            support::metric(&client, "lowshell_chained_total", &labels).await
+        }
+    };
+    let steps = |function: &'static str| {
+        let client = client.clone();
+        async move { support::metric(&client, "lowshell_steps_total", &[("function", function)]).await }
+    };
+    for n in 1..=5 {
+        let body = support::misbehave(&client, "ok", "").await;
+        assert_eq!(body["data"]["Misbehave"]["action"], "ok", "{body}");
+        assert_eq!((chained("misbehave").await, chained("misbehave-projector").await), (n, n));
+        assert_eq!((steps("misbehave").await, steps("misbehave-projector").await), (n, n));
+    }
+    // Busy for 300 ms: longer than a request waits for its steps.
+    let body = support::misbehave(&client, "slow", "operate").await;
+    assert_eq!(body["data"]["Misbehave"]["action"], "slow", "{body}");
+    assert_eq!(chained("misbehave").await, 5, "the slow step was left to the consumer");
+    assert_eq!(steps("misbehave").await, 6, "and taken once");
+    shell.stop().await.expect("clean stop");
+}

@@ -530,6 +530,10 @@ impl Requests for Waiting {
     ) {
         let _ = self.0.send(notification);
     }
+
+    fn waiting(&self) -> usize {
+        0
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

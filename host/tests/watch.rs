@@ -89,9 +89,15 @@ async fn holds(client: &Client, dir: &Path, wanted: &str, what: &str) {
     assert_eq!(running_version(client, "invite-customer").await, wanted, "{what}, after a pause");
 }
 
+/// The tests here one at a time: a file written while the other test's
+/// watcher reads it can be refused half-written, and the refusals counted
+/// (`failed_swaps`) are the process's.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 // Multi-threaded: the command line runs as a child process while the shell serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_way_of_deploying_holds_until_the_file_itself_changes() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let dir = modules_folder();
     let (shell, client) = watching(dir.path()).await;
     let file = dir.path().join("invite-customer.wasm");
@@ -178,6 +184,7 @@ async fn refused_once(client: &Client, wanted: u64, what: &str) {
 
 #[tokio::test]
 async fn a_refused_file_is_refused_once_and_a_good_one_deploys_afterwards() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let dir = modules_folder();
     let (shell, client) = watching(dir.path()).await;
     let file = dir.path().join("invite-customer.wasm");

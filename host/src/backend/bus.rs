@@ -27,6 +27,8 @@ pub trait Requests: Send + Sync {
     /// commit). Called on the committing or listening task: it must return
     /// quickly and never block.
     fn notified(self: Arc<Self>, notification: Message, written: &Arc<Written>);
+    /// How many requests wait here for their answers now.
+    fn waiting(&self) -> usize;
 }
 
 /// Where [`Bus::notifications`] go: the taker, while it is alive.
@@ -47,6 +49,12 @@ impl NotificationSink {
     /// Whether a live taker has them.
     pub fn taken(&self) -> bool {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|r| r.strong_count() > 0)
+    }
+
+    /// How many requests wait for their answers in the taker (none without one).
+    pub fn waiting(&self) -> usize {
+        let taker = self.0.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(Weak::upgrade);
+        taker.map_or(0, |requests| requests.waiting())
     }
 
     /// Hands `messages` to the taker, if there is one (none while the shell

@@ -120,19 +120,30 @@ impl Commit {
 
     /// What this commit writes.
     pub fn writes(&self) -> Written {
-        self.ops
-            .iter()
-            .map(|op| {
-                let body = match op {
-                    WriteOp::Insert { body, .. }
-                    | WriteOp::Put { body, .. }
-                    | WriteOp::UpdateIfVersion { body, .. } => Some(body.clone()),
-                    WriteOp::Delete { .. } | WriteOp::DeleteIfVersion { .. } => None,
-                };
-                ((op.collection().to_owned(), op.key().to_owned()), body)
-            })
-            .collect()
+        writes(&self.ops)
     }
+}
+
+impl Chained {
+    /// What these steps write.
+    pub fn writes(&self) -> Written {
+        writes(&self.ops)
+    }
+}
+
+/// What `ops` write, the last write of each document.
+fn writes(ops: &[WriteOp]) -> Written {
+    ops.iter()
+        .map(|op| {
+            let body = match op {
+                WriteOp::Insert { body, .. }
+                | WriteOp::Put { body, .. }
+                | WriteOp::UpdateIfVersion { body, .. } => Some(body.clone()),
+                WriteOp::Delete { .. } | WriteOp::DeleteIfVersion { .. } => None,
+            };
+            ((op.collection().to_owned(), op.key().to_owned()), body)
+        })
+        .collect()
 }
 
 /// An event a consumer could not process: a dead letter, kept until a retry
@@ -192,7 +203,7 @@ pub trait Store: Send + Sync + 'static {
     }
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
     /// Whether [`commit_chained`](Self::commit_chained) can apply a chained
-    /// part: only then is one worth deciding.
+    /// part, and one is worth deciding now.
     fn chains(&self) -> bool {
         false
     }

@@ -196,3 +196,16 @@ pub async fn fails(client: &Client, action: &str, phase: &str, expected: &[&str]
         assert!(reason.contains(part), "{action} in {phase}: {reason:?} should mention {part:?}");
     }
 }
+
+/// The sum of the `/metrics` series of `name` whose labels include all of
+/// `labels` (0 when there is none).
+pub async fn metric(client: &Client, name: &str, labels: &[(&str, &str)]) -> u64 {
+    let text = client.http.get(format!("{}/metrics", client.base)).send().await.expect("GET /metrics");
+    let text = text.text().await.expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!(r#"{k}="{v}""#))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}

@@ -10,11 +10,17 @@
 //! already — less the topics no longer wanted — is delivered first, together
 //! with what the previous subscription [put back](Subscription::put_back).
 //! Nothing is dropped or delivered twice across the switch.
+//!
+//! A commit may carry the steps another consumer took on its events
+//! (chained, see [`Store::commit_chained`](crate::backend::Store)): those
+//! events are then not delivered to that consumer. The bus knows for each
+//! consumer what it was sent and what it committed past, so such steps
+//! apply only for a consumer that has processed everything sent to it.
 
 use crate::backend::Event;
 use crate::backend::{
-    Answer, Bus, BusError, Delivery, NotificationSink, Requests, Submitted, Subscription, Written,
-    fingerprint,
+    Answer, Bus, BusError, CommandChain, Delivery, NotificationSink, Requests, Submitted, Subscription,
+    Written, fingerprint,
 };
 use async_trait::async_trait;
 use low_contract::Message;
@@ -35,6 +41,10 @@ struct Subscriber {
     /// The queue's receiving end, shared by the consumer's subscriptions;
     /// gone when the last of them is dropped.
     queue: Weak<tokio::sync::Mutex<Queue>>,
+    /// The position of the last delivery sent to it, and the last one its
+    /// consumer committed past: caught up when `done` is not behind `sent`.
+    sent: u64,
+    done: u64,
 }
 
 /// One consumer's deliveries, in log order.
@@ -70,6 +80,9 @@ struct Inner {
     watchers: broadcast::Sender<Event>,
     /// The latest [`AUDITED`] appended, oldest first.
     trail: Mutex<VecDeque<Delivery>>,
+    /// Runs a submitted command's steps before it is appended, when the
+    /// consumers that take them are idle (see [`Bus::chain_commands`]).
+    chain: Mutex<Option<Weak<dyn CommandChain>>>,
 }
 
 impl Default for Inner {
@@ -81,6 +94,7 @@ impl Default for Inner {
             recent: Mutex::default(),
             watchers: broadcast::Sender::new(WATCH_BUFFER),
             trail: Mutex::default(),
+            chain: Mutex::default(),
         }
     }
 }
@@ -101,32 +115,85 @@ impl MemoryBus {
     }
 
     /// Delivers `events` to their subscribers and `notify` to the requester,
-    /// with what their commit `written`. Called by the memory store inside
-    /// its commit.
+    /// with what their commit `written`.
     pub fn append(&self, events: Vec<Event>, notify: Vec<Message>, written: Written) {
+        self.appending().append(events, &[], notify, written);
+    }
+
+    /// Whether at most one request waits for its answer (the one whose
+    /// command may be submitted now): then a commit's events are worth
+    /// taking on the committing task (chained) rather than handing them to
+    /// their consumers' tasks. Under load those tasks working side by side,
+    /// each on what queued for it, cost less.
+    pub fn at_rest(&self) -> bool {
+        self.inner.notify.waiting() <= 1
+    }
+
+    /// Holds the bus for one commit: no other append comes between what it
+    /// checks and what it appends.
+    pub fn appending(&self) -> Appending<'_> {
+        Appending { inner: &self.inner, subscribers: lock(&self.inner.subscribers) }
+    }
+}
+
+/// The bus held for one commit (see [`MemoryBus::appending`]).
+pub struct Appending<'a> {
+    inner: &'a Inner,
+    subscribers: MutexGuard<'a, Vec<Subscriber>>,
+}
+
+impl Appending<'_> {
+    /// Whether `consumer` is subscribed and has committed past everything
+    /// sent to it: then it can take steps on what is appended next in the
+    /// appending commit itself.
+    pub fn caught_up(&self, consumer: &str) -> bool {
+        self.subscribers.iter().any(|s| s.consumer == consumer && !s.tx.is_closed() && s.done >= s.sent)
+    }
+
+    /// `consumer` committed past the delivery at `position`.
+    pub fn processed(&mut self, consumer: &str, position: u64) {
+        if let Some(s) = self.subscribers.iter_mut().find(|s| s.consumer == consumer) {
+            s.done = s.done.max(position);
+        }
+    }
+
+    /// Delivers `events` to their subscribers — but to the consumers in
+    /// `done`, which took their steps on them in this commit and move past
+    /// them — and `notify` to the requester, with what their commit
+    /// `written`.
+    pub fn append(mut self, events: Vec<Event>, done: &[String], notify: Vec<Message>, written: Written) {
+        let inner = self.inner;
         if !events.is_empty() {
-            let mut subscribers = lock(&self.inner.subscribers);
-            let mut trail = lock(&self.inner.trail);
+            let mut trail = lock(&inner.trail);
+            let mut last = 0;
             for event in events {
-                let position = self.inner.position.fetch_add(1, Ordering::Relaxed) + 1;
+                let position = inner.position.fetch_add(1, Ordering::Relaxed) + 1;
+                last = position;
                 crate::metrics::event_appended(&event.topic);
                 trail.push_back(Delivery { position, event: event.clone() });
                 if trail.len() > AUDITED {
                     trail.pop_front();
                 }
                 // Nobody watching is fine (and then nothing to copy).
-                if self.inner.watchers.receiver_count() > 0 {
-                    let _ = self.inner.watchers.send(event.clone());
+                if inner.watchers.receiver_count() > 0 {
+                    let _ = inner.watchers.send(event.clone());
                 }
                 // A closed channel is a consumer that stopped: forget it.
-                subscribers.retain(|s| {
-                    !s.topics.contains(&event.topic)
-                        || s.tx.send(Delivery { position, event: event.clone() }).is_ok()
+                self.subscribers.retain_mut(|s| {
+                    if !s.topics.contains(&event.topic) || done.contains(&s.consumer) {
+                        return true;
+                    }
+                    s.sent = position;
+                    s.tx.send(Delivery { position, event: event.clone() }).is_ok()
                 });
             }
+            for consumer in done {
+                self.processed(consumer, last);
+            }
         }
+        drop(self.subscribers);
         if !notify.is_empty() {
-            let mut recent = lock(&self.inner.recent);
+            let mut recent = lock(&inner.recent);
             for message in &notify {
                 if let Some(command) =
                     message.correlation_id.as_ref().and_then(|c| recent.commands.get_mut(c))
@@ -135,7 +202,32 @@ impl MemoryBus {
                 }
             }
         }
-        self.inner.notify.send(notify, written);
+        inner.notify.send(notify, written);
+    }
+}
+
+/// A command being submitted through the chain: appended alone if the
+/// submission is dropped before the chain appended it (the request went
+/// away while its steps ran), so that an accepted command is never lost.
+/// The chain's memory commit does not suspend: once it starts it ends, and
+/// the submission cannot be dropped between the command's append and
+/// [`Pending::appended`].
+struct Pending<'a> {
+    bus: &'a MemoryBus,
+    command: Option<Event>,
+}
+
+impl Pending<'_> {
+    fn appended(mut self) {
+        self.command = None;
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(command) = self.command.take() {
+            self.bus.append(vec![command], vec![], Written::new());
+        }
     }
 }
 
@@ -192,6 +284,21 @@ impl Bus for MemoryBus {
                 }
             }
         }
+        let chain = lock(&self.inner.chain).as_ref().and_then(Weak::upgrade);
+        if let Some(chain) = chain {
+            let pending = Pending { bus: self, command: Some(command) };
+            let chained = match &pending.command {
+                Some(command) => chain.append(std::slice::from_ref(command)).await,
+                None => None,
+            };
+            match chained {
+                Some(Ok(())) => pending.appended(),
+                // Appended alone (dropping `pending`): its consumers take it.
+                Some(Err(e)) => tracing::debug!("could not append the command with its steps: {e}"),
+                None => {}
+            }
+            return Ok(Submitted::Accepted);
+        }
         self.append(vec![command], vec![], Written::new());
         Ok(Submitted::Accepted)
     }
@@ -228,12 +335,17 @@ impl Bus for MemoryBus {
             Some(queue) => queue,
             None => {
                 let (tx, rx) = mpsc::unbounded_channel();
+                // Nothing behind yet (and its steps may all be chained, which
+                // never reads the queue).
+                crate::metrics::consumer_lag(consumer, 0);
                 let queue = Arc::new(tokio::sync::Mutex::new(Queue { rx, put_back: VecDeque::new() }));
                 subscribers.push(Subscriber {
                     consumer: consumer.to_owned(),
                     topics: topics.to_vec(),
                     tx,
                     queue: Arc::downgrade(&queue),
+                    sent: 0,
+                    done: 0,
                 });
                 queue
             }
@@ -243,6 +355,10 @@ impl Bus for MemoryBus {
 
     fn watch_events(&self) -> Result<broadcast::Receiver<Event>, BusError> {
         Ok(self.inner.watchers.subscribe())
+    }
+
+    fn chain_commands(&self, chain: Weak<dyn CommandChain>) {
+        *lock(&self.inner.chain) = Some(chain);
     }
 
     async fn notifications(&self, requests: Weak<dyn Requests>) -> Result<(), BusError> {
@@ -335,5 +451,26 @@ mod tests {
             bus.submit(command("c1"), true).await.expect("submit"),
             Submitted::Duplicate { answer: Some(first) }
         );
+    }
+
+    /// A chain whose steps never end.
+    struct Stuck;
+
+    #[async_trait]
+    impl CommandChain for Stuck {
+        async fn append(&self, _commands: &[Event]) -> Option<Result<(), crate::backend::StoreError>> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_whose_submission_goes_away_while_its_steps_run_is_appended_still() {
+        let bus = MemoryBus::new();
+        let mut sub = bus.subscribe("f", &[COMMANDS_TOPIC.into()]).await.expect("subscribe");
+        let chain: Arc<dyn CommandChain> = Arc::new(Stuck);
+        bus.chain_commands(Arc::downgrade(&chain));
+        let submit = bus.submit(command("c1"), false);
+        assert!(tokio::time::timeout(std::time::Duration::from_millis(20), submit).await.is_err());
+        assert_eq!(ids(&mut sub).await, ["c1"]);
     }
 }
