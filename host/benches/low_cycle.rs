@@ -61,7 +61,8 @@ fn low_cycle(c: &mut Criterion) {
     let wasm = component(&runtime, &rt, "invite-customer.wasm");
     let native = runtime.native(catalogue("invite-customer").expect("compiled in")).expect("native");
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryBus::new()));
-    let fresh_runtime = Runtime::new(Limits { executions_per_instance: 1, ..Limits::default() }).expect("runtime");
+    let fresh_runtime =
+        Runtime::new(Limits { executions_per_instance: 1, ..Limits::default() }).expect("runtime");
     let fresh = component(&fresh_runtime, &rt, "invite-customer.wasm");
     let mut group = c.benchmark_group("low_cycle");
     for (name, function) in [("wasm", &wasm), ("wasm-fresh", &fresh), ("native", &native)] {

@@ -657,6 +657,7 @@ impl Executor {
                         && self.policy(f.name()).partitions <= 1
                         && layer.iter().any(|e| wants_event(f, e))
                         && !before.iter().any(|e| wants_event(f, e))
+                        && self.store.may_chain(f.name())
                 });
                 if let Some(target) = target {
                     chaining.insert(target.name().to_owned());

@@ -207,6 +207,12 @@ pub trait Store: Send + Sync + 'static {
     fn chains(&self) -> bool {
         false
     }
+    /// Whether a part of `consumer`'s steps would apply now, as far as the
+    /// store can tell cheaply: a consumer that would be declined is not
+    /// worth running steps for.
+    fn may_chain(&self, _consumer: &str) -> bool {
+        true
+    }
     /// Applies `commit`, and with it the parts of `chained` in order, each
     /// only if its consumer had processed everything of its topics before
     /// the events this transaction appends, and no transaction that could

@@ -213,6 +213,10 @@ impl Store for MemoryStore {
         self.bus.at_rest()
     }
 
+    fn may_chain(&self, consumer: &str) -> bool {
+        self.bus.appending().caught_up(consumer)
+    }
+
     async fn commit_chained(&self, commit: Commit, chained: Vec<Chained>) -> Result<usize, StoreError> {
         // Never suspends: the bus relies on a chained append, once begun,
         // ending (see `MemoryBus::submit`).
