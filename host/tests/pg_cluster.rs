@@ -119,8 +119,11 @@ async fn a_deploy_missed_while_not_listening_is_applied_on_reconnect() {
     let (a, client_a) = shell(&url).await;
     let v2_bytes = v2();
     let v2 = Version::of(&v2_bytes);
-    // Recorded without a notification, as if the shell had not been listening.
     let db = pg::client(&url).await;
+    // A deploy recorded before the shell listens is applied when it starts
+    // listening: on a slow machine that may be after the records below.
+    listening(&db).await;
+    // Recorded without a notification, as if the shell had not been listening.
     db.execute(
         "INSERT INTO function_versions (name, version, bytes) VALUES ('invite-customer', $1, $2)",
         &[&v2.0, &v2_bytes],
@@ -160,6 +163,31 @@ async fn a_deploy_missed_while_not_listening_is_applied_on_reconnect() {
         "v2 after the reconnect"
     );
     a.stop().await.expect("clean stop");
+}
+
+/// Waits (generously) until the shell's connection listening for deploys
+/// is there, then a moment more for the look at every function it takes
+/// once listening.
+async fn listening(db: &tokio_postgres::Client) {
+    let mut waited = Duration::ZERO;
+    loop {
+        let listeners: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND query LIKE 'LISTEN lowshell_deployments%'",
+                &[],
+            )
+            .await
+            .expect("read the activity")
+            .get(0);
+        if listeners == 1 {
+            break;
+        }
+        assert!(waited < Duration::from_secs(20), "the shell never listened for deploys");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += Duration::from_millis(100);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 /// The `events` subscription on Postgres: served from the log on every
