@@ -135,27 +135,18 @@ async fn a_deploy_missed_while_not_listening_is_applied_on_reconnect() {
         .expect("record v2");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_ne!(running_version(&client_a, "invite-customer").await, v2.0, "nothing announced it");
-    // Cut the shell's listening connection: it reconnects and looks again.
-    // The listener may still be connecting on a slow machine: wait for it.
-    let mut waited = Duration::ZERO;
-    loop {
-        let cut: i64 = db
-            .query_one(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                 WHERE datname = current_database() AND query LIKE 'LISTEN lowshell_deployments%'",
-                &[],
-            )
-            .await
-            .expect("terminate the listener")
-            .get(0);
-        if cut == 1 {
-            break;
-        }
-        assert_eq!(cut, 0, "one listening connection per shell");
-        assert!(waited < Duration::from_secs(20), "the shell never listened for deploys");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waited += Duration::from_millis(100);
-    }
+    // Cut the shell's listening connection (there since `listening`): it
+    // reconnects and looks again.
+    let cut: i64 = db
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN lowshell_deployments%'",
+            &[],
+        )
+        .await
+        .expect("terminate the listener")
+        .get(0);
+    assert_eq!(cut, 1, "one listening connection per shell");
     switched(&client_a, &v2, Duration::from_secs(20)).await;
     assert_eq!(
         invited_email(&client_a, "Gus@Example.com").await,
@@ -183,6 +174,7 @@ async fn listening(db: &tokio_postgres::Client) {
         if listeners == 1 {
             break;
         }
+        assert_eq!(listeners, 0, "one listening connection per shell");
         assert!(waited < Duration::from_secs(20), "the shell never listened for deploys");
         tokio::time::sleep(Duration::from_millis(100)).await;
         waited += Duration::from_millis(100);

@@ -342,7 +342,7 @@ impl Drop for WasmCall {
         kept.executions += 1;
         if self.clean
             && kept.executions < self.executions_per_instance
-            && kept.store.data_mut().renew(None, KEEP_RESIDENT)
+            && kept.store.data_mut().renew(KEEP_RESIDENT)
         {
             self.idle.put(kept);
         }

@@ -71,12 +71,12 @@ impl CallState {
         }
     }
 
-    /// Makes the state ready for the instance's next execution, with `store`
-    /// readable during its `lookup`: whether the instance can serve one
-    /// (it wrote nothing to stderr, which is kept for its last words and
-    /// fills up, and its memory stayed within `memory_kept` bytes).
-    pub(super) fn renew(&mut self, store: Option<Arc<dyn Store>>, memory_kept: usize) -> bool {
-        self.store = store;
+    /// Makes the state ready for the instance's next execution (which sets
+    /// the store it reads): whether the instance can serve one (it wrote
+    /// nothing to stderr, which is kept for its last words and fills up, and
+    /// its memory stayed within `memory_kept` bytes).
+    pub(super) fn renew(&mut self, memory_kept: usize) -> bool {
+        self.store = None;
         self.in_lookup = false;
         self.read_in_lookup = false;
         self.last_error = None;

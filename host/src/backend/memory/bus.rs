@@ -287,11 +287,7 @@ impl Bus for MemoryBus {
         let chain = lock(&self.inner.chain).as_ref().and_then(Weak::upgrade);
         if let Some(chain) = chain {
             let pending = Pending { bus: self, command: Some(command) };
-            let chained = match &pending.command {
-                Some(command) => chain.append(std::slice::from_ref(command)).await,
-                None => None,
-            };
-            match chained {
+            match chain.append(pending.command.as_slice()).await {
                 Some(Ok(())) => pending.appended(),
                 // Appended alone (dropping `pending`): its consumers take it.
                 Some(Err(e)) => tracing::debug!("could not append the command with its steps: {e}"),
@@ -372,7 +368,7 @@ impl Bus for MemoryBus {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use low_contract::{COMMANDS_TOPIC, json};
 
@@ -386,7 +382,8 @@ mod tests {
         }
     }
 
-    fn event(topic: &str, id: &str) -> Event {
+    /// A `Happened` event with id `id` on `topic`.
+    pub(in crate::backend::memory) fn event(topic: &str, id: &str) -> Event {
         Event {
             topic: topic.into(),
             message: Message::new(id, "Happened", json!({})),

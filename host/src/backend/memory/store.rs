@@ -249,19 +249,10 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::memory::bus::tests::event;
     use crate::backend::{Bus, Checkpoint, Event, Subscription};
-    use low_contract::{COMMANDS_TOPIC, Message, json};
+    use low_contract::{COMMANDS_TOPIC, json};
     use std::time::Duration;
-
-    fn event(topic: &str, id: &str) -> Event {
-        Event {
-            topic: topic.into(),
-            message: Message::new(id, "Happened", json!({})),
-            function: None,
-            version: None,
-            at_ms: 0,
-        }
-    }
 
     fn insert(key: &str) -> WriteOp {
         WriteOp::Insert { collection: "things".into(), key: key.into(), body: json!({}) }
