@@ -248,6 +248,103 @@ async fn integrity_is_enforced_by_postgres_not_by_reading_first() {
     assert_eq!(store.get("c", "k").await.expect("get").expect("k").version, 2);
 }
 
+/// A commit's writes go as runs (inserts together, puts together, one
+/// statement each), its events as one statement, its notifications as one:
+/// each keeps its meaning, in order, and a conflict names its document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_of_many_writes_applies_each_in_order_and_names_a_conflict() {
+    let url = pg::database().await;
+    let db = pg::client(&url).await;
+    let store = PgStore::new(Arc::new(Database::connect(&url).await.expect("connect")));
+    let (insert, put) = (
+        |key: &str, body: Value| WriteOp::Insert { collection: "c".into(), key: key.into(), body },
+        |key: &str, body: Value| WriteOp::Put { collection: "c".into(), key: key.into(), body },
+    );
+    let event = |topic: &str, id: &str| host::backend::Event {
+        topic: topic.into(),
+        message: low_contract::Message {
+            correlation_id: Some("r1".into()),
+            ..low_contract::Message::new(id, "K", json!({ "id": id }))
+        },
+        function: (topic != "commands").then(|| "h".into()),
+        version: None,
+        at_ms: 0,
+    };
+    let note = |id: &str| low_contract::Message {
+        correlation_id: Some(format!("r-{id}")),
+        ..low_contract::Message::new(id, "Done", json!({}))
+    };
+    let commit = Commit {
+        ops: vec![
+            insert("a", json!({ "n": 1 })),
+            insert("b", json!({ "n": 2 })),
+            put("p", json!({ "v": 1 })),
+            put("p", json!({ "v": 2 })),
+            WriteOp::UpdateIfVersion {
+                collection: "c".into(),
+                key: "p".into(),
+                body: json!({ "v": 3 }),
+                expected_version: 2,
+            },
+            insert("d", json!({ "n": 4 })),
+        ],
+        events: vec![event("commands", "c1"), event("t", "e1"), event("t", "e2"), event("u", "e3")],
+        notify: vec![note("n1"), note("n2")],
+        ..Commit::default()
+    };
+    store.commit(commit).await.expect("commit");
+    for (key, body) in [("a", json!({ "n": 1 })), ("b", json!({ "n": 2 })), ("d", json!({ "n": 4 }))] {
+        let document = store.get("c", key).await.expect("get").expect("inserted");
+        assert_eq!((document.version, document.body), (1, body), "{key}");
+    }
+    let p = store.get("c", "p").await.expect("get").expect("put");
+    assert_eq!(
+        (p.version, p.body),
+        (3, json!({ "v": 3 })),
+        "two puts, then an update at the second one's version"
+    );
+    let events = db
+        .query("SELECT id, topic, command_id, function FROM events ORDER BY position", &[])
+        .await
+        .expect("events");
+    let events: Vec<(String, String, Option<String>, Option<String>)> =
+        events.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))).collect();
+    let row = |id: &str, topic: &str, command: &str, function: Option<&str>| {
+        (id.to_owned(), topic.to_owned(), Some(command.to_owned()), function.map(str::to_owned))
+    };
+    assert_eq!(
+        events,
+        [
+            row("c1", "commands", "c1", None),
+            row("e1", "t", "r1", Some("h")),
+            row("e2", "t", "r1", Some("h")),
+            row("e3", "u", "r1", Some("h")),
+        ],
+        "in order; a command names itself, an event the request it serves"
+    );
+    let notes =
+        db.query("SELECT correlation_id FROM notifications ORDER BY id", &[]).await.expect("notifications");
+    let notes: Vec<String> = notes.iter().map(|r| r.get(0)).collect();
+    assert_eq!(notes, ["r-n1", "r-n2"]);
+
+    // A conflict in a run names its document, and nothing of the commit applies.
+    let taken = Commit {
+        ops: vec![insert("x", json!({})), insert("b", json!({})), insert("y", json!({}))],
+        ..Commit::default()
+    };
+    match store.commit(taken).await {
+        Err(host::backend::StoreError::Conflict(conflict)) => {
+            assert!(conflict.contains("`c/b` already exists"), "{conflict}")
+        }
+        other => panic!("expected a conflict on c/b, got {other:?}"),
+    }
+    assert!(store.get("c", "x").await.expect("get").is_none(), "nothing of a failed commit is applied");
+    // One key twice: the second insert conflicts with the first.
+    let twice = Commit { ops: vec![insert("z", json!({})), insert("z", json!({}))], ..Commit::default() };
+    assert!(matches!(store.commit(twice).await, Err(host::backend::StoreError::Conflict(_))));
+    assert!(store.get("c", "z").await.expect("get").is_none());
+}
+
 /// A lookup plan's reads go to Postgres together (one connection, one
 /// flight) and each answers as it would alone, in the plan's order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

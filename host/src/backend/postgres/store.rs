@@ -13,7 +13,7 @@ use crate::backend::postgres::database::{
 };
 use crate::backend::{Chained, Commit, Parked, Store, StoreError, Written};
 use async_trait::async_trait;
-use low_contract::{COMMANDS_TOPIC, Document, Query, Value, WriteOp};
+use low_contract::{Document, Query, Value, WriteOp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use tokio_postgres::error::SqlState;
@@ -266,15 +266,40 @@ mod sql {
     ];
     // Every statement on `documents` names the collection through
     // `served!`: the generation served now.
+    /// Inserts the documents `$1` (collections), `$2` (keys), `$3`
+    /// (bodies) — keys all distinct — each unless its key exists: the keys
+    /// inserted.
     pub const INSERT: &str = concat!(
+        "INSERT INTO documents (collection, key, version, body)
+         SELECT ",
+        served!("d.collection"),
+        ", d.key, 1, d.body
+         FROM unnest($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS d(collection, key, body, n)
+         ORDER BY d.n
+         ON CONFLICT (collection, key) DO NOTHING
+         RETURNING key"
+    );
+    /// [`INSERT`] of one document: a simpler statement, planned faster.
+    pub const INSERT_ONE: &str = concat!(
         "INSERT INTO documents (collection, key, version, body) VALUES (",
         served!("$1"),
-        ", $2, 1, $3) ON CONFLICT (collection, key) DO NOTHING"
+        ", $2, 1, $3) ON CONFLICT (collection, key) DO NOTHING RETURNING key"
     );
-    pub const PUT: &str = concat!(
+    /// [`PUT`] of one document.
+    pub const PUT_ONE: &str = concat!(
         "INSERT INTO documents (collection, key, version, body) VALUES (",
         served!("$1"),
         ", $2, 1, $3)
+         ON CONFLICT (collection, key) DO UPDATE SET version = documents.version + 1, body = EXCLUDED.body"
+    );
+    /// Creates or replaces the documents `$1`, `$2`, `$3` (as [`INSERT`]'s).
+    pub const PUT: &str = concat!(
+        "INSERT INTO documents (collection, key, version, body)
+         SELECT ",
+        served!("d.collection"),
+        ", d.key, 1, d.body
+         FROM unnest($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS d(collection, key, body, n)
+         ORDER BY d.n
          ON CONFLICT (collection, key) DO UPDATE SET version = documents.version + 1, body = EXCLUDED.body"
     );
     pub const UPDATE_IF_VERSION: &str = concat!(
@@ -286,34 +311,53 @@ mod sql {
         concat!("DELETE FROM documents WHERE collection = ", served!("$1"), " AND key = $2");
     pub const DELETE_IF_VERSION: &str =
         concat!("DELETE FROM documents WHERE collection = ", served!("$1"), " AND key = $2 AND version = $3");
-    /// Appends an event and wakes its topic's consumers (`$11` the channel,
-    /// `$12` the tag of a shell that wakes its own, see `PgBus::echo_tag`);
-    /// the equal NOTIFYs of a transaction's events on one topic go as one.
+    /// Appends events, in order, and wakes their topics' consumers (`$11`
+    /// the channel, `$12` the tag of a shell that wakes its own, see
+    /// `PgBus::echo_tag`): one NOTIFY per topic. A command names itself
+    /// (`command_id`), as the bus's own append does; an event names the
+    /// command it serves (its correlation id). A command id in the log
+    /// already fails the commit (the bus then appends it alone, which tells
+    /// a repeat).
     pub const APPEND: &str = "WITH e AS (
              INSERT INTO events
              (id, topic, kind, payload, correlation_id, causation_id, command_id, function, version, subject, claims)
-             VALUES ($1, $2, $3, $4, $5, $6, $5, $7, $8, $9, $10)
+             SELECT e.id, e.topic, e.kind, e.payload, e.correlation_id, e.causation_id,
+                 CASE WHEN e.topic = 'commands' THEN e.id ELSE e.correlation_id END,
+                 e.function, e.version, e.subject, e.claims
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::text[],
+                         $7::text[], $8::text[], $9::text[], $10::jsonb[])
+                  WITH ORDINALITY AS e(id, topic, kind, payload, correlation_id, causation_id,
+                                      function, version, subject, claims, n)
+             ORDER BY e.n
+             RETURNING topic)
+         SELECT pg_notify($11, t.topic || $12::text) FROM (SELECT DISTINCT topic FROM e) t";
+    /// [`APPEND`] of one event.
+    pub const APPEND_ONE: &str = "WITH e AS (
+             INSERT INTO events
+             (id, topic, kind, payload, correlation_id, causation_id, command_id, function, version, subject, claims)
+             VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $2 = 'commands' THEN $1 ELSE $5 END, $7, $8, $9, $10)
              RETURNING topic)
          SELECT pg_notify($11, e.topic || $12::text) FROM e";
-    /// Appends a submitted command (a commit that carries its handler's
-    /// steps, see `Store::commit_chained`) as the bus's own append does:
-    /// the command names itself. An id in the log already fails the
-    /// commit (the bus then appends it alone, which tells a repeat).
-    pub const APPEND_COMMAND: &str = "WITH e AS (
-             INSERT INTO events
-             (id, topic, kind, payload, correlation_id, causation_id, command_id, subject, claims)
-             VALUES ($1, $2, $3, $4, $5, $6, $1, $7, $8)
-             RETURNING topic)
-         SELECT pg_notify($9, e.topic || $10::text) FROM e";
-    /// Keeps the notification and announces it: its id, the committing
-    /// shell's tag (`$4`, see `PgBus::echo_tag`; empty without a bus), and
-    /// the message itself when it fits in a NOTIFY payload (8000 bytes), so
-    /// the shells need not read it back.
-    pub const NOTIFY: &str = "WITH n AS (
+    /// [`NOTIFY`] of one notification.
+    pub const NOTIFY_ONE: &str = "WITH n AS (
              INSERT INTO notifications (correlation_id, message) VALUES ($1, $2) RETURNING id, message::text AS text)
          SELECT pg_notify($3, n.id || $4::text
              || CASE WHEN octet_length(n.text) < 7900 THEN ' ' || n.text ELSE '' END)
          FROM n";
+    /// Keeps the notifications (`$1` correlation ids, `$2` messages) and
+    /// announces each: its id, the committing shell's tag (`$4`, see
+    /// `PgBus::echo_tag`; empty without a bus), and the message itself when
+    /// it fits in a NOTIFY payload (8000 bytes), so the shells need not read
+    /// it back.
+    pub const NOTIFY: &str = "WITH n AS (
+             INSERT INTO notifications (correlation_id, message)
+             SELECT m.correlation_id, m.message
+             FROM unnest($1::text[], $2::jsonb[]) WITH ORDINALITY AS m(correlation_id, message, n)
+             ORDER BY m.n
+             RETURNING id, message::text AS text)
+         SELECT pg_notify($3, n.id || $4::text
+             || CASE WHEN octet_length(n.text) < 7900 THEN ' ' || n.text ELSE '' END)
+         FROM n ORDER BY n.id";
     pub const GET: &str = concat!(
         "SELECT $1::text, key, version, body FROM documents WHERE collection = ",
         served!("$1"),
@@ -352,6 +396,9 @@ enum Expect {
     Unparked,
     /// A row was written; else this conflict.
     Row(String),
+    /// Each of these keys was written; else the conflict beside the first
+    /// that was not.
+    Keys(Vec<(String, String)>),
     Any,
 }
 
@@ -372,16 +419,200 @@ struct Bound<'c> {
     commit: &'c Commit,
     position: Option<i64>,
     batch_from: Option<(i64, &'c String)>,
-    /// Per write op, its expected version (0 for ops without one).
-    expected: Vec<i64>,
+    /// The write ops, in order, as statements.
+    writes: Vec<Writes<'c>>,
     unpark: Option<(&'c str, i64)>,
     park: Option<(&'c Parked, i64, Value, i32)>,
     /// After the topic in the NOTIFYs of the events, and after the id in
     /// those of the notifications (see `PgBus::echo_tag`).
     tag: &'c str,
-    notifications: Vec<(&'c String, Value)>,
-    /// Per event, who caused it: its `subject` and `claims` columns.
-    audit: Vec<(Option<&'c str>, Option<&'c Value>)>,
+    events: Events<'c>,
+    /// The notifications' correlation ids and messages, as [`sql::NOTIFY`] takes them.
+    notifications: (Vec<&'c str>, Vec<Value>),
+}
+
+/// The events of a commit as [`sql::APPEND`] takes them: a column each.
+#[derive(Default)]
+struct Events<'c> {
+    ids: Vec<&'c str>,
+    topics: Vec<&'c str>,
+    kinds: Vec<&'c str>,
+    payloads: Vec<&'c Value>,
+    correlations: Vec<Option<&'c str>>,
+    causations: Vec<Option<&'c str>>,
+    functions: Vec<Option<&'c str>>,
+    versions: Vec<Option<&'c str>>,
+    /// Who caused each: its `subject` and `claims` columns.
+    subjects: Vec<Option<&'c str>>,
+    claims: Vec<Option<&'c Value>>,
+}
+
+impl Events<'_> {
+    /// The statement appending them, and its parameters but the last two
+    /// (the channel and the tag); none without events.
+    fn append(&self) -> Option<(&'static str, Params<'_>)> {
+        let e = self;
+        match e.ids.len() {
+            0 => None,
+            1 => Some((
+                sql::APPEND_ONE,
+                vec![
+                    &e.ids[0],
+                    &e.topics[0],
+                    &e.kinds[0],
+                    &e.payloads[0],
+                    &e.correlations[0],
+                    &e.causations[0],
+                    &e.functions[0],
+                    &e.versions[0],
+                    &e.subjects[0],
+                    &e.claims[0],
+                ],
+            )),
+            _ => Some((
+                sql::APPEND,
+                vec![
+                    &e.ids,
+                    &e.topics,
+                    &e.kinds,
+                    &e.payloads,
+                    &e.correlations,
+                    &e.causations,
+                    &e.functions,
+                    &e.versions,
+                    &e.subjects,
+                    &e.claims,
+                ],
+            )),
+        }
+    }
+}
+
+/// The most documents one statement writes.
+const WRITES_MOST: usize = 64;
+
+/// One statement of a commit's write ops: a run of inserts (or of puts)
+/// on distinct keys goes as one, so a group of steps costs a statement per
+/// run rather than per document; the rest one each.
+enum Writes<'c> {
+    /// Replace at a version: `$4`.
+    Update {
+        collection: &'c String,
+        key: &'c String,
+        body: &'c Value,
+        expected: i64,
+        conflict: String,
+    },
+    Delete {
+        collection: &'c String,
+        key: &'c String,
+    },
+    /// Remove at a version: `$3`.
+    DeleteAt {
+        collection: &'c String,
+        key: &'c String,
+        expected: i64,
+        conflict: String,
+    },
+    Many {
+        insert: bool,
+        collections: Vec<&'c str>,
+        keys: Vec<&'c str>,
+        bodies: Vec<&'c Value>,
+        /// Per insert, the conflict when its key exists.
+        conflicts: Vec<String>,
+    },
+}
+
+impl<'c> Writes<'c> {
+    /// `ops` as statements, in order.
+    fn of(ops: &'c [WriteOp]) -> Result<Vec<Self>, StoreError> {
+        let mut writes: Vec<Self> = vec![];
+        for op in ops {
+            let (insert, collection, key, body) = match op {
+                WriteOp::Insert { collection, key, body } => (true, collection, key, body),
+                WriteOp::UpdateIfVersion { collection, key, body, expected_version: 0 } => {
+                    (true, collection, key, body)
+                }
+                WriteOp::Put { collection, key, body } => (false, collection, key, body),
+                WriteOp::UpdateIfVersion { collection, key, body, expected_version } => {
+                    writes.push(Writes::Update {
+                        collection,
+                        key,
+                        body,
+                        expected: i64_of(*expected_version, "expected version")?,
+                        conflict: format!("`{collection}/{key}` is not at version {expected_version}"),
+                    });
+                    continue;
+                }
+                WriteOp::DeleteIfVersion { collection, key, expected_version } => {
+                    writes.push(Writes::DeleteAt {
+                        collection,
+                        key,
+                        expected: i64_of(*expected_version, "expected version")?,
+                        conflict: format!("`{collection}/{key}` is not at version {expected_version}"),
+                    });
+                    continue;
+                }
+                WriteOp::Delete { collection, key } => {
+                    writes.push(Writes::Delete { collection, key });
+                    continue;
+                }
+            };
+            let conflict = match op {
+                WriteOp::Insert { .. } => format!("`{collection}/{key}` already exists"),
+                _ => format!("`{collection}/{key}` is not at version 0"),
+            };
+            match writes.last_mut() {
+                // Distinct keys: a statement writes a row once, and its
+                // returned keys tell which insert conflicted.
+                Some(Writes::Many { insert: run, collections, keys, bodies, conflicts })
+                    if *run == insert && keys.len() < WRITES_MOST && !keys.contains(&key.as_str()) =>
+                {
+                    collections.push(collection);
+                    keys.push(key);
+                    bodies.push(body);
+                    conflicts.push(conflict);
+                }
+                _ => writes.push(Writes::Many {
+                    insert,
+                    collections: vec![collection],
+                    keys: vec![key],
+                    bodies: vec![body],
+                    conflicts: vec![conflict],
+                }),
+            }
+        }
+        Ok(writes)
+    }
+
+    /// The statement's text, parameters and what it must do.
+    fn statement(&self) -> (&'static str, Params<'_>, Expect) {
+        match self {
+            Writes::Update { collection, key, body, expected, conflict } => {
+                (sql::UPDATE_IF_VERSION, vec![collection, key, body, expected], Expect::Row(conflict.clone()))
+            }
+            Writes::Delete { collection, key } => (sql::DELETE, vec![collection, key], Expect::Any),
+            Writes::DeleteAt { collection, key, expected, conflict } => {
+                (sql::DELETE_IF_VERSION, vec![collection, key, expected], Expect::Row(conflict.clone()))
+            }
+            Writes::Many { insert, collections, keys, bodies, conflicts } => {
+                let (sql, params): (_, Params) = match (insert, collections.len()) {
+                    (true, 1) => (sql::INSERT_ONE, vec![&collections[0], &keys[0], &bodies[0]]),
+                    (true, _) => (sql::INSERT, vec![collections, keys, bodies]),
+                    (false, 1) => (sql::PUT_ONE, vec![&collections[0], &keys[0], &bodies[0]]),
+                    (false, _) => (sql::PUT, vec![collections, keys, bodies]),
+                };
+                let expect = match insert {
+                    true => Expect::Keys(
+                        keys.iter().map(|k| k.to_string()).zip(conflicts.iter().cloned()).collect(),
+                    ),
+                    false => Expect::Any,
+                };
+                (sql, params, expect)
+            }
+        }
+    }
 }
 
 impl<'c> Bound<'c> {
@@ -392,17 +623,7 @@ impl<'c> Bound<'c> {
             .as_ref()
             .map(|(p, id)| i64_of(*p, "log position").map(|p| (p, id)))
             .transpose()?;
-        let expected = commit
-            .ops
-            .iter()
-            .map(|op| match op {
-                WriteOp::UpdateIfVersion { expected_version, .. }
-                | WriteOp::DeleteIfVersion { expected_version, .. } => {
-                    i64_of(*expected_version, "expected version")
-                }
-                _ => Ok(0),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let writes = Writes::of(&commit.ops)?;
         let unpark = commit
             .unpark
             .as_ref()
@@ -418,23 +639,36 @@ impl<'c> Bound<'c> {
                 Ok::<_, StoreError>((p, i64_of(p.position, "log position")?, event, attempts))
             })
             .transpose()?;
-        let notifications = commit
-            .notify
-            .iter()
-            .filter_map(|n| Some((n.correlation_id.as_ref()?, n)))
-            .map(|(correlation, n)| {
-                serde_json::to_value(n)
-                    .map(|message| (correlation, message))
-                    .map_err(|e| StoreError::Invalid(format!("notification is not JSON: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let audit = commit.events.iter().map(|e| super::bus::audit(&e.message)).collect();
-        Ok(Self { commit, position, batch_from, expected, unpark, park, tag, notifications, audit })
+        let mut notifications = (vec![], vec![]);
+        for n in &commit.notify {
+            let Some(correlation) = &n.correlation_id else { continue };
+            let message = serde_json::to_value(n)
+                .map_err(|e| StoreError::Invalid(format!("notification is not JSON: {e}")))?;
+            notifications.0.push(correlation.as_str());
+            notifications.1.push(message);
+        }
+        let mut events = Events::default();
+        for event in &commit.events {
+            let m = &event.message;
+            let (subject, claims) = super::bus::audit(m);
+            events.ids.push(&m.id);
+            events.topics.push(&event.topic);
+            events.kinds.push(&m.kind);
+            events.payloads.push(&m.payload);
+            events.correlations.push(m.correlation_id.as_deref());
+            events.causations.push(m.causation_id.as_deref());
+            events.functions.push(event.function.as_deref());
+            events.versions.push(event.version.as_deref());
+            events.subjects.push(subject);
+            events.claims.push(claims);
+        }
+        Ok(Self { commit, position, batch_from, writes, unpark, park, tag, events, notifications })
     }
 
     /// The statements, in order, each with what its row count must be: the
-    /// checkpoint advance first, then the parked record, the write ops, the
-    /// events (each waking its topic), the notifications.
+    /// checkpoint advance first, then the parked record, the write ops (a
+    /// statement per run of inserts or puts), the events (one statement,
+    /// waking their topics), the notifications (one statement).
     async fn statements(
         &self,
         tx: &deadpool_postgres::ClientWrapper,
@@ -466,73 +700,28 @@ impl<'c> Bound<'c> {
             let params: Params = vec![&record.consumer, position, event, &record.error, attempts];
             statements.push((sql, params, Expect::Any));
         }
-        for (op, expected) in commit.ops.iter().zip(&self.expected) {
-            let (text, params, expect) = write_op(op, expected);
+        for writes in &self.writes {
+            let (text, params, expect) = writes.statement();
             let sql = tx.prepare_cached(text).await.map_err(store_error)?;
             statements.push((sql, params, expect));
         }
-        for (event, (subject, claims)) in commit.events.iter().zip(&self.audit) {
-            let m = &event.message;
-            let (text, mut params): (_, Params) = if event.topic == COMMANDS_TOPIC {
-                (
-                    sql::APPEND_COMMAND,
-                    vec![&m.id, &event.topic, &m.kind, &m.payload, &m.correlation_id, &m.causation_id],
-                )
-            } else {
-                let params: Params = vec![
-                    &m.id,
-                    &event.topic,
-                    &m.kind,
-                    &m.payload,
-                    &m.correlation_id,
-                    &m.causation_id,
-                    &event.function,
-                    &event.version,
-                ];
-                (sql::APPEND, params)
-            };
-            params.extend([subject as &(dyn ToSql + Sync), claims, &EVENTS_CHANNEL, &self.tag]);
+        if let Some((text, mut params)) = self.events.append() {
             let sql = tx.prepare_cached(text).await.map_err(store_error)?;
+            params.extend([&EVENTS_CHANNEL as &(dyn ToSql + Sync), &self.tag]);
             statements.push((sql, params, Expect::Any));
         }
-        for (correlation, message) in &self.notifications {
-            let sql = tx.prepare_cached(sql::NOTIFY).await.map_err(store_error)?;
-            statements.push((
-                sql,
-                vec![correlation, message, &NOTIFICATIONS_CHANNEL, &self.tag],
-                Expect::Any,
-            ));
+        let (correlations, messages) = &self.notifications;
+        let notify: Option<(_, Params)> = match correlations.len() {
+            0 => None,
+            1 => Some((sql::NOTIFY_ONE, vec![&correlations[0], &messages[0]])),
+            _ => Some((sql::NOTIFY, vec![correlations, messages])),
+        };
+        if let Some((text, mut params)) = notify {
+            let sql = tx.prepare_cached(text).await.map_err(store_error)?;
+            params.extend([&NOTIFICATIONS_CHANNEL as &(dyn ToSql + Sync), &self.tag]);
+            statements.push((sql, params, Expect::Any));
         }
         Ok(statements)
-    }
-}
-
-/// One write op's statement, parameters and required row count. Integrity
-/// is the statement's condition, never a read before it.
-fn write_op<'a>(op: &'a WriteOp, expected: &'a i64) -> (&'static str, Params<'a>, Expect) {
-    match op {
-        WriteOp::Insert { collection, key, body } => (
-            sql::INSERT,
-            vec![collection, key, body],
-            Expect::Row(format!("`{collection}/{key}` already exists")),
-        ),
-        WriteOp::Put { collection, key, body } => (sql::PUT, vec![collection, key, body], Expect::Any),
-        WriteOp::UpdateIfVersion { collection, key, body, expected_version: 0 } => (
-            sql::INSERT,
-            vec![collection, key, body],
-            Expect::Row(format!("`{collection}/{key}` is not at version 0")),
-        ),
-        WriteOp::UpdateIfVersion { collection, key, body, expected_version } => (
-            sql::UPDATE_IF_VERSION,
-            vec![collection, key, body, expected],
-            Expect::Row(format!("`{collection}/{key}` is not at version {expected_version}")),
-        ),
-        WriteOp::Delete { collection, key } => (sql::DELETE, vec![collection, key], Expect::Any),
-        WriteOp::DeleteIfVersion { collection, key, expected_version } => (
-            sql::DELETE_IF_VERSION,
-            vec![collection, key, expected],
-            Expect::Row(format!("`{collection}/{key}` is not at version {expected_version}")),
-        ),
     }
 }
 
@@ -542,11 +731,13 @@ struct Done {
     rows: u64,
     /// The checkpoint advance found its read model switched under the step.
     switched: bool,
+    /// The keys a multi-row insert wrote.
+    keys: Vec<String>,
 }
 
 impl Done {
     fn rows(rows: u64) -> Self {
-        Self { rows, switched: false }
+        Self { rows, switched: false, keys: vec![] }
     }
 }
 
@@ -565,7 +756,12 @@ async fn run(
                 Some(row) => row.try_get::<_, bool>(0)?,
                 None => false,
             };
-            Ok(Done { rows: rows.len() as u64, switched })
+            Ok(Done { rows: rows.len() as u64, switched, keys: vec![] })
+        }
+        Expect::Keys(_) => {
+            let rows = tx.query(sql, params).await?;
+            let keys = rows.iter().map(|r| r.try_get::<_, String>(0)).collect::<Result<_, _>>()?;
+            Ok(Done { rows: rows.len() as u64, switched: false, keys })
         }
         _ => tx.execute(sql, params).await.map(Done::rows),
     }
@@ -620,6 +816,11 @@ fn settle<'e>(
             }
             (Ok(Done { rows: 0, .. }), Expect::Row(conflict)) => {
                 failure.get_or_insert_with(|| StoreError::Conflict(conflict.clone()));
+            }
+            (Ok(Done { keys: written, .. }), Expect::Keys(keys)) if written.len() < keys.len() => {
+                if let Some((_, conflict)) = keys.iter().find(|(key, _)| !written.contains(key)) {
+                    failure.get_or_insert_with(|| StoreError::Conflict(conflict.clone()));
+                }
             }
             (Ok(_), _) => {}
             (Err(e), _) => {
