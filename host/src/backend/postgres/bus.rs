@@ -68,11 +68,6 @@ const TAG_MARK: &str = " lowshell-";
 const APPEND_BATCH: usize = 64;
 /// Commands waiting for the appender before submitters wait for room.
 const APPEND_QUEUE: usize = 1024;
-/// How long the echo of a notification this shell committed waits before it
-/// is handed to the responses: the committing task hands it over first, with
-/// the documents its commit wrote; the echo only matters when that task
-/// never learnt its commit went through (the connection failed at `COMMIT`).
-const ECHO_GRACE: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
 pub struct PgBus {
@@ -109,7 +104,29 @@ struct Inner {
     /// Commands waiting to be appended (see [`append_commands`]).
     appends: mpsc::Sender<Append>,
     chain: Chain,
+    /// The echoes of this shell's own notifications that may matter (see
+    /// [`Committing`]).
+    echoes: Mutex<Echoes>,
 }
+
+/// This shell's notifications whose echo may have to be handed over: the
+/// committing task hands them over itself, with the documents its commit
+/// wrote, once it learns the commit applied; the echo matters only when it
+/// never learns (the connection failed at `COMMIT`). Any other echo is of a
+/// notification handed over already, and is ignored.
+#[derive(Default)]
+struct Echoes {
+    /// In a commit that has not answered yet, by id: the echo, once heard
+    /// (the commit may answer after its NOTIFY arrives).
+    awaiting: HashMap<i64, Option<String>>,
+    /// In a commit that never answered, and since when: handed over as soon
+    /// as heard.
+    unsure: HashMap<i64, Instant>,
+}
+
+/// The most notifications of commits that never said whether they applied
+/// kept for their echo; the oldest go first.
+const UNSURE_MOST: usize = 4096;
 
 /// Where the appender hands commands to be appended with their steps
 /// ([`Bus::chain_commands`]), once the executor took them.
@@ -122,7 +139,98 @@ struct Waker {
     wake: watch::Sender<u64>,
 }
 
+/// Notifications of a transaction committing ([`PgBus::committing`]).
+pub(crate) struct Committing {
+    inner: Arc<Inner>,
+    ids: Vec<i64>,
+    answered: bool,
+}
+
+impl Committing {
+    /// The commit answered (applied or not): its committing task hands the
+    /// notifications over itself.
+    pub(crate) fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Committing {
+    /// Without an answer, hands over the echoes heard meanwhile, and those
+    /// still to come as soon as they are.
+    fn drop(&mut self) {
+        let heard = self.inner.echoes().answered(&self.ids, self.answered);
+        if !heard.is_empty() {
+            tracing::debug!(notifications = heard.len(), "a commit never answered: handing over its echoes");
+        }
+        for payload in heard {
+            let Some(id) = forward_carried(&self.inner, &payload) else { continue };
+            // Too large to be carried: read back, on a task of its own.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                tracing::warn!(id, "cannot read a notification outside the runtime");
+                continue;
+            };
+            let inner = Arc::clone(&self.inner);
+            runtime.spawn(async move {
+                match inner.db.pool().get().await {
+                    Ok(client) => forward_since(&inner, &client, READ_NOTIFICATION, id).await,
+                    Err(e) => tracing::warn!(id, "cannot read a notification: {}", describe_pool(&e)),
+                }
+            });
+        }
+    }
+}
+
+impl Echoes {
+    /// The notifications `ids` are in a commit that has not answered yet.
+    fn committing(&mut self, ids: &[i64]) {
+        self.awaiting.extend(ids.iter().map(|id| (*id, None)));
+    }
+
+    /// Heard the echo of `id`: whether to hand it over now.
+    fn heard(&mut self, id: i64, payload: &str) -> bool {
+        if let Some(heard) = self.awaiting.get_mut(&id) {
+            *heard = Some(payload.to_owned());
+            return false;
+        }
+        self.unsure.remove(&id).is_some()
+    }
+
+    /// The commit of `ids` is over: whether it `answered`. Without an
+    /// answer, the echoes heard meanwhile, to hand over; the others are
+    /// handed over when heard.
+    fn answered(&mut self, ids: &[i64], answered: bool) -> Vec<String> {
+        let heard: Vec<(i64, Option<String>)> =
+            ids.iter().filter_map(|id| Some((*id, self.awaiting.remove(id)?))).collect();
+        if answered {
+            return vec![];
+        }
+        let unheard: Vec<i64> = heard.iter().filter(|(_, echo)| echo.is_none()).map(|(id, _)| *id).collect();
+        if self.unsure.len() + unheard.len() > UNSURE_MOST {
+            let mut oldest: Vec<(i64, Instant)> = self.unsure.iter().map(|(id, at)| (*id, *at)).collect();
+            oldest.sort_by_key(|(_, at)| *at);
+            for (id, _) in oldest.into_iter().take(unheard.len()) {
+                self.unsure.remove(&id);
+            }
+        }
+        let now = Instant::now();
+        self.unsure.extend(unheard.into_iter().map(|id| (id, now)));
+        heard.into_iter().filter_map(|(_, echo)| echo).collect()
+    }
+}
+
 impl Inner {
+    fn echoes(&self) -> std::sync::MutexGuard<'_, Echoes> {
+        self.echoes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Heard the echo of this shell's notification `id`: whether to hand
+    /// it over now (its commit never answered). Kept while its commit has
+    /// not answered yet; ignored once it has.
+    fn echo(&self, id: &str, payload: &str) -> bool {
+        let Ok(id) = id.parse::<i64>() else { return true };
+        self.echoes().heard(id, payload)
+    }
+
     /// Wakes the consumers reading `topic` (every consumer for `None`),
     /// and the tail of the log.
     fn wake(&self, topic: Option<&str>) {
@@ -213,6 +321,7 @@ impl PgBus {
                 closed: watch::Sender::new(false),
                 appends,
                 chain: Chain::default(),
+                echoes: Mutex::default(),
             }),
         };
         tokio::spawn(append_commands(Arc::downgrade(&bus.inner), queue));
@@ -265,9 +374,17 @@ impl PgBus {
         &self.inner.echo
     }
 
+    /// The notifications `ids` (this shell's) are in a transaction about to
+    /// commit: their echo waits for the commit's answer. Once the returned
+    /// guard is told the answer came ([`Committing::answered`]), their echo
+    /// is ignored; dropped without an answer, it is handed over.
+    pub(crate) fn committing(&self, ids: Vec<i64>) -> Committing {
+        self.inner.echoes().committing(&ids);
+        Committing { inner: Arc::clone(&self.inner), ids, answered: false }
+    }
+
     /// Hands notifications this shell has just committed to its waiting
-    /// requests at once. The NOTIFY brings them again, [`ECHO_GRACE`] later;
-    /// the responses ignore notifications they have seen.
+    /// requests at once. Their NOTIFY's echo is ignored (see [`Echoes`]).
     pub(crate) fn notify_local(&self, messages: impl IntoIterator<Item = Message>, written: Written) {
         self.inner.notify.send(messages, written);
     }
@@ -584,21 +701,9 @@ async fn listen(inner: std::sync::Weak<Inner>) {
                             (topic, false) => strong.wake(Some(topic)),
                         }
                     } else if channel == NOTIFICATIONS_CHANNEL {
-                        if Announced::parse(&payload).sender == Some(strong.tag.as_str()) {
-                            // Racing the committing task (the listener may hear
-                            // the NOTIFY before it hears `COMMIT` succeed): let
-                            // it hand the notification over first, with its writes.
-                            let inner = Arc::downgrade(&strong);
-                            tokio::spawn(async move {
-                                tokio::time::sleep(ECHO_GRACE).await;
-                                let Some(inner) = inner.upgrade() else { return };
-                                let Some(id) = forward_carried(&inner, &payload) else { return };
-                                match inner.db.pool().get().await {
-                                    Ok(client) => forward_since(&inner, &client, READ_NOTIFICATION, id).await,
-                                    Err(e) => tracing::warn!(id, "cannot read a notification: {}", describe_pool(&e)),
-                                }
-                            });
-                        } else {
+                        let announced = Announced::parse(&payload);
+                        let own = announced.sender == Some(strong.tag.as_str());
+                        if !own || strong.echo(announced.id, &payload) {
                             forward_notification(&strong, &client, &payload).await;
                         }
                     }
@@ -1372,7 +1477,33 @@ impl Bus for PgBus {
 
 #[cfg(test)]
 mod tests {
-    use super::{Announced, TAG_MARK, heard};
+    use super::{Announced, Echoes, TAG_MARK, UNSURE_MOST, heard};
+
+    #[test]
+    fn an_echo_is_handed_over_only_when_its_commit_never_answered() {
+        let mut echoes = Echoes::default();
+        // Heard before its commit answered; the commit answered: ignored, then and later.
+        echoes.committing(&[1, 2]);
+        assert!(!echoes.heard(1, "1 one"));
+        assert!(echoes.answered(&[1, 2], true).is_empty());
+        assert!(!echoes.heard(2, "2 two"), "answered: handed over by the committing task");
+        assert!(!echoes.heard(1, "1 one"));
+        // No answer: what was heard is handed over at once, the rest when heard, once.
+        echoes.committing(&[3, 4]);
+        assert!(!echoes.heard(3, "3 three"));
+        assert_eq!(echoes.answered(&[3, 4], false), ["3 three"]);
+        assert!(echoes.heard(4, "4 four"));
+        assert!(!echoes.heard(4, "4 four"), "handed over once");
+        // Commits never answered keep at most so many unheard echoes, the latest.
+        let many: Vec<i64> = (10..10 + UNSURE_MOST as i64 + 5).collect();
+        for id in &many {
+            echoes.committing(&[*id]);
+            assert!(echoes.answered(&[*id], false).is_empty());
+        }
+        assert_eq!(echoes.unsure.len(), UNSURE_MOST);
+        assert!(echoes.heard(*many.last().expect("ids"), "latest"));
+        assert!(echoes.awaiting.is_empty());
+    }
 
     #[test]
     fn a_notification_names_its_shell_and_may_carry_the_message() {

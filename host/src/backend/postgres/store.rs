@@ -103,6 +103,11 @@ impl PgStore {
                 expect
             )))
         );
+        // Until the commit answers, the listener keeps the echo of these
+        // notifications (it is what hands them over if the answer is lost).
+        let notified =
+            results.iter().chain(&chained_results).flatten().flat_map(|d| d.notified.iter().copied());
+        let committing = self.bus.as_ref().map(|bus| bus.committing(notified.collect()));
         let expected = statements.iter().map(|(_, _, expect)| expect);
         let verdict =
             begun.map_err(store_error).and_then(|()| settle(&commit, results.into_iter().zip(expected)));
@@ -111,6 +116,10 @@ impl PgStore {
             // connection then leaves the pool, see `Flight`).
             if let Err(e) = tx.end("ROLLBACK").await {
                 tracing::debug!("could not roll back a commit not applied: {e}");
+            }
+            // Never committed (`COMMIT` was not sent): nothing to echo.
+            if let Some(committing) = committing {
+                committing.answered();
             }
             return verdict.map(|_| 0);
         }
@@ -160,6 +169,9 @@ impl PgStore {
                     bus.notify_local(notify, written.clone());
                 }
             }
+        }
+        if let Some(committing) = committing {
+            committing.answered();
         }
         Ok(applied)
     }
@@ -341,7 +353,7 @@ mod sql {
     /// [`NOTIFY`] of one notification.
     pub const NOTIFY_ONE: &str = "WITH n AS (
              INSERT INTO notifications (correlation_id, message) VALUES ($1, $2) RETURNING id, message::text AS text)
-         SELECT pg_notify($3, n.id || $4::text
+         SELECT n.id, pg_notify($3, n.id || $4::text
              || CASE WHEN octet_length(n.text) < 7900 THEN ' ' || n.text ELSE '' END)
          FROM n";
     /// Keeps the notifications (`$1` correlation ids, `$2` messages) and
@@ -355,7 +367,7 @@ mod sql {
              FROM unnest($1::text[], $2::jsonb[]) WITH ORDINALITY AS m(correlation_id, message, n)
              ORDER BY m.n
              RETURNING id, message::text AS text)
-         SELECT pg_notify($3, n.id || $4::text
+         SELECT n.id, pg_notify($3, n.id || $4::text
              || CASE WHEN octet_length(n.text) < 7900 THEN ' ' || n.text ELSE '' END)
          FROM n ORDER BY n.id";
     pub const GET: &str = concat!(
@@ -399,6 +411,8 @@ enum Expect {
     /// Each of these keys was written; else the conflict beside the first
     /// that was not.
     Keys(Vec<(String, String)>),
+    /// Notifications kept: their ids.
+    Notified,
     Any,
 }
 
@@ -719,7 +733,7 @@ impl<'c> Bound<'c> {
         if let Some((text, mut params)) = notify {
             let sql = tx.prepare_cached(text).await.map_err(store_error)?;
             params.extend([&NOTIFICATIONS_CHANNEL as &(dyn ToSql + Sync), &self.tag]);
-            statements.push((sql, params, Expect::Any));
+            statements.push((sql, params, Expect::Notified));
         }
         Ok(statements)
     }
@@ -733,11 +747,13 @@ struct Done {
     switched: bool,
     /// The keys a multi-row insert wrote.
     keys: Vec<String>,
+    /// The ids of the notifications kept.
+    notified: Vec<i64>,
 }
 
 impl Done {
     fn rows(rows: u64) -> Self {
-        Self { rows, switched: false, keys: vec![] }
+        Self { rows, switched: false, keys: vec![], notified: vec![] }
     }
 }
 
@@ -756,12 +772,17 @@ async fn run(
                 Some(row) => row.try_get::<_, bool>(0)?,
                 None => false,
             };
-            Ok(Done { rows: rows.len() as u64, switched, keys: vec![] })
+            Ok(Done { switched, ..Done::rows(rows.len() as u64) })
         }
         Expect::Keys(_) => {
             let rows = tx.query(sql, params).await?;
             let keys = rows.iter().map(|r| r.try_get::<_, String>(0)).collect::<Result<_, _>>()?;
-            Ok(Done { rows: rows.len() as u64, switched: false, keys })
+            Ok(Done { keys, ..Done::rows(rows.len() as u64) })
+        }
+        Expect::Notified => {
+            let rows = tx.query(sql, params).await?;
+            let notified = rows.iter().map(|r| r.try_get::<_, i64>(0)).collect::<Result<_, _>>()?;
+            Ok(Done { notified, ..Done::rows(rows.len() as u64) })
         }
         _ => tx.execute(sql, params).await.map(Done::rows),
     }
