@@ -278,42 +278,47 @@ mod sql {
     ];
     // Every statement on `documents` names the collection through
     // `served!`: the generation served now.
-    /// Inserts the documents `$1` (collections), `$2` (keys), `$3`
-    /// (bodies) — keys all distinct — each unless its key exists: the keys
-    /// inserted.
-    pub const INSERT: &str = concat!(
-        "INSERT INTO documents (collection, key, version, body)
-         SELECT ",
-        served!("d.collection"),
-        ", d.key, 1, d.body
-         FROM unnest($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS d(collection, key, body, n)
-         ORDER BY d.n
-         ON CONFLICT (collection, key) DO NOTHING
-         RETURNING key"
-    );
+    /// The rows [`INSERT`] and [`PUT`] write: the documents `$1`
+    /// (collections), `$2` (keys), `$3` (bodies), in order.
+    macro_rules! documents_given {
+        () => {
+            concat!(
+                "INSERT INTO documents (collection, key, version, body)
+                 SELECT ",
+                served!("d.collection"),
+                ", d.key, 1, d.body
+                 FROM unnest($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS d(collection, key, body, n)
+                 ORDER BY d.n"
+            )
+        };
+    }
+    /// The row [`INSERT_ONE`] and [`PUT_ONE`] write: the document `$1`, `$2`, `$3`.
+    macro_rules! document_given {
+        () => {
+            concat!(
+                "INSERT INTO documents (collection, key, version, body) VALUES (",
+                served!("$1"),
+                ", $2, 1, $3)"
+            )
+        };
+    }
+    /// What a put does to a document that exists.
+    macro_rules! replace {
+        () => {
+            " ON CONFLICT (collection, key) DO UPDATE SET version = documents.version + 1, body = EXCLUDED.body"
+        };
+    }
+    /// Inserts the documents `$1`, `$2`, `$3` — keys all distinct — each
+    /// unless its key exists: the keys inserted.
+    pub const INSERT: &str =
+        concat!(documents_given!(), " ON CONFLICT (collection, key) DO NOTHING RETURNING key");
     /// [`INSERT`] of one document: a simpler statement, planned faster.
-    pub const INSERT_ONE: &str = concat!(
-        "INSERT INTO documents (collection, key, version, body) VALUES (",
-        served!("$1"),
-        ", $2, 1, $3) ON CONFLICT (collection, key) DO NOTHING RETURNING key"
-    );
+    pub const INSERT_ONE: &str =
+        concat!(document_given!(), " ON CONFLICT (collection, key) DO NOTHING RETURNING key");
+    /// Creates or replaces the documents `$1`, `$2`, `$3` (keys all distinct).
+    pub const PUT: &str = concat!(documents_given!(), replace!());
     /// [`PUT`] of one document.
-    pub const PUT_ONE: &str = concat!(
-        "INSERT INTO documents (collection, key, version, body) VALUES (",
-        served!("$1"),
-        ", $2, 1, $3)
-         ON CONFLICT (collection, key) DO UPDATE SET version = documents.version + 1, body = EXCLUDED.body"
-    );
-    /// Creates or replaces the documents `$1`, `$2`, `$3` (as [`INSERT`]'s).
-    pub const PUT: &str = concat!(
-        "INSERT INTO documents (collection, key, version, body)
-         SELECT ",
-        served!("d.collection"),
-        ", d.key, 1, d.body
-         FROM unnest($1::text[], $2::text[], $3::jsonb[]) WITH ORDINALITY AS d(collection, key, body, n)
-         ORDER BY d.n
-         ON CONFLICT (collection, key) DO UPDATE SET version = documents.version + 1, body = EXCLUDED.body"
-    );
+    pub const PUT_ONE: &str = concat!(document_given!(), replace!());
     pub const UPDATE_IF_VERSION: &str = concat!(
         "UPDATE documents SET version = version + 1, body = $3 WHERE collection = ",
         served!("$1"),
