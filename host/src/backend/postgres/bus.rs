@@ -158,6 +158,10 @@ impl Drop for Committing {
     /// Without an answer, hands over the echoes heard meanwhile, and those
     /// still to come as soon as they are.
     fn drop(&mut self) {
+        // Most commits carry no notification: nothing to look up.
+        if self.ids.is_empty() {
+            return;
+        }
         let heard = self.inner.echoes().answered(&self.ids, self.answered);
         if !heard.is_empty() {
             tracing::debug!(notifications = heard.len(), "a commit never answered: handing over its echoes");
@@ -379,7 +383,9 @@ impl PgBus {
     /// guard is told the answer came ([`Committing::answered`]), their echo
     /// is ignored; dropped without an answer, it is handed over.
     pub(crate) fn committing(&self, ids: Vec<i64>) -> Committing {
-        self.inner.echoes().committing(&ids);
+        if !ids.is_empty() {
+            self.inner.echoes().committing(&ids);
+        }
         Committing { inner: Arc::clone(&self.inner), ids, answered: false }
     }
 
