@@ -770,7 +770,7 @@ impl Executor {
                     let record = Parked {
                         consumer: function.to_owned(),
                         position: delivery.position,
-                        event: delivery.event.clone(),
+                        event: Event::clone(&delivery.event),
                         error: error.to_string(),
                         attempts: failures,
                         parked_at_ms: at,
@@ -840,7 +840,7 @@ impl Executor {
                 function: lane.function.clone(),
                 consumer: lane.consumer.clone(),
                 position: delivery.position,
-                event: delivery.event.clone(),
+                event: Event::clone(&delivery.event),
                 error: error.to_string(),
                 attempts,
                 since_ms,
@@ -931,7 +931,7 @@ impl Executor {
             return Err(RetryError::NotParked { function: function.to_owned(), position });
         }
         for record in parked {
-            let delivery = Delivery { position: record.position, event: record.event.clone() };
+            let delivery = Delivery { position: record.position, event: Arc::new(record.event.clone()) };
             let settled = Checkpoint::past(function, &delivery);
             let base = Commit { unpark: Some(settled), ..Commit::default() };
             let outcome =

@@ -293,6 +293,8 @@ impl Responses {
     /// Shows a notification to the request it belongs to, if it waits here.
     fn deliver(&self, notification: Message, written: &Arc<Written>) {
         let Some(id) = notification.correlation_id.clone() else { return };
+        let failed = (notification.kind == FAILED)
+            .then(|| notification.text("reason").unwrap_or("the command failed").to_owned());
         let wake = {
             let mut pending = self.pending();
             // Not waiting here: another shell holds the request, or it timed out.
@@ -301,14 +303,13 @@ impl Responses {
             if p.seen.iter().any(|s| s.id == notification.id) {
                 return;
             }
-            p.seen.push(notification.clone());
+            p.seen.push(notification);
             if !written.is_empty() {
                 p.written.push(Arc::clone(written));
             }
             Arc::clone(&p.wake)
         };
-        if notification.kind == FAILED {
-            let reason = notification.text("reason").unwrap_or("the command failed").to_owned();
+        if let Some(reason) = failed {
             self.finish(&id, Err(ResponseError::Failed(reason)));
             return;
         }

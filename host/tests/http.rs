@@ -82,6 +82,31 @@ async fn malformed_requests_get_graphql_over_http_answers() {
     shell.stop().await.expect("clean stop");
 }
 
+/// The answer's fields come in the order the query selected them (the
+/// GraphQL specification's ordered response map), not sorted.
+#[tokio::test]
+async fn fields_are_answered_in_the_order_selected() {
+    let (shell, client) = start(basic_project()).await;
+    let query = r#"mutation { b: InviteCustomer(email: "order@example.com") { invited id email } a: InviteCustomer(email: "order@example.com") { email id } }"#;
+    let body = json!({ "query": query }).to_string().into_bytes();
+    let response = client
+        .http
+        .post(format!("{}/graphql", client.base))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("HTTP request");
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.expect("body");
+    let at = |needle: &str| text.find(needle).unwrap_or_else(|| panic!("{needle} in {text}"));
+    assert!(at("\"b\"") < at("\"a\""), "{text}");
+    assert!(at("\"invited\"") < at("\"id\"") && at("\"id\"") < at("\"email\""), "{text}");
+    let a = &text[at("\"a\"")..];
+    assert!(a.find("\"email\"") < a.find("\"id\""), "{text}");
+    shell.stop().await.expect("clean stop");
+}
+
 #[tokio::test]
 async fn request_errors_are_200_for_json_and_400_for_graphql_response_json() {
     let (shell, client) = start(basic_project()).await;

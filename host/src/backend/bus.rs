@@ -87,7 +87,7 @@ pub trait CommandChain: Send + Sync {
 pub struct Delivery {
     /// Position in the log; the consumer's checkpoint after processing it.
     pub position: u64,
-    pub event: Event,
+    pub event: Arc<Event>,
 }
 
 /// What became of a submitted command.

@@ -332,16 +332,17 @@ async fn audit(State(admin): State<Admin>, Query(query): Query<AuditQuery>) -> R
         Ok(trail) => Json(
             trail
                 .into_iter()
-                .map(|d| AuditEntry {
-                    position: d.position,
-                    subject: d.event.message.principal.map(|p| p.subject),
-                    topic: d.event.topic,
-                    kind: d.event.message.kind,
-                    id: d.event.message.id,
-                    correlation_id: d.event.message.correlation_id,
-                    causation_id: d.event.message.causation_id,
-                    function: d.event.function,
-                    at_ms: d.event.at_ms,
+                .map(|d| (d.position, std::sync::Arc::unwrap_or_clone(d.event)))
+                .map(|(position, event)| AuditEntry {
+                    position,
+                    subject: event.message.principal.map(|p| p.subject),
+                    topic: event.topic,
+                    kind: event.message.kind,
+                    id: event.message.id,
+                    correlation_id: event.message.correlation_id,
+                    causation_id: event.message.causation_id,
+                    function: event.function,
+                    at_ms: event.at_ms,
                 })
                 .collect::<Vec<_>>(),
         )

@@ -133,14 +133,18 @@ fn answer(media: Media, response: GqlResponse) -> Response {
     } else {
         StatusCode::OK
     };
-    let mut body = match serde_json::to_value(&response) {
-        Ok(body) => body,
-        Err(e) => json!({ "errors": [{ "message": format!("cannot serialise the response: {e}") }] }),
+    let unserialisable = |e: serde_json::Error| json!({ "errors": [{ "message": format!("cannot serialise the response: {e}") }] });
+    // Written straight to bytes; only a request error's body is edited first.
+    let body = if request_error {
+        let mut body = serde_json::to_value(&response).unwrap_or_else(unserialisable);
+        if let Some(body) = body.as_object_mut() {
+            body.remove("data");
+        }
+        body.to_string().into_bytes()
+    } else {
+        serde_json::to_vec(&response).unwrap_or_else(|e| unserialisable(e).to_string().into_bytes())
     };
-    if request_error && let Some(body) = body.as_object_mut() {
-        body.remove("data");
-    }
-    let mut http = (status, body.to_string()).into_response();
+    let mut http = (status, body).into_response();
     http.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(media.content_type()));
     http
 }

@@ -230,6 +230,11 @@ impl Runtime {
             .decommit_batch_size(DECOMMIT_BATCH);
         let mut config = Config::new();
         config.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // `perf` names guests' functions only from a map of the compiled
+        // code (/tmp/perf-PID.map), written when asked for (docs/performance.md).
+        if std::env::var_os("LOWSHELL_PERF_MAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         spawn_epoch_ticker(&engine);
 

@@ -170,13 +170,15 @@ impl Appending<'_> {
                 let position = inner.position.fetch_add(1, Ordering::Relaxed) + 1;
                 last = position;
                 crate::metrics::event_appended(&event.topic);
-                trail.push_back(Delivery { position, event: event.clone() });
+                // One copy, shared by the trail and every consumer sent it.
+                let event = Arc::new(event);
+                trail.push_back(Delivery { position, event: Arc::clone(&event) });
                 if trail.len() > AUDITED {
                     trail.pop_front();
                 }
                 // Nobody watching is fine (and then nothing to copy).
                 if inner.watchers.receiver_count() > 0 {
-                    let _ = inner.watchers.send(event.clone());
+                    let _ = inner.watchers.send(Event::clone(&event));
                 }
                 // A closed channel is a consumer that stopped: forget it.
                 self.subscribers.retain_mut(|s| {
@@ -184,7 +186,7 @@ impl Appending<'_> {
                         return true;
                     }
                     s.sent = position;
-                    s.tx.send(Delivery { position, event: event.clone() }).is_ok()
+                    s.tx.send(Delivery { position, event: Arc::clone(&event) }).is_ok()
                 });
             }
             for consumer in done {
@@ -396,7 +398,7 @@ pub(super) mod tests {
     async fn ids(sub: &mut Box<dyn Subscription>) -> Vec<String> {
         let mut ids = vec![];
         while let Ok(Some(d)) = tokio::time::timeout(std::time::Duration::from_millis(50), sub.next()).await {
-            ids.push(d.event.message.id);
+            ids.push(d.event.message.id.clone());
         }
         ids
     }
@@ -435,7 +437,7 @@ pub(super) mod tests {
         let mut other = command("c1");
         other.message.payload = json!({ "x": 1 });
         assert_eq!(bus.submit(other, true).await.expect("submit"), Submitted::KeyReused);
-        assert_eq!(sub.next().await.map(|d| d.event.message.id), Some("c1".into()));
+        assert_eq!(sub.next().await.map(|d| d.event.message.id.clone()), Some("c1".into()));
         assert!(tokio::time::timeout(std::time::Duration::from_millis(50), sub.next()).await.is_err());
         let seen = bus.notified("c1").await.expect("notified");
         assert_eq!(seen.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), ["n1"]);

@@ -130,11 +130,12 @@ fn stage(
     let mut staged = Staged::new();
     for op in ops {
         let slot = (op.collection().to_owned(), op.key().to_owned());
+        // Only whether it exists and at which version: its body is not copied.
         let current = match staged.get(&slot).or_else(|| earlier.get(&slot)) {
-            Some(s) => s.clone(),
-            None => collections.get(&slot.0).and_then(|c| c.get(&slot.1)).cloned(),
+            Some(s) => s.as_ref().map(|(v, _)| *v),
+            None => collections.get(&slot.0).and_then(|c| c.get(&slot.1)).map(|(v, _)| *v),
         };
-        let version = current.as_ref().map_or(0, |(v, _)| *v);
+        let version = current.unwrap_or(0);
         let next = match op {
             WriteOp::Insert { collection, key, body } => {
                 if current.is_some() {
@@ -267,7 +268,7 @@ mod tests {
     async fn sent(sub: &mut Box<dyn Subscription>) -> Vec<(u64, String)> {
         let mut sent = vec![];
         while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(20), sub.next()).await {
-            sent.push((d.position, d.event.message.id));
+            sent.push((d.position, d.event.message.id.clone()));
         }
         sent
     }

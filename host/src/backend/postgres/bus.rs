@@ -616,7 +616,7 @@ async fn tail_once(inner: &Inner, cursor: &mut Option<Cursor>) -> Result<(), Bus
             at.position = i64::try_from(delivery.position).unwrap_or(i64::MAX);
             at.id.clone_from(&delivery.event.message.id);
             // Nobody watching any more is fine: the loop ends at its next turn.
-            let _ = inner.watchers.send(delivery.event);
+            let _ = inner.watchers.send(Arc::unwrap_or_clone(delivery.event));
         }
         *cursor = Some(at.clone());
         if (rows.len() as i64) < BATCH {
@@ -831,7 +831,7 @@ pub(crate) fn delivery(row: &Row) -> Result<(String, Delivery), BusError> {
         version: row.try_get(9).map_err(bad)?,
         at_ms: at.and_then(|a| u64::try_from(a).ok()).unwrap_or(0),
     };
-    Ok((tx, Delivery { position: u64::try_from(position).unwrap_or(0), event }))
+    Ok((tx, Delivery { position: u64::try_from(position).unwrap_or(0), event: Arc::new(event) }))
 }
 
 /// The columns `subject` and `claims` of a message: who caused it.
