@@ -107,6 +107,38 @@ async fn fields_are_answered_in_the_order_selected() {
     shell.stop().await.expect("clean stop");
 }
 
+/// A document whose shape passed validation is not validated again: the
+/// next of that shape (another email) runs with its own strings; one that
+/// failed validation is refused every time, and one with variables is
+/// validated every time.
+#[tokio::test]
+async fn a_shape_is_validated_once_and_an_invalid_document_every_time() {
+    let (shell, client) = start(basic_project()).await;
+    let validated = || shell.graphql.served().validated_shapes();
+    for _ in 0..2 {
+        let (status, _, body) = post_json(&client, None, json!({ "query": "{ functions { nope } }" })).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(first_error(&body).contains("nope"), "{body}");
+        assert!(body.get("data").is_none_or(Value::is_null), "{body}");
+    }
+    assert_eq!(validated(), 0);
+    for email in ["shape1@example.com", "shape2@example.com", "shape3@example.com"] {
+        let query = format!(r#"mutation {{ InviteCustomer(email: "{email}") {{ email invited }} }}"#);
+        let (status, _, body) = post_json(&client, None, json!({ "query": query })).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["InviteCustomer"], json!({ "email": email, "invited": true }), "{body}");
+        assert_eq!(validated(), 1);
+    }
+    let query = "mutation($e: String!) { InviteCustomer(email: $e) { email } }";
+    let (_, _, body) = post_json(&client, None, json!({ "query": query, "variables": { "e": 5 } })).await;
+    assert!(body["errors"][0]["message"].is_string(), "a variable of the wrong type is refused: {body}");
+    let variables = json!({ "e": "shape4@example.com" });
+    let (_, _, body) = post_json(&client, None, json!({ "query": query, "variables": variables })).await;
+    assert_eq!(body["data"]["InviteCustomer"]["email"], "shape4@example.com", "{body}");
+    assert_eq!(validated(), 1);
+    shell.stop().await.expect("clean stop");
+}
+
 #[tokio::test]
 async fn request_errors_are_200_for_json_and_400_for_graphql_response_json() {
     let (shell, client) = start(basic_project()).await;

@@ -45,24 +45,40 @@ impl std::fmt::Debug for Documents {
     }
 }
 
+/// A parsed query, with its shape's key when the cache holds its shape:
+/// every query with that key then has this document but for the strings.
+pub struct Parsed {
+    pub document: ExecutableDocument,
+    pub shape: Option<String>,
+}
+
 impl Documents {
     /// The document of `query`, as [`async_graphql::parser::parse_query`]
     /// gives it.
     pub fn parse(&self, query: &str) -> async_graphql::parser::Result<ExecutableDocument> {
-        let Some(shape) = Shape::of(query) else { return async_graphql::parser::parse_query(query) };
+        self.parse_shaped(query).map(|parsed| parsed.document)
+    }
+
+    /// [`Documents::parse`], with the key of the document's shape when it is cached.
+    pub fn parse_shaped(&self, query: &str) -> async_graphql::parser::Result<Parsed> {
+        let parsed = |document| Ok(Parsed { document, shape: None });
+        let Some(shape) = Shape::of(query) else {
+            return async_graphql::parser::parse_query(query).and_then(parsed);
+        };
         if let Some(cached) = self.shapes.get(&shape.key) {
             if let Some(document) = cached {
                 let mut document = ExecutableDocument::clone(&document);
                 if shape.put_back(&mut document) {
-                    return Ok(document);
+                    return Ok(Parsed { document, shape: Some(shape.key) });
                 }
             }
-            return async_graphql::parser::parse_query(query);
+            return async_graphql::parser::parse_query(query).and_then(parsed);
         }
         let document = async_graphql::parser::parse_query(query)?;
         let confirmed = shape.confirmed_by(&document);
+        let key = confirmed.then(|| shape.key.clone());
         self.shapes.insert(shape.key, confirmed.then(|| Arc::new(document.clone())));
-        Ok(document)
+        Ok(Parsed { document, shape: key })
     }
 }
 

@@ -8,19 +8,85 @@
 pub mod documents;
 pub mod schema;
 
-pub use documents::Documents;
+pub use documents::{Documents, Parsed};
 pub use schema::{QueryLimits, Services};
 
 use crate::deploy::SchemaHook;
 use crate::registry::{Functions, Registry};
 use arc_swap::ArcSwap;
+use async_graphql::ValidationMode;
 use async_graphql::dynamic::Schema;
 use low_contract::ModelSpec;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+/// Shapes of documents remembered as valid, per schema.
+const VALIDATED: usize = 1024;
+
+/// The schema served, and the same schema without the validation rules for
+/// the documents already validated on it. Validation was a twentieth of a
+/// small mutation's cost, and clients send the same few documents again and
+/// again: a document whose shape (see [`Documents`]) passed validation here
+/// is not validated again. Its key holds the whole document but the
+/// contents of its plain string arguments, and no rule of these schemas
+/// looks at a string's content (`String`, `ID` and `JSON` take any), so
+/// every query of that shape passes as the first did. Only requests without
+/// variables: their values are validated too.
+pub struct Served {
+    pub schema: Arc<Schema>,
+    validated_schema: Schema,
+    /// Shape and operation name of documents that passed validation.
+    validated: quick_cache::sync::Cache<(String, Option<String>), ()>,
+}
+
+/// A request's document as [`Served::pick`] found it.
+pub struct Pick<'a> {
+    pub schema: &'a Schema,
+    /// Its shape, to remember when it passes validation (`None`: it did
+    /// not need to, or cannot be remembered).
+    unvalidated: Option<(String, Option<String>)>,
+}
+
+impl Served {
+    fn build(functions: &Functions, services: &Services, limits: QueryLimits) -> Result<Self, String> {
+        Ok(Self {
+            schema: Arc::new(build(functions, services, limits)?),
+            validated_schema: schema::build(functions, services, limits, ValidationMode::Fast)
+                .map_err(|e| e.0)?,
+            validated: quick_cache::sync::Cache::new(VALIDATED),
+        })
+    }
+
+    /// The schema to execute `request` with: the one that skips validation
+    /// when a document of `shape` (and this operation) passed it already.
+    pub fn pick(&self, shape: Option<String>, request: &async_graphql::Request) -> Pick<'_> {
+        let key = shape.filter(|_| request.variables.is_empty()).map(|s| (s, request.operation_name.clone()));
+        match key {
+            Some(key) if self.validated.get(&key).is_some() => {
+                Pick { schema: &self.validated_schema, unvalidated: None }
+            }
+            unvalidated => Pick { schema: &self.schema, unvalidated },
+        }
+    }
+
+    /// How many document shapes are known to be valid on this schema.
+    pub fn validated_shapes(&self) -> usize {
+        self.validated.len()
+    }
+
+    /// `response` answers a request picked by `pick`: remembers its shape
+    /// if it passed validation (it reached execution).
+    pub fn answered(&self, pick: Pick<'_>, response: &async_graphql::Response) {
+        if let Some(key) = pick.unvalidated
+            && response.http_headers.contains_key(schema::EXECUTED)
+        {
+            self.validated.insert(key, ());
+        }
+    }
+}
+
 pub struct Graphql {
-    schema: ArcSwap<Schema>,
+    served: ArcSwap<Served>,
     /// The registry generation the served schema was built from: a slower
     /// rebuild of an older set never replaces a newer one.
     built: Mutex<u64>,
@@ -41,11 +107,11 @@ impl Graphql {
         // Subscribed first: a change while building is not missed.
         let mut changes = registry.watch();
         let generation = registry.generation();
-        let schema = build(&registry.current(), &services, limits).map_err(|e| {
+        let served = Served::build(&registry.current(), &services, limits).map_err(|e| {
             anyhow::anyhow!("cannot build the GraphQL schema from the functions' metadata: {e}")
         })?;
         let graphql = Arc::new(Self {
-            schema: ArcSwap::from_pointee(schema),
+            served: ArcSwap::from_pointee(served),
             built: Mutex::new(generation),
             registry,
             services,
@@ -70,11 +136,11 @@ impl Graphql {
         if *self.built.lock().unwrap_or_else(|p| p.into_inner()) >= generation {
             return;
         }
-        match build(&self.registry.current(), &self.services, self.limits) {
-            Ok(schema) => {
+        match Served::build(&self.registry.current(), &self.services, self.limits) {
+            Ok(served) => {
                 let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
                 if *built < generation {
-                    self.schema.store(Arc::new(schema));
+                    self.served.store(Arc::new(served));
                     *built = generation;
                     tracing::info!("GraphQL schema rebuilt");
                 }
@@ -84,7 +150,12 @@ impl Graphql {
     }
 
     pub fn schema(&self) -> Arc<Schema> {
-        self.schema.load_full()
+        Arc::clone(&self.served.load().schema)
+    }
+
+    /// The schema served, with what it knows of documents validated on it.
+    pub fn served(&self) -> Arc<Served> {
+        self.served.load_full()
     }
 
     /// The parsed-documents cache requests go through.
@@ -94,7 +165,7 @@ impl Graphql {
 
     /// The schema in SDL, for `host schema` and docs.
     pub fn sdl(&self) -> String {
-        self.schema.load().sdl()
+        self.served.load().schema.sdl()
     }
 
     /// Whether a schema can be built for `functions` (a set a deploy would
@@ -119,7 +190,7 @@ impl SchemaHook for Graphql {
 /// keep the last one silently).
 pub fn build(functions: &Functions, services: &Services, limits: QueryLimits) -> Result<Schema, String> {
     check_names(functions)?;
-    schema::build(functions, services, limits).map_err(|e| e.0)
+    schema::build(functions, services, limits, ValidationMode::Strict).map_err(|e| e.0)
 }
 
 /// Types and fields the shell itself puts in every schema.

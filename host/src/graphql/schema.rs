@@ -785,7 +785,14 @@ impl async_graphql::extensions::Extension for PageCostCheck {
     }
 }
 
-pub fn build(functions: &Functions, services: &Services, limits: QueryLimits) -> Result<Schema, SchemaError> {
+/// The schema of `functions`; `validation` [`async_graphql::ValidationMode::Fast`]
+/// only for documents known to be valid (see [`super::Served`]).
+pub fn build(
+    functions: &Functions,
+    services: &Services,
+    limits: QueryLimits,
+    validation: async_graphql::ValidationMode,
+) -> Result<Schema, SchemaError> {
     let public: Vec<&ModelSpec> = functions.models().filter(|m| m.public).collect();
     let commands: Vec<&CommandSpec> = functions.commands().map(|(_, c)| c).collect();
     let mut builder =
@@ -813,6 +820,7 @@ pub fn build(functions: &Functions, services: &Services, limits: QueryLimits) ->
         .limit_complexity(limits.complexity)
         .extension(PageCost::new(&public, functions.iter().count(), limits.complexity))
         .extension(ExecutedMarker)
+        .validation_mode(validation)
         .finish()
 }
 

@@ -17,9 +17,9 @@
 use super::HttpOptions;
 use super::auth::Caller;
 use super::origins::{check_origin, cors};
-use crate::graphql::Graphql;
 use crate::graphql::schema::IdempotencyKey;
 use crate::graphql::schema::code::UNAUTHENTICATED;
+use crate::graphql::{Graphql, Parsed};
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql::parser::Positioned;
 use async_graphql::parser::types::{ExecutableDocument, OperationDefinition, OperationType};
@@ -294,8 +294,12 @@ async fn execute(
     headers: &HeaderMap,
     media: Media,
     mut request: GqlRequest,
-    document: Option<ExecutableDocument>,
+    parsed: Option<Parsed>,
 ) -> Response {
+    let (document, shape) = match parsed {
+        Some(Parsed { document, shape }) => (Some(document), shape),
+        None => (None, None),
+    };
     // Who calls, before anything runs: a bad token is refused whatever the
     // request; without one, only queries (of models that do not require
     // authentication) may run.
@@ -327,8 +331,13 @@ async fn execute(
     if let Some(document) = document {
         request.set_parsed_query(document);
     }
-    let schema = app.graphql.schema();
-    match tokio::time::timeout(app.options.request_timeout, schema.execute(request)).await {
+    let served = app.graphql.served();
+    let pick = served.pick(shape, &request);
+    let executed = tokio::time::timeout(app.options.request_timeout, pick.schema.execute(request)).await;
+    if let Ok(response) = &executed {
+        served.answered(pick, response);
+    }
+    match executed {
         // The key reused for another payload: 422, as the draft says.
         Ok(response) if key.is_some() && reused_key(&response) => {
             let errors = serde_json::to_value(&response.errors).unwrap_or(Value::Null);
@@ -412,8 +421,8 @@ async fn post_graphql(State(app): State<Arc<App>>, headers: HeaderMap, body: Bod
     };
     match request_from(&params) {
         Ok(request) => {
-            let document = app.graphql.documents().parse(&request.query).ok();
-            execute(&app, &headers, media, request, document).await
+            let parsed = app.graphql.documents().parse_shaped(&request.query).ok();
+            execute(&app, &headers, media, request, parsed).await
         }
         Err(message) => refuse(StatusCode::BAD_REQUEST, media, message),
     }
@@ -472,8 +481,10 @@ async fn get_graphql(State(app): State<Arc<App>>, method: Method, headers: Heade
         Ok(request) => request,
         Err(message) => return refuse(StatusCode::BAD_REQUEST, media, message),
     };
-    let document = app.graphql.documents().parse(&request.query).ok();
-    if operation_type(&request, document.as_ref()).is_some_and(|ty| ty != OperationType::Query) {
+    let parsed = app.graphql.documents().parse_shaped(&request.query).ok();
+    if operation_type(&request, parsed.as_ref().map(|p| &p.document))
+        .is_some_and(|ty| ty != OperationType::Query)
+    {
         let mut response = refuse(
             StatusCode::METHOD_NOT_ALLOWED,
             media,
@@ -482,7 +493,7 @@ async fn get_graphql(State(app): State<Arc<App>>, method: Method, headers: Heade
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
         return response;
     }
-    execute(&app, &headers, media, request, document).await
+    execute(&app, &headers, media, request, parsed).await
 }
 
 /// Subscriptions over WebSocket, with the schema current when the connection
