@@ -326,4 +326,36 @@ mod tests {
         assert!(store.get("things", "d").await.expect("get").is_some());
         assert!(store.get("things", "e").await.expect("get").is_none());
     }
+
+    /// Pages come in key order whatever the order of the writes; a write to
+    /// an existing document keeps one entry, and a deleted one leaves them.
+    #[tokio::test]
+    async fn documents_are_listed_in_key_order_and_found_by_field() {
+        let store = MemoryStore::new(MemoryBus::new());
+        let put = |key: &str, n: i64| WriteOp::Put {
+            collection: "things".into(),
+            key: key.into(),
+            body: json!({ "n": n }),
+        };
+        let commit = |ops| Commit { ops, ..Commit::default() };
+        store.commit(commit(vec![put("c", 1), put("a", 1), put("d", 2), put("b", 2)])).await.expect("commit");
+        store
+            .commit(commit(vec![
+                put("a", 2),
+                WriteOp::Delete { collection: "things".into(), key: "d".into() },
+            ]))
+            .await
+            .expect("commit");
+        let keys = |docs: Vec<Document>| docs.into_iter().map(|d| (d.key, d.version)).collect::<Vec<_>>();
+        let all = store.list("things", None, 10).await.expect("list");
+        assert_eq!(keys(all), [("a".into(), 2), ("b".into(), 1), ("c".into(), 1)]);
+        let page = store.list("things", Some("a"), 1).await.expect("list");
+        assert_eq!(keys(page), [("b".into(), 1)]);
+        let after_gone = store.list("things", Some("bb"), 10).await.expect("list");
+        assert_eq!(keys(after_gone), [("c".into(), 1)]);
+        let twos = store.find("things", "n", &json!(2), 10).await.expect("find");
+        assert_eq!(keys(twos), [("a".into(), 2), ("b".into(), 1)]);
+        assert_eq!(store.get("things", "a").await.expect("get").map(|d| d.body), Some(json!({ "n": 2 })));
+        assert!(store.get("things", "d").await.expect("get").is_none());
+    }
 }
