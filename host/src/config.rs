@@ -345,8 +345,13 @@ fn default_max_pending_requests() -> usize {
 pub const ENV_PREFIX: &str = "LOWSHELL_";
 /// `LOWSHELL_` variables that are not project keys (command-line options,
 /// other components' settings): not applied, not warned about.
-pub const ENV_RESERVED: &[&str] =
-    &["LOWSHELL_LOG_FORMAT", "LOWSHELL_ADMIN_TOKEN", "LOWSHELL_URL", "LOWSHELL_HOST_BIN"];
+pub const ENV_RESERVED: &[&str] = &[
+    "LOWSHELL_LOG_FORMAT",
+    "LOWSHELL_ADMIN_TOKEN",
+    "LOWSHELL_URL",
+    "LOWSHELL_HOST_BIN",
+    "LOWSHELL_PERF_MAP",
+];
 
 /// `LOWSHELL_LIMITS__DEADLINE_MS` → `["limits", "deadline-ms"]`.
 fn env_key(var: &str) -> Option<Vec<String>> {
