@@ -2,6 +2,7 @@
 //! is durable; deploys reach this shell only.
 
 mod bus;
+mod collection;
 mod store;
 
 pub use bus::MemoryBus;

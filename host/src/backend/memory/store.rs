@@ -1,17 +1,17 @@
-//! The in-memory store: collections of versioned JSON documents behind one
-//! lock. A commit appends its events to the [`MemoryBus`] while holding that
-//! lock, so consumers see events in the order their writes were applied.
+//! The in-memory store: collections of versioned JSON documents
+//! ([`Collection`]) behind one lock. A commit appends its events to the
+//! [`MemoryBus`] while holding that lock, so consumers see events in the
+//! order their writes were applied.
 //! Parked events are kept here too (the memory bus keeps no log, so each
 //! record holds its event), changed under the same lock as the documents.
 
+use super::collection::Collection;
 use crate::backend::memory::MemoryBus;
 use crate::backend::{Chained, Commit, Parked, Store, StoreError, Written};
 use async_trait::async_trait;
 use low_contract::{Document, Value, WriteOp};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
-
-type Collection = BTreeMap<String, (u64, Value)>;
 
 pub struct MemoryStore {
     collections: Mutex<HashMap<String, Collection>>,
@@ -84,12 +84,8 @@ impl MemoryStore {
         for ((collection, key), next) in staged {
             let c = collections.entry(collection).or_default();
             match next {
-                Some(d) => {
-                    c.insert(key, d);
-                }
-                None => {
-                    c.remove(&key);
-                }
+                Some((version, body)) => c.set(&key, version, body),
+                None => c.remove(&key),
             }
         }
         if let Some(checkpoint) = &commit.checkpoint {
@@ -117,23 +113,24 @@ impl MemoryStore {
     }
 }
 
-/// What a commit's write ops leave, by collection and key (`None`: deleted).
-type Staged = HashMap<(String, String), Option<(u64, Value)>>;
+/// What a commit's write ops leave, by collection and key (`None`:
+/// deleted): the version and the body of the op.
+type Staged<'o> = HashMap<(String, String), Option<(u64, &'o Value)>>;
 
 /// Stages `ops` against the current state, as `earlier` (staged before
 /// them in the same commit) leaves it: all or nothing.
-fn stage(
+fn stage<'o>(
     collections: &HashMap<String, Collection>,
-    earlier: &Staged,
-    ops: &[WriteOp],
-) -> Result<Staged, StoreError> {
+    earlier: &Staged<'o>,
+    ops: &'o [WriteOp],
+) -> Result<Staged<'o>, StoreError> {
     let mut staged = Staged::new();
     for op in ops {
         let slot = (op.collection().to_owned(), op.key().to_owned());
         // Only whether it exists and at which version: its body is not copied.
         let current = match staged.get(&slot).or_else(|| earlier.get(&slot)) {
             Some(s) => s.as_ref().map(|(v, _)| *v),
-            None => collections.get(&slot.0).and_then(|c| c.get(&slot.1)).map(|(v, _)| *v),
+            None => collections.get(&slot.0).and_then(|c| c.version(&slot.1)),
         };
         let version = current.unwrap_or(0);
         let next = match op {
@@ -141,16 +138,16 @@ fn stage(
                 if current.is_some() {
                     return Err(StoreError::Conflict(format!("`{collection}/{key}` already exists")));
                 }
-                Some((1, body.clone()))
+                Some((1, body))
             }
-            WriteOp::Put { body, .. } => Some((version + 1, body.clone())),
+            WriteOp::Put { body, .. } => Some((version + 1, body)),
             WriteOp::UpdateIfVersion { collection, key, body, expected_version } => {
                 if version != *expected_version {
                     return Err(StoreError::Conflict(format!(
                         "`{collection}/{key}` is at version {version}, not {expected_version}"
                     )));
                 }
-                Some((version + 1, body.clone()))
+                Some((version + 1, body))
             }
             WriteOp::Delete { .. } => None,
             WriteOp::DeleteIfVersion { collection, key, expected_version } => {
@@ -167,14 +164,13 @@ fn stage(
     Ok(staged)
 }
 
-fn document(collection: &str, key: &str, (version, body): &(u64, Value)) -> Document {
-    Document { collection: collection.into(), key: key.into(), version: *version, body: body.clone() }
-}
-
 #[async_trait]
 impl Store for MemoryStore {
     async fn get(&self, collection: &str, key: &str) -> Result<Option<Document>, StoreError> {
-        Ok(self.lock().get(collection).and_then(|c| c.get(key)).map(|d| document(collection, key, d)))
+        match self.lock().get(collection) {
+            Some(c) => c.get(collection, key),
+            None => Ok(None),
+        }
     }
 
     async fn find(
@@ -184,13 +180,9 @@ impl Store for MemoryStore {
         value: &Value,
         limit: usize,
     ) -> Result<Vec<Document>, StoreError> {
-        let collections = self.lock();
-        let Some(c) = collections.get(collection) else { return Ok(vec![]) };
-        Ok(c.iter()
-            .filter(|(_, (_, body))| body.get(field) == Some(value))
-            .take(limit)
-            .map(|(k, d)| document(collection, k, d))
-            .collect())
+        let mut collections = self.lock();
+        let Some(c) = collections.get_mut(collection) else { return Ok(vec![]) };
+        c.find(collection, field, value, limit)
     }
 
     async fn list(
@@ -199,11 +191,9 @@ impl Store for MemoryStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Document>, StoreError> {
-        use std::ops::Bound::{Excluded, Unbounded};
         let collections = self.lock();
         let Some(c) = collections.get(collection) else { return Ok(vec![]) };
-        let start = after.map_or(Unbounded, |a| Excluded(a.to_owned()));
-        Ok(c.range((start, Unbounded)).take(limit).map(|(k, d)| document(collection, k, d)).collect())
+        c.list(collection, after, limit)
     }
 
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
