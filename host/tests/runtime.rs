@@ -134,3 +134,29 @@ async fn bytes_that_are_not_a_component_are_refused() {
     let refused = runtime.load(b"not wasm at all").await.expect_err("refused");
     assert!(matches!(refused, LoadError::NotAComponent(_)), "{refused}");
 }
+
+/// A call refused because the component lacks its export (a handler asked
+/// to `resolve`) leaves the instance as clean as it was: the next execution
+/// goes on with it, as the guest's count of its `operate` calls shows.
+#[tokio::test]
+async fn a_call_refused_for_its_kind_keeps_the_instance() {
+    let handler = load("fixtures/misbehave").await;
+    let count = Message::new("c-1", "Misbehave", json!({ "action": "count" }));
+    let served = |outcome: Outcome| match outcome {
+        Outcome::Emit(events) => events[0].payload["detail"].as_str().map(str::to_owned),
+        other => panic!("emits: {other:?}"),
+    };
+    let mut call = handler.start(None).await.expect("instance");
+    let first = served(call.operate(&count, &Data::default()).await.expect("operate"));
+    drop(call);
+
+    let mut call = handler.start(None).await.expect("instance");
+    let refused = call.resolve(&count, &[]).await.expect_err("a handler has no `resolve`");
+    assert!(refused.to_string().contains("resolve"), "{refused}");
+    drop(call);
+
+    let mut call = handler.start(None).await.expect("instance");
+    let next = served(call.operate(&count, &Data::default()).await.expect("operate"));
+    let first: u32 = first.and_then(|n| n.parse().ok()).expect("a count");
+    assert_eq!(next, Some((first + 1).to_string()), "the same instance served on");
+}

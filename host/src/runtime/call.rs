@@ -215,7 +215,8 @@ impl WasmCall {
     }
 
     /// Arms the deadline of the export call about to start; the instance is
-    /// clean again only once the call has returned.
+    /// clean again only once the call has returned. Called once the export
+    /// is known to be there: a call refused for its kind leaves it clean.
     fn arm(&mut self) {
         self.clean = false;
         arm(&mut self.kept.store, self.deadline);
@@ -269,11 +270,11 @@ impl Guest for WasmCall {
     }
 
     async fn lookup(&mut self, input: &Message) -> Result<Vec<Lookup>, GuestError> {
-        self.arm();
-        let _timer = self.metrics.timer("lookup");
         let Instance::Function { lookup, .. } = self.kept.instance else {
             return Err(self.wrong_kind("lookup"));
         };
+        self.arm();
+        let _timer = self.metrics.timer("lookup");
         let lookup = unsafe { TypedFunc::<(&wit::Message,), (Vec<wit::Lookup>,)>::new_unchecked(lookup) };
         self.kept.store.data_mut().in_lookup = true;
         let plan = lookup.call_async(&mut self.kept.store, (&convert::message_to_wit(input),)).await;
@@ -287,11 +288,11 @@ impl Guest for WasmCall {
     }
 
     async fn operate(&mut self, input: &Message, data: &Data) -> Result<Outcome, GuestError> {
-        self.arm();
-        let _timer = self.metrics.timer("operate");
         let Instance::Function { operate, .. } = self.kept.instance else {
             return Err(self.wrong_kind("operate"));
         };
+        self.arm();
+        let _timer = self.metrics.timer("operate");
         let operate =
             unsafe { TypedFunc::<(&wit::Message, &[wit::Found]), (wit::Outcome,)>::new_unchecked(operate) };
         let returned = operate
@@ -302,11 +303,11 @@ impl Guest for WasmCall {
     }
 
     async fn write(&mut self, output: &Message) -> Result<WritePlan, GuestError> {
-        self.arm();
-        let _timer = self.metrics.timer("write");
         let Instance::Function { write, .. } = self.kept.instance else {
             return Err(self.wrong_kind("write"));
         };
+        self.arm();
+        let _timer = self.metrics.timer("write");
         let write = unsafe { TypedFunc::<(&wit::Message,), (wit::WritePlan,)>::new_unchecked(write) };
         let returned = write.call_async(&mut self.kept.store, (&convert::message_to_wit(output),)).await;
         let (plan,) = self.returned(returned).map_err(|e| self.fail("write", &e))?;
@@ -314,11 +315,11 @@ impl Guest for WasmCall {
     }
 
     async fn resolve(&mut self, command: &Message, seen: &[Message]) -> Result<Resolution, GuestError> {
-        self.arm();
-        let _timer = self.metrics.timer("resolve");
         let Instance::Resolver { resolve, .. } = self.kept.instance else {
             return Err(self.wrong_kind("resolve"));
         };
+        self.arm();
+        let _timer = self.metrics.timer("resolve");
         let resolve = unsafe {
             TypedFunc::<(&wit::Message, &[wit::Message]), (wit::Resolution,)>::new_unchecked(resolve)
         };
