@@ -1016,4 +1016,22 @@ async fn a_chained_part_applies_only_when_its_consumer_misses_nothing() {
     assert_eq!(store.commit_chained(emitted("e10", "h10"), parts).await.expect("commit"), 0, "p is behind");
     assert!(stored("h10").await && !stored("p10").await && !stored("q10").await);
     assert_eq!(processed_by(&mut p, &store, "p", 2).await, ["e9", "e10"]);
+
+    // Parts go without savepoints unless one was declined in the last
+    // second: a second on, `q` behind again, the transaction is rolled back
+    // and flown again with them, and the first part still applies.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    store.commit(Commit { events: vec![on("u", "u11")], ..Commit::default() }).await.expect("append u11");
+    let parts = vec![emitting("p12", "u12"), on_u("q12")];
+    assert_eq!(store.commit_chained(emitted("e12", "h12"), parts).await.expect("commit"), 1, "q is behind");
+    assert!(stored("h12").await && stored("p12").await && !stored("q12").await);
+    assert!(next(&mut p, Duration::from_millis(500)).await.is_none(), "p is past e12");
+    assert_eq!(processed_by(&mut q, &store, "q", 2).await, ["u11", "u12"], "q reads both itself");
+    let events: i64 = pg::client(&url)
+        .await
+        .query_one("SELECT count(*) FROM events WHERE id IN ('e12', 'u12')", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(events, 2, "each appended once");
 }

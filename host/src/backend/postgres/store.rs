@@ -8,6 +8,7 @@
 //! table) and applying a parked one are part of a commit as well.
 
 use crate::backend::postgres::PgBus;
+use crate::backend::postgres::bus::Committing;
 use crate::backend::postgres::database::{
     Database, EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, describe, describe_pool, is_unavailable,
 };
@@ -16,12 +17,15 @@ use async_trait::async_trait;
 use low_contract::{Document, Query, Value, WriteOp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
 
 pub struct PgStore {
     db: Arc<Database>,
+    /// When a chained part was last declined.
+    declined: Declined,
     /// This shell's bus, told at once of what a commit appended (its
     /// consumers and waiting requests need not wait for the NOTIFY).
     bus: Option<PgBus>,
@@ -31,20 +35,20 @@ pub struct PgStore {
 
 impl PgStore {
     pub fn new(db: Arc<Database>) -> Self {
-        Self { db, bus: None, reads: false }
+        Self { db, declined: Declined::default(), bus: None, reads: false }
     }
 
     /// A store for the read path (the API's queries, the responses'
     /// documents): its own pool, so reads wait for reads, never commits for
     /// reads. Not for commits.
     pub fn for_reads(db: Arc<Database>) -> Self {
-        Self { db, bus: None, reads: true }
+        Self { db, declined: Declined::default(), bus: None, reads: true }
     }
 
     /// A store whose commits wake `bus`'s consumers and answer its waiting
     /// requests directly, in this shell; the other shells hear the NOTIFY.
     pub fn with_bus(db: Arc<Database>, bus: PgBus) -> Self {
-        Self { db, bus: Some(bus), reads: false }
+        Self { db, declined: Declined::default(), bus: Some(bus), reads: false }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -59,8 +63,7 @@ impl PgStore {
         let tag = self.bus.as_ref().map_or("", PgBus::echo_tag);
         let bound = Bound::new(&commit, tag)?;
         // Each chained part is a commit of its own inside the transaction,
-        // after a savepoint of its own, its checkpoint moved by `CHAIN`
-        // rather than `ADVANCE`.
+        // its checkpoint moved by `CHAIN` rather than `ADVANCE`.
         let parts: Vec<(String, Vec<String>, Commit)> = chained
             .into_iter()
             .take(sql::SAVEPOINTS.len())
@@ -71,15 +74,84 @@ impl PgStore {
             .collect();
         let parts_bound =
             parts.iter().map(|(_, _, part)| Bound::new(part, tag)).collect::<Result<Vec<_>, _>>()?;
+        let parts_of: Vec<(&str, &[String], &Bound)> = parts
+            .iter()
+            .zip(&parts_bound)
+            .map(|((consumer, topics, _), bound)| (consumer.as_str(), topics.as_slice(), bound))
+            .collect();
+        // Parts nearly always apply: they go without savepoints (two
+        // statements fewer in the flight) unless one was declined lately,
+        // and when one does not apply, the transaction is rolled back and
+        // flown again with them.
+        let mut savepoints = parts.is_empty() || self.declined.recently();
+        let (applied, committing) = loop {
+            match self.fly(&commit, &bound, &parts_of, savepoints).await? {
+                Flown::Committed { applied, committing } => break (applied, committing),
+                Flown::Declined => {
+                    self.declined.now();
+                    savepoints = true;
+                }
+            }
+        };
+        drop(parts_bound);
+        for (index, (consumer, _, _)) in parts.iter().enumerate() {
+            crate::metrics::chained(consumer, index < applied);
+        }
+        if let Some(bus) = &self.bus {
+            let mut parts = parts;
+            parts.truncate(applied);
+            // The chained consumers have processed every event of this
+            // transaction: the others are woken for them.
+            let done: Vec<&str> = parts.iter().map(|(consumer, _, _)| consumer.as_str()).collect();
+            let topics: BTreeSet<&str> = std::iter::once(&commit)
+                .chain(parts.iter().map(|(_, _, part)| part))
+                .flat_map(|c| c.events.iter().map(|e| e.topic.as_str()))
+                .collect();
+            bus.wake_local_but(topics, &done);
+            // An answer may name what its part or any before it wrote.
+            drop(bound);
+            let answers = std::iter::once(commit).chain(parts.into_iter().map(|(_, _, part)| part));
+            let mut written = Written::new();
+            let mut answers = answers.peekable();
+            while let Some(answer) = answers.next() {
+                if answers.peek().is_some() || !answer.notify.is_empty() {
+                    written.extend(answer.writes());
+                }
+                let notify: Vec<_> =
+                    answer.notify.into_iter().filter(|n| n.correlation_id.is_some()).collect();
+                if !notify.is_empty() {
+                    bus.notify_local(notify, written.clone());
+                }
+            }
+        }
+        if let Some(committing) = committing {
+            committing.answered();
+        }
+        Ok(applied)
+    }
+
+    /// One transaction of `commit` and its chained `parts`, each part after
+    /// a savepoint of its own when `savepoints`: committed with the parts
+    /// that applied, or rolled back whole when a part did not apply and
+    /// there were no savepoints to roll back to.
+    async fn fly(
+        &self,
+        commit: &Commit,
+        bound: &Bound<'_>,
+        parts: &[(&str, &[String], &Bound<'_>)],
+        savepoints: bool,
+    ) -> Result<Flown, StoreError> {
         let mut tx = Flight::new(self.client().await?);
         let client = tx.client()?;
         let statements = bound.statements(client).await?;
         let mut chained_statements = vec![];
-        for (((consumer, topics, _), part), savepoint) in parts.iter().zip(&parts_bound).zip(sql::SAVEPOINTS)
-        {
-            let savepoint = client.prepare_cached(savepoint).await.map_err(store_error)?;
+        for ((consumer, topics, part), savepoint) in parts.iter().zip(sql::SAVEPOINTS) {
             let advance = client.prepare_cached(sql::CHAIN).await.map_err(store_error)?;
-            let mut part_statements = vec![(savepoint, vec![], Expect::Any)];
+            let mut part_statements = vec![];
+            if savepoints {
+                let savepoint = client.prepare_cached(savepoint).await.map_err(store_error)?;
+                part_statements.push((savepoint, vec![], Expect::Any));
+            }
             part_statements.push((advance, vec![consumer as &(dyn ToSql + Sync), topics], Expect::Chained));
             part_statements.extend(part.statements(client).await?);
             chained_statements.push(part_statements);
@@ -110,7 +182,7 @@ impl PgStore {
         let committing = self.bus.as_ref().map(|bus| bus.committing(notified.collect()));
         let expected = statements.iter().map(|(_, _, expect)| expect);
         let verdict =
-            begun.map_err(store_error).and_then(|()| settle(&commit, results.into_iter().zip(expected)));
+            begun.map_err(store_error).and_then(|()| settle(commit, results.into_iter().zip(expected)));
         if !matches!(verdict, Ok(Verdict::Apply)) {
             // What the statements said wins over a failed rollback (whose
             // connection then leaves the pool, see `Flight`).
@@ -121,14 +193,14 @@ impl PgStore {
             if let Some(committing) = committing {
                 committing.answered();
             }
-            return verdict.map(|_| 0);
+            return verdict.map(|_| Flown::Committed { applied: 0, committing: None });
         }
         // The parts apply up to the first that cannot.
         let mut results = chained_results.into_iter();
         let mut applied = 0;
         for ((consumer, _, part), part_statements) in parts.iter().zip(&chained_statements) {
             let outcome = results.by_ref().take(part_statements.len());
-            match settle(part, outcome.zip(part_statements.iter().map(|(_, _, expect)| expect))) {
+            match settle(part.commit, outcome.zip(part_statements.iter().map(|(_, _, expect)| expect))) {
                 Ok(Verdict::Apply) => applied += 1,
                 outcome => {
                     tracing::debug!(%consumer, "the chained steps do not apply, their events go to the consumer: {outcome:?}");
@@ -136,44 +208,19 @@ impl PgStore {
                 }
             }
         }
+        if applied < parts.len() && !savepoints {
+            tx.end("ROLLBACK").await?;
+            if let Some(committing) = committing {
+                committing.answered();
+            }
+            return Ok(Flown::Declined);
+        }
         tx.end(match sql::ROLLBACK_TO.get(applied) {
             Some(rollback) if applied < parts.len() => rollback,
             _ => "COMMIT",
         })
         .await?;
-        for (index, (consumer, _, _)) in parts.iter().enumerate() {
-            crate::metrics::chained(consumer, index < applied);
-        }
-        if let Some(bus) = &self.bus {
-            let mut parts = parts;
-            parts.truncate(applied);
-            // The chained consumers have processed every event of this
-            // transaction: the others are woken for them.
-            let done: Vec<&str> = parts.iter().map(|(consumer, _, _)| consumer.as_str()).collect();
-            let topics: BTreeSet<&str> = std::iter::once(&commit)
-                .chain(parts.iter().map(|(_, _, part)| part))
-                .flat_map(|c| c.events.iter().map(|e| e.topic.as_str()))
-                .collect();
-            bus.wake_local_but(topics, &done);
-            // An answer may name what its part or any before it wrote.
-            let answers = std::iter::once(commit).chain(parts.into_iter().map(|(_, _, part)| part));
-            let mut written = Written::new();
-            let mut answers = answers.peekable();
-            while let Some(answer) = answers.next() {
-                if answers.peek().is_some() || !answer.notify.is_empty() {
-                    written.extend(answer.writes());
-                }
-                let notify: Vec<_> =
-                    answer.notify.into_iter().filter(|n| n.correlation_id.is_some()).collect();
-                if !notify.is_empty() {
-                    bus.notify_local(notify, written.clone());
-                }
-            }
-        }
-        if let Some(committing) = committing {
-            committing.answered();
-        }
-        Ok(applied)
+        Ok(Flown::Committed { applied, committing })
     }
 
     /// Deletes every document of `collections` and moves `consumer` back to
@@ -430,6 +477,34 @@ enum Verdict {
     /// another shell or by an attempt whose answer was lost: applying it
     /// again would process the event twice, so the transaction is dropped.
     Duplicate,
+}
+
+/// How a transaction of a commit ended.
+enum Flown {
+    /// Committed, with this many chained parts (`committing`: the echo of
+    /// its notifications, kept until the caller has handed them over).
+    Committed { applied: usize, committing: Option<Committing> },
+    /// Rolled back whole: a chained part did not apply, and the parts had
+    /// no savepoints.
+    Declined,
+}
+
+/// When a chained part was last declined: for a while after, parts go
+/// with savepoints at once (a decline without them costs a transaction).
+#[derive(Default)]
+struct Declined(std::sync::Mutex<Option<Instant>>);
+
+impl Declined {
+    /// How long after a decline parts keep their savepoints.
+    const FOR: Duration = Duration::from_secs(1);
+
+    fn now(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    fn recently(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|at| at.elapsed() < Self::FOR)
+    }
 }
 
 /// A commit's values converted for Postgres, checked before any statement
