@@ -43,8 +43,10 @@ use crate::backend::{
     Subscription, Written, fingerprint,
 };
 use async_trait::async_trait;
+use futures::FutureExt;
 use low_contract::{Message, Principal};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -1003,13 +1005,20 @@ async fn append_commands(inner: Weak<Inner>, mut queue: mpsc::Receiver<Append>) 
 async fn chained(inner: &Inner, commands: &[Event]) -> bool {
     let chain = inner.chain.lock().unwrap_or_else(|p| p.into_inner()).as_ref().and_then(Weak::upgrade);
     let Some(chain) = chain else { return false };
-    match chain.append(commands).await {
-        Some(Ok(())) => true,
-        Some(Err(e)) => {
+    // A bug in the steps must not end the appender (every command after
+    // would be refused): the commands are appended alone instead (an
+    // append of a command already in the log appends nothing).
+    match AssertUnwindSafe(chain.append(commands)).catch_unwind().await {
+        Ok(Some(Ok(()))) => true,
+        Ok(Some(Err(e))) => {
             tracing::debug!("commands not appended with their steps, appending them alone: {e}");
             false
         }
-        None => false,
+        Ok(None) => false,
+        Err(_) => {
+            tracing::error!("chaining commands to their steps panicked; appending them alone");
+            false
+        }
     }
 }
 
