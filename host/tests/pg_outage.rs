@@ -365,7 +365,7 @@ async fn watchers_see_what_is_appended_after_a_crash_that_lost_what_they_saw() {
 /// Waits (up to 30 s) for the watcher to show the event `id`; the ids it
 /// showed before it.
 async fn next_id(
-    watcher: &mut tokio::sync::broadcast::Receiver<host::backend::Event>,
+    watcher: &mut tokio::sync::broadcast::Receiver<Arc<host::backend::Event>>,
     id: &str,
 ) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -374,7 +374,7 @@ async fn next_id(
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, watcher.recv()).await {
             Ok(Ok(event)) if event.message.id == id => return shown,
-            Ok(Ok(event)) => shown.push(event.message.id),
+            Ok(Ok(event)) => shown.push(event.message.id.clone()),
             Ok(Err(e)) => panic!("the watcher: {e}"),
             Err(_) => panic!("{id} was not shown within 30 s; shown: {shown:?}"),
         }

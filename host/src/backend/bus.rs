@@ -281,7 +281,7 @@ pub trait Bus: Send + Sync + 'static {
     /// Every event and command appended from now on, for live watchers (the
     /// GraphQL `events` subscription). Best effort: a watcher that falls
     /// behind is told it lagged and skips ahead.
-    fn watch_events(&self) -> Result<broadcast::Receiver<Event>, BusError> {
+    fn watch_events(&self) -> Result<broadcast::Receiver<Arc<Event>>, BusError> {
         Err(BusError::Invalid("watching events is not supported by this bus".into()))
     }
 }

@@ -512,7 +512,7 @@ fn event_type() -> Object {
 /// Appended events matching the filters; a watcher that falls too far behind
 /// gets one error and the stream ends.
 fn watch<'a>(
-    rx: broadcast::Receiver<Event>,
+    rx: broadcast::Receiver<Arc<Event>>,
     topic: Option<String>,
     kind: Option<String>,
 ) -> impl Stream<Item = Result<FieldValue<'a>, async_graphql::Error>> + Send + 'a {
@@ -911,7 +911,7 @@ mod tests {
         let (tx, rx) = broadcast::channel(2);
         let mut stream = Box::pin(watch(rx, Some("customer".into()), Some("CustomerInvited".into())));
         for e in [event("commands", "InviteCustomer"), event("customer", "CustomerInvited")] {
-            tx.send(e).expect("a watcher");
+            tx.send(Arc::new(e)).expect("a watcher");
         }
         let first = stream.next().await.expect("an item").expect("an event");
         let seen = first.downcast_ref::<Value>().cloned().unwrap_or_default();
@@ -921,7 +921,7 @@ mod tests {
         );
 
         for _ in 0..5 {
-            tx.send(event("customer", "CustomerInvited")).expect("a watcher");
+            tx.send(Arc::new(event("customer", "CustomerInvited"))).expect("a watcher");
         }
         let lagged = stream.next().await.expect("an item");
         assert!(lagged.is_err_and(|e| e.message.contains("fell behind")));

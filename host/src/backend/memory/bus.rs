@@ -77,7 +77,7 @@ struct Inner {
     notify: NotificationSink,
     position: AtomicU64,
     recent: Mutex<Recent>,
-    watchers: broadcast::Sender<Event>,
+    watchers: broadcast::Sender<Arc<Event>>,
     /// The latest [`AUDITED`] appended, oldest first.
     trail: Mutex<VecDeque<Delivery>>,
     /// Runs a submitted command's steps before it is appended, when the
@@ -176,9 +176,9 @@ impl Appending<'_> {
                 if trail.len() > AUDITED {
                     trail.pop_front();
                 }
-                // Nobody watching is fine (and then nothing to copy).
+                // Nobody watching is fine; watchers share the one copy too.
                 if inner.watchers.receiver_count() > 0 {
-                    let _ = inner.watchers.send(Event::clone(&event));
+                    let _ = inner.watchers.send(Arc::clone(&event));
                 }
                 // A closed channel is a consumer that stopped: forget it.
                 self.subscribers.retain_mut(|s| {
@@ -351,7 +351,7 @@ impl Bus for MemoryBus {
         Ok(Box::new(MemorySubscription { consumer: consumer.to_owned(), topics: topics.to_vec(), queue }))
     }
 
-    fn watch_events(&self) -> Result<broadcast::Receiver<Event>, BusError> {
+    fn watch_events(&self) -> Result<broadcast::Receiver<Arc<Event>>, BusError> {
         Ok(self.inner.watchers.subscribe())
     }
 

@@ -95,7 +95,7 @@ struct Inner {
     last_notification: AtomicI64,
     /// Live watchers of the log (the `events` subscription), fed by one
     /// tail of the log started with the first watcher.
-    watchers: broadcast::Sender<Event>,
+    watchers: broadcast::Sender<Arc<Event>>,
     tailing: AtomicBool,
     /// Partitions whose lease this shell holds, by function: its share.
     held: Mutex<HashMap<String, usize>>,
@@ -618,7 +618,7 @@ async fn tail_once(inner: &Inner, cursor: &mut Option<Cursor>) -> Result<(), Bus
             at.position = i64::try_from(delivery.position).unwrap_or(i64::MAX);
             at.id.clone_from(&delivery.event.message.id);
             // Nobody watching any more is fine: the loop ends at its next turn.
-            let _ = inner.watchers.send(Arc::unwrap_or_clone(delivery.event));
+            let _ = inner.watchers.send(delivery.event);
         }
         *cursor = Some(at.clone());
         if (rows.len() as i64) < BATCH {
@@ -1423,7 +1423,7 @@ impl Bus for PgBus {
         }
     }
 
-    fn watch_events(&self) -> Result<broadcast::Receiver<Event>, BusError> {
+    fn watch_events(&self) -> Result<broadcast::Receiver<Arc<Event>>, BusError> {
         let rx = self.inner.watchers.subscribe();
         if !self.inner.tailing.swap(true, Ordering::SeqCst) {
             tokio::spawn(tail(Arc::clone(&self.inner)));
