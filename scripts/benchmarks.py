@@ -100,8 +100,10 @@ w(f"- **2. End to end**: the release `host` binary as its own process, memory mo
   "with the servers.")
 w("- **3. Postgres**: the same load against `projects/postgres.toml` (components) and the hand-written "
   "service (`--database-url`), beside `pgbench -M prepared` running `host/benches/pgbench/invite.sql` — "
-  "the statements the shell runs for one command (append the command, each consumer's read, lookup and "
-  "commit, the notification read back, the resolver's document) as one pgbench transaction — each on a "
+  "the statements the shell runs for one command chained to its steps (the handler's and the projector's "
+  "reads, then one transaction: the command, each consumer's checkpoint, writes and events, the "
+  "notification) as one pgbench transaction; with no consumer running there, a checkpoint that falls "
+  "behind under concurrency stays behind, so most of its updates then find nothing to move — each on a "
   "database of its own on one server, at the same client counts, taking turns. CPU per command counts "
   "the service's process only, not Postgres's. Server: " + ", ".join(pg.get("server", [])) + ".")
 w(f"- **4. Hot swap**: 8 clients for {load_s:g} s while `invite-customer` is redeployed 6 times (v1 ↔ v2, both "
