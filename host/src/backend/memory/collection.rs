@@ -23,6 +23,7 @@ struct Held {
 /// value's JSON text, which equal values share).
 type Index = HashMap<Box<str>, BTreeSet<Box<str>>>;
 
+/// The documents of one collection by key, and its indexes by field.
 #[derive(Default)]
 pub(super) struct Collection {
     documents: BTreeMap<Box<str>, Held>,
