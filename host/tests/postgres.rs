@@ -664,6 +664,9 @@ async fn a_step_committed_twice_is_applied_once() {
     let db = Arc::new(Database::connect(&url).await.expect("connect"));
     let bus = PgBus::start(Arc::clone(&db));
     let store = PgStore::with_bus(Arc::clone(&db), bus.clone());
+    let (requests, mut notifications) = Waiting::new();
+    let taker: Weak<dyn Requests> = Arc::downgrade(&requests) as Weak<Waiting>;
+    bus.notifications(taker).await.expect("notifications");
     let command = low_contract::Message::new("c-1", "InviteCustomer", json!({})).correlated("c-1");
     let submitted = host::backend::Event {
         topic: low_contract::COMMANDS_TOPIC.into(),
@@ -678,6 +681,7 @@ async fn a_step_committed_twice_is_applied_once() {
     let step = |n: u32| Commit {
         ops: vec![WriteOp::Put { collection: "c".into(), key: format!("k{n}"), body: json!({}) }],
         checkpoint: Some(Checkpoint::past("f", &delivery)),
+        notify: vec![low_contract::Message::new(format!("n{n}"), "Done", json!({})).correlated("c-1")],
         ..Commit::default()
     };
     // Two processors of the same delivery (a lease handed over mid-step):
@@ -686,6 +690,12 @@ async fn a_step_committed_twice_is_applied_once() {
     store.commit(step(2)).await.expect("the duplicate is dropped, not an error");
     assert!(store.get("c", "k1").await.expect("get").is_some());
     assert!(store.get("c", "k2").await.expect("get").is_none(), "the duplicate step was applied");
+    // Only the applied step's answer reaches the requests.
+    let mut answered = vec![];
+    while let Ok(Some(n)) = tokio::time::timeout(Duration::from_millis(500), notifications.recv()).await {
+        answered.push(n.id);
+    }
+    assert_eq!(answered, ["n1"], "the dropped step's notification was handed over");
     // A conflict too is rolled back before its connection is lent again:
     // none of the shell's connections is left inside a transaction.
     let conflicting = Commit {

@@ -87,6 +87,7 @@ impl PgStore {
         let (applied, committing) = loop {
             match self.fly(&commit, &bound, &parts_of, savepoints).await? {
                 Flown::Committed { applied, committing } => break (applied, committing),
+                Flown::Dropped => return Ok(0),
                 Flown::Declined => {
                     self.declined.now();
                     savepoints = true;
@@ -193,7 +194,7 @@ impl PgStore {
             if let Some(committing) = committing {
                 committing.answered();
             }
-            return verdict.map(|_| Flown::Committed { applied: 0, committing: None });
+            return verdict.map(|_| Flown::Dropped);
         }
         // The parts apply up to the first that cannot.
         let mut results = chained_results.into_iter();
@@ -488,6 +489,9 @@ enum Flown {
     /// Committed, with this many chained parts (`committing`: the echo of
     /// its notifications, kept until the caller has handed them over).
     Committed { applied: usize, committing: Option<Committing> },
+    /// Rolled back: the commit's step was applied already. Nothing to
+    /// hand over, no one to wake.
+    Dropped,
     /// Rolled back whole: a chained part did not apply, and the parts had
     /// no savepoints.
     Declined,
