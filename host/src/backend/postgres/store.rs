@@ -185,15 +185,8 @@ impl PgStore {
         let verdict =
             begun.map_err(store_error).and_then(|()| settle(commit, results.into_iter().zip(expected)));
         if !matches!(verdict, Ok(Verdict::Apply)) {
-            // What the statements said wins over a failed rollback (whose
-            // connection then leaves the pool, see `Flight`).
-            if let Err(e) = tx.end("ROLLBACK").await {
-                tracing::debug!("could not roll back a commit not applied: {e}");
-            }
-            // Never committed (`COMMIT` was not sent): nothing to echo.
-            if let Some(committing) = committing {
-                committing.answered();
-            }
+            // What the statements said wins over a failed rollback.
+            tx.roll_back(committing).await;
             return verdict.map(|_| Flown::Dropped);
         }
         // The parts apply up to the first that cannot.
@@ -210,14 +203,7 @@ impl PgStore {
             }
         }
         if applied < parts.len() && !savepoints {
-            // Never committed: nothing to echo. A failed rollback only
-            // takes the connection out of the pool (see `Flight`).
-            if let Err(e) = tx.end("ROLLBACK").await {
-                tracing::debug!("could not roll back a chain to send again: {e}");
-            }
-            if let Some(committing) = committing {
-                committing.answered();
-            }
+            tx.roll_back(committing).await;
             return Ok(Flown::Declined);
         }
         tx.end(match sql::ROLLBACK_TO.get(applied) {
@@ -1005,6 +991,18 @@ impl Flight {
         self.client()?.batch_execute(how).await.map_err(store_error)?;
         self.open = false;
         Ok(())
+    }
+
+    /// Rolls back a transaction whose `COMMIT` was never sent: its
+    /// notifications (`committing`) will have no echo to wait for. A failed
+    /// rollback only takes the connection out of the pool (see `Flight`).
+    async fn roll_back(&mut self, committing: Option<Committing>) {
+        if let Err(e) = self.end("ROLLBACK").await {
+            tracing::debug!("could not roll back a commit not applied: {e}");
+        }
+        if let Some(committing) = committing {
+            committing.answered();
+        }
     }
 }
 
