@@ -111,3 +111,6 @@ macro_rules! boundary {
 
 #[cfg(target_arch = "wasm32")]
 pub(crate) use boundary;
+
+#[cfg(any(test, all(target_arch = "wasm32", not(target_feature = "atomics"))))]
+mod alloc;
