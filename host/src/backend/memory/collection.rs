@@ -38,7 +38,8 @@ impl Collection {
 
     /// Writes `body` at `key` as version `version`.
     pub(super) fn set(&mut self, key: &str, version: u64, body: &Value) {
-        let held = Held { version, body: body.to_string().into() };
+        // `to_string` on a `Value` goes through `fmt::Write`, about twice the cost.
+        let held = Held { version, body: serde_json::to_string(body).unwrap_or_default().into() };
         let old = self.documents.insert(key.into(), held);
         if self.indexes.is_empty() {
             return;
