@@ -21,7 +21,7 @@ use crate::backend::overlay::Overlay;
 use crate::backend::{Bus, BusError, CommandChain, Delivery, Partition, Subscription};
 use crate::backend::{Chained, Checkpoint, Commit, Event, Parked, Store, StoreError};
 use crate::config::{ConsumerPolicy, MAX_BACKOFF, OnFailure};
-use crate::deploy::shadow::{Offer, Shadows};
+use crate::deploy::shadow::{Decision, Offer, Shadows};
 use crate::registry::{Functions, Registry};
 use crate::runtime::{Function, Guest, GuestError, HostEnv, StepLimits};
 use low_contract::{
@@ -557,7 +557,8 @@ impl Executor {
             let span = step_span(function, delivery);
             let input = &delivery.event.message;
             let ready = prepared.get_mut(index).and_then(Option::take);
-            let cycle = step_cycle(&functions, f, &view, input, ready).instrument(span).await?;
+            let keep = self.shadows.watching(function);
+            let cycle = step_cycle(&functions, f, &view, input, ready, keep).instrument(span).await?;
             offers.extend(self.shadows.take(function, &delivery.event.message, &cycle));
             overlay.apply(&cycle.commit.ops);
             commit.ops.extend(cycle.commit.ops);
@@ -879,7 +880,8 @@ impl Executor {
     ) -> Result<(), StepError> {
         let mut last = String::new();
         for attempt in 1..=self.attempts {
-            let cycle = run_cycle(functions, function, &self.store, &delivery.event.message).await?;
+            let keep = self.shadows.watching(function.name());
+            let cycle = run_step(functions, function, &self.store, &delivery.event.message, keep).await?;
             let offer = self.shadows.take(function.name(), &delivery.event.message, &cycle);
             let commit =
                 Commit { checkpoint: base.checkpoint.clone(), unpark: base.unpark.clone(), ..cycle.commit };
@@ -1022,9 +1024,10 @@ pub struct Cycle {
     /// The lookup plan, and what running it found.
     pub lookups: Vec<Lookup>,
     pub data: Data,
-    pub outcome: Outcome,
-    /// One write plan per emitted message, in order.
-    pub plans: Vec<WritePlan>,
+    /// The outcome and the write plans as the guest returned them: what
+    /// `commit` is made of, kept beside it only when asked ([`run_cycle`]
+    /// does; a live step only for a shadow deployment, which compares them).
+    pub decision: Option<Decision>,
     /// What to commit: the plans' ops, the events (stamped), the
     /// notifications (correlated); no checkpoint.
     pub commit: Commit,
@@ -1070,7 +1073,8 @@ async fn chained_steps(
             chained = true,
         );
         let ready = prepared.get_mut(index).and_then(Option::take);
-        let cycle = step_cycle(functions, target, &view, message, ready).instrument(span).await?;
+        let keep = shadows.watching(target.name());
+        let cycle = step_cycle(functions, target, &view, message, ready, keep).instrument(span).await?;
         offers.extend(shadows.take(target.name(), message, &cycle));
         overlay.apply(&cycle.commit.ops);
         chained.ops.extend(cycle.commit.ops);
@@ -1089,10 +1093,13 @@ async fn step_cycle(
     store: &Arc<dyn Store>,
     input: &Message,
     ready: Option<Prepared>,
+    keep: bool,
 ) -> Result<Cycle, StepError> {
     match ready {
-        Some(ready) => finish_cycle(functions, function, store, input, ready, &Budget::start(function)).await,
-        None => run_cycle(functions, function, store, input).await,
+        Some(ready) => {
+            finish_cycle(functions, function, store, input, ready, &Budget::start(function), keep).await
+        }
+        None => run_step(functions, function, store, input, keep).await,
     }
 }
 
@@ -1185,7 +1192,7 @@ pub async fn replay_group(
     let view: Arc<dyn Store> = overlay.clone();
     let mut ops = vec![];
     for input in inputs {
-        let cycle = run_cycle(functions, function, &view, input).await?;
+        let cycle = run_step(functions, function, &view, input, false).await?;
         overlay.apply(&cycle.commit.ops);
         ops.extend(cycle.commit.ops);
     }
@@ -1206,12 +1213,24 @@ pub async fn run_cycle(
     store: &Arc<dyn Store>,
     input: &Message,
 ) -> Result<Cycle, StepError> {
+    run_step(functions, function, store, input, true).await
+}
+
+/// [`run_cycle`], keeping the guest's [`Decision`] beside the commit only
+/// when `keep`: a live step's commit is made of it, not of a copy.
+pub(crate) async fn run_step(
+    functions: &Functions,
+    function: &Arc<Function>,
+    store: &Arc<dyn Store>,
+    input: &Message,
+    keep: bool,
+) -> Result<Cycle, StepError> {
     let mut call = function.start(Some(Arc::clone(store))).await?;
     // The clock starts once the step has its instance: waiting for a free
     // slot is the shell's load, not the step's doing.
     let budget = Budget::start(function);
     let lookups = budget.within("`lookup`", async { Ok(call.lookup(input).await?) }).await?;
-    finish_cycle(functions, function, store, input, Prepared { call, lookups }, &budget).await
+    finish_cycle(functions, function, store, input, Prepared { call, lookups }, &budget, keep).await
 }
 
 /// The rest of [`run_cycle`] once `lookup` has said what the step needs:
@@ -1223,11 +1242,12 @@ async fn finish_cycle(
     input: &Message,
     prepared: Prepared,
     budget: &Budget<'_>,
+    keep: bool,
 ) -> Result<Cycle, StepError> {
     let Prepared { mut call, lookups } = prepared;
     let data = budget.within("its lookup plan", run_lookups(functions, function, store, &lookups)).await?;
-    let outcome = budget.within("`operate`", async { Ok(call.operate(input, &data).await?) }).await?;
-    let emitted = emitted(function, &outcome, input)?;
+    let mut outcome = budget.within("`operate`", async { Ok(call.operate(input, &data).await?) }).await?;
+    let emitted = emitted(function, &mut outcome, input, keep)?;
     let mut plans = Vec::with_capacity(emitted.len());
     let mut tally = Tally::default();
     for message in &emitted {
@@ -1236,13 +1256,27 @@ async fn finish_cycle(
         plans.push(plan);
     }
     budget.within("the end of the step", async { Ok(()) }).await?;
-    let commit = assemble(function, input, &outcome, emitted, &plans);
-    Ok(Cycle { lookups, data, outcome, plans, commit })
+    let reason = match &outcome {
+        Outcome::Reject(reason) => Some(reason.as_str()),
+        _ => None,
+    };
+    let commit = match keep {
+        true => assemble(function, input, reason, emitted, plans.clone()),
+        false => assemble(function, input, reason, emitted, std::mem::take(&mut plans)),
+    };
+    let decision = keep.then_some(Decision { outcome, plans });
+    Ok(Cycle { lookups, data, decision, commit })
 }
 
 /// The messages `operate` emitted, within `limits.events`, each stamped
-/// with the request it serves and the input that caused it.
-fn emitted(function: &Function, outcome: &Outcome, input: &Message) -> Result<Vec<Message>, StepError> {
+/// with the request it serves and the input that caused it: copies when
+/// `keep`, else taken out of `outcome`.
+fn emitted(
+    function: &Function,
+    outcome: &mut Outcome,
+    input: &Message,
+    keep: bool,
+) -> Result<Vec<Message>, StepError> {
     let Outcome::Emit(messages) = outcome else { return Ok(vec![]) };
     let most = function.limits().step.events;
     if messages.len() > most {
@@ -1251,7 +1285,11 @@ fn emitted(function: &Function, outcome: &Outcome, input: &Message) -> Result<Ve
             format!("`operate` emits {} messages, more than limits.events ({most})", messages.len()),
         ));
     }
-    Ok(messages.iter().map(|m| stamp(function.env(), m.clone(), input)).collect())
+    let messages = match keep {
+        true => messages.clone(),
+        false => std::mem::take(messages),
+    };
+    Ok(messages.into_iter().map(|m| stamp(function.env(), m, input)).collect())
 }
 
 /// The write plans of a step so far, checked against the collections
@@ -1293,18 +1331,18 @@ impl Tally {
 fn assemble(
     function: &Function,
     input: &Message,
-    outcome: &Outcome,
+    rejected: Option<&str>,
     emitted: Vec<Message>,
-    plans: &[WritePlan],
+    plans: Vec<WritePlan>,
 ) -> Commit {
     let env = function.env();
     let mut commit = Commit::default();
-    if let Outcome::Reject(reason) = outcome {
+    if let Some(reason) = rejected {
         commit.notify.extend(notification(env, input, REJECTED, json!({ "reason": reason })));
     }
     for (message, plan) in emitted.into_iter().zip(plans) {
-        commit.ops.extend(plan.ops.iter().cloned());
-        commit.notify.extend(plan.notify.iter().cloned().filter_map(|n| correlate(env, n, input)));
+        commit.ops.extend(plan.ops);
+        commit.notify.extend(plan.notify.into_iter().filter_map(|n| correlate(env, n, input)));
         if let Some(topic) = &function.meta.output {
             commit.events.push(Event {
                 topic: topic.clone(),

@@ -40,7 +40,7 @@ async fn handle(
     for attempt in 0..200 {
         let cycle = run_cycle(functions, handler, store, &command).await.expect("the cycle runs");
         match store.commit(cycle.commit).await {
-            Ok(()) => return cycle.outcome,
+            Ok(()) => return cycle.decision.expect("run_cycle keeps the decision").outcome,
             Err(StoreError::Conflict(_)) => {
                 tokio::time::sleep(std::time::Duration::from_millis(attempt % 7)).await;
             }

@@ -215,14 +215,22 @@ impl Shadows {
     /// the step is committed.
     pub fn take(&self, function: &str, input: &Message, cycle: &Cycle) -> Option<Offer> {
         let shadow = Arc::clone(self.by_name.load().get(function)?);
+        // A step that started before the shadow was deployed kept no decision.
+        let live = cycle.decision.clone()?;
         let job = Job {
             input: input.clone(),
             lookups: cycle.lookups.clone(),
             data: cycle.data.clone(),
-            live: Decision { outcome: cycle.outcome.clone(), plans: cycle.plans.clone() },
+            live,
             at_ms: now_ms(),
         };
         Some(Offer { shadow, job })
+    }
+
+    /// Whether `function` has a shadow: its live steps keep their decision
+    /// for [`Shadows::take`].
+    pub fn watching(&self, function: &str) -> bool {
+        self.by_name.load().contains_key(function)
     }
 
     fn change(&self, change: impl FnOnce(&mut HashMap<String, Arc<Shadow>>)) {
@@ -366,7 +374,7 @@ async fn run_candidate(
     });
     let view: Arc<dyn Store> = Arc::new(AsLiveFound { found: found.collect(), base: Arc::clone(store) });
     let cycle = run_cycle(&functions, candidate, &view, &job.input).await.map_err(|e| e.to_string())?;
-    Ok(Decision { outcome: cycle.outcome, plans: cycle.plans })
+    cycle.decision.ok_or_else(|| "the candidate's cycle kept no decision".to_owned())
 }
 
 /// The store as the live step found it: a query the live lookup plan made

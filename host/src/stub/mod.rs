@@ -254,12 +254,14 @@ impl Stub {
         let cycle =
             self.block_on(executor::run_cycle(&self.functions, &self.function, &self.store, &input))?;
         let logs = self.env.logs().split_off(logged);
+        let (outcome, plans) =
+            cycle.decision.map(|d| (d.outcome, d.plans)).unwrap_or((Outcome::Ignore, vec![]));
         Ok(Run {
             input,
             lookups: cycle.lookups,
             data: cycle.data,
-            outcome: cycle.outcome,
-            plans: cycle.plans,
+            outcome,
+            plans,
             events: cycle.commit.events.into_iter().map(|e| e.message).collect(),
             writes: cycle.commit.ops,
             notify: cycle.commit.notify,

@@ -37,7 +37,7 @@ use crate::backend::postgres::replay::{VersionSource, durable, load};
 use crate::backend::{Checkpoint, Commit, Delivery, Parked, Store, StoreError};
 use crate::config::Project;
 use crate::deploy::Deployments;
-use crate::executor::{StepError, replay_group, run_cycle};
+use crate::executor::{StepError, replay_group, run_step};
 use crate::registry::{Functions, Registry};
 use crate::runtime::{Function, Runtime, Version};
 use anyhow::Context;
@@ -373,7 +373,8 @@ impl Builder {
         loop {
             let attempt = async {
                 let cycle =
-                    run_cycle(&self.functions, &self.function, &self.store, &delivery.event.message).await?;
+                    run_step(&self.functions, &self.function, &self.store, &delivery.event.message, false)
+                        .await?;
                 let checkpoint = self.consumer.as_ref().map(|consumer| Checkpoint::past(consumer, delivery));
                 // Nobody waits for a rebuild's answers, and its input is in
                 // the log already: only the writes and the checkpoint.

@@ -28,7 +28,7 @@ use crate::backend::{BusError, Delivery};
 use crate::backend::{Checkpoint, Commit, Store, StoreError};
 use crate::config::{BackendKind, Project};
 use crate::deploy::{Deployer, Deployments};
-use crate::executor::{StepError, replay_group, run_cycle};
+use crate::executor::{StepError, replay_group, run_step};
 use crate::registry::{Functions, Registry};
 use crate::runtime::{Function, Runtime, Version};
 use crate::shell::{load_file, module_files};
@@ -410,7 +410,8 @@ impl Run {
     /// One LOW cycle, committed with the checkpoint advance. Nobody waits
     /// for its answers any more: no notifications.
     async fn step(&self, delivery: &Delivery) -> Result<(), Failure> {
-        let cycle = run_cycle(&self.functions, &self.function, &self.store, &delivery.event.message).await?;
+        let cycle =
+            run_step(&self.functions, &self.function, &self.store, &delivery.event.message, false).await?;
         let checkpoint = Checkpoint::past(self.name(), delivery);
         let commit = Commit { notify: vec![], checkpoint: Some(checkpoint), ..cycle.commit };
         self.store.commit(commit).await.map_err(|e| Failure::from(StepError::from(e)))
