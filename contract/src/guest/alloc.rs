@@ -54,12 +54,14 @@ unsafe impl Sync for Allocator {}
 static ALLOCATOR: Allocator = Allocator::new();
 
 /// The class of a layout served from the lists, if it is one.
+#[inline]
 fn class(layout: Layout) -> Option<usize> {
     (layout.size() <= SMALL && layout.align() <= GRANULE && layout.size() > 0)
         .then(|| (layout.size() - 1) / GRANULE)
 }
 
 unsafe impl GlobalAlloc for Allocator {
+    #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some(class) = class(layout) else {
             return unsafe { System.alloc(layout) };
@@ -87,6 +89,7 @@ unsafe impl GlobalAlloc for Allocator {
         block
     }
 
+    #[inline]
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
         let Some(class) = class(layout) else {
             return unsafe { System.dealloc(block, layout) };
