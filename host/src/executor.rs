@@ -22,6 +22,7 @@ use crate::backend::{Bus, BusError, CommandChain, Delivery, Partition, Subscript
 use crate::backend::{Chained, Checkpoint, Commit, Event, Parked, Store, StoreError};
 use crate::config::{ConsumerPolicy, MAX_BACKOFF, OnFailure};
 use crate::deploy::shadow::{Decision, Offer, Shadows};
+use crate::maps::{Map, Set};
 use crate::registry::{Functions, Registry};
 use crate::runtime::{Function, Guest, GuestError, HostEnv, StepLimits};
 use low_contract::{
@@ -29,7 +30,7 @@ use low_contract::{
     WritePlan, json,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, oneshot, watch};
@@ -189,19 +190,19 @@ pub struct Executor {
     shadows: Arc<Shadows>,
     /// The consumers of this shell waiting for deliveries: those worth
     /// chaining a commit's events to (see [`Executor::chain`]).
-    idle: Mutex<HashSet<String>>,
+    idle: Mutex<Set<String>>,
     /// Consumers not chained to until then (their chained steps failed).
-    cooling: Mutex<HashMap<String, Instant>>,
+    cooling: Mutex<Map<String, Instant>>,
     /// Consumers whose steps a commit is taking (chained) now: one such
     /// commit at a time per consumer, so that each decides on what the one
     /// before it committed.
-    chaining: Mutex<HashSet<String>>,
+    chaining: Mutex<Set<String>>,
 }
 
 /// The consumers one commit is taking steps for ([`Executor::chain`]),
 /// given back when it has committed or given up.
 struct Claimed<'a> {
-    chaining: &'a Mutex<HashSet<String>>,
+    chaining: &'a Mutex<Set<String>>,
     consumers: Vec<String>,
 }
 

@@ -22,6 +22,7 @@ pub mod deploy;
 pub mod executor;
 pub mod graphql;
 pub mod http;
+pub mod maps;
 pub mod metrics;
 pub mod registry;
 pub mod responses;

@@ -3,6 +3,7 @@
 //! in flight; the indexes (who owns which collection, who handles which
 //! command) are rebuilt and checked with every change.
 
+use crate::maps::Map;
 use crate::runtime::Function;
 use arc_swap::ArcSwap;
 use low_contract::{CommandSpec, FunctionKind, ModelSpec};
@@ -19,11 +20,11 @@ pub struct RegistryError(pub String);
 pub struct Functions {
     by_name: BTreeMap<String, Arc<Function>>,
     /// collection → (owner, spec)
-    models: HashMap<String, (String, ModelSpec)>,
+    models: Map<String, (String, ModelSpec)>,
     /// command → (handler, spec)
     commands: BTreeMap<String, (String, CommandSpec)>,
     /// command → resolver
-    resolvers: HashMap<String, String>,
+    resolvers: Map<String, String>,
 }
 
 impl Functions {

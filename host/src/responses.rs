@@ -6,9 +6,9 @@
 use crate::backend::{Answer, Bus, BusError, Requests, Submitted};
 use crate::backend::{Event, Store, StoreError, Written};
 use crate::executor::now_ms;
+use crate::maps::Map;
 use crate::registry::Registry;
 use low_contract::{COMMANDS_TOPIC, FAILED, Message, PROJECTION_COMPLETE, REJECTED, Resolution, Value};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
@@ -78,7 +78,7 @@ struct Pending {
 /// The requests waiting in this shell, by correlation id.
 #[derive(Default)]
 struct Table {
-    by_id: HashMap<String, Pending>,
+    by_id: Map<String, Pending>,
     /// Requests waiting, over every id: the replies in `by_id`.
     waiting: usize,
 }
@@ -207,7 +207,7 @@ impl Responses {
                 match self.bus.notified(&id).await {
                     Ok(past) => {
                         // What their commits wrote is not known now: the answer is read.
-                        let unknown = Arc::new(Written::new());
+                        let unknown = Arc::new(Written::default());
                         for notification in past {
                             self.deliver(notification, &unknown);
                         }

@@ -4,9 +4,10 @@
 //! so a step can `update-if-version` what an earlier step of its group wrote.
 
 use super::{Commit, Parked, Store, StoreError};
+use crate::maps::Map;
 use async_trait::async_trait;
 use low_contract::{Document, Value, WriteOp};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The version a pending write will have.
@@ -27,10 +28,10 @@ enum Pending {
 /// `base` with pending writes on top; reads only (see [`Overlay::apply`]).
 pub struct Overlay {
     base: Arc<dyn Store>,
-    pending: Mutex<HashMap<(String, String), Pending>>,
+    pending: Mutex<Map<(String, String), Pending>>,
     /// Stored documents read ahead for the group (`None`: absent), served
     /// instead of asking `base` again (see [`Overlay::read_ahead`]).
-    ahead: Mutex<HashMap<(String, String), Option<Document>>>,
+    ahead: Mutex<Map<(String, String), Option<Document>>>,
 }
 
 impl Overlay {
@@ -38,7 +39,7 @@ impl Overlay {
         Self { base, pending: Mutex::default(), ahead: Mutex::default() }
     }
 
-    fn pending(&self) -> MutexGuard<'_, HashMap<(String, String), Pending>> {
+    fn pending(&self) -> MutexGuard<'_, Map<(String, String), Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -106,14 +106,14 @@ pub struct Chained {
 /// The documents a commit wrote, by collection and key (`None`: deleted),
 /// the last write of each; handed with the commit's notifications so that
 /// an answer naming one of them needs no read of the store.
-pub type Written = std::collections::HashMap<(String, String), Option<Value>>;
+pub type Written = crate::maps::Map<(String, String), Option<Value>>;
 
 impl Commit {
     /// What this commit writes, when it notifies anyone (else nothing: no
     /// request waits on it, so nobody asks).
     pub fn written(&self) -> Written {
         if self.notify.is_empty() {
-            return Written::new();
+            return Written::default();
         }
         self.writes()
     }

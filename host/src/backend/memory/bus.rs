@@ -22,9 +22,10 @@ use crate::backend::{
     Answer, Bus, BusError, CommandChain, Delivery, NotificationSink, Requests, Submitted, Subscription,
     Written, fingerprint,
 };
+use crate::maps::Map;
 use async_trait::async_trait;
 use low_contract::Message;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::{broadcast, mpsc};
@@ -69,7 +70,7 @@ struct Remembered {
 #[derive(Default)]
 struct Recent {
     order: VecDeque<String>,
-    commands: HashMap<String, Remembered>,
+    commands: Map<String, Remembered>,
 }
 
 struct Inner {
@@ -228,7 +229,7 @@ impl Pending<'_> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if let Some(command) = self.command.take() {
-            self.bus.append(vec![command], vec![], Written::new());
+            self.bus.append(vec![command], vec![], Written::default());
         }
     }
 }
@@ -297,7 +298,7 @@ impl Bus for MemoryBus {
             }
             return Ok(Submitted::Accepted);
         }
-        self.append(vec![command], vec![], Written::new());
+        self.append(vec![command], vec![], Written::default());
         Ok(Submitted::Accepted)
     }
 
@@ -410,14 +411,14 @@ pub(super) mod tests {
         bus.append(
             vec![event("a", "a1"), event("b", "b1"), event("c", "c1"), event("a", "a2")],
             vec![],
-            Written::new(),
+            Written::default(),
         );
         let taken = old.next().await.expect("a1");
         old.put_back(taken).await;
 
         let mut new = bus.subscribe("f", &["a".into(), "c".into()]).await.expect("subscribe again");
         drop(old);
-        bus.append(vec![event("b", "b2"), event("c", "c2"), event("a", "a3")], vec![], Written::new());
+        bus.append(vec![event("b", "b2"), event("c", "c2"), event("a", "a3")], vec![], Written::default());
 
         // What was queued (less `b`), then only the new topics; c1 came before
         // the switch, when the consumer did not read `c`.
@@ -429,7 +430,7 @@ pub(super) mod tests {
         let bus = MemoryBus::new();
         let mut sub = bus.subscribe("f", &[COMMANDS_TOPIC.into()]).await.expect("subscribe");
         assert_eq!(bus.submit(command("c1"), true).await.expect("submit"), Submitted::Accepted);
-        bus.append(vec![], vec![Message::new("n1", "Done", json!({})).correlated("c1")], Written::new());
+        bus.append(vec![], vec![Message::new("n1", "Done", json!({})).correlated("c1")], Written::default());
         assert_eq!(
             bus.submit(command("c1"), true).await.expect("submit"),
             Submitted::Duplicate { answer: None }

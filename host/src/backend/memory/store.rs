@@ -8,13 +8,14 @@
 use super::collection::Collection;
 use crate::backend::memory::MemoryBus;
 use crate::backend::{Chained, Commit, Parked, Store, StoreError, Written};
+use crate::maps::Map;
 use async_trait::async_trait;
 use low_contract::{Document, Value, WriteOp};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 pub struct MemoryStore {
-    collections: Mutex<HashMap<String, Collection>>,
+    collections: Mutex<Map<String, Collection>>,
     /// Parked events by (consumer, position). Locked after `collections`
     /// when both are needed.
     parked: Mutex<BTreeMap<(String, u64), Parked>>,
@@ -31,7 +32,7 @@ impl MemoryStore {
         self.parked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Collection>> {
+    fn lock(&self) -> MutexGuard<'_, Map<String, Collection>> {
         // A panic while holding the lock cannot leave a half-applied commit
         // (commits are staged first), so a poisoned lock is still consistent.
         self.collections.lock().unwrap_or_else(|p| p.into_inner())
@@ -55,7 +56,7 @@ impl MemoryStore {
             );
             return Ok(0);
         }
-        let mut staged = stage(&collections, &Staged::new(), &commit.ops)?;
+        let mut staged = stage(&collections, &Staged::default(), &commit.ops)?;
         if let Some(settled) = &commit.unpark {
             parked.remove(&(settled.consumer.clone(), settled.position));
         }
@@ -100,7 +101,7 @@ impl MemoryStore {
                 .chain(chained.iter().map(Chained::writes))
                 .flatten()
                 .collect(),
-            false => Written::new(),
+            false => Written::default(),
         };
         let done: Vec<String> = chained.iter().map(|part| part.consumer.clone()).collect();
         let (mut events, mut notify) = (commit.events, commit.notify);
@@ -115,16 +116,16 @@ impl MemoryStore {
 
 /// What a commit's write ops leave, by collection and key (`None`:
 /// deleted): the version and the body of the op.
-type Staged<'o> = HashMap<(String, String), Option<(u64, &'o Value)>>;
+type Staged<'o> = Map<(String, String), Option<(u64, &'o Value)>>;
 
 /// Stages `ops` against the current state, as `earlier` (staged before
 /// them in the same commit) leaves it: all or nothing.
 fn stage<'o>(
-    collections: &HashMap<String, Collection>,
+    collections: &Map<String, Collection>,
     earlier: &Staged<'o>,
     ops: &'o [WriteOp],
 ) -> Result<Staged<'o>, StoreError> {
-    let mut staged = Staged::new();
+    let mut staged = Staged::default();
     for op in ops {
         let slot = (op.collection().to_owned(), op.key().to_owned());
         // Only whether it exists and at which version: its body is not copied.
@@ -288,7 +289,7 @@ mod tests {
 
         // The handler was sent a command it has not committed past: its
         // steps on the next one do not apply, it is sent that one too.
-        bus.append(vec![event(COMMANDS_TOPIC, "c2")], vec![], Written::new());
+        bus.append(vec![event(COMMANDS_TOPIC, "c2")], vec![], Written::default());
         let parts = vec![part("h", vec![insert("c")], vec![event("t", "e2")])];
         assert_eq!(store.commit_chained(command("c3"), parts).await.expect("commit"), 0);
         let behind = sent(&mut handler).await;
@@ -306,7 +307,7 @@ mod tests {
         // The first part applies, the second's consumer is behind: it is
         // sent the handler's event.
         store.commit(past("h", &(behind[1].0 + 1, "c4".into()))).await.expect("checkpoint");
-        bus.append(vec![event("t", "e4")], vec![], Written::new());
+        bus.append(vec![event("t", "e4")], vec![], Written::default());
         let parts =
             vec![part("h", vec![insert("d")], vec![event("t", "e5")]), part("p", vec![insert("e")], vec![])];
         assert_eq!(store.commit_chained(command("c5"), parts).await.expect("commit"), 1);

@@ -282,7 +282,7 @@ impl Inner {
     /// Hands notifications to this shell's waiting requests (once the
     /// responses have taken the receiving end).
     fn forward(&self, messages: impl IntoIterator<Item = Message>) {
-        self.notify.send(messages, Written::new());
+        self.notify.send(messages, Written::default());
     }
 }
 

@@ -112,7 +112,7 @@ impl PgStore {
             // An answer may name what its part or any before it wrote.
             drop(bound);
             let answers = std::iter::once(commit).chain(parts.into_iter().map(|(_, _, part)| part));
-            let mut written = Written::new();
+            let mut written = Written::default();
             let mut answers = answers.peekable();
             while let Some(answer) = answers.next() {
                 if answers.peek().is_some() || !answer.notify.is_empty() {
