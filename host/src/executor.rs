@@ -1247,8 +1247,14 @@ async fn finish_cycle(
 ) -> Result<Cycle, StepError> {
     let Prepared { mut call, lookups } = prepared;
     let data = budget.within("its lookup plan", run_lookups(functions, function, store, &lookups)).await?;
-    let mut outcome = budget.within("`operate`", async { Ok(call.operate(input, &data).await?) }).await?;
-    let emitted = emitted(function, &mut outcome, input, keep)?;
+    let outcome = budget.within("`operate`", async { Ok(call.operate(input, &data).await?) }).await?;
+    // A shadow compares what the guest returned: a copy, only for it.
+    let kept = keep.then(|| outcome.clone());
+    let (emitted, rejected) = match outcome {
+        Outcome::Emit(messages) => (emitted(function, messages, input)?, None),
+        Outcome::Reject(reason) => (vec![], Some(reason)),
+        Outcome::Ignore => (vec![], None),
+    };
     let mut plans = Vec::with_capacity(emitted.len());
     let mut tally = Tally::default();
     for message in &emitted {
@@ -1257,28 +1263,14 @@ async fn finish_cycle(
         plans.push(plan);
     }
     budget.within("the end of the step", async { Ok(()) }).await?;
-    let reason = match &outcome {
-        Outcome::Reject(reason) => Some(reason.as_str()),
-        _ => None,
-    };
-    let commit = match keep {
-        true => assemble(function, input, reason, emitted, plans.clone()),
-        false => assemble(function, input, reason, emitted, std::mem::take(&mut plans)),
-    };
-    let decision = keep.then_some(Decision { outcome, plans });
+    let decision = kept.map(|outcome| Decision { outcome, plans: plans.clone() });
+    let commit = assemble(function, input, rejected.as_deref(), emitted, plans);
     Ok(Cycle { lookups, data, decision, commit })
 }
 
 /// The messages `operate` emitted, within `limits.events`, each stamped
-/// with the request it serves and the input that caused it: copies when
-/// `keep`, else taken out of `outcome`.
-fn emitted(
-    function: &Function,
-    outcome: &mut Outcome,
-    input: &Message,
-    keep: bool,
-) -> Result<Vec<Message>, StepError> {
-    let Outcome::Emit(messages) = outcome else { return Ok(vec![]) };
+/// with the request it serves and the input that caused it.
+fn emitted(function: &Function, messages: Vec<Message>, input: &Message) -> Result<Vec<Message>, StepError> {
     let most = function.limits().step.events;
     if messages.len() > most {
         return Err(invalid(
@@ -1286,10 +1278,6 @@ fn emitted(
             format!("`operate` emits {} messages, more than limits.events ({most})", messages.len()),
         ));
     }
-    let messages = match keep {
-        true => messages.clone(),
-        false => std::mem::take(messages),
-    };
     Ok(messages.into_iter().map(|m| stamp(function.env(), m, input)).collect())
 }
 
