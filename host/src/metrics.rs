@@ -6,9 +6,12 @@
 //! The recorder is process-wide: it is installed once, by the first shell
 //! started in the process, and shared by any later ones (tests start many).
 
-use metrics::{counter, gauge, histogram};
+use crate::maps::Map;
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::cell::RefCell;
 use std::sync::OnceLock;
+use std::thread::LocalKey;
 use std::time::{Duration, Instant};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -82,16 +85,59 @@ fn describe() {
     );
 }
 
+/// Handles of one labelled series, by its label values, kept by each
+/// thread. A `counter!` with a label builds its key (an allocated `String`),
+/// hashes it and looks it up in the registry on every call — several times
+/// a command; a handle found here is an `Arc` clone. Filled only once the
+/// recorder is installed: a handle made before would record nowhere.
+type Handles<H> = RefCell<Map<String, Vec<(&'static str, H)>>>;
+
+thread_local! {
+    static REQUESTS: Handles<Counter> = RefCell::default();
+    static COMMANDS: Handles<Histogram> = RefCell::default();
+    static LAG: Handles<Gauge> = RefCell::default();
+    static STEPS: Handles<Counter> = RefCell::default();
+    static CHAINED: Handles<Counter> = RefCell::default();
+    static EVENTS: Handles<Counter> = RefCell::default();
+    static PENDING: Handles<Gauge> = RefCell::default();
+}
+
+/// The handle of the series labelled `label` and `other` in `handles`,
+/// registered by `register` the first time this thread asks for it.
+fn handle<H: Clone + 'static>(
+    handles: &'static LocalKey<Handles<H>>,
+    label: &str,
+    other: &'static str,
+    register: impl FnOnce() -> H,
+) -> H {
+    if !HANDLE.get().is_some_and(Option::is_some) {
+        return register();
+    }
+    handles.with(|handles| {
+        let found = handles
+            .borrow()
+            .get(label)
+            .and_then(|series| series.iter().find(|(o, _)| *o == other).map(|(_, h)| h.clone()));
+        found.unwrap_or_else(|| {
+            let h = register();
+            handles.borrow_mut().entry(label.to_owned()).or_default().push((other, h.clone()));
+            h
+        })
+    })
+}
+
 /// How a GraphQL HTTP request ended: `ok`, `graphql_error` (answered with
 /// errors), `bad_request` (4xx), `unauthorized` (401), `timeout`.
 pub fn request(outcome: &'static str) {
-    counter!("lowshell_requests_total", "outcome" => outcome).increment(1);
+    handle(&REQUESTS, "", outcome, || counter!("lowshell_requests_total", "outcome" => outcome)).increment(1);
 }
 
 /// A command answered (`ok`), refused (`rejected`), failed or timed out.
 pub fn command(command: &str, outcome: &'static str, took: Duration) {
-    histogram!("lowshell_command_duration_seconds", "command" => command.to_owned(), "outcome" => outcome)
-        .record(took.as_secs_f64());
+    handle(&COMMANDS, command, outcome, || {
+        histogram!("lowshell_command_duration_seconds", "command" => command.to_owned(), "outcome" => outcome)
+    })
+    .record(took.as_secs_f64());
 }
 
 /// The `function` label: a component being loaded has no name until its
@@ -154,7 +200,8 @@ impl Drop for GuestTimer {
 
 /// How far `function` is behind the log (deliveries or positions not yet processed).
 pub fn consumer_lag(function: &str, lag: u64) {
-    gauge!("lowshell_consumer_lag", "function" => function.to_owned()).set(lag as f64);
+    handle(&LAG, function, "", || gauge!("lowshell_consumer_lag", "function" => function.to_owned()))
+        .set(lag as f64);
 }
 
 /// A swap of `function` was attempted; `ok` false when it was refused or failed.
@@ -174,7 +221,8 @@ pub fn swap_refused(function: &str, known: bool) {
 
 /// `n` steps of `function` were committed by this shell.
 pub fn steps(function: &str, n: u64) {
-    counter!("lowshell_steps_total", "function" => function.to_owned()).increment(n);
+    handle(&STEPS, function, "", || counter!("lowshell_steps_total", "function" => function.to_owned()))
+        .increment(n);
 }
 
 /// A commit carried `consumer`'s steps on its events (chained): `applied`
@@ -182,7 +230,13 @@ pub fn steps(function: &str, n: u64) {
 /// them, or an older transaction was still open; it processes them itself).
 pub fn chained(consumer: &str, applied: bool) {
     let outcome = if applied { "applied" } else { "declined" };
-    counter!("lowshell_chained_total", "consumer" => consumer.to_owned(), "outcome" => outcome).increment(1);
+    handle(
+        &CHAINED,
+        consumer,
+        outcome,
+        || counter!("lowshell_chained_total", "consumer" => consumer.to_owned(), "outcome" => outcome),
+    )
+    .increment(1);
 }
 
 /// A shadow candidate of `function` compared with a live step: `same`,
@@ -193,12 +247,13 @@ pub fn shadow(function: &str, outcome: &'static str) {
 
 /// An event (or command) was appended to `topic`.
 pub fn event_appended(topic: &str) {
-    counter!("lowshell_events_total", "topic" => topic.to_owned()).increment(1);
+    handle(&EVENTS, topic, "", || counter!("lowshell_events_total", "topic" => topic.to_owned()))
+        .increment(1);
 }
 
 /// How many requests wait for their commands' responses now.
 pub fn pending_requests(waiting: usize) {
-    gauge!("lowshell_pending_requests").set(waiting as f64);
+    handle(&PENDING, "", "", || gauge!("lowshell_pending_requests")).set(waiting as f64);
 }
 
 /// How many events `function`'s consumer has parked (all shells on the store).
@@ -213,4 +268,34 @@ pub fn consumer_stopped(function: &str, stopped: bool) {
     } else {
         0.0
     });
+}
+
+#[cfg(test)]
+mod tests {
+    /// Handles kept per thread still count into one series: every call
+    /// from every thread is in what `/metrics` renders.
+    #[test]
+    fn a_labelled_series_counts_every_call_from_every_thread() {
+        assert!(super::install());
+        let name = "metrics-test-function";
+        super::steps(name, 2);
+        std::thread::spawn(move || {
+            super::steps(name, 3);
+            super::steps(name, 1);
+            super::chained(name, false);
+        })
+        .join()
+        .expect("the other thread");
+        super::steps(name, 4);
+        super::chained(name, true);
+        super::chained(name, true);
+        let text = super::render().expect("a recorder");
+        for series in [
+            format!("lowshell_steps_total{{function=\"{name}\"}} 10"),
+            format!("lowshell_chained_total{{consumer=\"{name}\",outcome=\"applied\"}} 2"),
+            format!("lowshell_chained_total{{consumer=\"{name}\",outcome=\"declined\"}} 1"),
+        ] {
+            assert!(text.lines().any(|line| line == series), "no `{series}` in:\n{text}");
+        }
+    }
 }

@@ -52,21 +52,25 @@ impl From<Answer> for Result<Value, ResponseError> {
     }
 }
 
-/// What a resolver is shown: the command, the notifications seen, whether
-/// the command's first answer is kept, and what their commits wrote.
-type Snapshot = (Message, Vec<Message>, bool, Vec<Arc<Written>>);
+/// What a resolver of a request is shown. Shared with the resolver
+/// running (a snapshot is an `Arc` clone, not a copy of every message); a
+/// notification arriving meanwhile copies it first.
+#[derive(Clone)]
+struct Shown {
+    command: Message,
+    seen: Vec<Message>,
+    /// What the commits that sent `seen` wrote, where known, latest last:
+    /// an answer naming one of those documents is taken from here.
+    written: Vec<Arc<Written>>,
+}
 
 /// The default of [`Responses::start`]'s `max_pending`.
 pub const MAX_PENDING: usize = 10_000;
 
 struct Pending {
-    command: Message,
+    shown: Arc<Shown>,
     /// Whether the command's first answer is kept for its repeats.
     idempotent: bool,
-    seen: Vec<Message>,
-    /// What the commits that sent `seen` wrote, where known, latest last:
-    /// an answer naming one of those documents is taken from here.
-    written: Vec<Arc<Written>>,
     /// Everyone waiting on this request (a repeated command waits too).
     replies: Vec<oneshot::Sender<Result<Value, ResponseError>>>,
     /// Tells one waiting request that there is something new to resolve.
@@ -165,10 +169,8 @@ impl Responses {
                 return Err(ResponseError::Overloaded { limit: self.max_pending });
             }
             let entry = table.by_id.entry(id.clone()).or_insert_with(|| Pending {
-                command: command.clone(),
+                shown: Arc::new(Shown { command: command.clone(), seen: vec![], written: vec![] }),
                 idempotent,
-                seen: vec![],
-                written: vec![],
                 replies: vec![],
                 wake: Arc::default(),
             });
@@ -195,7 +197,7 @@ impl Responses {
                 if let Some(logged) = logged
                     && let Some(p) = self.pending().by_id.get_mut(&id)
                 {
-                    p.command = logged;
+                    Arc::make_mut(&mut p.shown).command = logged;
                 }
             }
             Ok(Submitted::Duplicate { answer: Some(answer) }) => {
@@ -251,7 +253,8 @@ impl Responses {
                 () = wake.notified() => {}
             }
             // Answered meanwhile: the reply is on its way.
-            let Some((command, seen, idempotent, written)) = self.snapshot(id) else { continue };
+            let Some((shown, idempotent)) = self.snapshot(id) else { continue };
+            let Shown { command, seen, written } = &*shown;
             let span = tracing::debug_span!(
                 "resolve",
                 command = %command.kind,
@@ -259,19 +262,19 @@ impl Responses {
                 correlation_id = %id,
                 notification = seen.last().map_or("", |n| n.kind.as_str()),
             );
-            let resolved = self.resolve(&command, &seen, &written).instrument(span).await;
+            let resolved = self.resolve(command, seen, written).instrument(span).await;
             if let Some(result) = resolved {
-                let result = if idempotent { self.keep(&command, result).await } else { result };
+                let result = if idempotent { self.keep(command, result).await } else { result };
                 self.finish(id, result);
             }
         }
     }
 
     /// What a resolver of `id` is shown now.
-    fn snapshot(&self, id: &str) -> Option<Snapshot> {
+    fn snapshot(&self, id: &str) -> Option<(Arc<Shown>, bool)> {
         let pending = self.pending();
         let p = pending.by_id.get(id)?;
-        Some((p.command.clone(), p.seen.clone(), p.idempotent, p.written.clone()))
+        Some((Arc::clone(&p.shown), p.idempotent))
     }
 
     /// Forgets the waiters of `id` that stopped waiting.
@@ -283,7 +286,7 @@ impl Responses {
         let (gone, empty) = (before - p.replies.len(), p.replies.is_empty());
         if empty {
             table.by_id.remove(id);
-        } else if gone > 0 && !p.seen.is_empty() {
+        } else if gone > 0 && !p.shown.seen.is_empty() {
             // The one that left may have been resolving: another waiter takes over.
             p.wake.notify_one();
         }
@@ -300,12 +303,13 @@ impl Responses {
             // Not waiting here: another shell holds the request, or it timed out.
             let Some(p) = pending.by_id.get_mut(&id) else { return };
             // Seen already (a repeated command reads earlier ones while new ones arrive).
-            if p.seen.iter().any(|s| s.id == notification.id) {
+            if p.shown.seen.iter().any(|s| s.id == notification.id) {
                 return;
             }
-            p.seen.push(notification);
+            let shown = Arc::make_mut(&mut p.shown);
+            shown.seen.push(notification);
             if !written.is_empty() {
-                p.written.push(Arc::clone(written));
+                shown.written.push(Arc::clone(written));
             }
             Arc::clone(&p.wake)
         };

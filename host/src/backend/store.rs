@@ -108,42 +108,18 @@ pub struct Chained {
 /// an answer naming one of them needs no read of the store.
 pub type Written = crate::maps::Map<(String, String), Option<Value>>;
 
-impl Commit {
-    /// What this commit writes, when it notifies anyone (else nothing: no
-    /// request waits on it, so nobody asks).
-    pub fn written(&self) -> Written {
-        if self.notify.is_empty() {
-            return Written::default();
+/// What `ops` write, in order (a later write of a document replaces an
+/// earlier one when collected into [`Written`]). Takes the ops: their
+/// bodies move, not copied, once the store has applied them.
+pub fn writes(ops: Vec<WriteOp>) -> impl Iterator<Item = ((String, String), Option<Value>)> {
+    ops.into_iter().map(|op| match op {
+        WriteOp::Insert { collection, key, body }
+        | WriteOp::Put { collection, key, body }
+        | WriteOp::UpdateIfVersion { collection, key, body, .. } => ((collection, key), Some(body)),
+        WriteOp::Delete { collection, key } | WriteOp::DeleteIfVersion { collection, key, .. } => {
+            ((collection, key), None)
         }
-        self.writes()
-    }
-
-    /// What this commit writes.
-    pub fn writes(&self) -> Written {
-        writes(&self.ops)
-    }
-}
-
-impl Chained {
-    /// What these steps write.
-    pub fn writes(&self) -> Written {
-        writes(&self.ops)
-    }
-}
-
-/// What `ops` write, the last write of each document.
-fn writes(ops: &[WriteOp]) -> Written {
-    ops.iter()
-        .map(|op| {
-            let body = match op {
-                WriteOp::Insert { body, .. }
-                | WriteOp::Put { body, .. }
-                | WriteOp::UpdateIfVersion { body, .. } => Some(body.clone()),
-                WriteOp::Delete { .. } | WriteOp::DeleteIfVersion { .. } => None,
-            };
-            ((op.collection().to_owned(), op.key().to_owned()), body)
-        })
-        .collect()
+    })
 }
 
 /// An event a consumer could not process: a dead letter, kept until a retry

@@ -7,6 +7,7 @@
 
 use super::collection::Collection;
 use crate::backend::memory::MemoryBus;
+use crate::backend::store::writes;
 use crate::backend::{Chained, Commit, Parked, Store, StoreError, Written};
 use crate::maps::Map;
 use async_trait::async_trait;
@@ -97,9 +98,9 @@ impl MemoryStore {
         let notifies = !commit.notify.is_empty() || chained.iter().any(|part| !part.notify.is_empty());
         // An answer may name what any part wrote (all of it is applied at once).
         let written = match notifies {
-            true => std::iter::once(commit.writes())
-                .chain(chained.iter().map(Chained::writes))
-                .flatten()
+            true => std::iter::once(commit.ops)
+                .chain(chained.iter_mut().map(|part| std::mem::take(&mut part.ops)))
+                .flat_map(writes)
                 .collect(),
             false => Written::default(),
         };

@@ -12,6 +12,7 @@ use crate::backend::postgres::bus::Committing;
 use crate::backend::postgres::database::{
     Database, EVENTS_CHANNEL, NOTIFICATIONS_CHANNEL, describe, describe_pool, is_unavailable,
 };
+use crate::backend::store::writes;
 use crate::backend::{Chained, Commit, Parked, Store, StoreError, Written};
 use async_trait::async_trait;
 use low_contract::{Document, Query, Value, WriteOp};
@@ -114,9 +115,9 @@ impl PgStore {
             let answers = std::iter::once(commit).chain(parts.into_iter().map(|(_, _, part)| part));
             let mut written = Written::default();
             let mut answers = answers.peekable();
-            while let Some(answer) = answers.next() {
+            while let Some(mut answer) = answers.next() {
                 if answers.peek().is_some() || !answer.notify.is_empty() {
-                    written.extend(answer.writes());
+                    written.extend(writes(std::mem::take(&mut answer.ops)));
                 }
                 let notify: Vec<_> =
                     answer.notify.into_iter().filter(|n| n.correlation_id.is_some()).collect();
