@@ -9,6 +9,7 @@ use crate::executor::now_ms;
 use crate::maps::Map;
 use crate::registry::Registry;
 use low_contract::{COMMANDS_TOPIC, FAILED, Message, PROJECTION_COMPLETE, REJECTED, Resolution, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
@@ -83,20 +84,14 @@ struct Pending {
 #[derive(Default)]
 struct Table {
     by_id: Map<String, Pending>,
-    /// Requests waiting, over every id: the replies in `by_id`.
-    waiting: usize,
-}
-
-impl Table {
-    /// Takes `n` replies off the count.
-    fn forget(&mut self, n: usize) {
-        self.waiting = self.waiting.saturating_sub(n);
-        crate::metrics::pending_requests(self.waiting);
-    }
 }
 
 pub struct Responses {
     pending: Mutex<Table>,
+    /// Requests waiting, over every id: the replies in the table. Changed
+    /// with the table locked; read without: the store asks on every commit
+    /// whether the shell is at rest.
+    waiting: AtomicUsize,
     registry: Arc<Registry>,
     store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
@@ -133,7 +128,15 @@ impl Responses {
         max_pending: usize,
     ) -> Result<Arc<Self>, crate::backend::BusError> {
         let responses =
-            Arc::new(Self { pending: Mutex::default(), registry, store, bus, timeout, max_pending });
+            Arc::new(Self {
+                pending: Mutex::default(),
+                waiting: AtomicUsize::new(0),
+                registry,
+                store,
+                bus,
+                timeout,
+                max_pending,
+            });
         let requests: Weak<dyn Requests> = Arc::downgrade(&responses) as Weak<Self>;
         responses.bus.notifications(requests).await?;
         Ok(responses)
@@ -143,9 +146,16 @@ impl Responses {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Takes `n` replies off the count (with the table locked).
+    fn forget(&self, n: usize) {
+        let left = self.waiting.load(Ordering::Relaxed).saturating_sub(n);
+        self.waiting.store(left, Ordering::Relaxed);
+        crate::metrics::pending_requests(left);
+    }
+
     /// Requests waiting for their responses now.
     pub fn pending_requests(&self) -> usize {
-        self.pending().waiting
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Submits `command` and waits for its response. The command's
@@ -165,7 +175,8 @@ impl Responses {
         let (reply, response) = oneshot::channel();
         let wake = {
             let mut table = self.pending();
-            if table.waiting >= self.max_pending {
+            let waiting = self.waiting.load(Ordering::Relaxed);
+            if waiting >= self.max_pending {
                 return Err(ResponseError::Overloaded { limit: self.max_pending });
             }
             let entry = table.by_id.entry(id.clone()).or_insert_with(|| Pending {
@@ -177,8 +188,8 @@ impl Responses {
             entry.idempotent |= idempotent;
             entry.replies.push(reply);
             let wake = Arc::clone(&entry.wake);
-            table.waiting += 1;
-            crate::metrics::pending_requests(table.waiting);
+            self.waiting.store(waiting + 1, Ordering::Relaxed);
+            crate::metrics::pending_requests(waiting + 1);
             wake
         };
         let mut waiting = Waiting { responses: self, id: &id, response: Some(response) };
@@ -290,7 +301,7 @@ impl Responses {
             // The one that left may have been resolving: another waiter takes over.
             p.wake.notify_one();
         }
-        table.forget(gone);
+        self.forget(gone);
     }
 
     /// Shows a notification to the request it belongs to, if it waits here.
@@ -348,7 +359,7 @@ impl Responses {
         let done = {
             let mut table = self.pending();
             let done = table.by_id.remove(id);
-            table.forget(done.as_ref().map_or(0, |p| p.replies.len()));
+            self.forget(done.as_ref().map_or(0, |p| p.replies.len()));
             done
         };
         for reply in done.into_iter().flat_map(|p| p.replies) {
