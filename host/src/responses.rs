@@ -127,16 +127,15 @@ impl Responses {
         timeout: Duration,
         max_pending: usize,
     ) -> Result<Arc<Self>, crate::backend::BusError> {
-        let responses =
-            Arc::new(Self {
-                pending: Mutex::default(),
-                waiting: AtomicUsize::new(0),
-                registry,
-                store,
-                bus,
-                timeout,
-                max_pending,
-            });
+        let responses = Arc::new(Self {
+            pending: Mutex::default(),
+            waiting: AtomicUsize::new(0),
+            registry,
+            store,
+            bus,
+            timeout,
+            max_pending,
+        });
         let requests: Weak<dyn Requests> = Arc::downgrade(&responses) as Weak<Self>;
         responses.bus.notifications(requests).await?;
         Ok(responses)
