@@ -116,13 +116,16 @@ impl PgStore {
             let mut written = Written::default();
             let mut answers = answers.peekable();
             while let Some(mut answer) = answers.next() {
-                if answers.peek().is_some() || !answer.notify.is_empty() {
+                let more = answers.peek().is_some();
+                if more || !answer.notify.is_empty() {
                     written.extend(writes(std::mem::take(&mut answer.ops)));
                 }
                 let notify: Vec<_> =
                     answer.notify.into_iter().filter(|n| n.correlation_id.is_some()).collect();
                 if !notify.is_empty() {
-                    bus.notify_local(notify, written.clone());
+                    // The last answer takes what was written; one before it, a copy.
+                    let seen = if more { written.clone() } else { std::mem::take(&mut written) };
+                    bus.notify_local(notify, seen);
                 }
             }
         }
