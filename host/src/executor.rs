@@ -1026,9 +1026,10 @@ pub struct Cycle {
     pub lookups: Vec<Lookup>,
     pub data: Data,
     /// The outcome and the write plans as the guest returned them: what
-    /// `commit` is made of, kept beside it only when asked ([`run_cycle`]
-    /// does; a live step only for a shadow deployment, which compares them).
-    pub decision: Option<Decision>,
+    /// `commit` is made of, kept beside it only when asked (a live step,
+    /// for a shadow deployment, which compares them; [`run_cycle`] hands it
+    /// apart, in [`Decided`]).
+    pub(crate) decision: Option<Decision>,
     /// What to commit: the plans' ops, the events (stamped), the
     /// notifications (correlated); no checkpoint.
     pub commit: Commit,
@@ -1213,8 +1214,20 @@ pub async fn run_cycle(
     function: &Arc<Function>,
     store: &Arc<dyn Store>,
     input: &Message,
-) -> Result<Cycle, StepError> {
-    run_step(functions, function, store, input, true).await
+) -> Result<Decided, StepError> {
+    let mut cycle = run_step(functions, function, store, input, true).await?;
+    match cycle.decision.take() {
+        Some(decision) => Ok(Decided { cycle, decision }),
+        // `run_step` keeps it when asked to: a bug here, said, never guessed.
+        None => Err(invalid(function, "the cycle kept no decision".to_owned())),
+    }
+}
+
+/// A LOW cycle ([`run_cycle`]) with what the guest decided.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    pub cycle: Cycle,
+    pub decision: Decision,
 }
 
 /// [`run_cycle`], keeping the guest's [`Decision`] beside the commit only

@@ -201,6 +201,6 @@ async fn a_lookup_plan_stuck_in_postgres_is_cut_off_by_the_step_deadline() {
     }
     blocker.batch_execute("ROLLBACK").await.expect("unlock");
 
-    let cycle = run_cycle(&functions, &function, &store, &find).await.expect("a cycle");
+    let cycle = run_cycle(&functions, &function, &store, &find).await.expect("a cycle").cycle;
     assert_eq!(cycle.data.0.iter().map(|f| f.documents.len()).sum::<usize>(), 1, "{cycle:?}");
 }

@@ -38,9 +38,9 @@ async fn handle(
     command: Message,
 ) -> Outcome {
     for attempt in 0..200 {
-        let cycle = run_cycle(functions, handler, store, &command).await.expect("the cycle runs");
-        match store.commit(cycle.commit).await {
-            Ok(()) => return cycle.decision.expect("run_cycle keeps the decision").outcome,
+        let decided = run_cycle(functions, handler, store, &command).await.expect("the cycle runs");
+        match store.commit(decided.cycle.commit).await {
+            Ok(()) => return decided.decision.outcome,
             Err(StoreError::Conflict(_)) => {
                 tokio::time::sleep(std::time::Duration::from_millis(attempt % 7)).await;
             }

@@ -373,8 +373,8 @@ async fn run_candidate(
         Some((lookup.query.clone(), documents))
     });
     let view: Arc<dyn Store> = Arc::new(AsLiveFound { found: found.collect(), base: Arc::clone(store) });
-    let cycle = run_cycle(&functions, candidate, &view, &job.input).await.map_err(|e| e.to_string())?;
-    cycle.decision.ok_or_else(|| "the candidate's cycle kept no decision".to_owned())
+    let decided = run_cycle(&functions, candidate, &view, &job.input).await.map_err(|e| e.to_string())?;
+    Ok(decided.decision)
 }
 
 /// The store as the live step found it: a query the live lookup plan made

@@ -251,11 +251,10 @@ impl Stub {
             input.correlation_id = Some(input.id.clone());
         }
         let logged = self.env.logs().len();
-        let cycle =
+        let executor::Decided { cycle, decision } =
             self.block_on(executor::run_cycle(&self.functions, &self.function, &self.store, &input))?;
         let logs = self.env.logs().split_off(logged);
-        let (outcome, plans) =
-            cycle.decision.map(|d| (d.outcome, d.plans)).unwrap_or((Outcome::Ignore, vec![]));
+        let (outcome, plans) = (decision.outcome, decision.plans);
         Ok(Run {
             input,
             lookups: cycle.lookups,
