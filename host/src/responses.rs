@@ -80,16 +80,11 @@ struct Pending {
     wake: Arc<Notify>,
 }
 
-/// The requests waiting in this shell, by correlation id.
-#[derive(Default)]
-struct Table {
-    by_id: Map<String, Pending>,
-}
-
 pub struct Responses {
-    pending: Mutex<Table>,
-    /// Requests waiting, over every id: the replies in the table. Changed
-    /// with the table locked; read without: the store asks on every commit
+    /// The requests waiting in this shell, by correlation id.
+    pending: Mutex<Map<String, Pending>>,
+    /// Requests waiting, over every id: the replies in `pending`. Changed
+    /// with `pending` locked; read without: the store asks on every commit
     /// whether the shell is at rest.
     waiting: AtomicUsize,
     registry: Arc<Registry>,
@@ -99,7 +94,7 @@ pub struct Responses {
     max_pending: usize,
 }
 
-/// Takes a request's reply out of the table however its future ends:
+/// Takes a request's reply out of `pending` however its future ends:
 /// answered, failed, timed out, or dropped because the client went away (or
 /// HTTP's request timeout struck). Without it, an abandoned request would
 /// keep its entry, command and notifications for good.
@@ -141,11 +136,11 @@ impl Responses {
         Ok(responses)
     }
 
-    fn pending(&self) -> MutexGuard<'_, Table> {
+    fn pending(&self) -> MutexGuard<'_, Map<String, Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes `n` replies off the count (with the table locked).
+    /// Takes `n` replies off the count (with `pending` locked).
     fn forget(&self, n: usize) {
         let left = self.waiting.load(Ordering::Relaxed).saturating_sub(n);
         self.waiting.store(left, Ordering::Relaxed);
@@ -178,7 +173,7 @@ impl Responses {
             if waiting >= self.max_pending {
                 return Err(ResponseError::Overloaded { limit: self.max_pending });
             }
-            let entry = table.by_id.entry(id.clone()).or_insert_with(|| Pending {
+            let entry = table.entry(id.clone()).or_insert_with(|| Pending {
                 shown: Arc::new(Shown { command: command.clone(), seen: vec![], written: vec![] }),
                 idempotent,
                 replies: vec![],
@@ -205,7 +200,7 @@ impl Responses {
         match self.bus.submit(event, idempotent).await {
             Ok(Submitted::Accepted) => {
                 if let Some(logged) = logged
-                    && let Some(p) = self.pending().by_id.get_mut(&id)
+                    && let Some(p) = self.pending().get_mut(&id)
                 {
                     Arc::make_mut(&mut p.shown).command = logged;
                 }
@@ -283,19 +278,19 @@ impl Responses {
     /// What a resolver of `id` is shown now.
     fn snapshot(&self, id: &str) -> Option<(Arc<Shown>, bool)> {
         let pending = self.pending();
-        let p = pending.by_id.get(id)?;
+        let p = pending.get(id)?;
         Some((Arc::clone(&p.shown), p.idempotent))
     }
 
     /// Forgets the waiters of `id` that stopped waiting.
     fn give_up(&self, id: &str) {
         let mut table = self.pending();
-        let Some(p) = table.by_id.get_mut(id) else { return };
+        let Some(p) = table.get_mut(id) else { return };
         let before = p.replies.len();
         p.replies.retain(|r| !r.is_closed());
         let (gone, empty) = (before - p.replies.len(), p.replies.is_empty());
         if empty {
-            table.by_id.remove(id);
+            table.remove(id);
         } else if gone > 0 && !p.shown.seen.is_empty() {
             // The one that left may have been resolving: another waiter takes over.
             p.wake.notify_one();
@@ -311,7 +306,7 @@ impl Responses {
         let wake = {
             let mut pending = self.pending();
             // Not waiting here: another shell holds the request, or it timed out.
-            let Some(p) = pending.by_id.get_mut(&id) else { return };
+            let Some(p) = pending.get_mut(&id) else { return };
             // Seen already (a repeated command reads earlier ones while new ones arrive).
             if p.shown.seen.iter().any(|s| s.id == notification.id) {
                 return;
@@ -357,7 +352,7 @@ impl Responses {
     fn finish(&self, id: &str, result: Result<Value, ResponseError>) {
         let done = {
             let mut table = self.pending();
-            let done = table.by_id.remove(id);
+            let done = table.remove(id);
             self.forget(done.as_ref().map_or(0, |p| p.replies.len()));
             done
         };
