@@ -254,13 +254,12 @@ impl Stub {
         let executor::Decided { cycle, decision } =
             self.block_on(executor::run_cycle(&self.functions, &self.function, &self.store, &input))?;
         let logs = self.env.logs().split_off(logged);
-        let (outcome, plans) = (decision.outcome, decision.plans);
         Ok(Run {
             input,
             lookups: cycle.lookups,
             data: cycle.data,
-            outcome,
-            plans,
+            outcome: decision.outcome,
+            plans: decision.plans,
             events: cycle.commit.events.into_iter().map(|e| e.message).collect(),
             writes: cycle.commit.ops,
             notify: cycle.commit.notify,
