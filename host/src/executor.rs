@@ -547,7 +547,7 @@ impl Executor {
         let mut prepared = match functions.get(function) {
             Some(f) if self.store.reads_are_remote() => {
                 let inputs: Vec<_> = group.iter().map(|d| wants(f, d).then_some(&d.event.message)).collect();
-                read_ahead(&self.store, f, &overlay, &view, &inputs).await
+                read_ahead(f, &overlay, &view, &inputs).await
             }
             _ => vec![],
         };
@@ -1060,7 +1060,7 @@ async fn chained_steps(
     let view: Arc<dyn Store> = overlay.clone();
     let inputs: Vec<_> = events.iter().map(|e| wants_event(target, e).then_some(&e.message)).collect();
     let mut prepared = match store.reads_are_remote() {
-        true => read_ahead(store, target, overlay, &view, &inputs).await,
+        true => read_ahead(target, overlay, &view, &inputs).await,
         false => vec![],
     };
     let (mut steps, mut offers) = (0, vec![]);
@@ -1120,7 +1120,7 @@ struct Prepared {
 }
 
 /// Fetches, in one round trip, the documents the steps of `group` will look
-/// up by key, into `overlay` ([`Overlay::read_ahead`]), rather than one
+/// up by key, into `overlay` (which keeps what it reads), rather than one
 /// round trip per step: each wanted step (up to [`READ_AHEAD_STEPS`]) gets
 /// its instance and runs `lookup` now, and goes on from there at its turn
 /// (the returned [`Prepared`], by index in `group`). Preparing stops at the
@@ -1130,7 +1130,6 @@ struct Prepared {
 /// steps after run as usual, each once every prepared one is done.
 /// Anything failing here only ends the reading ahead.
 async fn read_ahead(
-    store: &Arc<dyn Store>,
     function: &Arc<Function>,
     overlay: &Overlay,
     view: &Arc<dyn Store>,
@@ -1168,14 +1167,10 @@ async fn read_ahead(
     if keys.is_empty() {
         return prepared;
     }
+    // The overlay keeps what it reads, and answers the steps from it; a
+    // failed read leaves each step to read for itself.
     let queries: Vec<&Query> = keys.iter().collect();
-    let Ok(found) = store.lookup(&queries, 1).await else { return prepared };
-    overlay.read_ahead(keys.iter().zip(found).filter_map(|(query, documents)| match query {
-        Query::Key { collection, key } => {
-            Some(((collection.clone(), key.clone()), documents.into_iter().next()))
-        }
-        Query::Field { .. } => None,
-    }));
+    let _ = overlay.lookup(&queries, 1).await;
     prepared
 }
 

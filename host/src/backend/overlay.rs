@@ -6,7 +6,7 @@
 use super::{Commit, Parked, Store, StoreError};
 use crate::maps::Map;
 use async_trait::async_trait;
-use low_contract::{Document, Value, WriteOp};
+use low_contract::{Document, Query, Value, WriteOp};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -29,8 +29,11 @@ enum Pending {
 pub struct Overlay {
     base: Arc<dyn Store>,
     pending: Mutex<Map<(String, String), Pending>>,
-    /// Stored documents read ahead for the group (`None`: absent), served
-    /// instead of asking `base` again (see [`Overlay::read_ahead`]).
+    /// Stored documents the group has read (`None`: absent), ahead of its
+    /// steps or by them, served instead of asking `base` again: each
+    /// document is read once. As fresh as reading it step by step would be
+    /// — a read outside the commit's transaction either way, its version
+    /// checked at commit.
     ahead: Mutex<Map<(String, String), Option<Document>>>,
 }
 
@@ -40,29 +43,23 @@ impl Overlay {
     }
 
     fn pending(&self) -> MutexGuard<'_, Map<(String, String), Pending>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.pending)
     }
 
-    /// Documents of `base` fetched together before the group's steps run
-    /// (the keys they will look up): reads of them are answered from here.
-    /// As fresh as reading them step by step would be — a read outside the
-    /// commit's transaction either way, its versions checked at commit.
-    pub fn read_ahead(&self, found: impl IntoIterator<Item = ((String, String), Option<Document>)>) {
-        self.ahead.lock().unwrap_or_else(|p| p.into_inner()).extend(found);
+    fn ahead(&self) -> MutexGuard<'_, Map<(String, String), Option<Document>>> {
+        lock(&self.ahead)
     }
 
-    /// A document as `base` holds it: read ahead, else asked for.
+    /// A document as `base` holds it: read ahead, else asked for — and kept,
+    /// so that the group reads each document once and counts the versions
+    /// of its puts from the one it read.
     async fn stored(&self, collection: &str, key: &str) -> Result<Option<Document>, StoreError> {
-        let ahead = self
-            .ahead
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&(collection.to_owned(), key.to_owned()))
-            .cloned();
-        match ahead {
-            Some(document) => Ok(document),
-            None => self.base.get(collection, key).await,
+        let at = (collection.to_owned(), key.to_owned());
+        if let Some(document) = self.ahead().get(&at).cloned() {
+            return Ok(document);
         }
+        let document = self.base.get(collection, key).await?;
+        Ok(self.ahead().entry(at).or_insert(document).clone())
     }
 
     /// Adds a step's write ops, in order, on top of what is pending. Ops
@@ -117,6 +114,10 @@ impl Overlay {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[async_trait]
 impl Store for Overlay {
     async fn get(&self, collection: &str, key: &str) -> Result<Option<Document>, StoreError> {
@@ -156,6 +157,42 @@ impl Store for Overlay {
             }
         }
         Ok(found.into_values().take(limit).collect())
+    }
+
+    /// Keys pending or read already are answered here; the others are
+    /// asked of `base` together (one round trip on a remote store).
+    async fn lookup(&self, queries: &[&Query], limit: usize) -> Result<Vec<Vec<Document>>, StoreError> {
+        let mut found: Vec<Option<Vec<Document>>> = Vec::with_capacity(queries.len());
+        let mut asked: Vec<(usize, &Query)> = vec![];
+        for (index, query) in queries.iter().enumerate() {
+            found.push(match query {
+                Query::Key { collection, key } => {
+                    let at = (collection.clone(), key.clone());
+                    if self.pending().contains_key(&at) || self.ahead().contains_key(&at) {
+                        Some(self.get(collection, key).await?.into_iter().collect())
+                    } else {
+                        asked.push((index, query));
+                        None
+                    }
+                }
+                Query::Field { collection, field, value } => {
+                    Some(self.find(collection, field, value, limit).await?)
+                }
+            });
+        }
+        if !asked.is_empty() {
+            let queries: Vec<&Query> = asked.iter().map(|(_, query)| *query).collect();
+            let answers = self.base.lookup(&queries, limit).await?;
+            for ((index, query), documents) in asked.into_iter().zip(answers) {
+                if let Query::Key { collection, key } = query {
+                    self.ahead()
+                        .entry((collection.clone(), key.clone()))
+                        .or_insert_with(|| documents.first().cloned());
+                }
+                found[index] = Some(documents);
+            }
+        }
+        Ok(found.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     async fn list(
@@ -233,35 +270,40 @@ mod tests {
         assert_eq!(base.get("c", "a").await.expect("get").map(|d| d.version), Some(2));
     }
 
-    /// What was read ahead answers reads without asking the store again
-    /// (here the store has changed since: the read ahead wins, as a read
-    /// earlier in the step would have); pending writes still come first,
-    /// with versions counted from the document read ahead.
+    /// What was read answers reads without asking the store again (here
+    /// the store has changed since: the read wins, as a read earlier in the
+    /// step would have); pending writes still come first, with versions
+    /// counted from the document read.
     #[tokio::test]
-    async fn reads_ahead_answer_in_place_of_the_store_and_pending_writes_come_first() {
+    async fn reads_are_kept_and_answer_in_place_of_the_store_and_pending_writes_come_first() {
         let base: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryBus::new()));
+        base.commit(Commit { ops: vec![put("b", json!({ "n": 0 }))], ..Commit::default() })
+            .await
+            .expect("seeded");
+        let overlay = Overlay::new(Arc::clone(&base));
+        let key = |key: &str| Query::Key { collection: "c".into(), key: key.into() };
+        let (qa, qb) = (key("a"), key("b"));
+        let found = overlay.lookup(&[&qa, &qb], 1).await.expect("lookup");
+        assert_eq!(found.iter().map(Vec::len).collect::<Vec<_>>(), [0, 1]);
         base.commit(Commit {
-            ops: vec![put("a", json!({ "n": 1 })), put("b", json!({ "n": 1 }))],
+            ops: vec![put("a", json!({ "n": 9 })), put("b", json!({ "n": 9 })), put("b", json!({ "n": 9 }))],
             ..Commit::default()
         })
         .await
-        .expect("seeded");
-        let overlay = Overlay::new(Arc::clone(&base));
-        let read = |key: &str, version| Document {
-            collection: "c".into(),
-            key: key.into(),
-            version,
-            body: json!({ "n": 0 }),
-        };
-        overlay
-            .read_ahead([(("c".into(), "a".into()), None), (("c".into(), "b".into()), Some(read("b", 7)))]);
-        assert!(overlay.get("c", "a").await.expect("get").is_none(), "read ahead as absent");
+        .expect("changed since");
+        assert!(overlay.get("c", "a").await.expect("get").is_none(), "read as absent");
         let b = overlay.get("c", "b").await.expect("get").expect("b");
-        assert_eq!((b.version, &b.body), (7, &json!({ "n": 0 })));
+        assert_eq!((b.version, &b.body), (1, &json!({ "n": 0 })));
         overlay.apply(&[put("b", json!({ "n": 2 })), put("a", json!({ "n": 2 }))]);
         let b = overlay.get("c", "b").await.expect("get").expect("b");
-        assert_eq!((b.version, &b.body), (8, &json!({ "n": 2 })), "a put after the version read ahead");
+        assert_eq!((b.version, &b.body), (2, &json!({ "n": 2 })), "a put after the version read");
         let a = overlay.get("c", "a").await.expect("get").expect("a");
-        assert_eq!(a.version, 1, "a put on what was read ahead as absent");
+        assert_eq!(a.version, 1, "a put on what was read as absent");
+        // One lookup plan: pending writes and the store's documents together.
+        let (z, n) = (key("z"), Query::Field { collection: "c".into(), field: "n".into(), value: json!(2) });
+        let found = overlay.lookup(&[&qb, &z, &qa, &n], 10).await.expect("lookup");
+        let versions: Vec<Vec<(&str, u64)>> =
+            found.iter().map(|docs| docs.iter().map(|d| (d.key.as_str(), d.version)).collect()).collect();
+        assert_eq!(versions, [vec![("b", 2)], vec![], vec![("a", 1)], vec![("a", 1), ("b", 2)]]);
     }
 }
