@@ -369,14 +369,15 @@ async fn a_lookup_plan_answers_each_read_in_order() {
         field: "plan".into(),
         value: json!(plan),
     };
-    let plan = [key("c2"), field("gold"), key("missing"), field("none"), key("c1")];
+    let elsewhere = Query::Key { collection: "orders".into(), key: "c1".into() };
+    let plan = [key("c2"), field("gold"), key("missing"), field("none"), key("c1"), elsewhere, key("c2")];
     let queries: Vec<&Query> = plan.iter().collect();
 
     let found = store.lookup(&queries, 10).await.expect("lookup");
 
     let keys: Vec<Vec<&str>> =
         found.iter().map(|documents| documents.iter().map(|d| d.key.as_str()).collect()).collect();
-    assert_eq!(keys, vec![vec!["c2"], vec!["c1", "c3"], vec![], vec![], vec!["c1"]]);
+    assert_eq!(keys, vec![vec!["c2"], vec!["c1", "c3"], vec![], vec![], vec!["c1"], vec![], vec!["c2"]]);
     // Each the same as read alone.
     assert_eq!(found[0], store.get("customers", "c2").await.expect("get").into_iter().collect::<Vec<_>>());
     assert_eq!(found[1], store.find("customers", "plan", &json!("gold"), 10).await.expect("find"));
