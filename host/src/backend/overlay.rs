@@ -50,15 +50,18 @@ impl Overlay {
         lock(&self.ahead)
     }
 
-    /// A document as `base` holds it: read ahead, else asked for — and kept,
-    /// so that the group reads each document once and counts the versions
-    /// of its puts from the one it read.
+    /// A document as `base` holds it: read ahead, else asked for — and, from
+    /// a remote store, kept, so that the group reads each document once.
     async fn stored(&self, collection: &str, key: &str) -> Result<Option<Document>, StoreError> {
         let at = (collection.to_owned(), key.to_owned());
         if let Some(document) = self.ahead().get(&at).cloned() {
             return Ok(document);
         }
         let document = self.base.get(collection, key).await?;
+        if !self.base.reads_are_remote() {
+            // A read in the process costs less than keeping it.
+            return Ok(document);
+        }
         Ok(self.ahead().entry(at).or_insert(document).clone())
     }
 
@@ -159,9 +162,21 @@ impl Store for Overlay {
         Ok(found.into_values().take(limit).collect())
     }
 
-    /// Keys pending or read already are answered here; the others are
-    /// asked of `base` together (one round trip on a remote store).
+    /// On a remote store: keys pending or read already are answered here,
+    /// the others asked of `base` together (one round trip), and kept.
     async fn lookup(&self, queries: &[&Query], limit: usize) -> Result<Vec<Vec<Document>>, StoreError> {
+        if !self.base.reads_are_remote() {
+            let mut found = Vec::with_capacity(queries.len());
+            for query in queries {
+                found.push(match query {
+                    Query::Key { collection, key } => self.get(collection, key).await?.into_iter().collect(),
+                    Query::Field { collection, field, value } => {
+                        self.find(collection, field, value, limit).await?
+                    }
+                });
+            }
+            return Ok(found);
+        }
         let mut found: Vec<Option<Vec<Document>>> = Vec::with_capacity(queries.len());
         let mut asked: Vec<(usize, &Query)> = vec![];
         for (index, query) in queries.iter().enumerate() {
@@ -229,6 +244,42 @@ mod tests {
     use crate::backend::memory::MemoryStore;
     use low_contract::json;
 
+    /// The memory store, taken for a remote one (whose reads an overlay keeps).
+    struct Remote(MemoryStore);
+
+    #[async_trait]
+    impl Store for Remote {
+        fn reads_are_remote(&self) -> bool {
+            true
+        }
+        async fn get(&self, collection: &str, key: &str) -> Result<Option<Document>, StoreError> {
+            self.0.get(collection, key).await
+        }
+        async fn find(&self, c: &str, f: &str, v: &Value, limit: usize) -> Result<Vec<Document>, StoreError> {
+            self.0.find(c, f, v, limit).await
+        }
+        async fn list(
+            &self,
+            c: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<Document>, StoreError> {
+            self.0.list(c, after, limit).await
+        }
+        async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+            self.0.commit(commit).await
+        }
+        async fn parked(&self, consumer: Option<&str>) -> Result<Vec<Parked>, StoreError> {
+            self.0.parked(consumer).await
+        }
+        async fn parked_counts(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+            self.0.parked_counts().await
+        }
+        async fn parked_failed(&self, consumer: &str, position: u64, error: &str) -> Result<(), StoreError> {
+            self.0.parked_failed(consumer, position, error).await
+        }
+    }
+
     fn put(key: &str, body: Value) -> WriteOp {
         WriteOp::Put { collection: "c".into(), key: key.into(), body }
     }
@@ -270,13 +321,13 @@ mod tests {
         assert_eq!(base.get("c", "a").await.expect("get").map(|d| d.version), Some(2));
     }
 
-    /// What was read answers reads without asking the store again (here
+    /// What was read from a remote store answers reads without asking it again (here
     /// the store has changed since: the read wins, as a read earlier in the
     /// step would have); pending writes still come first, with versions
     /// counted from the document read.
     #[tokio::test]
     async fn reads_are_kept_and_answer_in_place_of_the_store_and_pending_writes_come_first() {
-        let base: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryBus::new()));
+        let base: Arc<dyn Store> = Arc::new(Remote(MemoryStore::new(MemoryBus::new())));
         base.commit(Commit { ops: vec![put("b", json!({ "n": 0 }))], ..Commit::default() })
             .await
             .expect("seeded");

@@ -113,6 +113,10 @@ pub struct WasmCall {
     kind: FunctionKind,
     deadline: Duration,
     metrics: Arc<crate::metrics::GuestMetrics>,
+    /// The input `lookup` was given, lowered, and where it lay: `operate`
+    /// of the same step is given the same one, lowered once (its payload's
+    /// JSON text is most of the cost).
+    lowered: Option<(usize, wit::Message)>,
     // Released when the call is dropped, freeing the instance slot.
     _slot: OwnedSemaphorePermit,
 }
@@ -162,6 +166,7 @@ impl WasmCall {
             kind: f.meta.kind,
             deadline,
             metrics: Arc::clone(&f.metrics),
+            lowered: None,
             _slot: slot,
         }))
     }
@@ -277,7 +282,9 @@ impl Guest for WasmCall {
         let _timer = self.metrics.timer("lookup");
         let lookup = unsafe { TypedFunc::<(&wit::Message,), (Vec<wit::Lookup>,)>::new_unchecked(lookup) };
         self.kept.store.data_mut().in_lookup = true;
-        let plan = lookup.call_async(&mut self.kept.store, (&convert::message_to_wit(input),)).await;
+        let lowered = convert::message_to_wit(input);
+        let plan = lookup.call_async(&mut self.kept.store, (&lowered,)).await;
+        self.lowered = Some((address(input), lowered));
         self.kept.store.data_mut().in_lookup = false;
         let plan = self.returned(plan);
         let (plan,) = plan.map_err(|e| self.fail("lookup", &e))?;
@@ -295,9 +302,16 @@ impl Guest for WasmCall {
         let _timer = self.metrics.timer("operate");
         let operate =
             unsafe { TypedFunc::<(&wit::Message, &[wit::Found]), (wit::Outcome,)>::new_unchecked(operate) };
-        let returned = operate
-            .call_async(&mut self.kept.store, (&convert::message_to_wit(input), &convert::data_to_wit(data)))
-            .await;
+        let lowered = match self.lowered.take() {
+            Some((at, lowered))
+                if at == address(input) && lowered.id == input.id && lowered.kind == input.kind =>
+            {
+                lowered
+            }
+            _ => convert::message_to_wit(input),
+        };
+        let returned =
+            operate.call_async(&mut self.kept.store, (&lowered, &convert::data_to_wit(data))).await;
         let (outcome,) = self.returned(returned).map_err(|e| self.fail("operate", &e))?;
         convert::outcome_from_wit(outcome).map_err(|m| self.invalid("operate", m))
     }
@@ -333,6 +347,12 @@ impl Guest for WasmCall {
     fn lookup_read_documents(&self) -> bool {
         self.kept.store.data().read_in_lookup
     }
+}
+
+/// Where a message lies: with its id, what tells `operate` it is given the
+/// input `lookup` was (callers hold it borrowed in between).
+fn address(message: &Message) -> usize {
+    std::ptr::from_ref(message) as usize
 }
 
 impl Drop for WasmCall {
