@@ -1046,3 +1046,49 @@ async fn a_chained_part_applies_only_when_its_consumer_misses_nothing() {
         .get(0);
     assert_eq!(events, 2, "each appended once");
 }
+
+/// Steps that panic while the appender chains them to submitted commands.
+struct Panicking;
+
+#[async_trait::async_trait]
+impl host::backend::CommandChain for Panicking {
+    async fn append(
+        &self,
+        _commands: &[host::backend::Event],
+    ) -> Option<Result<(), host::backend::StoreError>> {
+        panic!("a bug in the chained steps")
+    }
+}
+
+/// A bug in the steps chained to submitted commands does not end the
+/// appender: each command is appended alone for its consumer, and the
+/// commands after it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_chained_steps_appends_the_commands_alone() {
+    let url = pg::database().await;
+    let db = Arc::new(Database::connect(&url).await.expect("connect"));
+    let bus = PgBus::start(Arc::clone(&db));
+    let chain: Arc<dyn host::backend::CommandChain> = Arc::new(Panicking);
+    bus.chain_commands(Arc::downgrade(&chain));
+    let mut sub = bus.subscribe("f", &[low_contract::COMMANDS_TOPIC.into()]).await.expect("subscribe");
+    let command = |id: &str| host::backend::Event {
+        topic: low_contract::COMMANDS_TOPIC.into(),
+        message: low_contract::Message::new(id, "InviteCustomer", json!({})).correlated(id),
+        function: None,
+        version: None,
+        at_ms: 0,
+    };
+    for id in ["c-1", "c-2"] {
+        let submitted = tokio::time::timeout(Duration::from_secs(10), bus.submit(command(id), false))
+            .await
+            .expect("answered")
+            .expect("appended alone");
+        assert_eq!(submitted, host::backend::Submitted::Accepted);
+    }
+    let mut delivered = vec![];
+    while delivered.len() < 2 {
+        let delivery = next(&mut sub, Duration::from_secs(10)).await.expect("a command");
+        delivered.push(delivery.event.message.id.clone());
+    }
+    assert_eq!(delivered, ["c-1", "c-2"]);
+}
