@@ -3,6 +3,7 @@
 //! not committed yet. The versions are those the store will give on commit,
 //! so a step can `update-if-version` what an earlier step of its group wrote.
 
+use super::store::read_each;
 use super::{Commit, Parked, Store, StoreError};
 use crate::maps::Map;
 use async_trait::async_trait;
@@ -166,16 +167,7 @@ impl Store for Overlay {
     /// the others asked of `base` together (one round trip), and kept.
     async fn lookup(&self, queries: &[&Query], limit: usize) -> Result<Vec<Vec<Document>>, StoreError> {
         if !self.base.reads_are_remote() {
-            let mut found = Vec::with_capacity(queries.len());
-            for query in queries {
-                found.push(match query {
-                    Query::Key { collection, key } => self.get(collection, key).await?.into_iter().collect(),
-                    Query::Field { collection, field, value } => {
-                        self.find(collection, field, value, limit).await?
-                    }
-                });
-            }
-            return Ok(found);
+            return read_each(self, queries, limit).await;
         }
         let mut found: Vec<Option<Vec<Document>>> = Vec::with_capacity(queries.len());
         let mut asked: Vec<(usize, &Query)> = vec![];

@@ -166,16 +166,7 @@ pub trait Store: Send + Sync + 'static {
     /// plan. A store that can have several reads under way at once sends
     /// them together; by default they run one after another.
     async fn lookup(&self, queries: &[&Query], limit: usize) -> Result<Vec<Vec<Document>>, StoreError> {
-        let mut found = Vec::with_capacity(queries.len());
-        for query in queries {
-            found.push(match query {
-                Query::Key { collection, key } => self.get(collection, key).await?.into_iter().collect(),
-                Query::Field { collection, field, value } => {
-                    self.find(collection, field, value, limit).await?
-                }
-            });
-        }
-        Ok(found)
+        read_each(self, queries, limit).await
     }
     async fn commit(&self, commit: Commit) -> Result<(), StoreError>;
     /// Whether [`commit_chained`](Self::commit_chained) can apply a chained
@@ -219,4 +210,21 @@ pub trait Store: Send + Sync + 'static {
     async fn ready(&self) -> Result<(), String> {
         Ok(())
     }
+}
+
+/// What each of `queries` finds in `store`, read one after another: a
+/// lookup plan on a store that sends no reads together.
+pub async fn read_each<S: Store + ?Sized>(
+    store: &S,
+    queries: &[&Query],
+    limit: usize,
+) -> Result<Vec<Vec<Document>>, StoreError> {
+    let mut found = Vec::with_capacity(queries.len());
+    for query in queries {
+        found.push(match query {
+            Query::Key { collection, key } => store.get(collection, key).await?.into_iter().collect(),
+            Query::Field { collection, field, value } => store.find(collection, field, value, limit).await?,
+        });
+    }
+    Ok(found)
 }
