@@ -3,7 +3,7 @@
 //! not committed yet. The versions are those the store will give on commit,
 //! so a step can `update-if-version` what an earlier step of its group wrote.
 
-use super::store::read_each;
+use super::store::{lookup_rest, read_each};
 use super::{Commit, Parked, Store, StoreError};
 use crate::maps::Map;
 use async_trait::async_trait;
@@ -170,15 +170,13 @@ impl Store for Overlay {
             return read_each(self, queries, limit).await;
         }
         let mut found: Vec<Option<Vec<Document>>> = Vec::with_capacity(queries.len());
-        let mut asked: Vec<(usize, &Query)> = vec![];
-        for (index, query) in queries.iter().enumerate() {
+        for query in queries {
             found.push(match query {
                 Query::Key { collection, key } => {
                     let at = (collection.clone(), key.clone());
                     if self.pending().contains_key(&at) || self.ahead().contains_key(&at) {
                         Some(self.get(collection, key).await?.into_iter().collect())
                     } else {
-                        asked.push((index, query));
                         None
                     }
                 }
@@ -187,19 +185,16 @@ impl Store for Overlay {
                 }
             });
         }
-        if !asked.is_empty() {
-            let queries: Vec<&Query> = asked.iter().map(|(_, query)| *query).collect();
-            let answers = self.base.lookup(&queries, limit).await?;
-            for ((index, query), documents) in asked.into_iter().zip(answers) {
-                if let Query::Key { collection, key } = query {
-                    self.ahead()
-                        .entry((collection.clone(), key.clone()))
-                        .or_insert_with(|| documents.first().cloned());
-                }
-                found[index] = Some(documents);
+        let asked: Vec<usize> = (0..found.len()).filter(|i| found[*i].is_none()).collect();
+        let found = lookup_rest(self.base.as_ref(), queries, found, limit).await?;
+        for index in asked {
+            if let Query::Key { collection, key } = queries[index] {
+                self.ahead()
+                    .entry((collection.clone(), key.clone()))
+                    .or_insert_with(|| found[index].first().cloned());
             }
         }
-        Ok(found.into_iter().map(Option::unwrap_or_default).collect())
+        Ok(found)
     }
 
     async fn list(

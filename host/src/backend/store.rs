@@ -212,6 +212,26 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// What each of `queries` finds: the answers in `found` (by index), and
+/// those still `None` asked of `store` in one [`Store::lookup`] — for a
+/// store in front of another that answers some queries itself.
+pub async fn lookup_rest<S: Store + ?Sized>(
+    store: &S,
+    queries: &[&Query],
+    mut found: Vec<Option<Vec<Document>>>,
+    limit: usize,
+) -> Result<Vec<Vec<Document>>, StoreError> {
+    found.resize_with(queries.len(), || None);
+    let asked: Vec<usize> = (0..queries.len()).filter(|i| found[*i].is_none()).collect();
+    if !asked.is_empty() {
+        let rest: Vec<&Query> = asked.iter().map(|i| queries[*i]).collect();
+        for (index, documents) in asked.into_iter().zip(store.lookup(&rest, limit).await?) {
+            found[index] = Some(documents);
+        }
+    }
+    Ok(found.into_iter().map(Option::unwrap_or_default).collect())
+}
+
 /// What each of `queries` finds in `store`, read one after another: a
 /// lookup plan on a store that sends no reads together.
 pub async fn read_each<S: Store + ?Sized>(

@@ -16,6 +16,7 @@
 //! A shadow lives in the shell it was started in: on Postgres with several
 //! shells, it sees the steps that shell's consumers commit.
 
+use crate::backend::store::lookup_rest;
 use crate::backend::{Commit, Parked, Store, StoreError};
 use crate::deploy::{DeployError, Deployer};
 use crate::executor::{Cycle, now_ms, run_cycle};
@@ -416,6 +417,23 @@ impl Store for AsLiveFound {
         }
     }
 
+    /// What the live step found answered here, the rest asked of the
+    /// store together.
+    async fn lookup(&self, queries: &[&Query], limit: usize) -> Result<Vec<Vec<Document>>, StoreError> {
+        let found = queries
+            .iter()
+            .map(|query| {
+                let most = if matches!(query, Query::Key { .. }) { 1 } else { limit };
+                self.found(query).map(|documents| documents.iter().take(most).cloned().collect())
+            })
+            .collect();
+        lookup_rest(self.base.as_ref(), queries, found, limit).await
+    }
+
+    fn reads_are_remote(&self) -> bool {
+        self.base.reads_are_remote()
+    }
+
     async fn list(
         &self,
         collection: &str,
@@ -518,5 +536,27 @@ mod tests {
         assert_eq!(live, normalised(&decision(&c, &d, now + 1500, "x@y.z"), now + 2000));
         assert_ne!(live, normalised(&decision(&c, &d, now, "X@y.z"), now), "another email");
         assert_ne!(live, normalised(&decision(&c, &c, now, "x@y.z"), now), "one id where there were two");
+    }
+
+    #[tokio::test]
+    async fn a_candidate_finds_what_the_live_step_found_and_reads_the_rest_now() {
+        use crate::backend::memory::{MemoryBus, MemoryStore};
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryBus::new()));
+        let put = |key: &str, n| low_contract::WriteOp::Put {
+            collection: "c".into(),
+            key: key.into(),
+            body: json!({ "n": n }),
+        };
+        store
+            .commit(Commit { ops: vec![put("a", 2), put("b", 2)], ..Commit::default() })
+            .await
+            .expect("seeded");
+        let key = |key: &str| Query::Key { collection: "c".into(), key: key.into() };
+        let then = Document { collection: "c".into(), key: "a".into(), version: 1, body: json!({ "n": 1 }) };
+        let view = AsLiveFound { found: vec![(key("a"), vec![then.clone()])], base: store };
+        let found = view.lookup(&[&key("a"), &key("b"), &key("none")], 10).await.expect("read");
+        let bodies: Vec<Vec<&Value>> =
+            found.iter().map(|docs| docs.iter().map(|d| &d.body).collect()).collect();
+        assert_eq!(bodies, vec![vec![&json!({ "n": 1 })], vec![&json!({ "n": 2 })], vec![]]);
     }
 }

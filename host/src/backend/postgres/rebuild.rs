@@ -34,6 +34,7 @@ use crate::backend::postgres::database::{
     DEPLOYMENTS_CHANNEL, Database, LOCK_NAMESPACE, describe, lease_holders, lease_id,
 };
 use crate::backend::postgres::replay::{VersionSource, durable, load};
+use crate::backend::store::lookup_rest;
 use crate::backend::{Checkpoint, Commit, Delivery, Parked, Store, StoreError};
 use crate::config::Project;
 use crate::deploy::Deployments;
@@ -42,7 +43,7 @@ use crate::registry::{Functions, Registry};
 use crate::runtime::{Function, Runtime, Version};
 use anyhow::Context;
 use async_trait::async_trait;
-use low_contract::{Document, FunctionKind, Message, Value, WriteOp};
+use low_contract::{Document, FunctionKind, Message, Query, Value, WriteOp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
@@ -796,6 +797,16 @@ impl Redirect {
         documents
     }
 
+    /// `query` of the collection named `collection` in `own`.
+    fn own_query(query: &Query, collection: String) -> Query {
+        match query {
+            Query::Key { key, .. } => Query::Key { collection, key: key.clone() },
+            Query::Field { field, value, .. } => {
+                Query::Field { collection, field: field.clone(), value: value.clone() }
+            }
+        }
+    }
+
     fn rename(&self, op: WriteOp) -> WriteOp {
         let to = |c: String| self.names.get(&c).cloned().unwrap_or(c);
         match op {
@@ -854,6 +865,33 @@ impl Store for Redirect {
         }
     }
 
+    /// The queries of renamed collections asked of `own` together, the
+    /// others of `base` together: a rebuild's lookup plans take two round
+    /// trips at most, not one a query.
+    async fn lookup(&self, queries: &[&Query], limit: usize) -> Result<Vec<Vec<Document>>, StoreError> {
+        let renamed: Vec<(usize, Query)> = queries
+            .iter()
+            .enumerate()
+            .filter_map(|(index, query)| {
+                let own = self.names.get(query.collection())?.clone();
+                Some((index, Self::own_query(query, own)))
+            })
+            .collect();
+        let mut found: Vec<Option<Vec<Document>>> = vec![None; queries.len()];
+        if !renamed.is_empty() {
+            let asked: Vec<&Query> = renamed.iter().map(|(_, query)| query).collect();
+            let answers = self.own.lookup(&asked, limit).await?;
+            for ((index, _), documents) in renamed.iter().zip(answers) {
+                found[*index] = Some(Self::back(queries[*index].collection(), documents));
+            }
+        }
+        lookup_rest(self.base.as_ref(), queries, found, limit).await
+    }
+
+    fn reads_are_remote(&self) -> bool {
+        self.base.reads_are_remote() || self.own.reads_are_remote()
+    }
+
     async fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let ops = commit.ops.into_iter().map(|op| self.rename(op)).collect();
         self.own.commit(Commit { ops, ..commit }).await
@@ -876,6 +914,64 @@ impl Store for Redirect {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn put(collection: &str, key: &str, body: Value) -> WriteOp {
+        WriteOp::Put { collection: collection.into(), key: key.into(), body }
+    }
+
+    #[tokio::test]
+    async fn a_lookup_plan_reads_renamed_collections_from_the_new_generation_and_the_rest_from_the_base() {
+        use crate::backend::memory::{MemoryBus, MemoryStore};
+        let base: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryBus::new()));
+        let own: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryBus::new()));
+        let seed = |store: &Arc<dyn Store>, ops| {
+            let store = Arc::clone(store);
+            async move { store.commit(Commit { ops, ..Commit::default() }).await.expect("seeded") }
+        };
+        seed(
+            &base,
+            vec![
+                put("customers", "a", json!({ "gen": 0 })),
+                put("invites", "x", json!({ "customer-id": "a" })),
+            ],
+        )
+        .await;
+        seed(
+            &own,
+            vec![
+                put("customers~gen1", "a", json!({ "gen": 1, "tag": "t" })),
+                put("customers~gen1", "b", json!({ "gen": 1, "tag": "t" })),
+            ],
+        )
+        .await;
+        let redirect = Redirect {
+            base,
+            own,
+            names: BTreeMap::from([("customers".to_owned(), "customers~gen1".to_owned())]),
+        };
+        let key = |collection: &str, key: &str| Query::Key { collection: collection.into(), key: key.into() };
+        let tagged = Query::Field { collection: "customers".into(), field: "tag".into(), value: json!("t") };
+        let queries = [key("invites", "x"), key("customers", "a"), tagged, key("invites", "none")];
+        let found = redirect.lookup(&queries.iter().collect::<Vec<_>>(), 10).await.expect("read");
+        let seen: Vec<Vec<(&str, &str, &Value)>> = found
+            .iter()
+            .map(|documents| {
+                documents.iter().map(|d| (d.collection.as_str(), d.key.as_str(), &d.body)).collect()
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                vec![("invites", "x", &json!({ "customer-id": "a" }))],
+                vec![("customers", "a", &json!({ "gen": 1, "tag": "t" }))],
+                vec![
+                    ("customers", "a", &json!({ "gen": 1, "tag": "t" })),
+                    ("customers", "b", &json!({ "gen": 1, "tag": "t" }))
+                ],
+                vec![],
+            ]
+        );
+    }
 
     #[test]
     fn generation_zero_is_the_collection_itself() {
