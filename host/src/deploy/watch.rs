@@ -9,8 +9,9 @@
 //! differs from the last one seen *from that file* — never because the
 //! running version differs: a version deployed over the API or the command
 //! line stays until the file itself changes. An empty file is one being
-//! written and waits for its content. Each content is tried once: a
-//! refused file is refused (and logged, and counted) once, until it changes.
+//! written and waits for its content, as does one that changes while it
+//! is read. Each content is tried once: a refused file is refused (and
+//! logged, and counted) once, until it changes.
 //! Only a deploy that could not be recorded (the database is away) is tried
 //! again, with backoff, until it is recorded or the file changes.
 
@@ -159,6 +160,15 @@ impl Files {
                 return;
             }
         };
+        // Written to while it was read (truncated, or a copy still going):
+        // what was read may be a part, never to be tried. The writes made
+        // meanwhile are events of their own, which bring the file back.
+        let unchanged =
+            tokio::fs::metadata(path).await.is_ok_and(|after| Fingerprint::of(&after) == fingerprint);
+        if !unchanged || bytes.is_empty() {
+            tracing::debug!(file = %path.display(), "written to while read; waiting for it to settle");
+            return;
+        }
         let version = Version::of(&bytes);
         if seen.is_some_and(|s| s.version == version) {
             tracing::debug!(file = %path.display(), "written with the same content; nothing to deploy");
