@@ -246,6 +246,25 @@ macro_rules! wit_conversions {
             }
         }
 
+        /// `outcome` with `plans`, one for each message it emits, in order.
+        #[allow(dead_code)]
+        $vis fn decision_to_wit(outcome: &$crate::Outcome, plans: &[$crate::WritePlan]) -> __low_wit::Decision {
+            match outcome {
+                $crate::Outcome::Emit(messages) => __low_wit::Decision::Emit(
+                    messages
+                        .iter()
+                        .zip(plans)
+                        .map(|(message, plan)| __low_wit::Emitted {
+                            message: message_to_wit(message),
+                            plan: plan_to_wit(plan),
+                        })
+                        .collect(),
+                ),
+                $crate::Outcome::Reject(reason) => __low_wit::Decision::Reject(reason.clone()),
+                $crate::Outcome::Ignore => __low_wit::Decision::Ignore,
+            }
+        }
+
         #[allow(dead_code)]
         $vis fn resolution_to_wit(resolution: &$crate::Resolution) -> __low_wit::Resolution {
             match resolution {
@@ -466,6 +485,26 @@ macro_rules! wit_conversions {
             Ok($crate::WritePlan {
                 ops: ops.into_iter().map(write_op_from_wit).collect::<::std::result::Result<_, _>>()?,
                 notify: notify.into_iter().map(message_from_wit).collect::<::std::result::Result<_, _>>()?,
+            })
+        }
+
+        /// The outcome, and one write plan for each message it emits.
+        #[allow(dead_code)]
+        $vis fn decision_from_wit(
+            decision: __low_wit::Decision,
+        ) -> ::std::result::Result<($crate::Outcome, ::std::vec::Vec<$crate::WritePlan>), ::std::string::String> {
+            Ok(match decision {
+                __low_wit::Decision::Emit(emitted) => {
+                    let mut messages = ::std::vec::Vec::with_capacity(emitted.len());
+                    let mut plans = ::std::vec::Vec::with_capacity(emitted.len());
+                    for __low_wit::Emitted { message, plan } in emitted {
+                        messages.push(message_from_wit(message)?);
+                        plans.push(plan_from_wit(plan)?);
+                    }
+                    ($crate::Outcome::Emit(messages), plans)
+                }
+                __low_wit::Decision::Reject(reason) => ($crate::Outcome::Reject(reason), ::std::vec::Vec::new()),
+                __low_wit::Decision::Ignore => ($crate::Outcome::Ignore, ::std::vec::Vec::new()),
             })
         }
 

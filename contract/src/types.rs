@@ -296,6 +296,20 @@ impl Message {
         self
     }
 
+    /// The message as the shell records it when a step on `input` emits
+    /// it: an id from `new_id` if it has none, `input`'s request and
+    /// principal (whatever was there is replaced, so a function cannot act
+    /// as someone else), and `input` as its cause. `write` is given it so.
+    pub fn stamped(mut self, input: &Message, new_id: impl FnOnce() -> String) -> Self {
+        if self.id.is_empty() {
+            self.id = new_id();
+        }
+        self.correlation_id.clone_from(&input.correlation_id);
+        self.causation_id = Some(input.id.clone());
+        self.principal.clone_from(&input.principal);
+        self
+    }
+
     /// The payload field `name` as text, if it is a string.
     pub fn text(&self, name: &str) -> Option<&str> {
         self.payload.get(name).and_then(Value::as_str)

@@ -1255,7 +1255,14 @@ async fn finish_cycle(
 ) -> Result<Cycle, StepError> {
     let Prepared { mut call, lookups } = prepared;
     let data = budget.within("its lookup plan", run_lookups(functions, function, store, &lookups)).await?;
-    let outcome = budget.within("`operate`", async { Ok(call.operate(input, &data).await?) }).await?;
+    // One call when the guest has it, else `operate` and a `write` a message.
+    let decided = budget
+        .within("`operate-and-write`", async { Ok(call.operate_and_write(input, &data).await?) })
+        .await?;
+    let (outcome, written) = match decided {
+        Some((outcome, plans)) => (outcome, Some(plans)),
+        None => (budget.within("`operate`", async { Ok(call.operate(input, &data).await?) }).await?, None),
+    };
     // A shadow compares what the guest returned: a copy, only for it.
     let kept = keep.then(|| outcome.clone());
     let (emitted, rejected) = match outcome {
@@ -1263,13 +1270,28 @@ async fn finish_cycle(
         Outcome::Reject(reason) => (vec![], Some(reason)),
         Outcome::Ignore => (vec![], None),
     };
-    let mut plans = Vec::with_capacity(emitted.len());
     let mut tally = Tally::default();
-    for message in &emitted {
-        let plan = budget.within("`write`", async { Ok(call.write(message).await?) }).await?;
-        tally.add(functions, function, &plan)?;
-        plans.push(plan);
-    }
+    let plans = match written {
+        Some(plans) if plans.len() != emitted.len() => {
+            return Err(invalid(
+                function,
+                format!("it returned {} write plans for {} messages", plans.len(), emitted.len()),
+            ));
+        }
+        Some(plans) => {
+            plans.iter().try_for_each(|plan| tally.add(functions, function, plan))?;
+            plans
+        }
+        None => {
+            let mut plans = Vec::with_capacity(emitted.len());
+            for message in &emitted {
+                let plan = budget.within("`write`", async { Ok(call.write(message).await?) }).await?;
+                tally.add(functions, function, &plan)?;
+                plans.push(plan);
+            }
+            plans
+        }
+    };
     budget.within("the end of the step", async { Ok(()) }).await?;
     let decision = kept.map(|outcome| Decision { outcome, plans: plans.clone() });
     let commit = assemble(function, input, rejected.as_deref(), emitted, plans);
@@ -1483,14 +1505,8 @@ fn handles(function: &Function, event: &Event) -> bool {
 /// An emitted message carries the request it serves, the message that
 /// caused it and who caused that (the input's principal: whatever the guest
 /// put there is replaced, so a function cannot act as someone else).
-fn stamp(env: &dyn HostEnv, mut message: Message, input: &Message) -> Message {
-    if message.id.is_empty() {
-        message.id = env.new_id();
-    }
-    message.correlation_id = input.correlation_id.clone();
-    message.causation_id = Some(input.id.clone());
-    message.principal = input.principal.clone();
-    message
+fn stamp(env: &dyn HostEnv, message: Message, input: &Message) -> Message {
+    message.stamped(input, || env.new_id())
 }
 
 /// A notification for whoever waits on the input's request, if anyone does.

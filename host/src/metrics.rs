@@ -147,7 +147,8 @@ fn function_label(function: &str) -> String {
 }
 
 /// The guest phases timed, in the order of [`GuestMetrics`]' handles.
-const PHASES: [&str; 6] = ["instantiate", "meta", "lookup", "operate", "write", "resolve"];
+const PHASES: [&str; 7] =
+    ["instantiate", "meta", "lookup", "operate", "write", "operate-and-write", "resolve"];
 
 /// One function's guest-call histograms and instance counter, registered
 /// once: a `histogram!` with labels builds, hashes and looks up its key on

@@ -6,7 +6,7 @@
 
 use host::stub::scenario::{self, Verdict};
 use host::stub::{Ids, Stub, StubError};
-use low_contract::{Data, Level, Lookup, Message, Outcome, Resolution, WriteOp, json};
+use low_contract::{Data, Level, Lookup, Message, Outcome, Principal, Resolution, Value, WriteOp, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -326,4 +326,66 @@ fn host_test_fails_on_a_scenario_for_another_function_or_a_malformed_one() {
     let (ok, out) = host_test(&[&path, &dir.path().join("nowhere")]);
     assert!(!ok, "{out}");
     assert!(out.contains("nowhere: cannot read"), "{out}");
+}
+
+/// What the shell asks on each step, `operate-and-write`, answers as
+/// `operate` and then `write` on each message as the shell stamps it would:
+/// the same outcome, the same plans.
+#[test]
+fn operate_and_write_answers_as_operate_then_write_would() {
+    let inviter = Principal::new("ada", json!({ "roles": ["inviter"] }));
+    let invited = json!({ "email": "ada@example.com", "customer-id": "cust-1" });
+    let event = Message::new("e-1", "CustomerInvited", json!({ "customer-id": "cust-1", "email": "a@b.c" }));
+    let cases = [
+        ("invite-customer", invite("ada@example.com").correlated("req-1").by(inviter), None),
+        ("invite-customer", invite(""), None),
+        ("invite-customer", invite("ada@example.com"), Some(("invites", "ada@example.com", invited))),
+        ("customer-projector", event.correlated("req-2"), None),
+        ("customer-projector", Message::new("e-2", "CustomerArchived", json!({})), None),
+    ];
+    for (name, input, document) in cases {
+        let stub = |document: &Option<(&str, &str, Value)>| {
+            let stub = Stub::load(component(name)).unwrap();
+            match document {
+                Some((collection, key, body)) => stub.given_document(collection, key, body.clone()),
+                None => stub,
+            }
+        };
+        let at_once = stub(&document);
+        assert!(at_once.function().operates_and_writes_at_once(), "{name} is built against the contract");
+        let run = at_once.cycle(input).unwrap();
+
+        let by_one = stub(&document);
+        let input = &run.input;
+        let data = by_one.run_lookups(&by_one.lookup(input).unwrap()).unwrap();
+        let outcome = by_one.operate(input, &data).unwrap();
+        let plans: Vec<_> = match &outcome {
+            Outcome::Emit(messages) => messages
+                .iter()
+                .map(|m| by_one.write(&m.clone().stamped(input, || unreachable!("operate gave it an id"))))
+                .collect::<Result<_, _>>()
+                .unwrap(),
+            _ => vec![],
+        };
+        assert_eq!(run.outcome, outcome, "{name} on {input:?}");
+        assert_eq!(run.plans, plans, "{name} on {input:?}");
+    }
+}
+
+/// A component built before the contract had `operate-and-write` (the
+/// misbehaving projector is built so) still loads, and its steps call
+/// `operate` and `write` one by one.
+#[test]
+fn a_component_built_before_operate_and_write_runs_export_by_export() {
+    let stub = Stub::load(component("fixtures/misbehave-projector")).unwrap();
+    assert!(!stub.function().operates_and_writes_at_once());
+    let happened =
+        Message::new("e-1", "Happened", json!({ "id": "t-1", "action": "ok", "phase": "operate" }));
+    let run = stub.when(happened).unwrap();
+    assert_eq!(run.emitted().len(), 1);
+    assert_eq!(run.writes.len(), 1, "{:?}", run.writes);
+    assert_eq!(
+        stub.document("thing-views", "t-1").unwrap().map(|d| d.body["action"].clone()),
+        Some(json!("ok"))
+    );
 }

@@ -64,4 +64,27 @@ impl<F: Function> Guest for Export<F> {
         let output = from_shell(message_from_wit(output));
         plan_to_wit(&F::write(&output, &WitEnv))
     }
+
+    fn operate_and_write(input: wit::Message, data: Vec<wit::Found>) -> wit::Decision {
+        report_panics();
+        let (input, data) = (from_shell(message_from_wit(input)), from_shell(data_from_wit(data)));
+        let mut outcome = F::operate(&input, &data, &WitEnv);
+        let mut plans = vec![];
+        if let crate::Outcome::Emit(messages) = &mut outcome {
+            plans = messages.iter_mut().map(|m| written::<F>(m, &input)).collect();
+        }
+        decision_to_wit(&outcome, &plans)
+    }
+}
+
+/// `write`'s plan for `message`, given as the shell will record it; the
+/// message is left as `operate` returned it, with an id if it had none.
+fn written<F: Function>(message: &mut crate::Message, input: &crate::Message) -> crate::WritePlan {
+    let returned = (message.correlation_id.take(), message.causation_id.take(), message.principal.take());
+    let stamped = std::mem::replace(message, crate::Message::new("", "", crate::Value::Null))
+        .stamped(input, || crate::Env::new_id(&WitEnv));
+    let plan = F::write(&stamped, &WitEnv);
+    *message = stamped;
+    (message.correlation_id, message.causation_id, message.principal) = returned;
+    plan
 }

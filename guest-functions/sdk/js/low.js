@@ -6,7 +6,7 @@
 // times are numbers, and a function has the same parts as a Rust one:
 //
 //   import { exportFunction, Meta, byKey, emit, ignore, put, WritePlan } from '../sdk/js/low.js';
-//   export const { meta, lookup, operate, write } = exportFunction({
+//   export const { meta, lookup, operate, write, operateAndWrite } = exportFunction({
 //     meta: () => Meta.projector('greeter', ['greetings']),
 //     lookup: (input, store, env) => [byKey('greeted', 'greeted', input.text('name'))],
 //     operate: (input, data, env) => emit(env.message('Greeted', { ... })),
@@ -252,15 +252,30 @@ export const fail = (reason) => ({ tag: 'fail', val: reason });
  */
 export function exportFunction(impl, wasmStore = undefined) {
   const store = wasmStore ? storeReader(wasmStore) : undefined;
+  const operate = (input, data) => {
+    const found = new Map();
+    for (const f of data) found.set(f.name, [...(found.get(f.name) ?? []), ...f.documents.map(Document.fromWit)]);
+    return impl.operate(Message.fromWit(input), new Data(found), env);
+  };
+  const write = (output) => (impl.write ? impl.write(Message.fromWit(output), env) : WritePlan());
   return {
     meta: () => impl.meta().toWit(),
     lookup: (input) => (impl.lookup ? impl.lookup(Message.fromWit(input), store, env) : []),
-    operate: (input, data) => {
-      const found = new Map();
-      for (const f of data) found.set(f.name, [...(found.get(f.name) ?? []), ...f.documents.map(Document.fromWit)]);
-      return impl.operate(Message.fromWit(input), new Data(found), env);
+    operate,
+    write,
+    operateAndWrite: (input, data) => {
+      const outcome = operate(input, data);
+      if (outcome.tag !== 'emit') return outcome;
+      // `write` sees each message as the shell will record it; the message
+      // goes back as `operate` returned it, with an id if it had none.
+      const emitted = outcome.val.map((m) => {
+        const message = { ...m, id: m.id || newId() };
+        const stamped = { ...message, correlationId: input.correlationId, causationId: input.id,
+          principal: input.principal };
+        return { message, plan: write(stamped) };
+      });
+      return { tag: 'emit', val: emitted };
     },
-    write: (output) => (impl.write ? impl.write(Message.fromWit(output), env) : WritePlan()),
   };
 }
 

@@ -376,6 +376,19 @@ def export_function(cls: Callable[[], Function]):
         def write(self, output):
             return impl.write(Message._from_wit(output), env)._to_wit()
 
+        def operate_and_write(self, input, data):
+            outcome = self.operate(input, data)
+            if not isinstance(outcome, _wit.Outcome_Emit):
+                return _wit.Decision_Reject(outcome.value) if isinstance(outcome, _wit.Outcome_Reject) else _wit.Decision_Ignore()
+            emitted = []
+            for m in outcome.value:
+                # `write` sees each message as the shell will record it; the
+                # message goes back as `operate` returned it, with an id.
+                m.id = m.id or env.new_id()
+                stamped = _wit.Message(m.id, m.kind, m.payload, input.correlation_id, input.id, input.principal)
+                emitted.append(_wit.Emitted(m, self.write(stamped)))
+            return _wit.Decision_Emit(emitted)
+
     return WitWorld
 
 

@@ -24,7 +24,7 @@ use wasmtime::{Trap, UpdateDeadline};
 /// The exports of a live instance.
 #[derive(Clone, Copy)]
 enum Instance {
-    Function { meta: Func, lookup: Func, operate: Func, write: Func },
+    Function { meta: Func, lookup: Func, operate: Func, write: Func, operate_and_write: Option<Func> },
     Resolver { meta: Func, resolve: Func },
 }
 
@@ -36,11 +36,15 @@ impl Instance {
     ) -> Option<Self> {
         let mut get = |index| instance.get_func(&mut *store, index);
         Some(match exports {
-            Exports::Function { meta, lookup, operate, write } => Instance::Function {
+            Exports::Function { meta, lookup, operate, write, operate_and_write } => Instance::Function {
                 meta: get(meta)?,
                 lookup: get(lookup)?,
                 operate: get(operate)?,
                 write: get(write)?,
+                operate_and_write: match operate_and_write {
+                    Some(index) => Some(get(index)?),
+                    None => None,
+                },
             },
             Exports::Resolver { meta, resolve } => {
                 Instance::Resolver { meta: get(meta)?, resolve: get(resolve)? }
@@ -257,6 +261,10 @@ impl Instantiate for WasmPre {
         let call = WasmCall::start(function, self, store, wait).await?;
         Ok(call.map(|call| Box::new(call) as Box<dyn Guest>))
     }
+
+    fn operates_and_writes_at_once(&self) -> bool {
+        matches!(self.exports, super::Exports::Function { operate_and_write: Some(_), .. })
+    }
 }
 
 // SAFETY of every `TypedFunc::new_unchecked` below: when the component was
@@ -302,18 +310,29 @@ impl Guest for WasmCall {
         let _timer = self.metrics.timer("operate");
         let operate =
             unsafe { TypedFunc::<(&wit::Message, &[wit::Found]), (wit::Outcome,)>::new_unchecked(operate) };
-        let lowered = match self.lowered.take() {
-            Some((at, lowered))
-                if at == address(input) && lowered.id == input.id && lowered.kind == input.kind =>
-            {
-                lowered
-            }
-            _ => convert::message_to_wit(input),
-        };
+        let lowered = self.input(input);
         let returned =
             operate.call_async(&mut self.kept.store, (&lowered, &convert::data_to_wit(data))).await;
         let (outcome,) = self.returned(returned).map_err(|e| self.fail("operate", &e))?;
         convert::outcome_from_wit(outcome).map_err(|m| self.invalid("operate", m))
+    }
+
+    async fn operate_and_write(
+        &mut self,
+        input: &Message,
+        data: &Data,
+    ) -> Result<Option<(Outcome, Vec<WritePlan>)>, GuestError> {
+        let Instance::Function { operate_and_write: Some(call), .. } = self.kept.instance else {
+            return Ok(None);
+        };
+        self.arm();
+        let _timer = self.metrics.timer("operate-and-write");
+        let call =
+            unsafe { TypedFunc::<(&wit::Message, &[wit::Found]), (wit::Decision,)>::new_unchecked(call) };
+        let lowered = self.input(input);
+        let returned = call.call_async(&mut self.kept.store, (&lowered, &convert::data_to_wit(data))).await;
+        let (decision,) = self.returned(returned).map_err(|e| self.fail("operate-and-write", &e))?;
+        convert::decision_from_wit(decision).map(Some).map_err(|m| self.invalid("operate-and-write", m))
     }
 
     async fn write(&mut self, output: &Message) -> Result<WritePlan, GuestError> {
@@ -353,6 +372,20 @@ impl Guest for WasmCall {
 /// input `lookup` was (callers hold it borrowed in between).
 fn address(message: &Message) -> usize {
     std::ptr::from_ref(message) as usize
+}
+
+impl WasmCall {
+    /// `input` lowered: the one `lookup` was given when it is the same.
+    fn input(&mut self, input: &Message) -> wit::Message {
+        match self.lowered.take() {
+            Some((at, lowered))
+                if at == address(input) && lowered.id == input.id && lowered.kind == input.kind =>
+            {
+                lowered
+            }
+            _ => convert::message_to_wit(input),
+        }
+    }
 }
 
 impl Drop for WasmCall {

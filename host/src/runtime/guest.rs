@@ -18,6 +18,16 @@ pub trait Guest: Send {
     async fn lookup(&mut self, input: &Message) -> Result<Vec<Lookup>, GuestError>;
     async fn operate(&mut self, input: &Message, data: &Data) -> Result<Outcome, GuestError>;
     async fn write(&mut self, output: &Message) -> Result<WritePlan, GuestError>;
+    /// `operate`, then `write` for each message it emits (stamped), in one
+    /// call: the outcome and one plan a message. `None` when the guest has
+    /// no such call: then ask the two in turn.
+    async fn operate_and_write(
+        &mut self,
+        _input: &Message,
+        _data: &Data,
+    ) -> Result<Option<(Outcome, Vec<WritePlan>)>, GuestError> {
+        Ok(None)
+    }
     async fn resolve(&mut self, command: &Message, seen: &[Message]) -> Result<Resolution, GuestError>;
     /// Whether `lookup` read documents from the store: its plan may then
     /// depend on what the store held at that moment.
@@ -35,4 +45,9 @@ pub(super) trait Instantiate: Send + Sync {
         store: Option<Arc<dyn Store>>,
         wait: bool,
     ) -> Result<Option<Box<dyn Guest>>, GuestError>;
+
+    /// Whether its executions answer `operate` and `write` in one call.
+    fn operates_and_writes_at_once(&self) -> bool {
+        false
+    }
 }

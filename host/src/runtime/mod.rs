@@ -22,7 +22,11 @@ pub use native::{NativeCall, NativeGuest};
 pub(crate) use state::too_many_found;
 
 use crate::backend::Store;
-use bindings::{function::FunctionPre, resolver::ResolverPre};
+use bindings::{
+    function::FunctionPre,
+    function_before_operate_and_write::FunctionBeforeOperateAndWritePre as OlderFunctionPre,
+    resolver::ResolverPre,
+};
 use guest::Instantiate;
 use low_contract::{FunctionKind, Level, Meta};
 use sha2::{Digest, Sha256};
@@ -464,6 +468,8 @@ pub(super) enum Exports {
         lookup: ComponentExportIndex,
         operate: ComponentExportIndex,
         write: ComponentExportIndex,
+        /// None in a component built before the contract had it.
+        operate_and_write: Option<ComponentExportIndex>,
     },
     Resolver {
         meta: ComponentExportIndex,
@@ -475,11 +481,20 @@ impl WasmPre {
     fn new(pre: InstancePre<CallState>, resolver: bool, idle: Arc<Idle>) -> wasmtime::Result<Self> {
         // The generated bindings check every export's type against the
         // world; instances then call them unchecked (see `call.rs`).
-        if resolver {
+        let fused = if resolver {
             ResolverPre::new(pre.clone())?;
+            false
         } else {
-            FunctionPre::new(pre.clone())?;
-        }
+            match FunctionPre::new(pre.clone()) {
+                Ok(_) => true,
+                // Built before `operate-and-write`: the rest must be right.
+                Err(e) if pre.component().get_export_index(None, "operate-and-write").is_none() => {
+                    OlderFunctionPre::new(pre.clone()).map_err(|_| e)?;
+                    false
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let component = pre.component();
         let export = |name: &str| {
             component
@@ -494,6 +509,7 @@ impl WasmPre {
                 lookup: export("lookup")?,
                 operate: export("operate")?,
                 write: export("write")?,
+                operate_and_write: if fused { Some(export("operate-and-write")?) } else { None },
             }
         };
         Ok(Self { pre, exports, idle })
@@ -532,6 +548,13 @@ impl Function {
     /// the shell stamps what the function emits from the same source.
     pub fn env(&self) -> &dyn HostEnv {
         &*self.runtime.env
+    }
+
+    /// Whether a step asks `operate` and `write` in one call (the
+    /// contract's `operate-and-write`), as components built against it
+    /// do; else one call for `operate` and one a message for `write`.
+    pub fn operates_and_writes_at_once(&self) -> bool {
+        self.pre.operates_and_writes_at_once()
     }
 
     /// A fresh instance for one execution. `store` is readable by the guest

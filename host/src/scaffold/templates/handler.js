@@ -55,4 +55,4 @@ const handler = {
   },
 };
 
-export const { meta, lookup, operate, write } = exportFunction(handler);
+export const { meta, lookup, operate, write, operateAndWrite } = exportFunction(handler);

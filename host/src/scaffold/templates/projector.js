@@ -53,4 +53,4 @@ const projector = {
   },
 };
 
-export const { meta, lookup, operate, write } = exportFunction(projector);
+export const { meta, lookup, operate, write, operateAndWrite } = exportFunction(projector);
