@@ -63,7 +63,10 @@ impl Function for Greeter {
                     key: output.text("name").unwrap_or_default().into(),
                     body: output.payload.clone(),
                 }],
-                notify: vec![env.message("Done", json!({ "event": output.id }))],
+                // The shell gives `write` the message stamped: caused by the input.
+                notify: vec![
+                    env.message("Done", json!({ "event": output.id, "cause": output.causation_id })),
+                ],
             },
             _ => WritePlan {
                 ops: vec![WriteOp::Put { collection: "elsewhere".into(), key: "k".into(), body: json!({}) }],
@@ -106,8 +109,9 @@ fn a_cycle_runs_lookup_operate_and_write_with_one_env() {
         key: "Ada".into(),
         body: json!({ "name": "Ada", "others": 1, "at": 42 }),
     }])
-    // `write` draws the next id from the same env.
-    .then_notifies([Message::new("id-2", "Done", json!({ "event": "id-1" }))])
+    // `write` draws the next id from the same env, and sees the event as
+    // the shell records it (caused by the command).
+    .then_notifies([Message::new("id-2", "Done", json!({ "event": "id-1", "cause": "c-1" }))])
     .then_logs([(Level::Info, "greeting Ada")]);
     assert_eq!(then.data().all("by").len(), 1);
     assert_eq!(then.plans().len(), 1);

@@ -4,7 +4,7 @@
 use super::matching::{matches, pretty, to_json};
 use super::{TestEnv, TestStore};
 use crate::{
-    Data, Document, Function, Level, Lookup, Message, Outcome, Resolution, Resolver, WriteOp, WritePlan,
+    Data, Document, Env, Function, Level, Lookup, Message, Outcome, Resolution, Resolver, WriteOp, WritePlan,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -58,7 +58,8 @@ impl<F> Given<F> {
 impl<F: Function> Given<F> {
     /// Runs one LOW cycle for `input` as the shell would: `lookup` (with the
     /// store readable), the lookup plan against the store, `operate`, and
-    /// `write` for each emitted message — one [`TestEnv`] throughout, so ids
+    /// `write` for each emitted message as the shell stamps it (the input's
+    /// request, principal and id as its cause) — one [`TestEnv`] throughout, so ids
     /// run `id-1`, `id-2`, … across the phases. Nothing is committed.
     ///
     /// Panics, as the shell would refuse the step, when a write plan writes a
@@ -71,7 +72,11 @@ impl<F: Function> Given<F> {
         let data = store.data(&lookups);
         let outcome = F::operate(&input, &data, &env);
         let plans: Vec<WritePlan> = match &outcome {
-            Outcome::Emit(messages) => messages.iter().map(|m| F::write(m, &env)).collect(),
+            // `write` is given each message as the shell records it.
+            Outcome::Emit(messages) => messages
+                .iter()
+                .map(|m| F::write(&m.clone().stamped(&input, || Env::new_id(&env)), &env))
+                .collect(),
             Outcome::Reject(_) | Outcome::Ignore => vec![],
         };
         let then = Then {
