@@ -11,7 +11,7 @@ use host::runtime::Version;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::{error, start, workspace};
+use support::{Client, error, start, workspace};
 
 /// The polyglot project on a free port. Compiled components are cached in
 /// the target dir, so only the first test run compiles the 12 MB and 18 MB
@@ -101,5 +101,33 @@ async fn the_javascript_projector_and_the_python_resolver_serve_invite_customer(
     }
     let all = client.graphql("{ customers(first: 100) { id } }").await;
     assert_eq!(all["data"]["customers"].as_array().map(Vec::len), Some(17), "{all}");
+
+    // One after another: their instances serve further steps, as Rust ones
+    // do, though their runtimes start from a snapshot larger than what a
+    // freed slot keeps resident (a fresh one costs about a millisecond).
+    let before = instances_created(&client).await;
+    for i in 0..10 {
+        let answer = client.invite(&format!("again-{i}@example.com")).await;
+        assert_eq!(answer["data"]["InviteCustomer"]["invited"], true, "{answer}");
+    }
+    let after = instances_created(&client).await;
+    for (function, (before, after)) in
+        ["customer-projector", "invite-resolver"].iter().zip(before.iter().zip(&after))
+    {
+        assert!(after - before < 5.0, "{function}: {} instances for 10 commands", after - before);
+    }
     shell.stop().await.expect("clean stop");
+}
+
+/// Instances created so far of the JavaScript projector and the Python resolver.
+async fn instances_created(client: &Client) -> Vec<f64> {
+    let metrics = client.http.get(format!("{}/metrics", client.base)).send().await.expect("metrics");
+    let text = metrics.text().await.expect("metrics text");
+    ["customer-projector", "invite-resolver"]
+        .iter()
+        .map(|function| {
+            let line = format!("lowshell_instances_created_total{{function=\"{function}\"}}");
+            text.lines().find_map(|l| l.strip_prefix(line.as_str())?.trim().parse().ok()).unwrap_or(0.0)
+        })
+        .collect()
 }

@@ -220,6 +220,7 @@ impl WasmCall {
             });
         };
         f.metrics.instance_created();
+        wasm.data_mut().instantiated();
         Ok(Kept { store: wasm, instance, executions: 0 })
     }
 

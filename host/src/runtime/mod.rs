@@ -50,7 +50,8 @@ pub struct Limits {
     pub instances: u32,
     /// Executions one instance serves before a fresh one replaces it; 1: a
     /// fresh instance for every execution. An instance that failed, wrote to
-    /// stderr or grew its memory past [`KEEP_RESIDENT`] is never reused.
+    /// stderr or grew its memory past [`KEEP_RESIDENT`] (or past what it was
+    /// created with, if more) is never reused.
     pub executions_per_instance: u32,
     /// What one step of a function may ask the shell to do.
     pub step: StepLimits,
@@ -179,7 +180,9 @@ pub struct Runtime {
 
 /// Bytes of a linear memory (and of a table) kept mapped when its slot is
 /// freed; what a guest dirties beyond this is given back to the kernel. An
-/// instance whose memories grew past it is not kept for another execution.
+/// instance whose memories grew past it (or past their size when it was
+/// created: a JavaScript or Python runtime starts larger) is not kept for
+/// another execution.
 pub const KEEP_RESIDENT: usize = 4 << 20;
 /// Instances kept between executions, of all functions together, at most
 /// (and never more than `limits.instances`).

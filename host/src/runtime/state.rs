@@ -54,6 +54,7 @@ impl CallState {
         let limits = Limiter {
             limits: StoreLimitsBuilder::new().memory_size(memory_bytes).trap_on_grow_failure(true).build(),
             memory_bytes: 0,
+            created_with: 0,
         };
         Self {
             wasi,
@@ -71,16 +72,25 @@ impl CallState {
         }
     }
 
+    /// Notes the memory the instance was created with: a guest whose
+    /// runtime starts from a snapshot of many MiB (JavaScript, Python) is
+    /// that large before its first call.
+    pub(super) fn instantiated(&mut self) {
+        self.limits.created_with = self.limits.memory_bytes;
+    }
+
     /// Makes the state ready for the instance's next execution (which sets
     /// the store it reads): whether the instance can serve one (it wrote
     /// nothing to stderr, which is kept for its last words and fills up, and
-    /// its memory stayed within `memory_kept` bytes).
+    /// its memory stayed within `memory_kept` bytes, or within what it was
+    /// created with).
     pub(super) fn renew(&mut self, memory_kept: usize) -> bool {
         self.store = None;
         self.in_lookup = false;
         self.read_in_lookup = false;
         self.last_error = None;
-        self.limits.memory_bytes <= memory_kept && self.stderr.contents().is_empty()
+        let memory = &self.limits;
+        memory.memory_bytes <= memory_kept.max(memory.created_with) && self.stderr.contents().is_empty()
     }
 
     /// What the guest said before it failed: its last logged error and
@@ -106,6 +116,8 @@ pub struct Limiter {
     limits: StoreLimits,
     /// Bytes of linear memory created and grown (all the instance's memories).
     memory_bytes: usize,
+    /// `memory_bytes` once the instance was created.
+    created_with: usize,
 }
 
 impl ResourceLimiter for Limiter {
