@@ -89,8 +89,8 @@ w("- **1. LOW cycle**: criterion, `executor::run_cycle` for `invite-customer` �
   "every cycle (`limits.executions-per-instance = 1`). "
   "`instance` is a fresh store and instance alone, created and dropped. `polyglot`: the functions in "
   "JavaScript and Python (`modules/polyglot/`) beside the Rust ones they mirror — the projector's LOW "
-  "cycle on a `CustomerInvited`, the resolver's call on a `ProjectionComplete` — each on a fresh "
-  "instance under the default limits (64 MiB, 1 s), which a call breaking them would fail.")
+  "cycle on a `CustomerInvited`, the resolver's call on a `ProjectionComplete` — under the default "
+  "limits (64 MiB, 1 s; instances kept as the shell keeps them), which a call breaking them would fail.")
 w(f"- **2. End to end**: the release `host` binary as its own process, memory mode, GraphQL "
   f"`InviteCustomer` with unique emails over HTTP on loopback, {load_s:g} s per level; every response body "
   "is checked (a 200 with `errors`, or without the customer asked for, is a failure). Both shells and "

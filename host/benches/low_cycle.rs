@@ -7,7 +7,7 @@
 //!
 //! Then the functions in Python and JavaScript (`modules/polyglot/`) against
 //! the Rust ones doing the same: the projector's LOW cycle and the resolver's
-//! call, each on a fresh instance under the default limits.
+//! call, under the default limits (instances kept as the shell keeps them).
 //!
 //! `cargo bench -p host --features native-baseline --bench low_cycle`
 
