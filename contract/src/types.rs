@@ -301,13 +301,18 @@ impl Message {
     /// principal (whatever was there is replaced, so a function cannot act
     /// as someone else), and `input` as its cause. `write` is given it so.
     pub fn stamped(mut self, input: &Message, new_id: impl FnOnce() -> String) -> Self {
+        self.stamp(input, new_id);
+        self
+    }
+
+    /// [`Message::stamped`], in place.
+    pub fn stamp(&mut self, input: &Message, new_id: impl FnOnce() -> String) {
         if self.id.is_empty() {
             self.id = new_id();
         }
         self.correlation_id.clone_from(&input.correlation_id);
         self.causation_id = Some(input.id.clone());
         self.principal.clone_from(&input.principal);
-        self
     }
 
     /// The payload field `name` as text, if it is a string.

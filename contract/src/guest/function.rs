@@ -80,11 +80,10 @@ impl<F: Function> Guest for Export<F> {
 /// `write`'s plan for `message`, given as the shell will record it; the
 /// message is left as `operate` returned it, with an id if it had none.
 fn written<F: Function>(message: &mut crate::Message, input: &crate::Message) -> crate::WritePlan {
+    // Stamped in place and put back after, rather than a copy of the payload.
     let returned = (message.correlation_id.take(), message.causation_id.take(), message.principal.take());
-    let stamped = std::mem::replace(message, crate::Message::new("", "", crate::Value::Null))
-        .stamped(input, || crate::Env::new_id(&WitEnv));
-    let plan = F::write(&stamped, &WitEnv);
-    *message = stamped;
+    message.stamp(input, || crate::Env::new_id(&WitEnv));
+    let plan = F::write(message, &WitEnv);
     (message.correlation_id, message.causation_id, message.principal) = returned;
     plan
 }

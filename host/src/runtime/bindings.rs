@@ -12,23 +12,12 @@ pub mod function {
 }
 
 /// The `function` world as components built before `operate-and-write`
-/// existed export it: still loaded, and called export by export.
+/// existed export it (`wit/older.wit`): still loaded, and called export by
+/// export.
 pub mod function_before_operate_and_write {
     wasmtime::component::bindgen!({
         path: "../wit",
-        inline: "
-            package low:shell;
-            world function-before-operate-and-write {
-                use low:functions/types@0.1.0.{meta, message, lookup, found, outcome, write-plan};
-                import low:functions/env@0.1.0;
-                import low:functions/store@0.1.0;
-                export meta: func() -> meta;
-                export lookup: func(input: message) -> list<lookup>;
-                export operate: func(input: message, data: list<found>) -> outcome;
-                export write: func(output: message) -> write-plan;
-            }
-        ",
-        world: "low:shell/function-before-operate-and-write",
+        world: "function-before-operate-and-write",
         exports: { default: async },
         with: {
             "low:functions/types": super::function::low::functions::types,
