@@ -16,6 +16,11 @@ use std::time::{Duration, Instant};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// How often histogram samples are folded into their buckets. The exporter
+/// holds every sample recorded until then (a scrape folds them too), so a
+/// shell nobody scrapes would otherwise grow by every command's samples.
+pub const UPKEEP: Duration = Duration::from_secs(1);
+
 /// Buckets, in seconds, for command latency and guest call durations.
 const BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -32,6 +37,7 @@ pub fn install() -> bool {
             match handle {
                 Ok(handle) => {
                     describe();
+                    spawn_upkeep(handle.clone());
                     Some(handle)
                 }
                 Err(e) => {
@@ -41,6 +47,21 @@ pub fn install() -> bool {
             }
         })
         .is_some()
+}
+
+/// Folds histogram samples into buckets every [`UPKEEP`], for the life of
+/// the process (the recorder is process-wide too). A thread of its own, not a
+/// task: the recorder outlives any one runtime (tests start many).
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new().name("lowshell-metrics".into()).spawn(move || {
+        loop {
+            std::thread::sleep(UPKEEP);
+            handle.run_upkeep();
+        }
+    });
+    if let Err(e) = started {
+        tracing::warn!("histogram samples are folded only when /metrics is scraped: {e}");
+    }
 }
 
 /// The metrics in the Prometheus text format; `None` when no recorder is installed.
