@@ -25,13 +25,18 @@ JS_TOOL  := $(TOOLS)/js/node_modules/.lowshell-lock
 WIT      := wit/functions.wit
 # Each: folder in guest-functions/, then the scenarios `make scenarios` runs against it.
 POLYGLOT_GUESTS := customer-projector-js invite-resolver-py
+# The Python projector, built against the `function-lean` world into
+# $(POLYGLOT)/python/ (beside the JavaScript one it can replace).
+PY_PROJECTOR := $(POLYGLOT)/python/customer-projector.wasm
 # Functions `host new` made in Python or JavaScript: a folder in guest-functions/
-# whose resolver.py, function.js or resolver.js names the world it implements;
-# each is built into $(MODULES)/<folder>.wasm.
+# whose function.py, resolver.py, function.js or resolver.js names the world it
+# implements (a Python function.py: `function-lean`); each is built into
+# $(MODULES)/<folder>.wasm.
 NEW_PY     := $(patsubst guest-functions/%/resolver.py,%,$(wildcard guest-functions/*/resolver.py))
+NEW_PY_FN  := $(patsubst guest-functions/%/function.py,%,$(wildcard guest-functions/*/function.py))
 NEW_JS_FN  := $(patsubst guest-functions/%/function.js,%,$(wildcard guest-functions/*/function.js))
 NEW_JS_RES := $(patsubst guest-functions/%/resolver.js,%,$(wildcard guest-functions/*/resolver.js))
-NEW_POLYGLOT := $(NEW_PY) $(NEW_JS_FN) $(NEW_JS_RES)
+NEW_POLYGLOT := $(NEW_PY) $(NEW_PY_FN) $(NEW_JS_FN) $(NEW_JS_RES)
 JS_SDK     := $(wildcard guest-functions/sdk/js/*.js) guest-functions/sdk/js/componentize.mjs
 
 .PHONY: all guest polyglot graphiql-assets target run test scenarios http-test audit browser bench fmt lint check clean pg
@@ -73,6 +78,7 @@ guest: target
 
 # The Python and JavaScript functions, and the Rust handler they work with.
 polyglot: $(POLYGLOT)/customer-projector.wasm $(POLYGLOT)/invite-resolver.wasm $(POLYGLOT)/invite-customer.wasm \
+	$(PY_PROJECTOR) \
 	$(foreach g,$(NEW_POLYGLOT),$(MODULES)/$(g).wasm)
 
 $(POLYGLOT)/invite-customer.wasm: $(MODULES)/invite-customer.wasm
@@ -102,12 +108,23 @@ $(POLYGLOT)/invite-resolver.wasm: $(wildcard guest-functions/invite-resolver-py/
 		-p guest-functions/invite-resolver-py -p guest-functions/sdk/python invite_resolver -o $@.tmp >/dev/null
 	@mv $@.tmp $@
 
+$(PY_PROJECTOR): $(wildcard guest-functions/customer-projector-py/*.py) guest-functions/sdk/python/low.py $(WIT) $(PY_TOOL)
+	@mkdir -p $(dir $@)
+	$(TOOLS)/py/bin/componentize-py -d wit -w function-lean componentize \
+		-p guest-functions/customer-projector-py -p guest-functions/sdk/python customer_projector -o $@.tmp >/dev/null
+	@mv $@.tmp $@
+
 $(POLYGLOT)/customer-projector.wasm: $(wildcard guest-functions/customer-projector-js/*.js) $(wildcard guest-functions/sdk/js/*.js) guest-functions/sdk/js/componentize.mjs $(WIT) $(JS_TOOL)
 	@mkdir -p $(POLYGLOT)
 	node guest-functions/sdk/js/componentize.mjs $(TOOLS)/js guest-functions/customer-projector-js/customer-projector.js function $@.tmp
 	@mv $@.tmp $@
 
 # The functions `host new` made in Python and JavaScript (see NEW_PY above).
+$(MODULES)/%.wasm: guest-functions/%/function.py guest-functions/sdk/python/low.py $(WIT) $(PY_TOOL)
+	$(TOOLS)/py/bin/componentize-py -d wit -w function-lean componentize \
+		-p guest-functions/$* -p guest-functions/sdk/python function -o $@.tmp >/dev/null
+	@mv $@.tmp $@
+
 $(MODULES)/%.wasm: guest-functions/%/resolver.py guest-functions/sdk/python/low.py $(WIT) $(PY_TOOL)
 	$(TOOLS)/py/bin/componentize-py -d wit -w resolver componentize \
 		-p guest-functions/$* -p guest-functions/sdk/python resolver -o $@.tmp >/dev/null
@@ -133,6 +150,7 @@ scenarios: guest
 	for g in $(POLYGLOT_GUESTS); do \
 		$(CARGO) run --quiet -p host -- test $(POLYGLOT)/$${g%-*}.wasm guest-functions/$$g/scenarios || status=1; \
 	done; \
+	$(CARGO) run --quiet -p host -- test $(PY_PROJECTOR) guest-functions/customer-projector-py/scenarios || status=1; \
 	for g in $(NEW_POLYGLOT); do \
 		$(CARGO) run --quiet -p host -- test $(MODULES)/$$g.wasm guest-functions/$$g/scenarios || status=1; \
 	done; exit $$status

@@ -145,8 +145,11 @@ fn javascript_and_python_functions_from_host_new_build_and_pass_their_scenarios(
     let root = project_copy("polyglot");
     new(&root, "greet", "handler", "js");
     new(&root, "greet-resolver", "resolver", "python");
+    new(&root, "greet-projector", "projector", "python");
+    new(&root, "hello", "handler", "python");
     let status = Command::new("make")
         .args(["--no-print-directory", "modules/greet.wasm", "modules/greet-resolver.wasm"])
+        .args(["modules/greet-projector.wasm", "modules/hello.wasm"])
         // The tools are there already: do not reinstall them for the copy.
         .arg(format!("TOOLS={}", tools.display()))
         .args(["JS_TOOL=", "PY_TOOL="])
@@ -156,6 +159,8 @@ fn javascript_and_python_functions_from_host_new_build_and_pass_their_scenarios(
     assert!(status.success(), "make does not build the JavaScript and Python functions");
     passes_its_scenarios(&root, "greet");
     passes_its_scenarios(&root, "greet-resolver");
+    passes_its_scenarios(&root, "greet-projector");
+    passes_its_scenarios(&root, "hello");
 }
 
 #[test]
@@ -167,10 +172,6 @@ fn host_new_refuses_a_taken_or_invalid_name_and_writes_nothing() {
         (&["new", "book-room", "--kind", "projector"][..], "`book-room` exists already"),
         (&["new", "Book_Room", "--kind", "handler"][..], "is not a valid function name"),
         (&["new", "sdk", "--kind", "handler"][..], "a name the project uses"),
-        (
-            &["new", "greet", "--kind", "handler", "--lang", "python"][..],
-            "Python functions can be resolvers only",
-        ),
     ] {
         let out = host(&root, args);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -8,10 +8,11 @@ mod support;
 use futures::future::join_all;
 use host::Project;
 use host::runtime::Version;
+use low_contract::{Data, Message, Outcome};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::{Client, error, start, workspace};
+use support::{Client, error, running_version, start, workspace};
 
 /// The polyglot project on a free port. Compiled components are cached in
 /// the target dir, so only the first test run compiles the 12 MB and 18 MB
@@ -117,6 +118,57 @@ async fn the_javascript_projector_and_the_python_resolver_serve_invite_customer(
         assert!(after - before < 5.0, "{function}: {} instances for 10 commands", after - before);
     }
     shell.stop().await.expect("clean stop");
+}
+
+/// The Python projector (built against `function-lean`, without `operate`
+/// and `write` of their own) swapped in for the JavaScript one while the
+/// shell serves: it stores customers and answers requests the same way,
+/// and the stub host tests it phase by phase through `operate-and-write`.
+#[tokio::test]
+async fn the_python_projector_takes_over_from_the_javascript_one() {
+    const TOKEN: &str = "polyglot-admin";
+    let mut project = polyglot_project();
+    project.admin.token = Some(TOKEN.into());
+    let (shell, client) = start(project).await;
+    let before = client.invite("ada@example.com").await;
+    let ada = before["data"]["InviteCustomer"].clone();
+    assert_eq!(ada["invited"], true, "{before}");
+
+    let python = component("python/customer-projector");
+    let (status, body) = client
+        .admin(reqwest::Method::PUT, "/admin/functions/customer-projector", Some(TOKEN), python.clone())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(running_version(&client, "customer-projector").await, Version::of(&python).0);
+
+    // A new customer, stored by the Python projector; the same email again
+    // confirms the customer the JavaScript one stored.
+    let invited = client.invite("grace@example.com").await;
+    let grace = &invited["data"]["InviteCustomer"];
+    assert_eq!(grace["email"], "grace@example.com", "{invited}");
+    assert_eq!(grace["invited"], true, "{invited}");
+    let id = grace["id"].as_str().expect("an id");
+    let found = client.graphql(&format!(r#"{{ customer(id: "{id}") {{ id email invited }} }}"#)).await;
+    assert_eq!(found["data"]["customer"], *grace, "{found}");
+    let again = client.invite("ada@example.com").await;
+    assert_eq!(again["data"]["InviteCustomer"], ada, "{again}");
+    shell.stop().await.expect("clean stop");
+}
+
+/// In the stub host, the Python projector's `operate` alone is answered by
+/// its `operate-and-write`; `write` alone is not there to call, and says so.
+#[test]
+fn the_stub_runs_a_lean_component_phase_by_phase() {
+    let stub = host::stub::Stub::from_bytes(&component("python/customer-projector"))
+        .expect("the Python projector loads in the stub");
+    let event = Message::new("e-1", "CustomerInvited", json!({ "customer-id": "c-1", "email": "x@y.z" }))
+        .correlated("r-1");
+    let outcome = stub.operate(&event, &Data::default()).expect("operate");
+    let Outcome::Emit(emitted) = outcome else { panic!("emits the customer: {outcome:?}") };
+    assert_eq!(emitted.len(), 1);
+    assert_eq!(emitted[0].payload, json!({ "id": "c-1", "email": "x@y.z", "invited": true }));
+    let write = stub.write(&emitted[0]).expect_err("no `write` of its own");
+    assert!(write.to_string().contains("function-lean"), "{write}");
 }
 
 /// Instances created so far of the JavaScript projector and the Python resolver.

@@ -16,7 +16,11 @@ with the same four parts as a Rust one.
     WitWorld = low.export_function(Greeter)      # or low.export_resolver(MyResolver)
 
 componentize-py builds the component from the module that defines `WitWorld`
-(`componentize-py -d wit -w function componentize -p <dirs> <module>`).
+(`componentize-py -d wit -w function-lean componentize -p <dirs> <module>`;
+`-w resolver` for a resolver). A handler or projector is built against the
+`function-lean` world: componentize-py cannot export a function named
+`write` (its linker clashes with libc's), and the shell calls only `meta`,
+`lookup` and `operate-and-write` on a step.
 """
 
 import json
@@ -357,7 +361,8 @@ class Resolver:
 
 
 def export_function(cls: Callable[[], Function]):
-    """The `WitWorld` class componentize-py exports for the `function` world."""
+    """The `WitWorld` class componentize-py exports for the `function-lean`
+    world (or `function`: its `operate` and `write` are here too)."""
     impl, env, store = cls(), Env(), Store()
 
     class WitWorld:

@@ -1,4 +1,5 @@
-//! Host-side bindings of the two worlds in `wit/functions.wit`.
+//! Host-side bindings of the worlds in `wit/functions.wit` (and of the
+//! older one in `wit/older.wit`).
 
 /// The `function` world (handlers and projectors).
 pub mod function {
@@ -18,6 +19,21 @@ pub mod function_before_operate_and_write {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "function-before-operate-and-write",
+        exports: { default: async },
+        with: {
+            "low:functions/types": super::function::low::functions::types,
+            "low:functions/env": super::function::low::functions::env,
+            "low:functions/store": super::function::low::functions::store,
+        },
+    });
+}
+
+/// The `function-lean` world: `operate-and-write` without `operate` and
+/// `write` of their own (Python's handlers and projectors).
+pub mod function_lean {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "function-lean",
         exports: { default: async },
         with: {
             "low:functions/types": super::function::low::functions::types,

@@ -24,7 +24,7 @@ use wasmtime::{Trap, UpdateDeadline};
 /// The exports of a live instance.
 #[derive(Clone, Copy)]
 enum Instance {
-    Function { meta: Func, lookup: Func, operate: Func, write: Func, operate_and_write: Option<Func> },
+    Function { meta: Func, lookup: Func, phases: Option<(Func, Func)>, operate_and_write: Option<Func> },
     Resolver { meta: Func, resolve: Func },
 }
 
@@ -36,11 +36,13 @@ impl Instance {
     ) -> Option<Self> {
         let mut get = |index| instance.get_func(&mut *store, index);
         Some(match exports {
-            Exports::Function { meta, lookup, operate, write, operate_and_write } => Instance::Function {
+            Exports::Function { meta, lookup, phases, operate_and_write } => Instance::Function {
                 meta: get(meta)?,
                 lookup: get(lookup)?,
-                operate: get(operate)?,
-                write: get(write)?,
+                phases: match phases {
+                    Some((operate, write)) => Some((get(operate)?, get(write)?)),
+                    None => None,
+                },
                 operate_and_write: match operate_and_write {
                     Some(index) => Some(get(index)?),
                     None => None,
@@ -249,6 +251,10 @@ impl WasmCall {
     fn wrong_kind(&self, phase: &'static str) -> GuestError {
         GuestError::WrongKind { function: self.function.clone(), phase, kind: self.kind }
     }
+
+    fn lean(&self, phase: &'static str) -> GuestError {
+        GuestError::Lean { function: self.function.clone(), phase }
+    }
 }
 
 #[async_trait]
@@ -304,8 +310,16 @@ impl Guest for WasmCall {
     }
 
     async fn operate(&mut self, input: &Message, data: &Data) -> Result<Outcome, GuestError> {
-        let Instance::Function { operate, .. } = self.kept.instance else {
-            return Err(self.wrong_kind("operate"));
+        let operate = match self.kept.instance {
+            Instance::Function { phases: Some((operate, _)), .. } => operate,
+            // `operate-and-write` decides as `operate` would.
+            Instance::Function { phases: None, .. } => {
+                return match self.operate_and_write(input, data).await? {
+                    Some((outcome, _)) => Ok(outcome),
+                    None => Err(self.lean("operate")),
+                };
+            }
+            Instance::Resolver { .. } => return Err(self.wrong_kind("operate")),
         };
         self.arm();
         let _timer = self.metrics.timer("operate");
@@ -337,8 +351,10 @@ impl Guest for WasmCall {
     }
 
     async fn write(&mut self, output: &Message) -> Result<WritePlan, GuestError> {
-        let Instance::Function { write, .. } = self.kept.instance else {
-            return Err(self.wrong_kind("write"));
+        let write = match self.kept.instance {
+            Instance::Function { phases: Some((_, write)), .. } => write,
+            Instance::Function { phases: None, .. } => return Err(self.lean("write")),
+            Instance::Resolver { .. } => return Err(self.wrong_kind("write")),
         };
         self.arm();
         let _timer = self.metrics.timer("write");

@@ -25,7 +25,7 @@ use crate::backend::Store;
 use bindings::{
     function::FunctionPre,
     function_before_operate_and_write::FunctionBeforeOperateAndWritePre as OlderFunctionPre,
-    resolver::ResolverPre,
+    function_lean::FunctionLeanPre, resolver::ResolverPre,
 };
 use guest::Instantiate;
 use low_contract::{FunctionKind, Level, Meta};
@@ -131,6 +131,11 @@ pub enum GuestError {
     Invalid { function: String, phase: &'static str, message: String },
     #[error("function `{function}` has no `{phase}` export (it is a {kind:?})")]
     WrongKind { function: String, phase: &'static str, kind: FunctionKind },
+    #[error(
+        "function `{function}` has no `{phase}` export of its own: it is built against the \
+         `function-lean` world, whose `operate-and-write` does its work"
+    )]
+    Lean { function: String, phase: &'static str },
 }
 
 /// Where guests' ids, time and log lines come from: the `env` import.
@@ -339,7 +344,9 @@ fn meta_failure(e: GuestError) -> LoadError {
         GuestError::Invalid { phase, message, .. } => {
             format!("the component's `{phase}` returned an invalid value: {message}")
         }
-        GuestError::WrongKind { phase, .. } => format!("the component has no `{phase}` export"),
+        GuestError::WrongKind { phase, .. } | GuestError::Lean { phase, .. } => {
+            format!("the component has no `{phase}` export")
+        }
     })
 }
 
@@ -466,11 +473,12 @@ struct WasmPre {
 /// functions by index without checking their types again.
 #[derive(Clone, Copy)]
 pub(super) enum Exports {
+    /// At least one of `phases` and `operate_and_write`.
     Function {
         meta: ComponentExportIndex,
         lookup: ComponentExportIndex,
-        operate: ComponentExportIndex,
-        write: ComponentExportIndex,
+        /// `operate` and `write`; none in a `function-lean` component.
+        phases: Option<(ComponentExportIndex, ComponentExportIndex)>,
         /// None in a component built before the contract had it.
         operate_and_write: Option<ComponentExportIndex>,
     },
@@ -484,21 +492,29 @@ impl WasmPre {
     fn new(pre: InstancePre<CallState>, resolver: bool, idle: Arc<Idle>) -> wasmtime::Result<Self> {
         // The generated bindings check every export's type against the
         // world; instances then call them unchecked (see `call.rs`).
-        let fused = if resolver {
+        let component = pre.component();
+        let has = |name: &str| component.get_export_index(None, name).is_some();
+        // Which of the function worlds: (`operate` and `write` exported,
+        // `operate-and-write` exported).
+        let (phases, fused) = if resolver {
             ResolverPre::new(pre.clone())?;
-            false
+            (false, false)
         } else {
             match FunctionPre::new(pre.clone()) {
-                Ok(_) => true,
+                Ok(_) => (true, true),
                 // Built before `operate-and-write`: the rest must be right.
-                Err(e) if pre.component().get_export_index(None, "operate-and-write").is_none() => {
+                Err(e) if !has("operate-and-write") => {
                     OlderFunctionPre::new(pre.clone()).map_err(|_| e)?;
-                    false
+                    (true, false)
+                }
+                // `function-lean`: its own check says what is wrong.
+                Err(_) if !has("operate") && !has("write") => {
+                    FunctionLeanPre::new(pre.clone())?;
+                    (false, true)
                 }
                 Err(e) => return Err(e),
             }
         };
-        let component = pre.component();
         let export = |name: &str| {
             component
                 .get_export_index(None, name)
@@ -510,8 +526,7 @@ impl WasmPre {
             Exports::Function {
                 meta: export("meta")?,
                 lookup: export("lookup")?,
-                operate: export("operate")?,
-                write: export("write")?,
+                phases: if phases { Some((export("operate")?, export("write")?)) } else { None },
                 operate_and_write: if fused { Some(export("operate-and-write")?) } else { None },
             }
         };

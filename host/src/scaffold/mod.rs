@@ -51,12 +51,6 @@ pub enum ScaffoldError {
     #[error("`{0}` is a name the project uses for something else: pick another name")]
     Reserved(String),
     #[error(
-        "Python functions can be resolvers only for now: componentize-py cannot build the \
-         `function` world (its export `write` clashes with libc's); write the {0} in Rust or \
-         JavaScript (--lang rust|js)"
-    )]
-    PythonFunction(Kind),
-    #[error(
         "{0} is not a lowshell project (no guest-functions/ and wit/ there): run `host new` at its root, or pass --root"
     )]
     NotAProject(String),
@@ -86,9 +80,6 @@ const RESERVED: &[&str] =
 /// left behind when it fails.
 pub fn create(root: &Path, name: &str, kind: Kind, lang: Lang) -> Result<Created, ScaffoldError> {
     check_name(name)?;
-    if lang == Lang::Python && kind != Kind::Resolver {
-        return Err(ScaffoldError::PythonFunction(kind));
-    }
     let functions = root.join("guest-functions");
     if !functions.is_dir() || !root.join("wit").join("functions.wit").is_file() {
         return Err(ScaffoldError::NotAProject(root.display().to_string()));
@@ -109,7 +100,9 @@ pub fn create(root: &Path, name: &str, kind: Kind, lang: Lang) -> Result<Created
         (Lang::Js, Kind::Handler) => ("function.js", include_str!("templates/handler.js")),
         (Lang::Js, Kind::Projector) => ("function.js", include_str!("templates/projector.js")),
         (Lang::Js, Kind::Resolver) => ("resolver.js", include_str!("templates/resolver.js")),
-        (Lang::Python, _) => ("resolver.py", include_str!("templates/resolver.py")),
+        (Lang::Python, Kind::Handler) => ("function.py", include_str!("templates/handler.py")),
+        (Lang::Python, Kind::Projector) => ("function.py", include_str!("templates/projector.py")),
+        (Lang::Python, Kind::Resolver) => ("resolver.py", include_str!("templates/resolver.py")),
     };
     let scenarios = match kind {
         Kind::Handler => include_str!("templates/handler.toml"),
@@ -320,6 +313,8 @@ mod tests {
             include_str!("templates/handler.js"),
             include_str!("templates/projector.js"),
             include_str!("templates/resolver.js"),
+            include_str!("templates/handler.py"),
+            include_str!("templates/projector.py"),
             include_str!("templates/resolver.py"),
             include_str!("templates/handler.toml"),
             include_str!("templates/projector.toml"),
