@@ -48,7 +48,7 @@ def ratio(a, b):
 cycle = {mode: median_us("low_cycle", mode) for mode in ("wasm", "wasm-fresh", "native")}
 instance = median_us("instance", "wasm")
 polyglot = {name: median_us("polyglot", name) for name in
-            ("projector-rust", "projector-js", "resolver-rust", "resolver-python")}
+            ("projector-rust", "projector-js", "projector-python", "resolver-rust", "resolver-python")}
 e2e = load(os.path.join(target, "bench-results", "e2e.json"))
 rows = {(r["mode"], r["concurrency"]): r for r in e2e["e2e"]}
 rss = {r["mode"]: r["peak_rss_mib"] for r in e2e["rss"]}
@@ -89,7 +89,8 @@ w("- **1. LOW cycle**: criterion, `executor::run_cycle` for `invite-customer` �
   "every cycle (`limits.executions-per-instance = 1`). "
   "`instance` is a fresh store and instance alone, created and dropped. `polyglot`: the functions in "
   "JavaScript and Python (`modules/polyglot/`) beside the Rust ones they mirror — the projector's LOW "
-  "cycle on a `CustomerInvited`, the resolver's call on a `ProjectionComplete` — under the default "
+  "cycle on a `CustomerInvited` (JavaScript, and Python's `function-lean` one), the resolver's call on a "
+  "`ProjectionComplete` — under the default "
   "limits (64 MiB, 1 s; instances kept as the shell keeps them), which a call breaking them would fail.")
 w(f"- **2. End to end**: the release `host` binary as its own process, memory mode, GraphQL "
   f"`InviteCustomer` with unique emails over HTTP on loopback, {load_s:g} s per level; every response body "
@@ -130,6 +131,7 @@ else:
         w(f"| 1. LOW cycle on a fresh instance, median | {cycle['wasm-fresh']:.1f} µs | {cycle['native']:.1f} µs native | {r:.0f}× | | |")
     w(f"| 1. a fresh instance alone (create + drop) | {instance:.1f} µs | | | | |")
 for lang, kind, rust, other in (("JavaScript", "projector's LOW cycle", "projector-rust", "projector-js"),
+                                ("Python", "projector's LOW cycle", "projector-rust", "projector-python"),
                                 ("Python", "resolver's call", "resolver-rust", "resolver-python")):
     if polyglot[rust] is not None and polyglot[other] is not None:
         r = ratio(polyglot[other], polyglot[rust])

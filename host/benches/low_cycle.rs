@@ -82,17 +82,20 @@ fn low_cycle(c: &mut Criterion) {
 }
 
 /// The cost per call of a function in JavaScript or Python, beside the Rust
-/// one it mirrors: the projector's LOW cycle on a `CustomerInvited`, the
-/// resolver's answer from a `ProjectionComplete`. The default limits hold
+/// one it mirrors: the projector's LOW cycle on a `CustomerInvited` (in
+/// JavaScript and in Python), the resolver's answer from a
+/// `ProjectionComplete`. The default limits hold
 /// (64 MiB per instance): a call that broke them would fail the benchmark.
 fn polyglot(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
     let runtime = Runtime::new(Limits::default()).expect("runtime");
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new(MemoryBus::new()));
     let mut group = c.benchmark_group("polyglot");
-    for (name, module) in
-        [("projector-rust", "customer-projector.wasm"), ("projector-js", "polyglot/customer-projector.wasm")]
-    {
+    for (name, module) in [
+        ("projector-rust", "customer-projector.wasm"),
+        ("projector-js", "polyglot/customer-projector.wasm"),
+        ("projector-python", "polyglot/python/customer-projector.wasm"),
+    ] {
         let function = component(&runtime, &rt, module);
         bench_cycle(&mut group, name, &rt, &function, &store, |i| {
             let payload = json!({ "customer-id": format!("cust-{i}"), "email": format!("u{i}@example.com") });
