@@ -21,6 +21,9 @@ COMPONENTIZE_PY := 0.25.0
 TOOLS    := $(TARGET_DIR)/polyglot-tools
 POLYGLOT := $(MODULES)/polyglot
 PY_TOOL  := $(TOOLS)/py/.componentize-py-$(COMPONENTIZE_PY)
+# A Python function into $@: $(call componentize_py,WORLD,FOLDER,MODULE).
+componentize_py = $(TOOLS)/py/bin/componentize-py -d wit -w $(1) componentize \
+	-p $(2) -p guest-functions/sdk/python $(3) -o $@.tmp >/dev/null
 JS_TOOL  := $(TOOLS)/js/node_modules/.lowshell-lock
 WIT      := wit/functions.wit
 # Each: folder in guest-functions/, then the scenarios `make scenarios` runs against it.
@@ -104,14 +107,12 @@ $(JS_TOOL): guest-functions/sdk/js/package.json guest-functions/sdk/js/package-l
 
 $(POLYGLOT)/invite-resolver.wasm: $(wildcard guest-functions/invite-resolver-py/*.py) guest-functions/sdk/python/low.py $(WIT) $(PY_TOOL)
 	@mkdir -p $(POLYGLOT)
-	$(TOOLS)/py/bin/componentize-py -d wit -w resolver componentize \
-		-p guest-functions/invite-resolver-py -p guest-functions/sdk/python invite_resolver -o $@.tmp >/dev/null
+	$(call componentize_py,resolver,guest-functions/invite-resolver-py,invite_resolver)
 	@mv $@.tmp $@
 
 $(PY_PROJECTOR): $(wildcard guest-functions/customer-projector-py/*.py) guest-functions/sdk/python/low.py $(WIT) $(PY_TOOL)
 	@mkdir -p $(dir $@)
-	$(TOOLS)/py/bin/componentize-py -d wit -w function-lean componentize \
-		-p guest-functions/customer-projector-py -p guest-functions/sdk/python customer_projector -o $@.tmp >/dev/null
+	$(call componentize_py,function-lean,guest-functions/customer-projector-py,customer_projector)
 	@mv $@.tmp $@
 
 $(POLYGLOT)/customer-projector.wasm: $(wildcard guest-functions/customer-projector-js/*.js) $(wildcard guest-functions/sdk/js/*.js) guest-functions/sdk/js/componentize.mjs $(WIT) $(JS_TOOL)
@@ -121,13 +122,11 @@ $(POLYGLOT)/customer-projector.wasm: $(wildcard guest-functions/customer-project
 
 # The functions `host new` made in Python and JavaScript (see NEW_PY above).
 $(MODULES)/%.wasm: guest-functions/%/function.py guest-functions/sdk/python/low.py $(WIT) $(PY_TOOL)
-	$(TOOLS)/py/bin/componentize-py -d wit -w function-lean componentize \
-		-p guest-functions/$* -p guest-functions/sdk/python function -o $@.tmp >/dev/null
+	$(call componentize_py,function-lean,guest-functions/$*,function)
 	@mv $@.tmp $@
 
 $(MODULES)/%.wasm: guest-functions/%/resolver.py guest-functions/sdk/python/low.py $(WIT) $(PY_TOOL)
-	$(TOOLS)/py/bin/componentize-py -d wit -w resolver componentize \
-		-p guest-functions/$* -p guest-functions/sdk/python resolver -o $@.tmp >/dev/null
+	$(call componentize_py,resolver,guest-functions/$*,resolver)
 	@mv $@.tmp $@
 
 $(MODULES)/%.wasm: guest-functions/%/function.js $(JS_SDK) $(WIT) $(JS_TOOL)

@@ -54,13 +54,13 @@ fn samples_are_folded_without_a_scrape() {
     let held = live() - before;
     assert!(held > 4 * SAMPLES as isize, "the samples are held until folded ({held} bytes)");
 
-    let until = Instant::now() + UPKEEP * 20 + Duration::from_secs(10);
+    let patience = UPKEEP * 20 + Duration::from_secs(10);
+    let until = Instant::now() + patience;
     while live() - before > held / 10 {
         assert!(
             Instant::now() < until,
-            "{} bytes of {held} still held {:?} after recording them",
-            live() - before,
-            UPKEEP * 20
+            "{} bytes of {held} still held {patience:?} after recording them",
+            live() - before
         );
         // The shell goes on recording, a little (what it frees is
         // reclaimed once later recordings have moved the exporter's epoch on).
