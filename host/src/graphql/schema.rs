@@ -572,30 +572,10 @@ fn events_subscription(services: &Services) -> Subscription {
 
 /// A response header (never sent) marking a request that reached execution,
 /// so HTTP can tell request errors (parse, validation, variables: 400 with
-/// `application/graphql-response+json`) from errors while executing.
+/// `application/graphql-response+json`) from errors while executing. Set by
+/// [`PageCostCheck::execute`]: the schema has one extension, as every
+/// extension adds a hop to the resolution of every field.
 pub const EXECUTED: &str = "x-lowshell-executed";
-
-struct ExecutedMarker;
-
-impl async_graphql::extensions::ExtensionFactory for ExecutedMarker {
-    fn create(&self) -> Arc<dyn async_graphql::extensions::Extension> {
-        Arc::new(ExecutedMarker)
-    }
-}
-
-#[async_trait::async_trait]
-impl async_graphql::extensions::Extension for ExecutedMarker {
-    async fn execute(
-        &self,
-        ctx: &async_graphql::extensions::ExtensionContext<'_>,
-        operation_name: Option<&str>,
-        next: async_graphql::extensions::NextExecute<'_>,
-    ) -> async_graphql::Response {
-        let mut response = next.run(ctx, operation_name).await;
-        response.http_headers.insert(EXECUTED, axum::http::HeaderValue::from_static("1"));
-        response
-    }
-}
 
 /// The query complexity limit, counting what lists can return: a page
 /// (`customers(first: n)`) costs `n` times its selected fields (20 when
@@ -628,7 +608,8 @@ impl async_graphql::extensions::ExtensionFactory for PageCost {
     }
 }
 
-/// [`PageCost`] for one request (it learns the operation name first).
+/// [`PageCost`] for one request (it learns the operation name first); it
+/// also marks a response whose request reached execution ([`EXECUTED`]).
 struct PageCostCheck {
     pages: Arc<HashSet<String>>,
     functions: usize,
@@ -783,6 +764,17 @@ impl async_graphql::extensions::Extension for PageCostCheck {
         }
         Ok(document)
     }
+
+    async fn execute(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        operation_name: Option<&str>,
+        next: async_graphql::extensions::NextExecute<'_>,
+    ) -> async_graphql::Response {
+        let mut response = next.run(ctx, operation_name).await;
+        response.http_headers.insert(EXECUTED, axum::http::HeaderValue::from_static("1"));
+        response
+    }
 }
 
 /// The schema of `functions`; `validation` [`async_graphql::ValidationMode::Fast`]
@@ -819,7 +811,6 @@ pub fn build(
         .limit_depth(limits.depth)
         .limit_complexity(limits.complexity)
         .extension(PageCost::new(&public, functions.iter().count(), limits.complexity))
-        .extension(ExecutedMarker)
         .validation_mode(validation)
         .finish()
 }
