@@ -4,7 +4,7 @@
 # (`crate-type = ["cdylib", ...]`), including those `host new` made.
 GUESTS   := $(sort $(patsubst guest-functions/%/Cargo.toml,%,$(shell grep -l '"cdylib"' guest-functions/*/Cargo.toml 2>/dev/null)))
 # Misbehaving guests for the shell's own tests.
-FIXTURES := misbehave misbehave-resolver misbehave-projector
+FIXTURES := misbehave misbehave-resolver misbehave-projector lean-mismatch
 TARGET   := wasm32-wasip2
 MODULES  := modules
 CARGO    ?= cargo

@@ -118,6 +118,13 @@ async fn bad_uploads_are_refused_and_the_running_version_keeps_serving() {
             "is `invite-resolver`, not `invite-customer`",
         ),
         (
+            // Shaped like `function-lean` (no `operate`, no `write`), its
+            // exports of other types: refused with what does not fit.
+            "a function-lean component of other types",
+            std::fs::read(module("fixtures/lean-mismatch")).expect("fixture"),
+            "does not fit the contract's `function`, `function-lean` or `resolver` world: type-checking export func",
+        ),
+        (
             "a trap in meta",
             std::fs::read(module("fixtures/meta-trap")).expect("fixture"),
             "the component's `meta` call trapped",

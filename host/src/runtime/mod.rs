@@ -108,7 +108,7 @@ impl Default for StepLimits {
 pub enum LoadError {
     #[error("not a WebAssembly component: {0}")]
     NotAComponent(String),
-    #[error("the component does not fit the contract's `function` or `resolver` world: {0}")]
+    #[error("the component does not fit the contract's `function`, `function-lean` or `resolver` world: {0}")]
     WrongWorld(String),
     /// `meta` (or instantiating the component to call it) failed.
     #[error("{0}")]
