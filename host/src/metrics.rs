@@ -75,6 +75,10 @@ pub fn render() -> Option<String> {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!("lowshell_requests_total", "GraphQL HTTP requests, by outcome");
+    describe_counter!(
+        "lowshell_graphql_fast_total",
+        "Command mutations run by the shell's fast path: answered by it, or handed to the schema to format"
+    );
     describe_histogram!(
         "lowshell_command_duration_seconds",
         Unit::Seconds,
@@ -115,6 +119,7 @@ type Handles<H> = RefCell<Map<String, Vec<(&'static str, H)>>>;
 
 thread_local! {
     static REQUESTS: Handles<Counter> = RefCell::default();
+    static FAST: Handles<Counter> = RefCell::default();
     static COMMANDS: Handles<Histogram> = RefCell::default();
     static LAG: Handles<Gauge> = RefCell::default();
     static STEPS: Handles<Counter> = RefCell::default();
@@ -151,6 +156,12 @@ fn handle<H: Clone + 'static>(
 /// errors), `bad_request` (4xx), `unauthorized` (401), `timeout`.
 pub fn request(outcome: &'static str) {
     handle(&REQUESTS, "", outcome, || counter!("lowshell_requests_total", "outcome" => outcome)).increment(1);
+}
+
+/// A command mutation the fast path ran: `answered` by it, or `handed_over`
+/// to the schema to format (a rejection, an error, a missing field).
+pub fn fast(outcome: &'static str) {
+    handle(&FAST, "", outcome, || counter!("lowshell_graphql_fast_total", "outcome" => outcome)).increment(1);
 }
 
 /// A command answered (`ok`), refused (`rejected`), failed or timed out.

@@ -6,6 +6,7 @@
 //! and refreshes it before it answers.
 
 pub mod documents;
+pub mod fast;
 pub mod schema;
 
 pub use documents::{Documents, Parsed};
@@ -37,6 +38,8 @@ pub struct Served {
     validated_schema: Schema,
     /// Shape and operation name of documents that passed validation.
     validated: quick_cache::sync::Cache<(String, Option<String>), ()>,
+    /// The commands, for the fast path of their mutations.
+    pub mutations: fast::Mutations,
 }
 
 /// A request's document as [`Served::pick`] found it.
@@ -45,6 +48,8 @@ pub struct Pick<'a> {
     /// Its shape, to remember when it passes validation (`None`: it did
     /// not need to, or cannot be remembered).
     unvalidated: Option<(String, Option<String>)>,
+    /// A document of its shape passed validation on this schema.
+    pub known_valid: bool,
 }
 
 impl Served {
@@ -54,6 +59,7 @@ impl Served {
             validated_schema: schema::build(functions, services, limits, ValidationMode::Fast)
                 .map_err(|e| e.0)?,
             validated: quick_cache::sync::Cache::new(VALIDATED),
+            mutations: fast::Mutations::of(functions, limits),
         })
     }
 
@@ -63,9 +69,9 @@ impl Served {
         let key = shape.filter(|_| request.variables.is_empty()).map(|s| (s, request.operation_name.clone()));
         match key {
             Some(key) if self.validated.get(&key).is_some() => {
-                Pick { schema: &self.validated_schema, unvalidated: None }
+                Pick { schema: &self.validated_schema, unvalidated: None, known_valid: true }
             }
-            unvalidated => Pick { schema: &self.schema, unvalidated },
+            unvalidated => Pick { schema: &self.schema, unvalidated, known_valid: false },
         }
     }
 
@@ -156,6 +162,11 @@ impl Graphql {
     /// The schema served, with what it knows of documents validated on it.
     pub fn served(&self) -> Arc<Served> {
         self.served.load_full()
+    }
+
+    /// What the schema's resolvers use (for the fast path of mutations).
+    pub fn services(&self) -> &Services {
+        &self.services
     }
 
     /// The parsed-documents cache requests go through.

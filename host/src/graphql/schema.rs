@@ -333,63 +333,90 @@ pub fn command_payload(
     Ok(Value::Object(payload))
 }
 
+/// A command mutation's answer computed before async-graphql ran the
+/// request (the shell's fast path, [`super::fast`]): the mutation's resolver
+/// hands it over instead of running the command again, so that
+/// async-graphql formats it (errors, nulls) as it formats any answer.
+pub struct Precomputed(pub std::sync::Mutex<Option<Result<Value, async_graphql::Error>>>);
+
+/// Runs the command a mutation of `spec` asks for — `payload` from its
+/// arguments, `key` its idempotency key (`commandId`, else the
+/// `Idempotency-Key` header) — and waits for its answer: the resolver's body,
+/// shared with the fast path.
+pub async fn run_command(
+    services: &Services,
+    spec: &CommandSpec,
+    principal: Option<low_contract::Principal>,
+    payload: Value,
+    key: Option<String>,
+) -> Result<Value, async_graphql::Error> {
+    // Each subject's keys are its own: the same key from another
+    // caller names another command, never the first caller's answer.
+    let key = key.map(|key| match &principal {
+        Some(p) => format!("{}\u{1f}{key}", p.subject),
+        None => key,
+    });
+    let idempotent = key.is_some();
+    let id = match key {
+        Some(key) => command_id(&spec.name, &key),
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+    // A DEBUG span (its ids on every line inside it when enabled),
+    // and one line when answered: INFO unless all went well. At the
+    // default level a command that succeeds costs no formatting and
+    // no write — the span and a line per command at INFO were ~8% of
+    // a command's CPU; the metrics count and time every command.
+    let span = tracing::debug_span!("command", command = %spec.name, command_id = %id, correlation_id = %id);
+    let mut command = Message::new(id.clone(), &spec.name, payload).correlated(id.clone());
+    command.principal = principal;
+    let started = Instant::now();
+    let answer = services.responses.request(command, idempotent).instrument(span.clone()).await;
+    let outcome = match &answer {
+        Ok(_) => "ok",
+        Err(ResponseError::Rejected(_)) => "rejected",
+        Err(ResponseError::Timeout { .. }) => "timeout",
+        Err(ResponseError::KeyReused { .. } | ResponseError::Overloaded { .. }) => "refused",
+        Err(ResponseError::Failed(_) | ResponseError::Unavailable(_) | ResponseError::Internal(_)) => {
+            "failed"
+        }
+    };
+    let took = started.elapsed();
+    crate::metrics::command(&spec.name, outcome, took);
+    let took_ms = took.as_secs_f64() * 1000.0;
+    span.in_scope(|| match outcome {
+        "ok" => tracing::debug!(command = %spec.name, command_id = %id, outcome, took_ms, "answered"),
+        _ => tracing::info!(command = %spec.name, command_id = %id, outcome, took_ms, "answered"),
+    });
+    answer.map_err(|e| span.in_scope(|| command_error(e, &id)))
+}
+
 fn mutation(command: &CommandSpec, returns_model: bool, services: &Services) -> Field {
     let ty = if returns_model { TypeRef::named(&command.returns) } else { TypeRef::named(JSON) };
     let (services, spec) = (services.clone(), command.clone());
     let field = Field::new(&command.name, ty, move |ctx| {
         let (services, spec) = (services.clone(), spec.clone());
         FieldFuture::new(async move {
-            // The shell's HTTP entry refuses these before execution; a
-            // command is never appended without the caller it needs.
-            authenticated(&ctx, &spec.name)?;
-            let principal = caller(&ctx).principal().cloned();
-            let payload = payload(&ctx, &spec)?;
-            let key = match ctx.args.get(COMMAND_ID).filter(|v| !v.is_null()) {
-                Some(v) => Some(v.string()?.to_owned()),
-                None => ctx.data_opt::<IdempotencyKey>().map(|k| k.0.clone()),
+            let precomputed =
+                ctx.data_opt::<Precomputed>().and_then(|p| p.0.lock().ok().and_then(|mut p| p.take()));
+            let answer = match precomputed {
+                Some(answer) => answer,
+                None => {
+                    // The shell's HTTP entry refuses these before execution; a
+                    // command is never appended without the caller it needs.
+                    authenticated(&ctx, &spec.name)?;
+                    let principal = caller(&ctx).principal().cloned();
+                    let payload = payload(&ctx, &spec)?;
+                    let key = match ctx.args.get(COMMAND_ID).filter(|v| !v.is_null()) {
+                        Some(v) => Some(v.string()?.to_owned()),
+                        None => ctx.data_opt::<IdempotencyKey>().map(|k| k.0.clone()),
+                    };
+                    run_command(&services, &spec, principal, payload, key).await
+                }
             };
-            // Each subject's keys are its own: the same key from another
-            // caller names another command, never the first caller's answer.
-            let key = key.map(|key| match &principal {
-                Some(p) => format!("{}\u{1f}{key}", p.subject),
-                None => key,
-            });
-            let idempotent = key.is_some();
-            let id = match key {
-                Some(key) => command_id(&spec.name, &key),
-                None => uuid::Uuid::now_v7().to_string(),
-            };
-            // A DEBUG span (its ids on every line inside it when enabled),
-            // and one line when answered: INFO unless all went well. At the
-            // default level a command that succeeds costs no formatting and
-            // no write — the span and a line per command at INFO were ~8% of
-            // a command's CPU; the metrics count and time every command.
-            let span =
-                tracing::debug_span!("command", command = %spec.name, command_id = %id, correlation_id = %id);
-            let mut command = Message::new(id.clone(), &spec.name, payload).correlated(id.clone());
-            command.principal = principal;
-            let started = Instant::now();
-            let answer = services.responses.request(command, idempotent).instrument(span.clone()).await;
-            let outcome = match &answer {
-                Ok(_) => "ok",
-                Err(ResponseError::Rejected(_)) => "rejected",
-                Err(ResponseError::Timeout { .. }) => "timeout",
-                Err(ResponseError::KeyReused { .. } | ResponseError::Overloaded { .. }) => "refused",
-                Err(
-                    ResponseError::Failed(_) | ResponseError::Unavailable(_) | ResponseError::Internal(_),
-                ) => "failed",
-            };
-            let took = started.elapsed();
-            crate::metrics::command(&spec.name, outcome, took);
-            let took_ms = took.as_secs_f64() * 1000.0;
-            span.in_scope(|| match outcome {
-                "ok" => tracing::debug!(command = %spec.name, command_id = %id, outcome, took_ms, "answered"),
-                _ => tracing::info!(command = %spec.name, command_id = %id, outcome, took_ms, "answered"),
-            });
             match answer {
                 Ok(value) if returns_model => Ok(Some(FieldValue::owned_any(value))),
                 Ok(value) => Ok(Some(FieldValue::value(json_to_graphql(&value)))),
-                Err(e) => Err(span.in_scope(|| command_error(e, &id))),
+                Err(e) => Err(e),
             }
         })
     });
