@@ -93,9 +93,8 @@ w("- **1. LOW cycle**: criterion, `executor::run_cycle` for `invite-customer` �
   "`ProjectionComplete` — under the default "
   "limits (64 MiB, 1 s; instances kept as the shell keeps them), which a call breaking them would fail.")
 w(f"- **2. End to end**: the release `host` binary as its own process, memory mode, GraphQL "
-  f"`InviteCustomer` with unique emails over HTTP on loopback, {load_s:g} s per level — the email "
-  "inline in the query, a form the shell's fast path for command mutations answers (requests with "
-  "variables do not take it yet: docs/performance.md); every response body "
+  f"`InviteCustomer` with unique emails over HTTP on loopback, {load_s:g} s per level (the email "
+  "inline in the query); every response body "
   "is checked (a 200 with `errors`, or without the customer asked for, is a failure). Both shells and "
   "the hand-written service (`--memory`) run at once and take turns at each level, two rounds, the "
   "better round counts. CPU per command is the server process's user + system time over the level "

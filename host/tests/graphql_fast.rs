@@ -11,7 +11,13 @@ use support::{Client, basic_project, metric, start};
 
 /// The body of `query`, correlation ids blanked (each command has its own).
 async fn answer(client: &Client, query: &str) -> Value {
-    let mut body = client.graphql(query).await;
+    answer_with(client, query, serde_json::json!({})).await
+}
+
+/// [`answer`], with `variables`.
+async fn answer_with(client: &Client, query: &str, variables: Value) -> Value {
+    let (status, mut body) = client.post(serde_json::json!({ "query": query, "variables": variables })).await;
+    assert_eq!(status, 200, "{body}");
     if let Some(errors) = body.get_mut("errors").and_then(Value::as_array_mut) {
         for error in errors {
             if let Some(extensions) = error["extensions"].as_object_mut() {
@@ -85,8 +91,30 @@ async fn the_fast_path_answers_as_the_schema_does_and_takes_only_what_it_can() {
         r#"mutation { InviteCustomer(email: "f5@example.com", commandId: "key-1") { id email } }"#,
     )
     .await;
+    // A key given as an integer (an `ID` may be one).
+    same_answer(
+        &client,
+        r#"mutation { InviteCustomer(email: "fa@example.com", commandId: 81) @include(if: true) { id email } }"#,
+        // A number is part of a shape: the same request validates it.
+        r#"mutation { InviteCustomer(email: "fa@example.com", commandId: 81) { id email } }"#,
+        r#"mutation { InviteCustomer(email: "fa@example.com", commandId: 81) { id email } }"#,
+    )
+    .await;
+    // Variables, given, defaulted and absent.
+    let query = r#"mutation ($e: String, $k: ID = "key-3") { InviteCustomer(email: $e, commandId: $k) { id email } }"#;
+    let slow = query.replace(") { id", ") @include(if: true) { id");
+    for variables in [
+        serde_json::json!({ "e": "f7@example.com" }),
+        serde_json::json!({ "e": "f8@example.com", "k": "key-4" }),
+        serde_json::json!({ "e": "f9@example.com", "k": null }),
+        serde_json::json!({}),
+    ] {
+        let expected = answer_with(&client, &slow, variables.clone()).await;
+        let got = answer_with(&client, query, variables.clone()).await;
+        assert_eq!(got, expected, "{variables}");
+    }
     let answered = fast(&client, "answered").await;
-    assert!(answered >= 3, "the fast path answered {answered} requests");
+    assert!(answered >= 7, "the fast path answered {answered} requests");
 
     // A rejection by the function, and a missing argument: handed over.
     let body = same_answer(
@@ -113,12 +141,13 @@ async fn the_fast_path_answers_as_the_schema_does_and_takes_only_what_it_can() {
 
 async fn requests_it_does_not_take_are_answered_by_the_schema(client: &Client) {
     let before = fast(client, "answered").await + fast(client, "handed_over").await;
-    // Each sent twice (the second of a shape known valid): variables, a
-    // directive, a fragment, a named operation, a query.
+    // Each sent twice (the second of a shape known valid): a value to
+    // coerce, a directive, a fragment, a named operation.
     let requests = [
+        // A value async-graphql coerces (an `ID` given as a number): left to it.
         serde_json::json!({
-            "query": "mutation ($e: String) { InviteCustomer(email: $e) { id email } }",
-            "variables": { "e": "v1@example.com" },
+            "query": "mutation ($e: String, $k: ID) { InviteCustomer(email: $e, commandId: $k) { id email } }",
+            "variables": { "e": "v1@example.com", "k": 7 },
         }),
         serde_json::json!({ "query": r#"mutation { InviteCustomer(email: "v2@example.com") @skip(if: false) { id email } }"# }),
         serde_json::json!({ "query": r#"mutation { InviteCustomer(email: "v3@example.com") { ...c } } fragment c on Customer { id email }"# }),

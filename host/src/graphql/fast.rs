@@ -1,6 +1,7 @@
 //! The fast path of a command mutation: a request that is one mutation of a
-//! command with literal arguments and a flat selection of its model's
-//! fields — what most commands are — is answered by the shell itself, not
+//! command with scalar arguments (literals, or variables of the five scalar
+//! types whose values need no coercion) and a flat selection of its
+//! model's fields — what most commands are — is answered by the shell itself, not
 //! by async-graphql's execution (a tenth of a command's instructions, for
 //! resolving a handful of fields: docs/performance.md).
 //!
@@ -15,8 +16,10 @@
 
 use super::schema::{self, COMMAND_ID, Precomputed, QueryLimits, Services, graphql_name};
 use crate::registry::Functions;
+use async_graphql::parser::Positioned;
+use async_graphql::parser::types::{BaseType, VariableDefinition};
 use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType, Selection};
-use async_graphql::{Name, Response};
+use async_graphql::{Name, Response, Variables};
 use async_graphql_value::{ConstValue, Value as GqlValue};
 use low_contract::{CommandSpec, FieldKind, FieldSpec, ModelSpec, Principal, Value};
 use std::collections::HashMap;
@@ -60,12 +63,14 @@ pub struct Plan<'a> {
     selection: Vec<(Name, Selected<'a>)>,
 }
 
-/// `document` as a [`Plan`], when it is one: one unnamed-or-chosen mutation
-/// operation without variables or directives, one field naming a served
-/// command, literal arguments, and a flat selection of the model's fields.
+/// `document` as a [`Plan`], when it is one: one unnamed mutation operation
+/// without directives, one field naming a served command, arguments that
+/// are literals or variables given exactly (see [`coerced`]), and a flat
+/// selection of the model's fields.
 pub fn plan<'a>(
     document: &'a ExecutableDocument,
     operation_name: Option<&str>,
+    variables: &Variables,
     mutations: &'a Mutations,
 ) -> Option<Plan<'a>> {
     if !document.fragments.is_empty() || operation_name.is_some() {
@@ -73,12 +78,10 @@ pub fn plan<'a>(
     }
     let DocumentOperations::Single(operation) = &document.operations else { return None };
     let operation = &operation.node;
-    if operation.ty != OperationType::Mutation
-        || !operation.variable_definitions.is_empty()
-        || !operation.directives.is_empty()
-    {
+    if operation.ty != OperationType::Mutation || !operation.directives.is_empty() {
         return None;
     }
+    let given = coerced(&operation.variable_definitions, variables)?;
     let [item] = operation.selection_set.node.items.as_slice() else { return None };
     let Selection::Field(field) = &item.node else { return None };
     let field = &field.node;
@@ -92,12 +95,13 @@ pub fn plan<'a>(
             GqlValue::String(_) | GqlValue::Number(_) | GqlValue::Boolean(_) | GqlValue::Null => {
                 value.node.clone().into_const()?
             }
+            // A variable not given: the argument is absent.
+            GqlValue::Variable(variable) => match given.get(variable.as_str())? {
+                Some(value) => value.clone(),
+                None => continue,
+            },
             _ => return None,
         };
-        // `commandId` is an `ID`: the resolver reads it as a string.
-        if name.node == COMMAND_ID && !matches!(value, ConstValue::String(_) | ConstValue::Null) {
-            return None;
-        }
         arguments.insert(name.node.as_str(), value);
     }
     let mut selection = vec![];
@@ -141,7 +145,9 @@ impl Plan<'_> {
             match schema::command_payload(&self.spec.fields, |name| self.arguments.get(name).cloned()) {
                 Err(message) => Err(async_graphql::Error::new(message)),
                 Ok(payload) => {
+                    // As the resolver reads it (an `ID` may be an integer).
                     let key = match self.arguments.get(COMMAND_ID) {
+                        Some(ConstValue::Number(n)) => Some(n.to_string()),
                         Some(ConstValue::String(key)) => Some(key.clone()),
                         _ => header_key,
                     };
@@ -186,5 +192,53 @@ fn field_value(spec: &FieldSpec, document: &Value) -> Option<ConstValue> {
         // Ids may be stored as numbers; GraphQL serialises ID as a string.
         Some(Value::Number(n)) if spec.kind == FieldKind::Id => Some(ConstValue::String(n.to_string())),
         Some(v) => Some(ConstValue::from_json(v.clone()).unwrap_or(ConstValue::Null)),
+    }
+}
+
+/// The request's variables by name as async-graphql would coerce them to
+/// their declared types (`None` for one not given and without a default:
+/// its arguments are absent) — or `None` when that is not certain: a type
+/// other than the five scalars, a list, a directive, a value of another
+/// type, a missing non-null one, a variable not declared. The slow path
+/// then answers (and refuses what is wrong) as ever.
+fn coerced<'v>(
+    definitions: &'v [Positioned<VariableDefinition>],
+    variables: &'v Variables,
+) -> Option<HashMap<&'v str, Option<ConstValue>>> {
+    if variables.keys().any(|name| !definitions.iter().any(|d| d.node.name.node == *name)) {
+        return None;
+    }
+    let mut given = HashMap::with_capacity(definitions.len());
+    for definition in definitions {
+        let definition = &definition.node;
+        let BaseType::Named(ty) = &definition.var_type.node.base else { return None };
+        if !definition.directives.is_empty() {
+            return None;
+        }
+        let nullable = definition.var_type.node.nullable;
+        let value = variables
+            .get(&definition.name.node)
+            .cloned()
+            .or_else(|| definition.default_value.as_ref().map(|d| d.node.clone()));
+        let value = match value {
+            None if nullable => None,
+            None => return None,
+            Some(ConstValue::Null) if nullable => Some(ConstValue::Null),
+            Some(value) if exactly(ty.as_str(), &value) => Some(value),
+            Some(_) => return None,
+        };
+        given.insert(definition.name.node.as_str(), value);
+    }
+    Some(given)
+}
+
+/// Whether `value` is of the scalar `ty` as it is, with nothing to coerce.
+fn exactly(ty: &str, value: &ConstValue) -> bool {
+    match (ty, value) {
+        ("String" | "ID", ConstValue::String(_)) | ("Boolean", ConstValue::Boolean(_)) => true,
+        ("Int", ConstValue::Number(n)) => n.as_i64().is_some_and(|n| i32::try_from(n).is_ok()),
+        // An integer given for a Float is left to async-graphql.
+        ("Float", ConstValue::Number(n)) => n.is_f64(),
+        _ => false,
     }
 }

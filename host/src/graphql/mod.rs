@@ -31,13 +31,20 @@ const VALIDATED: usize = 1024;
 /// is not validated again. Its key holds the whole document but the
 /// contents of its plain string arguments, and no rule of these schemas
 /// looks at a string's content (`String`, `ID` and `JSON` take any), so
-/// every query of that shape passes as the first did. Only requests without
-/// variables: their values are validated too.
+/// every query of that shape passes as the first did. Requests with
+/// variables are validated every time (their values are part of it); the
+/// shapes of those that passed are remembered apart, for the fast path of
+/// mutations ([`fast`]), which checks the values itself.
 pub struct Served {
     pub schema: Arc<Schema>,
     validated_schema: Schema,
     /// Shape and operation name of documents that passed validation.
     validated: quick_cache::sync::Cache<(String, Option<String>), ()>,
+    /// The same, of documents that passed it with variables: valid in
+    /// structure (their values are checked on every request), which is
+    /// what the fast path of mutations needs (it takes only values it can
+    /// coerce exactly as async-graphql does).
+    validated_with_variables: quick_cache::sync::Cache<(String, Option<String>), ()>,
     /// The commands, for the fast path of their mutations.
     pub mutations: fast::Mutations,
 }
@@ -50,6 +57,8 @@ pub struct Pick<'a> {
     unvalidated: Option<(String, Option<String>)>,
     /// A document of its shape passed validation on this schema.
     pub known_valid: bool,
+    /// The request has variables.
+    with_variables: bool,
 }
 
 impl Served {
@@ -59,6 +68,7 @@ impl Served {
             validated_schema: schema::build(functions, services, limits, ValidationMode::Fast)
                 .map_err(|e| e.0)?,
             validated: quick_cache::sync::Cache::new(VALIDATED),
+            validated_with_variables: quick_cache::sync::Cache::new(VALIDATED),
             mutations: fast::Mutations::of(functions, limits),
         })
     }
@@ -66,13 +76,19 @@ impl Served {
     /// The schema to execute `request` with: the one that skips validation
     /// when a document of `shape` (and this operation) passed it already.
     pub fn pick(&self, shape: Option<String>, request: &async_graphql::Request) -> Pick<'_> {
-        let key = shape.filter(|_| request.variables.is_empty()).map(|s| (s, request.operation_name.clone()));
-        match key {
-            Some(key) if self.validated.get(&key).is_some() => {
-                Pick { schema: &self.validated_schema, unvalidated: None, known_valid: true }
+        let with_variables = !request.variables.is_empty();
+        let key = shape.map(|s| (s, request.operation_name.clone()));
+        let (schema, known_valid) = match &key {
+            Some(key) if !with_variables && self.validated.get(key).is_some() => {
+                (&self.validated_schema, true)
             }
-            unvalidated => Pick { schema: &self.schema, unvalidated, known_valid: false },
-        }
+            Some(key) if with_variables && self.validated_with_variables.get(key).is_some() => {
+                (&*self.schema, true)
+            }
+            _ => (&*self.schema, false),
+        };
+        let unvalidated = key.filter(|_| !known_valid);
+        Pick { schema, unvalidated, known_valid, with_variables }
     }
 
     /// How many document shapes are known to be valid on this schema.
@@ -86,7 +102,10 @@ impl Served {
         if let Some(key) = pick.unvalidated
             && response.http_headers.contains_key(schema::EXECUTED)
         {
-            self.validated.insert(key, ());
+            match pick.with_variables {
+                false => self.validated.insert(key, ()),
+                true => self.validated_with_variables.insert(key, ()),
+            }
         }
     }
 }

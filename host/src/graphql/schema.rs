@@ -406,9 +406,11 @@ fn mutation(command: &CommandSpec, returns_model: bool, services: &Services) -> 
                     authenticated(&ctx, &spec.name)?;
                     let principal = caller(&ctx).principal().cloned();
                     let payload = payload(&ctx, &spec)?;
-                    let key = match ctx.args.get(COMMAND_ID).filter(|v| !v.is_null()) {
-                        Some(v) => Some(v.string()?.to_owned()),
-                        None => ctx.data_opt::<IdempotencyKey>().map(|k| k.0.clone()),
+                    let key = match ctx.args.get(COMMAND_ID).map(|v| v.as_value()) {
+                        // An `ID` may be given as an integer.
+                        Some(async_graphql::Value::Number(n)) => Some(n.to_string()),
+                        Some(async_graphql::Value::String(s)) => Some(s.clone()),
+                        _ => ctx.data_opt::<IdempotencyKey>().map(|k| k.0.clone()),
                     };
                     run_command(&services, &spec, principal, payload, key).await
                 }

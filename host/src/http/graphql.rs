@@ -333,10 +333,9 @@ async fn execute(
     let pick = served.pick(shape, &request);
     // A command's mutation of a known shape: answered by the shell itself
     // when the answer is the common one (`graphql::fast`).
-    let plan = document
-        .as_ref()
-        .filter(|_| pick.known_valid && !anonymous)
-        .and_then(|d| fast::plan(d, request.operation_name.as_deref(), &served.mutations));
+    let plan = document.as_ref().filter(|_| pick.known_valid && !anonymous).and_then(|d| {
+        fast::plan(d, request.operation_name.as_deref(), &request.variables, &served.mutations)
+    });
     if let Some(plan) = plan {
         let run = plan.run(app.graphql.services(), principal, key.clone());
         match tokio::time::timeout(app.options.request_timeout, run).await {
