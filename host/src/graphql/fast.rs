@@ -21,7 +21,7 @@ use async_graphql::parser::types::{BaseType, VariableDefinition};
 use async_graphql::parser::types::{DocumentOperations, ExecutableDocument, OperationType, Selection};
 use async_graphql::{Name, Response, Variables};
 use async_graphql_value::{ConstValue, Value as GqlValue};
-use low_contract::{CommandSpec, FieldKind, FieldSpec, ModelSpec, Principal, Value};
+use low_contract::{CommandSpec, FieldSpec, ModelSpec, Principal, Value};
 use std::collections::HashMap;
 
 /// The served commands, by mutation name, with the model each answers with
@@ -145,12 +145,7 @@ impl Plan<'_> {
             match schema::command_payload(&self.spec.fields, |name| self.arguments.get(name).cloned()) {
                 Err(message) => Err(async_graphql::Error::new(message)),
                 Ok(payload) => {
-                    // As the resolver reads it (an `ID` may be an integer).
-                    let key = match self.arguments.get(COMMAND_ID) {
-                        Some(ConstValue::Number(n)) => Some(n.to_string()),
-                        Some(ConstValue::String(key)) => Some(key.clone()),
-                        _ => header_key,
-                    };
+                    let key = schema::command_key(self.arguments.get(COMMAND_ID), || header_key);
                     schema::run_command(services, self.spec, principal, payload, key).await
                 }
             };
@@ -162,7 +157,7 @@ impl Plan<'_> {
     /// The response for `value`, when it is the common case (see the module).
     fn respond(&self, value: &Value) -> Option<Response> {
         let shown = match self.model {
-            None => ConstValue::from_json(value.clone()).unwrap_or(ConstValue::Null),
+            None => schema::json_to_graphql(value),
             Some(model) => {
                 let mut object = async_graphql::indexmap::IndexMap::with_capacity(self.selection.len());
                 for (key, selected) in &self.selection {
@@ -183,15 +178,13 @@ impl Plan<'_> {
     }
 }
 
-/// A document's field as the schema's model type shows it (`model_field`):
-/// `None` when async-graphql would report it (a non-null field missing).
+/// A document's field as the schema's model type shows it
+/// ([`schema::shown_field`]): `None` when async-graphql would report it (a
+/// non-null field missing).
 fn field_value(spec: &FieldSpec, document: &Value) -> Option<ConstValue> {
-    match document.get(&spec.name).filter(|v| !v.is_null()) {
+    match schema::shown_field(spec.kind, document.get(&spec.name)) {
         None if spec.required => None,
-        None => Some(ConstValue::Null),
-        // Ids may be stored as numbers; GraphQL serialises ID as a string.
-        Some(Value::Number(n)) if spec.kind == FieldKind::Id => Some(ConstValue::String(n.to_string())),
-        Some(v) => Some(ConstValue::from_json(v.clone()).unwrap_or(ConstValue::Null)),
+        shown => Some(shown.unwrap_or(ConstValue::Null)),
     }
 }
 

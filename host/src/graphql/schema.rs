@@ -201,8 +201,18 @@ fn scalar(kind: FieldKind) -> &'static str {
     }
 }
 
-fn json_to_graphql(value: &Value) -> async_graphql::Value {
+pub(super) fn json_to_graphql(value: &Value) -> async_graphql::Value {
     async_graphql::Value::from_json(value.clone()).unwrap_or(async_graphql::Value::Null)
+}
+
+/// A document's field value as a model's field of `kind` shows it: none
+/// for an absent or null one (the fast path of mutations shows it the same).
+pub(super) fn shown_field(kind: FieldKind, value: Option<&Value>) -> Option<async_graphql::Value> {
+    value.filter(|v| !v.is_null()).map(|v| match (kind, v) {
+        // Ids may be stored as numbers; GraphQL serialises ID as a string.
+        (FieldKind::Id, Value::Number(n)) => async_graphql::Value::String(n.to_string()),
+        (_, v) => json_to_graphql(v),
+    })
 }
 
 /// A document's field, as its declared scalar.
@@ -211,12 +221,8 @@ fn model_field(spec: &FieldSpec) -> Field {
     let kind = spec.kind;
     let ty = if spec.required { TypeRef::named_nn(scalar(kind)) } else { TypeRef::named(scalar(kind)) };
     let field = Field::new(graphql_name(&spec.name), ty, move |ctx| {
-        let value = ctx.parent_value.downcast_ref::<Value>().and_then(|doc| doc.get(&key)).cloned();
-        FieldFuture::from_value(value.filter(|v| !v.is_null()).map(|v| match (kind, v) {
-            // Ids may be stored as numbers; GraphQL serialises ID as a string.
-            (FieldKind::Id, Value::Number(n)) => async_graphql::Value::String(n.to_string()),
-            (_, v) => json_to_graphql(&v),
-        }))
+        let value = ctx.parent_value.downcast_ref::<Value>().and_then(|doc| doc.get(&key));
+        FieldFuture::from_value(shown_field(kind, value))
     });
     match &spec.description {
         Some(d) => field.description(d.clone()),
@@ -333,6 +339,19 @@ pub fn command_payload(
     Ok(Value::Object(payload))
 }
 
+/// A mutation's idempotency key: its `commandId` argument (an `ID`, which
+/// may be given as an integer), else `header` (the `Idempotency-Key`).
+pub(super) fn command_key(
+    argument: Option<&async_graphql::Value>,
+    header: impl FnOnce() -> Option<String>,
+) -> Option<String> {
+    match argument {
+        Some(async_graphql::Value::Number(n)) => Some(n.to_string()),
+        Some(async_graphql::Value::String(s)) => Some(s.clone()),
+        _ => header(),
+    }
+}
+
 /// A command mutation's answer computed before async-graphql ran the
 /// request (the shell's fast path, [`super::fast`]): the mutation's resolver
 /// hands it over instead of running the command again, so that
@@ -406,12 +425,9 @@ fn mutation(command: &CommandSpec, returns_model: bool, services: &Services) -> 
                     authenticated(&ctx, &spec.name)?;
                     let principal = caller(&ctx).principal().cloned();
                     let payload = payload(&ctx, &spec)?;
-                    let key = match ctx.args.get(COMMAND_ID).map(|v| v.as_value()) {
-                        // An `ID` may be given as an integer.
-                        Some(async_graphql::Value::Number(n)) => Some(n.to_string()),
-                        Some(async_graphql::Value::String(s)) => Some(s.clone()),
-                        _ => ctx.data_opt::<IdempotencyKey>().map(|k| k.0.clone()),
-                    };
+                    let key = command_key(ctx.args.get(COMMAND_ID).map(|v| v.as_value()), || {
+                        ctx.data_opt::<IdempotencyKey>().map(|k| k.0.clone())
+                    });
                     run_command(&services, &spec, principal, payload, key).await
                 }
             };
