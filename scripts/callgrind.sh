@@ -25,6 +25,7 @@ LOAD="${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/invite_load"
 PROJECT=${PROJECT:-$ROOT/projects/basic.toml}
 OUT=${OUT:-$(mktemp -d)/callgrind.out}
 CACHE=${LOWSHELL_CACHE_DIR:-$(dirname "$OUT")/cache}
+rm -f "$OUT" "$OUT".* # the dumps of an earlier run would be counted too
 up() { for _ in $(seq 1 240); do curl -sf "127.0.0.1:$PORT/healthz" >/dev/null && return; sleep 1; done; return 1; }
 
 # Compile the components into the cache once, outside valgrind.
