@@ -431,11 +431,11 @@ fn mutation(command: &CommandSpec, returns_model: bool, services: &Services) -> 
                     run_command(&services, &spec, principal, payload, key).await
                 }
             };
-            match answer {
-                Ok(value) if returns_model => Ok(Some(FieldValue::owned_any(value))),
-                Ok(value) => Ok(Some(FieldValue::value(json_to_graphql(&value)))),
-                Err(e) => Err(e),
-            }
+            let value = answer?;
+            Ok(Some(match returns_model {
+                true => FieldValue::owned_any(value),
+                false => FieldValue::value(json_to_graphql(&value)),
+            }))
         })
     });
     let field = field.argument(InputValue::new(COMMAND_ID, TypeRef::named(TypeRef::ID)).description(
